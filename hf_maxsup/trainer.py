@@ -1,0 +1,266 @@
+"""Trainer subclasses that train with MaxSup or label smoothing, and the loss callable they share.
+
+`MaxSupTrainer` is a drop-in `transformers.Trainer`: the loss is chosen with `MaxSupTrainingArguments(loss=...,
+loss_alpha=...)`. Users of other `Trainer` subclasses (trl's, their own) get the same loss from [`MaxSupLossFunc`]:
+
+```python
+loss_fn = MaxSupLossFunc("maxsup", alpha=0.1, alpha_end=0.2)
+trainer = Trainer(model, args, compute_loss_func=loss_fn, callbacks=[loss_fn], ...)
+```
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from .losses import LOSSES, get_loss_fn
+from .schedules import SCHEDULES, alpha_at
+
+__all__ = [
+    "MaxSupLossFunc",
+    "MaxSupSeq2SeqTrainer",
+    "MaxSupSeq2SeqTrainingArguments",
+    "MaxSupTrainer",
+    "MaxSupTrainingArguments",
+]
+
+
+def _check_loss_config(loss: str, alpha: float, alpha_end: float | None, schedule: str) -> None:
+    get_loss_fn(loss)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown loss_alpha_schedule {schedule!r}; valid names: {', '.join(SCHEDULES)}.")
+    for name, value in (("loss_alpha", alpha), ("loss_alpha_end", alpha_end)):
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1); got {value}.")
+    alpha_at(0.0, schedule, alpha, alpha_end)  # rejects a constant schedule given a different alpha_end
+    if schedule == "linear" and alpha_end is None and not alpha + 0.1 < 1.0:
+        raise ValueError(f"the linear schedule rises from loss_alpha={alpha} to {alpha + 0.1:.2f} >= 1: "
+                         "set loss_alpha_end explicitly.")
+
+
+class MaxSupLossFunc(TrainerCallback):
+    """The MaxSup / LS / CE loss as a `compute_loss_func` for any `transformers.Trainer`.
+
+    It is also a `TrainerCallback`: registered in `callbacks`, it follows the training progress so that alpha follows
+    its schedule (a pure function of `global_step / max_steps`, hence reproduced on resume). It accumulates the loss
+    components (`ce`, `reg`, `alpha` and the LS decomposition) for logging; [`MaxSupTrainer`] logs them averaged over
+    each logging window (a mean of per-micro-batch, per-process means: a diagnostic, not re-weighted by item counts).
+
+    Args:
+        loss (`str`, *optional*, defaults to `"maxsup"`): `"ce"`, `"ls"` or `"maxsup"`.
+        alpha (`float`, *optional*, defaults to 0.1): alpha at the start of training.
+        alpha_end (`float`, *optional*): alpha at the end (linear schedule); defaults to `alpha + 0.1`.
+        schedule (`str`, *optional*): `"constant"` or `"linear"`; defaults to `"linear"` for MaxSup (as in the
+            paper) and `"constant"` otherwise.
+        shift_labels (`bool`, *optional*, defaults to `False`): predict token `t + 1` from position `t`, for causal
+            language models whose labels are their inputs.
+        ignore_index (`int`, *optional*, defaults to -100): label value excluded from every term.
+    """
+
+    def __init__(self, loss: str = "maxsup", alpha: float = 0.1, alpha_end: float | None = None,
+                 schedule: str | None = None, shift_labels: bool = False, ignore_index: int = -100):
+        schedule = schedule or ("linear" if loss == "maxsup" else "constant")
+        _check_loss_config(loss, alpha, alpha_end, schedule)
+        self.loss, self.alpha, self.alpha_end, self.schedule = loss, alpha, alpha_end, schedule
+        self.shift_labels, self.ignore_index = shift_labels, ignore_index
+        self.loss_fn = get_loss_fn(loss)
+        self.progress: float | None = None
+        # Set by MaxSupTrainer for each call: the logits may be overwritten by their gradient when nobody reads them.
+        self.inplace_backward = False
+        self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._counts = {"train": 0, "eval": 0}
+
+    def current_alpha(self) -> float:
+        """Alpha at the current training progress."""
+        if self.progress is None:
+            if self.schedule == "constant" or self.loss == "ce":
+                return self.alpha
+            raise ValueError(
+                f"the {self.schedule} alpha schedule needs the training progress: register the loss as a callback "
+                "too, `Trainer(compute_loss_func=loss_fn, callbacks=[loss_fn])`, or use MaxSupTrainer."
+            )
+        return alpha_at(self.progress, self.schedule, self.alpha, self.alpha_end)
+
+    def on_init_end(self, args, state, control, **kwargs):
+        self.progress = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Called once per optimizer step, so alpha is the same for every micro-batch of an accumulated batch.
+        self.progress = state.global_step / max(state.max_steps, 1)
+
+    def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+        if logits is None:
+            keys = ", ".join(outputs.keys()) if isinstance(outputs, dict) else type(outputs).__name__
+            raise ValueError(
+                f"the model output has no `logits` (it has: {keys}). MaxSup and LS regularise the classifier's "
+                "logits: use a model with a task head (AutoModelForSequenceClassification, "
+                "AutoModelForImageClassification, AutoModelForSeq2SeqLM, ...)."
+            )
+        if labels is None:
+            raise ValueError("the batch has no `labels`: the data collator must return them for training.")
+        if self.shift_labels:
+            # Pad-then-slice keeps the logits unsliced (no copy), as transformers' ForCausalLMLoss does.
+            labels = torch.nn.functional.pad(labels, (0, 1), value=self.ignore_index)[..., 1:]
+        alpha = self.current_alpha()
+        loss, components = self.loss_fn(
+            logits, labels.to(logits.device), alpha, ignore_index=self.ignore_index,
+            num_items_in_batch=num_items_in_batch, inplace_backward=self.inplace_backward and torch.is_grad_enabled(),
+            return_components=True,
+        )
+        # The Trainer evaluates under no_grad; that tells the two apart without access to the model.
+        mode = "train" if torch.is_grad_enabled() else "eval"
+        sums = self._sums[mode]
+        for name, value in components.items():
+            sums[name] = sums[name] + value
+        if self.loss != "ce":
+            sums["alpha"] = sums["alpha"] + alpha
+        self._counts[mode] += 1
+        return loss
+
+    def pop_metrics(self, mode: str = "train") -> dict[str, torch.Tensor]:
+        """Averages of the components accumulated in `mode` since the last call (0-dim tensors), then reset."""
+        count, sums = self._counts[mode], self._sums[mode]
+        metrics = {name: torch.as_tensor(value, dtype=torch.float32, device="cpu") / count for name, value in sums.items()}
+        self._sums[mode], self._counts[mode] = defaultdict(float), 0
+        return metrics
+
+
+@dataclass
+class _LossArguments:
+    loss: str = field(
+        default="maxsup",
+        metadata={"help": f"Training loss: one of {', '.join(LOSSES)}.", "choices": list(LOSSES)},
+    )
+    loss_alpha: float = field(
+        default=0.1,
+        metadata={"help": "Weight alpha of the regulariser at the start of training (LS: the smoothing factor)."},
+    )
+    loss_alpha_end: float | None = field(
+        default=None,
+        metadata={"help": "alpha at the end of training for the linear schedule (default: loss_alpha + 0.1)."},
+    )
+    loss_alpha_schedule: str | None = field(
+        default=None,
+        metadata={
+            "help": "How alpha moves over training: 'linear' (default for maxsup, as in the paper) or 'constant' "
+            "(default for ls and ce).",
+            "choices": list(SCHEDULES),
+        },
+    )
+
+    def __post_init__(self):
+        if self.loss_alpha_schedule is None:
+            self.loss_alpha_schedule = "linear" if self.loss == "maxsup" else "constant"
+        _check_loss_config(self.loss, self.loss_alpha, self.loss_alpha_end, self.loss_alpha_schedule)
+        if self.label_smoothing_factor > 0:
+            raise ValueError(
+                f"label_smoothing_factor={self.label_smoothing_factor} would smooth the labels a second time: "
+                f"hf_maxsup computes the loss itself. Use loss='ls', loss_alpha={self.label_smoothing_factor} "
+                "(--loss ls --loss_alpha ...) and leave label_smoothing_factor at 0."
+            )
+        super().__post_init__()
+
+
+@dataclass
+class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
+    """`TrainingArguments` plus the loss: `loss` (`"ce"`, `"ls"`, `"maxsup"`), `loss_alpha`, `loss_alpha_end` and
+    `loss_alpha_schedule` (`"linear"` or `"constant"`), checked when the arguments are created.
+    """
+
+
+@dataclass
+class MaxSupSeq2SeqTrainingArguments(_LossArguments, Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` plus the loss fields of [`MaxSupTrainingArguments`]."""
+
+
+def _is_causal_lm(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrappers
+    config = getattr(base, "config", None)
+    return not getattr(config, "is_encoder_decoder", False) and base.__class__.__name__ in set(
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    )
+
+
+class _MaxSupMixin:
+    """Shared by both trainers: builds the loss from the arguments, overwrites the logits with their gradient when
+    nothing reads them afterwards, and logs the loss components.
+    """
+
+    def __init__(self, *args, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if not isinstance(training_args, _LossArguments):
+            raise TypeError(
+                f"{type(self).__name__} needs MaxSupTrainingArguments (or MaxSupSeq2SeqTrainingArguments), got "
+                f"{type(training_args).__name__}: they carry the loss settings (loss, loss_alpha, ...)."
+            )
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                f"{type(self).__name__} computes the loss from args.loss; use transformers.Trainer to pass your own "
+                "compute_loss_func."
+            )
+        model = kwargs.get("model", args[0] if args else None)
+        config = getattr(model, "config", None)
+        if getattr(config, "problem_type", None) in ("regression", "multi_label_classification"):
+            raise ValueError(
+                f"problem_type={config.problem_type!r}: MaxSup and label smoothing apply to single-label "
+                "classification; train this model with transformers.Trainer."
+            )
+        self.loss_func = MaxSupLossFunc(
+            training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
+            training_args.loss_alpha_schedule, shift_labels=model is not None and _is_causal_lm(model),
+        )
+        # Passing the loss as compute_loss_func makes the Trainer count num_items_in_batch over the whole
+        # accumulated batch and treat the returned loss as already scaled for gradient accumulation.
+        kwargs["compute_loss_func"] = self.loss_func
+        kwargs["callbacks"] = [self.loss_func, *(kwargs.get("callbacks") or [])]
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if (
+            "labels" in inputs
+            and "decoder_input_ids" not in inputs
+            and hasattr(self.accelerator.unwrap_model(model), "prepare_decoder_input_ids_from_labels")
+        ):
+            # The labels are popped before the forward pass, so an encoder-decoder cannot derive its decoder inputs
+            # from them; DataCollatorForSeq2Seq(model=...) provides them, other collators may not.
+            unwrapped = self.accelerator.unwrap_model(model)
+            inputs = {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(
+                labels=inputs["labels"])}
+        self.loss_func.inplace_backward = not return_outputs
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        metrics = self.loss_func.pop_metrics(mode)
+        if metrics:
+            names = sorted(metrics)
+            values = torch.stack([metrics[name] for name in names]).to(self.args.device)
+            # Average over processes; every process calls log() at the same points of training and evaluation.
+            values = self.accelerator.reduce(values, reduction="mean").tolist()
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({prefix + name: round(value, 6) for name, value in zip(names, values)})
+        super().log(logs, *args, **kwargs)
+
+
+class MaxSupTrainer(_MaxSupMixin, Trainer):
+    """A `transformers.Trainer` whose loss is cross-entropy, label smoothing or MaxSup, per
+    [`MaxSupTrainingArguments`]. It works with classification heads, encoder-decoders, causal LMs (labels shifted)
+    and PEFT-wrapped models, honours `num_items_in_batch` (exact gradient accumulation) and
+    `average_tokens_across_devices`, and logs `ce`, `reg`, `alpha` (and for LS `ls_regularization`,
+    `ls_error_amplification`) averaged over each logging window.
+    """
+
+
+class MaxSupSeq2SeqTrainer(_MaxSupMixin, Seq2SeqTrainer):
+    """[`MaxSupTrainer`] for `Seq2SeqTrainer` (translation, summarisation), with [`MaxSupSeq2SeqTrainingArguments`].
+
+    With `predict_with_generate=True`, the Seq2SeqTrainer evaluates the model's own cross-entropy (`eval_loss` is
+    then the token-level NLL of the references) and generates for the metrics.
+    """
