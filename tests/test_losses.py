@@ -1,0 +1,227 @@
+"""The losses against independent float64 references built on `F.cross_entropy`, for both implementations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hf_maxsup.losses as losses
+from hf_maxsup import LOSSES, LabelSmoothingLoss, MaxSupLoss, get_loss_fn
+
+KINDS = ["ce", "ls", "maxsup"]
+SHAPES = [(7, 5), (2, 3, 11)]
+ALPHA = 0.15
+
+
+@pytest.fixture(params=["eager", "fused"])
+def implementation(request, monkeypatch):
+    """Run a test through the eager reference path and through the fused kernel."""
+    if request.param == "fused":
+        fused = pytest.importorskip("hf_maxsup._fused")
+        if not fused.is_available():
+            pytest.skip("compiled kernel unavailable")
+    monkeypatch.setattr(losses, "_use_fused", lambda logits, inplace: request.param == "fused"
+                        and logits.dtype != torch.float64)
+    return request.param
+
+
+def reference_per_item(kind, logits, target, alpha, ignore_index=-100):
+    """Per-item loss in float64 from F.cross_entropy and the direct formulas; 0 where ignored."""
+    num_classes = logits.shape[-1]
+    x = logits.double().reshape(-1, num_classes)
+    if target.is_floating_point():
+        t = target.double().reshape(-1, num_classes)
+        ce = F.cross_entropy(x, t, reduction="none")
+        ls = F.cross_entropy(x, t, reduction="none", label_smoothing=alpha)
+        keep = torch.ones(x.shape[0], dtype=torch.bool)
+    else:
+        y = target.reshape(-1)
+        ce = F.cross_entropy(x, y, ignore_index=ignore_index, reduction="none")
+        ls = F.cross_entropy(x, y, ignore_index=ignore_index, reduction="none", label_smoothing=alpha)
+        keep = y != ignore_index
+    maxsup = torch.where(keep, ce + alpha * (x.max(-1).values - x.mean(-1)), torch.zeros_like(ce))
+    return {"ce": ce, "ls": ls, "maxsup": maxsup}[kind], keep
+
+
+def make_inputs(shape, soft=False, ties=False, dtype=torch.float32, ignore_fraction=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    num_classes = shape[-1]
+    if ties:
+        # Small integers give many exact ties in the max.
+        logits = torch.randint(0, 3, shape, generator=g).to(dtype)
+    else:
+        logits = (3 * torch.randn(shape, generator=g)).to(dtype)
+    if soft:
+        target = torch.softmax(torch.randn(shape, generator=g) * 2, -1)
+    else:
+        target = torch.randint(0, num_classes, shape[:-1], generator=g)
+        target[torch.rand(shape[:-1], generator=g) < ignore_fraction] = -100
+        target.view(-1)[0] = 1  # at least one kept item
+    return logits.requires_grad_(), target
+
+
+def reference_loss_and_grad(kind, logits, target, alpha, reduction="mean", num_items=None):
+    x = logits.detach().double().requires_grad_()
+    per_item, keep = reference_per_item(kind, x, target, alpha)
+    if num_items is not None:
+        loss = per_item.sum() / num_items
+    elif reduction == "sum":
+        loss = per_item.sum()
+    elif reduction == "mean":
+        loss = per_item.sum() / keep.sum().clamp_min(1)
+    else:
+        loss = per_item.view(logits.shape[:-1])
+    loss.backward(torch.ones_like(loss))
+    return loss.detach(), x.grad
+
+
+def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_and_gradient_match_reference(implementation, kind, shape, soft, ties, reduction):
+    logits, target = make_inputs(shape, soft=soft, ties=ties)
+    loss = get_loss_fn(kind)(logits, target, ALPHA, reduction=reduction)
+    loss.backward(torch.ones_like(loss))
+    ref_loss, ref_grad = reference_loss_and_grad(kind, logits, target, ALPHA, reduction)
+    assert loss.dtype == torch.float32 and loss.shape == ref_loss.shape
+    assert_close(loss, ref_loss)
+    assert_close(logits.grad, ref_grad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_num_items_in_batch_divides_the_sum(implementation, kind, shape):
+    logits, target = make_inputs(shape)
+    loss = get_loss_fn(kind)(logits, target, ALPHA, num_items_in_batch=torch.tensor(23))
+    loss.backward()
+    ref_loss, ref_grad = reference_loss_and_grad(kind, logits, target, ALPHA, num_items=23)
+    assert_close(loss, ref_loss)
+    assert_close(logits.grad, ref_grad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_accumulated_micro_batches_equal_the_full_batch(implementation, kind):
+    logits, target = make_inputs((8, 6, 13), seed=3)
+    full = get_loss_fn(kind)(logits, target, ALPHA)
+    (full_grad,) = torch.autograd.grad(full, logits)
+    num_items = (target != -100).sum()
+    micro = sum(get_loss_fn(kind)(logits[i:i + 2], target[i:i + 2], ALPHA, num_items_in_batch=num_items)
+                for i in range(0, 8, 2))
+    (micro_grad,) = torch.autograd.grad(micro, logits)
+    assert_close(micro, full)
+    assert_close(micro_grad, full_grad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_computed_in_float32(implementation, kind, dtype):
+    logits, target = make_inputs((2, 3, 11), dtype=dtype)
+    loss = get_loss_fn(kind)(logits, target, ALPHA)
+    loss.backward()
+    # The reference sees exactly the same (rounded) logit values, in float64.
+    ref_loss, ref_grad = reference_loss_and_grad(kind, logits.float(), target, ALPHA)
+    assert loss.dtype == torch.float32
+    assert_close(loss, ref_loss)
+    assert logits.grad.dtype == dtype
+    assert_close(logits.grad, ref_grad, rtol=1e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("soft", [False, True])
+def test_gradcheck_float64(kind, soft):
+    logits, target = make_inputs((4, 3, 6), soft=soft, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: get_loss_fn(kind)(x, target, ALPHA), (logits,))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_ignored_gives_zero_loss_and_zero_gradient(implementation, kind, reduction):
+    logits = torch.randn(3, 4, 9, requires_grad=True)
+    target = torch.full((3, 4), -100)
+    for num_items in (None, 0):
+        loss = get_loss_fn(kind)(logits, target, ALPHA, reduction=reduction, num_items_in_batch=num_items)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert loss.item() == 0.0
+        assert torch.count_nonzero(grad) == 0 and not grad.isnan().any()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ignored_positions_do_not_influence_any_term(implementation, kind):
+    logits, target = make_inputs((5, 7))
+    target[2] = -100
+    changed = logits.detach().clone()
+    changed[2] = 1e4 * torch.arange(7.0)  # would dominate max and mean if it leaked in
+    a = get_loss_fn(kind)(logits.detach(), target, ALPHA)
+    b = get_loss_fn(kind)(changed, target, ALPHA)
+    assert_close(a, b)
+
+
+@pytest.mark.parametrize("kind", ["ls", "maxsup"])
+def test_components(implementation, kind):
+    logits, target = make_inputs((6, 9), ignore_fraction=0.3, seed=5)
+    loss, parts = get_loss_fn(kind)(logits, target, ALPHA, return_components=True)
+    x, keep = logits.detach().double()[target != -100], target[target != -100]
+    ce = F.cross_entropy(x, keep)
+    z_y = x.gather(1, keep[:, None]).squeeze(1)
+    top = z_y if kind == "ls" else x.max(-1).values
+    reg = (top - x.mean(-1)).mean()
+    assert_close(parts["ce"], ce)
+    assert_close(parts["reg"], reg)
+    assert_close(loss, ce + ALPHA * reg)
+    if kind == "ls":
+        # The decomposition of Corollary 3.4, summed item by item in Python.
+        regularization = error_amplification = 0.0
+        for row, y in zip(x.tolist(), keep.tolist()):
+            regularization += sum(row[y] - v for v in row if v < row[y]) / len(row)
+            error_amplification += sum(row[y] - v for v in row if v > row[y]) / len(row)
+        assert parts["ls_error_amplification"] <= 0
+        assert_close(parts["ls_regularization"], torch.tensor(regularization / len(keep)))
+        assert_close(parts["ls_error_amplification"], torch.tensor(error_amplification / len(keep)))
+    else:
+        assert "ls_regularization" not in parts
+
+
+def test_maxsup_ignores_the_target_in_its_regulariser():
+    logits, _ = make_inputs((4, 6), seed=1)
+    a = torch.tensor([0, 1, 2, 3])
+    b = torch.tensor([5, 4, 3, 2])
+    reg = [get_loss_fn("maxsup")(logits, t, ALPHA) - F.cross_entropy(logits, t) for t in (a, b)]
+    assert_close(reg[0], reg[1])
+
+
+def test_modules_and_registry():
+    logits, target = make_inputs((6, 5))
+    assert set(LOSSES) == {"ce", "ls", "maxsup"}
+    assert_close(MaxSupLoss(ALPHA)(logits, target), get_loss_fn("maxsup")(logits, target, ALPHA))
+    assert_close(LabelSmoothingLoss(ALPHA, reduction="sum")(logits, target),
+                 F.cross_entropy(logits, target, label_smoothing=ALPHA, reduction="sum"))
+    assert "alpha=0.15" in repr(MaxSupLoss(ALPHA))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda x, y: get_loss_fn("maxup"), "unknown loss 'maxup'; valid names: ce, ls, maxsup"),
+        (lambda x, y: get_loss_fn("ls")(x, torch.tensor([0, 1, 7, -100]), 0.1), "label value 7 is outside [0, 5)"),
+        (lambda x, y: get_loss_fn("ls")(x, torch.tensor([0, -1, 2, 3]), 0.1), "label value -1"),
+        (lambda x, y: get_loss_fn("ls")(x, y[:, None], 0.1), "Squeeze the labels' last dimension"),
+        (lambda x, y: get_loss_fn("ls")(x, y[:3], 0.1), "do not match logits"),
+        (lambda x, y: get_loss_fn("maxsup")(x, torch.full((4, 5), 0.3), 0.1), "summing to 1"),
+        (lambda x, y: get_loss_fn("maxsup")(x, torch.full((4, 4), 0.25), 0.1), "soft targets must have"),
+        (lambda x, y: get_loss_fn("maxsup")(x, y, 1.5), "alpha must be in [0, 1)"),
+        (lambda x, y: get_loss_fn("maxsup")(x, y, 0.1, reduction="avg"), "reduction must be one of"),
+        (lambda x, y: get_loss_fn("maxsup")(x, y, 0.1, reduction="none", num_items_in_batch=3), "reduction='none'"),
+        (lambda x, y: get_loss_fn("ce")(x.long(), y), "floating-point tensor"),
+        (lambda x, y: get_loss_fn("ce")(x, y > 0), "dtype torch.bool"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(call, message):
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError) as error:
+        call(logits, target)
+    assert message in str(error.value)

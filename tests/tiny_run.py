@@ -1,0 +1,99 @@
+"""Tiny models, data and a tiny training run shared by the trainer tests.
+
+Run as a script (also under `accelerate launch`) it trains a tiny token classifier and writes the final parameters
+and the logged losses to `--output_dir`, so that runs with different process counts can be compared.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from datasets import Dataset
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    MarianConfig,
+    MarianMTModel,
+)
+
+from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+
+VOCAB, PAD = 50, 0
+
+
+def tiny_bert(num_labels=4, token_level=False, seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, num_labels=num_labels, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, pad_token_id=PAD)
+    return (BertForTokenClassification if token_level else BertForSequenceClassification)(config)
+
+
+def tiny_marian(seed=0):
+    torch.manual_seed(seed)
+    config = MarianConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                          decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, dropout=0.0,
+                          attention_dropout=0.0, activation_dropout=0.0, pad_token_id=PAD, eos_token_id=1,
+                          decoder_start_token_id=PAD, max_position_embeddings=64)
+    return MarianMTModel(config)
+
+
+def tiny_dataset(n=32, num_labels=4, task="sequence", seed=0):
+    """Random token sequences of varying length; labels per sequence, per token, or as target sequences."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(3, 10, (1,), generator=g))
+        ids = torch.randint(2, VOCAB, (length,), generator=g).tolist()
+        if task == "sequence":
+            labels = int(torch.randint(0, num_labels, (1,), generator=g))
+        elif task == "token":
+            labels = torch.randint(0, num_labels, (length,), generator=g).tolist()
+        else:  # seq2seq: a target sequence of its own length, ending with eos
+            labels = torch.randint(2, VOCAB, (int(torch.randint(2, 8, (1,), generator=g)),), generator=g).tolist()
+            labels.append(1)
+        rows.append({"input_ids": ids, "labels": labels})
+    return Dataset.from_list(rows)
+
+
+def collate(batch):
+    """Pads inputs with PAD and list-valued labels with -100; no decoder inputs (the trainer derives them)."""
+    width = max(len(row["input_ids"]) for row in batch)
+    ids = torch.tensor([row["input_ids"] + [PAD] * (width - len(row["input_ids"])) for row in batch])
+    out = {"input_ids": ids, "attention_mask": (ids != PAD).long()}
+    if isinstance(batch[0]["labels"], list):
+        width = max(len(row["labels"]) for row in batch)
+        out["labels"] = torch.tensor([row["labels"] + [-100] * (width - len(row["labels"])) for row in batch])
+    else:
+        out["labels"] = torch.tensor([row["labels"] for row in batch])
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--loss", default="maxsup")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=8)
+    parser.add_argument("--max_steps", type=int, default=3)
+    # SGD: Adam would amplify rounding noise in parameters whose true gradient is 0 (e.g. attention key biases).
+    args = parser.parse_args()
+    training_args = MaxSupTrainingArguments(
+        output_dir=args.output_dir, loss=args.loss, per_device_train_batch_size=args.per_device_train_batch_size,
+        max_steps=args.max_steps, learning_rate=0.5, optim="sgd", logging_steps=1, save_strategy="no", report_to=[],
+        use_cpu=True, seed=0, max_grad_norm=0.0, dataloader_drop_last=True,
+    )
+    trainer = MaxSupTrainer(model=tiny_bert(token_level=True), args=training_args,
+                            train_dataset=tiny_dataset(64, task="token"), data_collator=collate)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+                   os.path.join(args.output_dir, "params.pt"))
+        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+        with open(os.path.join(args.output_dir, "logs.json"), "w") as f:
+            json.dump(logs, f)
+
+
+if __name__ == "__main__":
+    main()
