@@ -1,0 +1,48 @@
+"""Analyses of trained classifiers: calibration, selective classification, feature geometry and logit statistics.
+
+Plain functions taking numpy arrays or torch tensors (logits of shape (N, K), integer labels of shape
+(N,), features of shape (N, D)) and returning numbers or matplotlib figures. Plotting needs the
+`analysis` extra: `pip install hf_maxsup[analysis]`.
+"""
+
+from .calibration import (
+    brier_score,
+    classwise_ece,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+    reliability_diagram,
+)
+from .features import collect_features
+from .geometry import feature_geometry, penultimate_projection, projection_plot
+from .logits import confidence_stats, ls_decomposition
+from .selective import (
+    aurc,
+    e_aurc,
+    logit_norm_confidence,
+    risk_coverage_curve,
+    risk_coverage_plot,
+    select_logit_norm_p,
+)
+
+
+__all__ = [
+    "aurc",
+    "brier_score",
+    "classwise_ece",
+    "collect_features",
+    "confidence_stats",
+    "e_aurc",
+    "expected_calibration_error",
+    "feature_geometry",
+    "logit_norm_confidence",
+    "ls_decomposition",
+    "negative_log_likelihood",
+    "penultimate_projection",
+    "projection_plot",
+    "reliability_bins",
+    "reliability_diagram",
+    "risk_coverage_curve",
+    "risk_coverage_plot",
+    "select_logit_norm_p",
+]
