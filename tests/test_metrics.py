@@ -1,0 +1,161 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import evaluate
+import numpy as np
+import pytest
+import sacrebleu
+from transformers import EvalPrediction, PreTrainedTokenizerFast
+
+import hf_maxsup.metrics
+from hf_maxsup import analysis
+from hf_maxsup.metrics import classification_compute_metrics, path, translation_compute_metrics
+
+
+HYPOTHESES = ["the cat sat on the mat", "a dog runs in the park today", "hello world", "it is raining"]
+REFERENCES = ["the cat sat on a mat", "the dog runs in the park", "hello there world", "it is raining again"]
+
+
+def random_case(n=120, k=10, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, size=n)
+    logits = rng.normal(size=(n, k)) * 2.0
+    logits[np.arange(n), labels] += rng.normal(1.0, 1.0, size=n)  # better than chance, not perfect
+    return logits, labels
+
+
+def load(name):
+    return evaluate.load(path(name), keep_in_memory=True)
+
+
+def word_tokenizer():
+    """A word-level tokenizer built in memory (the Hub is unreachable in tests)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({word for sentence in HYPOTHESES + REFERENCES for word in sentence.split()})
+    vocab = {"<pad>": 0, "</s>": 1, **{word: i + 2 for i, word in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>")
+
+
+def padded_ids(tokenizer, sentences, pad_value, width=12):
+    ids = np.full((len(sentences), width), pad_value)
+    for row, sentence in enumerate(sentences):
+        tokens = tokenizer(sentence)["input_ids"] + [tokenizer.eos_token_id]
+        ids[row, : len(tokens)] = tokens
+    return ids
+
+
+def test_path():
+    for name in ("accuracy", "calibration", "translation"):
+        assert os.path.isabs(path(name))
+        assert os.path.isfile(os.path.join(path(name), f"{name}.py"))
+    with pytest.raises(ValueError, match="accuracy, calibration, translation"):
+        path("bleu")
+    assert set(hf_maxsup.metrics.__all__) == {"classification_compute_metrics", "path", "translation_compute_metrics"}
+
+
+def test_accuracy_module():
+    accuracy = load("accuracy")
+    assert accuracy.compute(predictions=[[2.0, 0.5], [0.1, 0.3], [0.0, 1.0]], references=[0, 0, 1]) == {
+        "accuracy": 2 / 3
+    }
+    logits, labels = random_case(k=10)
+    ranks = (-logits).argsort(axis=1)
+    expected = {
+        "accuracy": np.mean(ranks[:, 0] == labels),
+        "top5_accuracy": np.mean([label in row[:5] for row, label in zip(ranks, labels, strict=True)]),
+    }
+    assert accuracy.compute(predictions=logits, references=labels) == pytest.approx(expected)
+    assert "top5_accuracy" not in accuracy.compute(predictions=logits[:, :5], references=labels % 5)
+    with pytest.raises(ValueError, match="\\[0, 5\\)"):
+        accuracy.compute(predictions=logits[:, :5], references=labels)
+
+
+def test_calibration_module_matches_analysis():
+    logits, labels = random_case()
+    results = load("calibration").compute(predictions=logits, references=labels)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    confidence = probs.max(1) / probs.sum(1)
+    correct = logits.argmax(1) == labels
+    expected = {
+        "ece": analysis.expected_calibration_error(logits, labels),
+        "adaptive_ece": analysis.expected_calibration_error(logits, labels, adaptive=True),
+        "classwise_ece": analysis.classwise_ece(logits, labels),
+        "nll": analysis.negative_log_likelihood(logits, labels),
+        "brier": analysis.brier_score(logits, labels),
+        "aurc": analysis.aurc(confidence, correct),
+        "e_aurc": analysis.e_aurc(confidence, correct),
+    }
+    assert results == pytest.approx(expected, rel=1e-12)
+    # A known value through the module: always certain, 70 % right.
+    certain = load("calibration").compute(predictions=[[50.0, 0.0]] * 10, references=[0] * 7 + [1] * 3)
+    assert certain["ece"] == pytest.approx(0.3) and certain["aurc"] == pytest.approx(0.3)
+
+
+def test_translation_module_matches_sacrebleu():
+    results = load("translation").compute(predictions=HYPOTHESES, references=REFERENCES)
+    assert results["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score)
+    assert results["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES]).score)
+    assert 0 < results["bleu"] < 100
+    assert results["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert results["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
+
+
+def test_modules_load_offline_in_fresh_process(tmp_path):
+    script = textwrap.dedent(
+        """
+        import evaluate, hf_maxsup.metrics
+        for name in ("accuracy", "calibration", "translation"):
+            module = evaluate.load(hf_maxsup.metrics.path(name))
+        print(evaluate.load(hf_maxsup.metrics.path("accuracy")).compute(predictions=[[1.0, 0.0]], references=[0]))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "{'accuracy': 1.0}" in done.stdout
+
+
+def test_classification_compute_metrics():
+    logits, labels = random_case()
+    compute_metrics = classification_compute_metrics()
+    metrics = compute_metrics(EvalPrediction(predictions=(logits, np.zeros(3)), label_ids=labels))
+    assert set(metrics) == {
+        "accuracy",
+        "top5_accuracy",
+        "ece",
+        "adaptive_ece",
+        "classwise_ece",
+        "nll",
+        "brier",
+        "aurc",
+        "e_aurc",
+    }
+    assert all(isinstance(value, float) for value in metrics.values())
+    assert metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert metrics["ece"] == pytest.approx(analysis.expected_calibration_error(logits, labels))
+
+
+def test_translation_compute_metrics():
+    tokenizer = word_tokenizer()
+    compute_metrics = translation_compute_metrics(tokenizer)
+    assert compute_metrics.signatures == {}
+    # Generated ids are padded with the pad id, then with -100 by the Trainer; labels with -100.
+    predictions = padded_ids(tokenizer, HYPOTHESES, tokenizer.pad_token_id)
+    predictions[:, -2:] = -100
+    labels = padded_ids(tokenizer, REFERENCES, -100)
+    metrics = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
+    assert metrics == pytest.approx(
+        {
+            "bleu": sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score,
+            "chrf": sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES]).score,
+        }
+    )
+    assert compute_metrics.signatures["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+    assert compute_metrics.signatures["chrf"].startswith("nrefs:1|case:mixed|eff:yes|nc:6")
