@@ -9,6 +9,7 @@ from .losses import (
     label_smoothing_cross_entropy,
     maxsup_cross_entropy,
 )
+from .hub import HubPushError, load_for_analysis
 from .schedules import alpha_at
 from .trainer import (
     MaxSupLossFunc,
@@ -21,6 +22,7 @@ from .trainer import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "HubPushError",
     "LOSSES",
     "LabelSmoothingLoss",
     "MaxSupLoss",
@@ -33,5 +35,6 @@ __all__ = [
     "cross_entropy",
     "get_loss_fn",
     "label_smoothing_cross_entropy",
+    "load_for_analysis",
     "maxsup_cross_entropy",
 ]

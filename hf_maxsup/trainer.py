@@ -18,6 +18,7 @@ import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from . import hub
 from .losses import LOSSES, get_loss_fn
 from .schedules import SCHEDULES, alpha_at
 
@@ -247,6 +248,58 @@ class _MaxSupMixin:
             prefix = "eval_" if mode == "eval" else ""
             logs.update({prefix + name: round(value, 6) for name, value in zip(names, values)})
         super().log(logs, *args, **kwargs)
+
+    # The arguments given to create_model_card so far, reused for the card written on every later save.
+    _model_card_kwargs: dict | None = None
+
+    def create_model_card(self, **kwargs) -> None:
+        """Writes the hf_maxsup model card to `args.output_dir/README.md`: loss and alpha schedule, metrics (also as
+        `model-index`), hyper-parameters, citation. The arguments are those of `Trainer.create_model_card` (see
+        [`hf_maxsup.hub.write_model_card`]); they add to those of earlier calls and are used for the cards written on
+        later saves.
+        """
+        self._model_card_kwargs = {**(self._model_card_kwargs or {}), **kwargs}
+        if self.is_world_process_zero():
+            hub.write_model_card(self, **self._model_card_kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        # Every save (checkpoints, save_model, push_to_hub) gets the card of the model it holds.
+        if self.args.should_save:
+            hub.write_model_card(self, output_dir, **(self._model_card_kwargs or {}))
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except hub.HUB_ERRORS as err:
+            # Trainer.__init__ calls this: train and save locally anyway; push_to_hub tries again and raises.
+            hub.logger.warning(hub.failure_message(err, self, token, saved=False))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self.hub_model_id is None:  # no repository: the Hub was unreachable when the trainer was built
+            return
+        # The Trainer uploads args.output_dir, whose card is that of the last save_model: bring it up to date.
+        if self.is_world_process_zero():
+            hub.write_model_card(self, **(self._model_card_kwargs or {}))
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """`Trainer.push_to_hub` (model, processor, model card, metric files of `args.output_dir`) that leaves the
+        model saved on disk and raises [`~hf_maxsup.hub.HubPushError`], saying what to do, when the Hub cannot be
+        reached or refuses the push. The arguments are those of `Trainer.push_to_hub`.
+        """
+        try:
+            if self.hub_model_id is None:
+                # Trainer.push_to_hub would create the repository before saving: do it first, so that a failure
+                # can be caught below and the model saved all the same.
+                super().init_hf_repo(token=token if token is not None else self.args.hub_token, private=private)
+            return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+        except hub.HUB_ERRORS as err:
+            if self.hub_model_id is None:  # failed before Trainer.push_to_hub saved the model
+                self.save_model(_internal_call=True)
+                self.create_model_card(**kwargs)
+            raise hub.HubPushError(hub.failure_message(err, self, token)) from err
 
 
 class MaxSupTrainer(_MaxSupMixin, Trainer):

@@ -1,0 +1,340 @@
+"""Model cards, Hub pushes and reloading for models trained with hf_maxsup.
+
+[`MaxSupTrainer`] writes a model card (`README.md`) into every directory it saves a model to, and `push_to_hub`
+uploads it with the weights, the processor and the metric files of the output directory. The card is rendered from
+the Jinja template `model_cards/maxsup_model_card.md.jinja` (shipped in the package as
+`hf_maxsup/templates/maxsup_model_card.md.jinja`): task, base model, dataset, the loss and the alpha schedule,
+hyper-parameters, every evaluation metric (also as `model-index` results), the reliability diagram when one was saved,
+intended use and limitations, and the MaxSup citation.
+
+```python
+from hf_maxsup.hub import load_for_analysis
+
+model = load_for_analysis("runs/digits")  # or a Hub id; a PEFT adapter loads with its base model
+```
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import json
+import logging
+import os
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.utils import httpx
+from transformers import AutoConfig
+from transformers.modelcard import TASK_MAPPING, TASK_TAG_TO_NAME_MAPPING, extract_hyperparameters_from_trainer
+from transformers.models import auto as transformers_auto
+from transformers.utils import find_adapter_config_file
+
+from .schedules import alpha_at
+
+__all__ = ["HubPushError", "load_for_analysis", "write_model_card"]
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_NAME = "maxsup_model_card.md.jinja"
+RELIABILITY_DIAGRAM = "reliability_diagram.png"
+
+# What huggingface_hub raises when the Hub cannot be reached or refuses a request (HfHubHTTPError is an httpx error).
+HUB_ERRORS = (httpx.HTTPError, OfflineModeIsEnabled, LocalTokenNotFoundError)
+
+_LOSS_TAGS = {"ce": [], "ls": ["label-smoothing"], "maxsup": ["maxsup"]}
+# `eval_*` entries of the log history that are not metrics of the model: Trainer bookkeeping, and the loss and its
+# components that MaxSupTrainer logs (they depend on the training loss, so they do not compare across losses).
+_NOT_METRICS = {
+    "loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "jit_compilation_time",
+    "ce", "reg", "alpha", "ls_regularization", "ls_error_amplification",
+}
+_METRIC_NAMES = {
+    "accuracy": "Accuracy", "top5_accuracy": "Top-5 accuracy", "ece": "ECE", "adaptive_ece": "Adaptive ECE",
+    "classwise_ece": "Classwise ECE", "nll": "NLL", "brier": "Brier score", "aurc": "AURC", "e_aurc": "E-AURC",
+    "bleu": "BLEU", "chrf": "chrF",
+}
+# Tasks whose models hf_maxsup trains, with the Auto class that loads them.
+_AUTO_CLASSES = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "image-classification": "AutoModelForImageClassification",
+    "audio-classification": "AutoModelForAudioClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "text2text-generation": "AutoModelForSeq2SeqLM",
+    "text-generation": "AutoModelForCausalLM",
+}
+
+_PIPELINE_TAGS = {*_AUTO_CLASSES, "translation", "summarization"}
+
+
+class HubPushError(OSError):
+    """The Hub could not be reached or refused the push. The model is saved on disk; the message says where and how
+    to push it later."""
+
+
+def _task_of(model_class_name: str) -> str | None:
+    for task, mapping in TASK_MAPPING.items():
+        for names in mapping.values():
+            if model_class_name in ((names,) if isinstance(names, str) else names):
+                return task
+    return None
+
+
+def _template() -> str:
+    return importlib.resources.files("hf_maxsup").joinpath("templates", TEMPLATE_NAME).read_text(encoding="utf-8")
+
+
+def _metrics(entry: dict) -> dict[str, float]:
+    return {
+        key.removeprefix("eval_"): float(value)
+        for key, value in entry.items()
+        if key.startswith("eval_") and key.removeprefix("eval_") not in _NOT_METRICS
+        and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def write_model_card(
+    trainer,
+    output_dir: str | None = None,
+    *,
+    model_name: str | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    tags: str | list[str] | None = None,
+    finetuned_from: str | None = None,
+    tasks: str | list[str] | None = None,
+    dataset: str | list[str] | None = None,
+    dataset_tags: str | list[str] | None = None,
+    dataset_args: str | list[str] | None = None,
+) -> ModelCard:
+    """Render the model card of a MaxSup / LS / CE training run and write it to `output_dir/README.md`.
+
+    Everything comes from the trainer: the loss and alpha schedule from its `MaxSupLossFunc` (the one
+    [`MaxSupTrainer`] builds, or one given to a plain `Trainer` as `compute_loss_func`), the evaluation metrics from
+    the last evaluation in `trainer.state.log_history` (every `eval_<name>` except the loss and its logged
+    components), the hyper-parameters from `trainer.args`. The keyword arguments are those of
+    `Trainer.create_model_card` and override what is inferred. For a PEFT model, the card keeps the fields `peft`
+    writes (`library_name`, `base_model`, its tags) and adds ours.
+
+    Args:
+        trainer (`transformers.Trainer`):
+            A [`MaxSupTrainer`], [`MaxSupSeq2SeqTrainer`] or a `Trainer` whose `compute_loss_func` is a
+            [`MaxSupLossFunc`].
+        output_dir (`str`, *optional*):
+            Where to write `README.md`; defaults to `trainer.args.output_dir`. A `reliability_diagram.png` in that
+            directory is shown in the card.
+        model_name (`str`, *optional*):
+            Title of the card and name of the `model-index`; defaults to the Hub repo name or the output directory's.
+        language (`str` or `list[str]`, *optional*):
+            Language(s) of the model.
+        license (`str`, *optional*):
+            License id, e.g. `"apache-2.0"`.
+        tags (`str` or `list[str]`, *optional*):
+            Tags added to `hf_maxsup`, `maxsup` / `label-smoothing` and the model's own tags.
+        finetuned_from (`str`, *optional*):
+            Hub id of the base model; defaults to the model's `config._name_or_path` unless that is a local path.
+        tasks (`str` or `list[str]`, *optional*):
+            Task tag (e.g. `"text-classification"`, `"translation"`); inferred from the model class by default.
+        dataset (`str` or `list[str]`, *optional*):
+            Display name of the training / evaluation dataset.
+        dataset_tags (`str` or `list[str]`, *optional*):
+            Hub id(s) of the dataset, listed in the `datasets` metadata.
+        dataset_args (`str` or `list[str]`, *optional*):
+            Dataset configuration name.
+
+    Returns:
+        [`~huggingface_hub.ModelCard`]: the card written.
+    """
+    # Imported here: the package's __init__ and trainer.py import this module.
+    from . import __version__
+    from .trainer import MaxSupLossFunc
+
+    loss_fn = trainer.compute_loss_func
+    if not isinstance(loss_fn, MaxSupLossFunc):
+        raise TypeError(
+            "write_model_card needs a MaxSupTrainer, or a Trainer given a MaxSupLossFunc as compute_loss_func; "
+            f"got a {type(trainer).__name__} whose compute_loss_func is {type(loss_fn).__name__}."
+        )
+    args, state = trainer.args, trainer.state
+    output_dir = output_dir or args.output_dir
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    is_adapter = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    base = model.get_base_model() if is_adapter else model
+
+    if finetuned_from is None:
+        name_or_path = getattr(getattr(base, "config", None), "_name_or_path", "")
+        # A local path means nothing on the Hub; models built from a config have an empty one.
+        finetuned_from = name_or_path if name_or_path and not os.path.isdir(name_or_path) else None
+    model_task = _task_of(type(base).__name__)
+    task = next(iter(_as_list(tasks)), model_task)
+    hub_model_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
+    model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name)
+    dataset_ids = _as_list(dataset_tags)
+    dataset_name, dataset_id = next(iter(_as_list(dataset)), None), next(iter(dataset_ids), None)
+    eval_split = getattr(trainer.eval_dataset, "split", None)
+
+    progress = state.global_step / state.max_steps if state.max_steps else 0.0
+    loss = {
+        "name": loss_fn.loss, "schedule": loss_fn.schedule, "alpha": loss_fn.alpha,
+        "alpha_end": alpha_at(1.0, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
+        "alpha_now": alpha_at(progress, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
+    }
+
+    evaluations = [entry for entry in state.log_history if _metrics(entry)]
+    final = _metrics(evaluations[-1]) if evaluations else {}
+    results = [{"type": key, "name": _METRIC_NAMES.get(key, key), "value": value} for key, value in final.items()]
+    eval_results = [
+        EvalResult(
+            task_type=task or "other", task_name=TASK_TAG_TO_NAME_MAPPING.get(task),
+            dataset_type=dataset_id or "unknown", dataset_name=dataset_name or dataset_id or "Unknown",
+            dataset_config=next(iter(_as_list(dataset_args)), None),
+            dataset_split=str(eval_split) if eval_split else None,
+            metric_type=result["type"], metric_name=result["name"], metric_value=result["value"],
+        )
+        for result in results
+    ]
+
+    hyperparameters = extract_hyperparameters_from_trainer(trainer)
+    hyperparameters["loss"] = loss_fn.loss if loss_fn.loss == "ce" else (
+        f"{loss_fn.loss}, alpha {loss['alpha']} to {loss['alpha_end']} ({loss_fn.schedule})"
+    )
+    all_tags = ["hf_maxsup", *_LOSS_TAGS[loss_fn.loss], "generated_from_trainer"]
+    for tag in [*_as_list(tags), *(getattr(model, "model_tags", None) or [])]:
+        if tag not in all_tags:
+            all_tags.append(tag)
+    card_data = ModelCardData(
+        model_name=model_name, base_model=finetuned_from, library_name="transformers", language=language,
+        license=license, tags=all_tags, datasets=dataset_ids or None,
+        pipeline_tag=task if task in _PIPELINE_TAGS else None, eval_results=eval_results or None,
+        # Machine-readable loss settings, for tools that compare runs.
+        hf_maxsup={"loss": loss["name"]} if loss["name"] == "ce" else {
+            "loss": loss["name"], "alpha": loss["alpha"], "alpha_end": loss["alpha_end"],
+            "alpha_schedule": loss["schedule"],
+        },
+    )
+    versions = {"hf_maxsup": __version__}
+    versions |= {name: importlib.metadata.version(name) for name in ("transformers", "torch", "datasets", "tokenizers")}
+
+    path = os.path.join(output_dir, "README.md")
+    os.makedirs(output_dir, exist_ok=True)
+    if is_adapter:
+        # peft's own card fields (library_name "peft", the base model, its tags) are authoritative for an adapter.
+        model.create_or_update_model_card(output_dir)
+        peft_data = ModelCard.load(path).data
+        card_data.library_name = peft_data.library_name
+        card_data.base_model = peft_data.base_model
+        card_data.tags += [tag for tag in peft_data.tags or [] if tag not in card_data.tags]
+        card_data.pipeline_tag = peft_data.pipeline_tag or card_data.pipeline_tag
+        versions["peft"] = importlib.metadata.version("peft")
+
+    card = ModelCard.from_template(
+        card_data,
+        template_str=_template(),
+        model_name=model_name,
+        finetuned_from=finetuned_from,
+        is_adapter=is_adapter,
+        task_name=TASK_TAG_TO_NAME_MAPPING.get(task, task or "classification"),
+        dataset=dataset_name or dataset_id,
+        loss=loss,
+        global_step=state.global_step,
+        max_steps=state.max_steps,
+        results=results,
+        results_step=evaluations[-1].get("step") if evaluations else None,
+        eval_split=str(eval_split) if eval_split else None,
+        history=[{"epoch": e.get("epoch"), "step": e.get("step"), "values": _metrics(e)} for e in evaluations],
+        history_columns=results,
+        reliability_diagram=RELIABILITY_DIAGRAM if os.path.isfile(os.path.join(output_dir, RELIABILITY_DIAGRAM))
+        else None,
+        hyperparameters=hyperparameters,
+        versions=versions,
+        auto_class=_AUTO_CLASSES.get(model_task),
+        repo_id=hub_model_id or model_name,
+    )
+    card.save(path)
+    return card
+
+
+def failure_message(err: Exception, trainer, token: str | None = None, *, saved: bool = True) -> str:
+    """What went wrong when `trainer` talked to the Hub, what to do about it, and where the model is.
+
+    Args:
+        err (`Exception`): one of `HUB_ERRORS`.
+        trainer (`transformers.Trainer`): the trainer that pushes.
+        token (`str`, *optional*): the token passed to `push_to_hub`, if any.
+        saved (`bool`, *optional*, defaults to `True`): whether the model is already saved (a failed push) or
+            training has not started (the repository could not be created when the trainer was built).
+    """
+    args = trainer.args
+    repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id or Path(args.output_dir).absolute().name
+    output_dir = os.path.abspath(args.output_dir)
+    todo = []
+    if isinstance(err, OfflineModeIsEnabled):
+        todo.append("HF_HUB_OFFLINE is set: unset it, on a machine that can reach the Hub")
+    elif isinstance(err, httpx.TransportError):
+        todo.append("the Hub could not be reached: check the network connection, the proxy (HTTPS_PROXY) or "
+                    "HF_ENDPOINT")
+    if not (token or args.hub_token or get_token()):
+        todo.append("no Hugging Face token was found: log in with `hf auth login` (formerly `huggingface-cli "
+                    "login`), or set HF_TOKEN, or pass --hub_token, with a token that has write access")
+    elif isinstance(err, HfHubHTTPError) and err.response is not None and err.response.status_code in (401, 403):
+        todo.append(f"the token was refused: check that it has write access to {repo_id} (`hf auth whoami`)")
+    if not todo:
+        todo.append(f"the Hub answered: {err}")
+    steps = "".join(f"\n  - {step}" for step in todo)
+    if not saved:
+        return (
+            f"Could not create the Hugging Face Hub repository {repo_id!r}:{steps}\n"
+            f"Training goes on and saves to {output_dir}; pushing at the end will fail the same way unless this is "
+            "fixed. To train without pushing, pass --push_to_hub False."
+        )
+    return (
+        f"Could not push to the Hugging Face Hub repository {repo_id!r}:{steps}\n"
+        f"The trained model is saved in {output_dir} (weights, config, model card, processor if any); nothing was "
+        "lost. Once the Hub can be reached, push it with\n"
+        f"  hf upload {repo_id} {output_dir} --exclude 'checkpoint-*' --exclude '_*'\n"
+        "or call trainer.push_to_hub() again. To train without pushing, pass --push_to_hub False."
+    )
+
+
+def load_for_analysis(name_or_path: str, *, revision: str | None = None, token: str | bool | None = None):
+    """Load a fine-tuned checkpoint (a local directory or a Hub id) for analysis, with the `transformers` Auto class
+    of its task.
+
+    Only safetensors weights are read and `trust_remote_code` stays off. A PEFT adapter saved by the Trainer loads
+    together with its base model (found from `adapter_config.json`). The processor (tokenizer or image processor) is
+    saved next to the weights: load it with `AutoTokenizer` / `AutoImageProcessor` from the same path.
+
+    Args:
+        name_or_path (`str`):
+            Output directory or checkpoint directory of a run, or a Hub model id.
+        revision (`str`, *optional*):
+            Branch, tag or commit on the Hub.
+        token (`str` or `bool`, *optional*):
+            Hub token, for private repositories.
+
+    Returns:
+        [`~transformers.PreTrainedModel`]: the model, in evaluation mode.
+    """
+    adapter_config = find_adapter_config_file(name_or_path, revision=revision, token=token)
+    if adapter_config is None:
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, token=token, trust_remote_code=False)
+    else:
+        with open(adapter_config, encoding="utf-8") as f:
+            base = json.load(f)["base_model_name_or_path"]
+        config = AutoConfig.from_pretrained(base, token=token, trust_remote_code=False)
+    architecture = (config.architectures or [""])[0]
+    auto_class = _AUTO_CLASSES.get(_task_of(architecture))
+    if auto_class is None:
+        raise ValueError(
+            f"{name_or_path!r} holds a {architecture or 'model without a recorded architecture'}, not a model for one "
+            f"of the tasks {', '.join(_AUTO_CLASSES)}: load it with its own class."
+        )
+    model = getattr(transformers_auto, auto_class).from_pretrained(
+        name_or_path, revision=revision, token=token, use_safetensors=True, trust_remote_code=False
+    )
+    return model.eval()
