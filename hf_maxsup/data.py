@@ -1,0 +1,397 @@
+"""Data loading and preprocessing shared by the hf_maxsup recipes.
+
+Every recipe gets its data through [`load_task_dataset`]: a dataset on the Hugging Face Hub, local data files, an
+image folder, or, when nothing is given, a small real data set vendored in `hf_maxsup/_embedded/` so that the recipes
+run offline out of the box. The `*_transform` / `*_preprocess_function` helpers return the functions the recipes
+map over (or attach to) the data, mirroring the official `transformers` examples.
+"""
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from PIL import Image, ImageOps
+
+
+__all__ = [
+    "TASKS",
+    "check_columns",
+    "encode_labels",
+    "image_transform",
+    "load_embedded_dataset",
+    "load_task_dataset",
+    "text_preprocess_function",
+    "translation_preprocess_function",
+]
+
+TASKS = ("image-classification", "text-classification", "translation")
+
+_EMBEDDED_DIR = Path(__file__).resolve().parent / "_embedded"
+_EMBEDDED_SUBDIRS = {
+    "image-classification": "fashion_mnist",
+    "text-classification": "reuters_r8",
+    "translation": "bible_en_fr",
+}
+_EMBEDDED_SPLITS = ("train", "validation", "test")
+_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; valid tasks are: {', '.join(TASKS)}.")
+
+
+def load_embedded_dataset(task: str) -> DatasetDict:
+    """
+    Load the real data subset shipped with hf_maxsup for `task`; works offline.
+
+    - `"image-classification"`: Fashion-MNIST (28x28 grayscale), columns `image` (`datasets.Image`) and `label`
+      (`ClassLabel` with the 10 class names); 10,800 / 1,200 / 5,000 rows.
+    - `"text-classification"`: Reuters-21578 R8, columns `text` and `label` (`ClassLabel`, 8 topics);
+      4,936 / 549 / 2,189 rows.
+    - `"translation"`: aligned Bible verses, King James Version and Louis Segond 1910, column
+      `translation` = `{"en": ..., "fr": ...}`; 18,000 / 1,000 / 1,000 rows.
+
+    See `hf_maxsup/_embedded/README.md` for sources, licences and how the subsets were made.
+
+    Args:
+        task (`str`):
+            One of `"image-classification"`, `"text-classification"`, `"translation"`.
+
+    Returns:
+        [`~datasets.DatasetDict`]: with `train`, `validation` and `test` splits.
+    """
+    _check_task(task)
+    folder = _EMBEDDED_DIR / _EMBEDDED_SUBDIRS[task]
+    return load_dataset("parquet", data_files={split: str(folder / f"{split}.parquet") for split in _EMBEDDED_SPLITS})
+
+
+def _local_files_builder(data_files: dict[str, str]) -> str:
+    extensions = {Path(path).suffix.lower() for path in data_files.values()}
+    if len(extensions) > 1:
+        listed = ", ".join(f"{split}={path}" for split, path in data_files.items())
+        raise ValueError(f"All data files must have the same format, got several extensions: {listed}.")
+    extension = extensions.pop()
+    if extension not in _FILE_BUILDERS:
+        raise ValueError(
+            f"Unsupported data file extension {extension!r}; use one of {', '.join(sorted(_FILE_BUILDERS))}."
+        )
+    return _FILE_BUILDERS[extension]
+
+
+def load_task_dataset(
+    task: str,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    cache_dir: str | None = None,
+    token: str | bool | None = None,
+    validation_split_percentage: int = 10,
+    seed: int = 42,
+) -> DatasetDict:
+    """
+    Load the data for a recipe from exactly one of these sources (mixing them is an error):
+
+    1. `dataset_name` (+ `dataset_config_name`): a dataset on the Hugging Face Hub (or a local dataset script or
+       folder), through `datasets.load_dataset`.
+    2. `train_file` / `validation_file` / `test_file`: local csv, json, jsonl or parquet files, all of one format.
+    3. `train_dir` / `validation_dir` (image classification only): image folders laid out as `<dir>/<label>/<image>`,
+       loaded with the `imagefolder` builder.
+    4. Nothing: the embedded data of [`load_embedded_dataset`].
+
+    When there is a `train` split but no `validation` split, `validation_split_percentage` % of `train` is held out
+    (shuffled with `seed`) as `validation`.
+
+    Args:
+        task (`str`):
+            One of `"image-classification"`, `"text-classification"`, `"translation"`.
+        dataset_name (`str`, *optional*):
+            Name of a dataset on the Hub.
+        dataset_config_name (`str`, *optional*):
+            Configuration name of that dataset.
+        train_file, validation_file, test_file (`str`, *optional*):
+            Local data files.
+        train_dir, validation_dir (`str`, *optional*):
+            Local image folders.
+        cache_dir (`str`, *optional*):
+            Where `datasets` caches downloaded and prepared data.
+        token (`str` or `bool`, *optional*):
+            Hub token for private datasets.
+        validation_split_percentage (`int`, *optional*, defaults to 10):
+            Share of `train` held out as `validation` when the source has no validation split; 0 disables it.
+        seed (`int`, *optional*, defaults to 42):
+            Seed of that split.
+
+    Returns:
+        [`~datasets.DatasetDict`]
+
+    Raises:
+        `ValueError`: unknown task, sources mixed, image folders for a text task, or unsupported / mixed file formats.
+        `RuntimeError`: the Hub dataset could not be loaded (e.g. offline); the original exception is chained.
+    """
+    _check_task(task)
+    data_files = {
+        split: path
+        for split, path in (("train", train_file), ("validation", validation_file), ("test", test_file))
+        if path is not None
+    }
+    data_dirs = {
+        split: path for split, path in (("train", train_dir), ("validation", validation_dir)) if path is not None
+    }
+    if sum(map(bool, (dataset_name, data_files, data_dirs))) > 1:
+        raise ValueError(
+            "Pass only one data source: --dataset_name, local files (--train_file/--validation_file/--test_file) "
+            "or image folders (--train_dir/--validation_dir)."
+        )
+
+    if dataset_name is not None:
+        try:
+            dataset = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, token=token)
+        except Exception as err:
+            # Offline, `datasets` fails with a message about the Hub that does not say how to train without it.
+            config = f" (config {dataset_config_name!r})" if dataset_config_name else ""
+            hint = " or image folders with --train_dir/--validation_dir" if task == "image-classification" else ""
+            raise RuntimeError(
+                f"Could not load dataset {dataset_name!r}{config}: {err}\n"
+                "If you are offline or the Hub is unreachable, pass local data files with "
+                f"--train_file/--validation_file/--test_file (csv, json, jsonl or parquet){hint}, "
+                f"or leave out --dataset_name to use the embedded {task} data shipped with hf_maxsup."
+            ) from err
+    elif data_dirs:
+        if task != "image-classification":
+            raise ValueError(
+                "--train_dir/--validation_dir (image folders) are only supported for image-classification."
+            )
+        # "**" lets `imagefolder` take the class name from each image's parent folder.
+        dataset = load_dataset(
+            "imagefolder",
+            data_files={split: os.path.join(path, "**") for split, path in data_dirs.items()},
+            cache_dir=cache_dir,
+        )
+    elif data_files:
+        dataset = load_dataset(_local_files_builder(data_files), data_files=data_files, cache_dir=cache_dir)
+    else:
+        dataset = load_embedded_dataset(task)
+
+    if "train" in dataset and "validation" not in dataset and validation_split_percentage > 0:
+        split = dataset["train"].train_test_split(test_size=validation_split_percentage / 100, seed=seed)
+        dataset["train"], dataset["validation"] = split["train"], split["test"]
+    return dataset
+
+
+def check_columns(dataset: Dataset | DatasetDict, columns: dict[str | None, str]) -> None:
+    """
+    Check that the columns a recipe was told to use exist, naming the flag that set each one.
+
+    Args:
+        dataset ([`~datasets.Dataset`] or [`~datasets.DatasetDict`]):
+            The data; every split of a `DatasetDict` is checked.
+        columns (`dict[str, str]`):
+            Column name -> command-line flag that set it, e.g. `{"sentence": "--text_column_name"}`. Entries whose
+            column is `None` (an optional flag left unset) are skipped.
+
+    Raises:
+        `ValueError`: e.g. `column 'sentence' (--text_column_name) not found in split 'train'; available columns:
+        text, label`.
+    """
+    splits = dataset.items() if isinstance(dataset, DatasetDict) else [(None, dataset)]
+    for split, data in splits:
+        for column, flag in columns.items():
+            if column is not None and column not in data.column_names:
+                where = f" in split {split!r}" if split is not None else ""
+                raise ValueError(
+                    f"column {column!r} ({flag}) not found{where}; available columns: {', '.join(data.column_names)}"
+                )
+
+
+def encode_labels(dataset: DatasetDict, label_column: str = "label") -> tuple[DatasetDict, list[str]]:
+    """
+    Return the label names of a classification dataset, encoding the label column as a `ClassLabel` if needed.
+
+    A `ClassLabel` column is kept as is. A string or integer column is encoded over all splits together so that
+    every split uses the same ids: the names are the sorted unique values (integers sorted numerically, then turned
+    into strings) and each value is replaced by its index in that list.
+
+    Args:
+        dataset ([`~datasets.DatasetDict`]):
+            The data.
+        label_column (`str`, *optional*, defaults to `"label"`):
+            The label column.
+
+    Returns:
+        `tuple[DatasetDict, list[str]]`: the dataset with a `ClassLabel` label column, and the label names.
+    """
+    splits = [data for data in dataset.values() if label_column in data.column_names]
+    if not splits:
+        raise ValueError(f"Label column {label_column!r} not found in any split.")
+    feature = splits[0].features[label_column]
+    if isinstance(feature, ClassLabel):
+        return dataset, list(feature.names)
+    dtype = getattr(feature, "dtype", None)
+    if dtype not in ("string", "large_string") and not str(dtype).startswith(("int", "uint")):
+        raise ValueError(
+            f"Label column {label_column!r} has type {feature}; "
+            "only ClassLabel, string or integer labels are supported."
+        )
+    values = sorted({value for data in splits for value in data.unique(label_column)})
+    names = [str(value) for value in values]
+    index = {value: i for i, value in enumerate(values)}
+    encoded = DatasetDict()
+    for split, data in dataset.items():
+        if label_column in data.column_names:
+            features = data.features.copy()
+            features[label_column] = ClassLabel(names=names)
+            data = data.map(
+                lambda batch: {label_column: [index[value] for value in batch[label_column]]},
+                batched=True,
+                features=features,
+            )
+        encoded[split] = data
+    return encoded, names
+
+
+def _random_flip_and_shift(image: Image.Image, max_shift: float = 0.1) -> Image.Image:
+    # Mild on purpose: mirrored clothes are still the same class, and small shifts fight overfitting on small data
+    # without slowing down the short training runs the recipes default to. Uses `random`, seeded by `set_seed`.
+    if random.random() < 0.5:
+        image = ImageOps.mirror(image)
+    shift = max(1, round(max_shift * min(image.size)))
+    dx, dy = random.randint(-shift, shift), random.randint(-shift, shift)
+    return image.transform(image.size, Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy))
+
+
+def image_transform(
+    image_processor,
+    image_column: str = "image",
+    label_column: str = "label",
+    augment: bool = False,
+) -> Callable[[dict], dict]:
+    """
+    Build an on-the-fly transform for `Dataset.with_transform`, so decoded images are never stored.
+
+    Images are converted to the number of channels the processor normalises (one mean value -> grayscale `"L"`,
+    otherwise `"RGB"`), optionally augmented (random horizontal flip and a shift of up to 10 % of the image side),
+    then passed through `image_processor` (resize, rescale, normalise).
+
+    Example:
+
+    ```python
+    train = dataset["train"].with_transform(image_transform(image_processor, augment=True))
+    trainer = Trainer(..., train_dataset=train, data_collator=default_data_collator,
+                      args=TrainingArguments(..., remove_unused_columns=False))
+    ```
+
+    Args:
+        image_processor ([`~transformers.BaseImageProcessor`]):
+            The processor of the model.
+        image_column (`str`, *optional*, defaults to `"image"`):
+            Column with the images (`datasets.Image`).
+        label_column (`str`, *optional*, defaults to `"label"`):
+            Column with the label ids; returned as `labels` when present.
+        augment (`bool`, *optional*, defaults to `False`):
+            Apply the random augmentation (use for the training split only).
+
+    Returns:
+        `Callable[[dict], dict]`: batch -> `{"pixel_values": [...], "labels": [...]}`.
+    """
+    mode = "L" if np.size(image_processor.image_mean) == 1 else "RGB"
+
+    def transform(batch: dict) -> dict:
+        images = [image.convert(mode) for image in batch[image_column]]
+        if augment:
+            images = [_random_flip_and_shift(image) for image in images]
+        outputs = {"pixel_values": list(image_processor(images, return_tensors="pt")["pixel_values"])}
+        if label_column in batch:
+            outputs["labels"] = batch[label_column]
+        return outputs
+
+    return transform
+
+
+def text_preprocess_function(
+    tokenizer,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    max_seq_length: int = 128,
+) -> Callable[[dict], dict]:
+    """
+    Build the tokenization function for `Dataset.map(..., batched=True)` of a text classification dataset.
+
+    Texts are truncated to `max_seq_length` tokens and not padded: pad per batch with
+    [`~transformers.DataCollatorWithPadding`].
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The tokenizer of the model.
+        text_column (`str`, *optional*, defaults to `"text"`):
+            Column with the (first) text.
+        text_pair_column (`str`, *optional*):
+            Column with the second text of sentence-pair tasks (e.g. `text_a` / `text_b`).
+        label_column (`str`, *optional*, defaults to `"label"`):
+            Column with the label ids; returned as `labels` when present.
+        max_seq_length (`int`, *optional*, defaults to 128):
+            Maximum number of tokens, special tokens included.
+
+    Returns:
+        `Callable[[dict], dict]`: batch -> `{"input_ids", "attention_mask", ..., "labels"}`.
+    """
+
+    def preprocess(batch: dict) -> dict:
+        pairs = batch[text_pair_column] if text_pair_column is not None else None
+        outputs = tokenizer(batch[text_column], pairs, truncation=True, max_length=max_seq_length)
+        if label_column in batch:
+            outputs["labels"] = batch[label_column]
+        return outputs
+
+    return preprocess
+
+
+def translation_preprocess_function(
+    tokenizer,
+    source_lang: str,
+    target_lang: str,
+    source_prefix: str = "",
+    max_source_length: int = 128,
+    max_target_length: int = 128,
+    translation_column: str = "translation",
+) -> Callable[[dict], dict]:
+    """
+    Build the tokenization function for `Dataset.map(..., batched=True)` of a translation dataset, as in the
+    official `run_translation.py`.
+
+    Sources are `source_prefix + example[source_lang]` (T5 needs e.g. `"translate English to French: "`), targets
+    are tokenized with `text_target=` so tokenizers with language-specific target handling do the right thing.
+    Nothing is padded: pad per batch with [`~transformers.DataCollatorForSeq2Seq`], which pads `labels` with -100.
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The tokenizer of the model.
+        source_lang, target_lang (`str`):
+            Keys of the translation dicts, e.g. `"en"` and `"fr"`.
+        source_prefix (`str`, *optional*, defaults to `""`):
+            Text prepended to every source.
+        max_source_length, max_target_length (`int`, *optional*, defaults to 128):
+            Maximum number of tokens of sources and targets.
+        translation_column (`str`, *optional*, defaults to `"translation"`):
+            Column with the `{lang: text}` dicts.
+
+    Returns:
+        `Callable[[dict], dict]`: batch -> `{"input_ids", "attention_mask", "labels"}`.
+    """
+
+    def preprocess(batch: dict) -> dict:
+        sources = [source_prefix + pair[source_lang] for pair in batch[translation_column]]
+        targets = [pair[target_lang] for pair in batch[translation_column]]
+        outputs = tokenizer(sources, max_length=max_source_length, truncation=True)
+        outputs["labels"] = tokenizer(text_target=targets, max_length=max_target_length, truncation=True)["input_ids"]
+        return outputs
+
+    return preprocess

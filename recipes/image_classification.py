@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Fine-tune or train an image classifier with cross-entropy, label smoothing or MaxSup.
+
+    python recipes/image_classification.py --loss maxsup --do_train --do_eval --output_dir runs/fmnist-maxsup
+
+Without a dataset argument it trains on the embedded Fashion-MNIST subset with a small ConvNeXt built from a config,
+offline. Your data: `--dataset_name` (Hub), `--train_file/--validation_file` (csv/json/parquet with an image path or
+bytes column) or `--train_dir/--validation_dir` (image folders `<dir>/<label>/<image>`).
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import default_data_collator, set_seed
+
+from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+from hf_maxsup.data import encode_labels, image_transform
+from hf_maxsup.metrics import classification_compute_metrics
+from hf_maxsup.models import build_image_model
+from hf_maxsup.recipes import (
+    DataArguments,
+    ModelArguments,
+    load_data,
+    maybe_lora,
+    parse_args,
+    reliability_diagram_writer,
+    run,
+)
+
+
+@dataclass
+class ImageDataArguments(DataArguments):
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder of training images."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder of validation images."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+    augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
+
+
+def main():
+    model_args, data_args, training_args = parse_args(ModelArguments, ImageDataArguments, MaxSupTrainingArguments)
+    set_seed(training_args.seed)
+    raw = load_data(
+        "image-classification", data_args, model_args, seed=training_args.seed,
+        columns={data_args.image_column_name: "--image_column_name", data_args.label_column_name:
+                 "--label_column_name"},
+        train_dir=data_args.train_dir, validation_dir=data_args.validation_dir,
+    )
+    raw, labels = encode_labels(raw, data_args.label_column_name)
+    model, image_processor = build_image_model(labels, model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                                               token=model_args.token)
+    model = maybe_lora(model, model_args, "image-classification")
+
+    def transform(augment):
+        return image_transform(image_processor, data_args.image_column_name, data_args.label_column_name, augment)
+
+    train = raw["train"].with_transform(transform(data_args.augment))
+    evaluation = raw["validation"].with_transform(transform(False))
+    test = raw["test"].with_transform(transform(False)) if "test" in raw else None
+    training_args.remove_unused_columns = False  # the transforms need the raw image column
+    trainer = MaxSupTrainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
+        data_collator=default_data_collator, processing_class=image_processor,
+        compute_metrics=classification_compute_metrics(),
+    )
+    run(trainer, training_args, eval_dataset=evaluation, predict_dataset=test,
+        card_kwargs={"dataset": data_args.dataset_name or "fashion_mnist (hf_maxsup embedded subset)",
+                     "finetuned_from": model_args.model_name_or_path, "tasks": "image-classification"},
+        on_eval=reliability_diagram_writer(training_args.output_dir))
+
+
+if __name__ == "__main__":
+    main()
