@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import _fused
+
 __all__ = [
     "LOSSES",
     "LabelSmoothingLoss",
@@ -155,10 +157,6 @@ def _reduce(per_item: torch.Tensor, keep: torch.Tensor | None, reduction: str, n
 def _use_fused(logits: torch.Tensor, inplace_backward: bool) -> bool:
     if logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
-    try:  # TODO(lead): plain import once _fused.py lands
-        from . import _fused
-    except ImportError:
-        return False
     # Below ~64k elements per-call overhead dominates and eager ops are as fast.
     return _fused.is_available() and (inplace_backward or logits.numel() >= 1 << 16)
 
@@ -168,8 +166,6 @@ def _loss(kind, input, target, alpha, ignore_index, reduction, num_items_in_batc
     _check_inputs(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch)
     alpha = float(alpha) if kind != "ce" else 0.0
     if _use_fused(input, inplace_backward):
-        from . import _fused
-
         return _fused.fused_cross_entropy(
             input, target, kind=kind, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
             num_items_in_batch=num_items_in_batch, inplace_backward=inplace_backward,
