@@ -111,7 +111,8 @@ class MaxSupLossFunc(TrainerCallback):
         alpha = self.current_alpha()
         loss, components = self.loss_fn(
             logits, labels.to(logits.device), alpha, ignore_index=self.ignore_index,
-            num_items_in_batch=num_items_in_batch, inplace_backward=self.inplace_backward and torch.is_grad_enabled(),
+            num_items_in_batch=num_items_in_batch,
+            inplace_backward=self.inplace_backward and torch.is_grad_enabled() and not _saved_for_backward(logits),
             return_components=True,
         )
         # The Trainer evaluates under no_grad; that tells the two apart without access to the model.
@@ -178,6 +179,17 @@ class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
 @dataclass
 class MaxSupSeq2SeqTrainingArguments(_LossArguments, Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` plus the loss fields of [`MaxSupTrainingArguments`]."""
+
+
+def _saved_for_backward(logits: torch.Tensor) -> bool:
+    """Whether the op that produced `logits` keeps them for its own backward (e.g. `exp`, `sigmoid`), in which case
+    overwriting them with their gradient would break that backward.
+    """
+    fn = logits.grad_fn
+    return fn is not None and any(
+        isinstance(value, torch.Tensor) and value.data_ptr() == logits.data_ptr()
+        for value in (getattr(fn, name) for name in dir(fn) if name.startswith("_saved_"))
+    )
 
 
 def _is_causal_lm(model) -> bool:

@@ -211,3 +211,16 @@ def test_trainer_misuse_gets_clear_errors(tmp_path):
         MaxSupTrainer(model=regression, args=args)
     with pytest.raises(ValueError, match="has no `logits`"):
         MaxSupLossFunc("ce")({"last_hidden_state": torch.zeros(1)}, torch.zeros(1, dtype=torch.long))
+
+
+def test_inplace_gradient_is_skipped_when_autograd_needs_the_logits():
+    """exp saves its output for backward: overwriting it with the gradient would make backward fail."""
+    loss_fn = MaxSupLossFunc("maxsup", alpha=0.1, schedule="constant")
+    loss_fn.inplace_backward = True
+    x = torch.randn(64, 1200, requires_grad=True)
+    labels = torch.randint(0, 1200, (64,))
+    loss_fn({"logits": x.exp()}, labels).backward()
+    reference = x.detach().clone().requires_grad_()
+    (torch.nn.functional.cross_entropy(reference.exp(), labels)
+     + 0.1 * (reference.exp().max(-1).values - reference.exp().mean(-1)).mean()).backward()
+    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-4, atol=1e-6)
