@@ -1,4 +1,5 @@
-"""Analyses of trained classifiers: calibration, selective classification, feature geometry and logit statistics.
+"""Analyses of trained classifiers: calibration, selective classification, feature geometry, logit statistics and
+linear-probe transfer.
 
 Plain functions taking numpy arrays or torch tensors (logits of shape (N, K), integer labels of shape
 (N,), features of shape (N, D)) and returning numbers or matplotlib figures. Plotting needs the
@@ -24,6 +25,7 @@ from .selective import (
     risk_coverage_plot,
     select_logit_norm_p,
 )
+from .transfer import digits_probe_dataset, linear_probe
 
 
 __all__ = [
@@ -32,9 +34,11 @@ __all__ = [
     "classwise_ece",
     "collect_features",
     "confidence_stats",
+    "digits_probe_dataset",
     "e_aurc",
     "expected_calibration_error",
     "feature_geometry",
+    "linear_probe",
     "logit_norm_confidence",
     "ls_decomposition",
     "negative_log_likelihood",

@@ -1,0 +1,132 @@
+"""Training the same model with several losses and seeds through a recipe script, resumably.
+
+Each member (a loss and a seed) runs `python <recipe> <passthrough> --loss L --seed S --output_dir <runs>/L-seedS
+--do_train --do_eval` in a subprocess, so the recipe's own argument parsing, data loading, progress bar and model card
+are used unchanged. A member is *finished* when its output directory holds the final weights (`model.safetensors` or
+`adapter_model.safetensors`) and `eval_results.json`: running the same comparison again skips it. An unfinished member
+with a `checkpoint-*` folder is resumed from its newest checkpoint (`--resume_from_checkpoint last`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+
+__all__ = ["Member", "default_recipe", "is_finished", "plan_members", "train_members"]
+
+MEMBER_FILE = "hf_maxsup_compare.json"
+FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+# Set by compare for every member; the recipe must not get them from the passthrough arguments as well.
+RESERVED = {"--loss": "--losses", "--seed": "--seeds", "--output_dir": "--output_dir / --runs_dir",
+            "--resume_from_checkpoint": "(resuming is automatic)"}
+# Defaults that keep the run folders small; the passthrough arguments override them.
+DEFAULT_ARGS = ("--save_total_limit", "2")
+
+
+@dataclass
+class Member:
+    loss: str
+    seed: int
+    output_dir: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.loss} seed {self.seed}"
+
+
+def default_recipe() -> str:
+    """The image-classification recipe of the repository checkout this package is installed from."""
+    path = Path(__file__).resolve().parent.parent / "recipes" / "image_classification.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no recipe at {path}: hf_maxsup is not installed from a repository checkout. Pass --recipe "
+            "path/to/recipes/image_classification.py (or another recipe that takes --loss, --seed and --output_dir)."
+        )
+    return str(path)
+
+
+def check_passthrough(args: Sequence[str]) -> None:
+    """Rejects the flags that compare sets itself for every member."""
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in RESERVED:
+            raise ValueError(f"{flag} is set by compare for each member; use {RESERVED[flag]} instead.")
+
+
+def is_finished(output_dir: str) -> bool:
+    """Whether a member's output directory holds its final weights and its evaluation results."""
+    return any(os.path.isfile(os.path.join(output_dir, name)) for name in FINAL_WEIGHTS) and os.path.isfile(
+        os.path.join(output_dir, "eval_results.json")
+    )
+
+
+def plan_members(runs_dir: str, losses: Sequence[str], seeds: Sequence[int]) -> list[Member]:
+    """One member per (loss, seed), seeds in the outer loop so that a partial comparison has every loss."""
+    return [Member(loss, seed, os.path.join(runs_dir, f"{loss}-seed{seed}")) for seed in seeds for loss in losses]
+
+
+def member_command(recipe: str, member: Member, passthrough: Sequence[str], python: str = sys.executable,
+                   resume: bool = False) -> list[str]:
+    command = [python, recipe, *DEFAULT_ARGS, *passthrough, "--loss", member.loss, "--seed", str(member.seed),
+               "--output_dir", member.output_dir, "--do_train", "--do_eval"]
+    return command + (["--resume_from_checkpoint", "last"] if resume else [])
+
+
+def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
+    """Refuses to reuse a member directory trained with other arguments; records them on first use."""
+    path = os.path.join(member.output_dir, MEMBER_FILE)
+    settings = {"recipe": os.path.abspath(recipe), "loss": member.loss, "seed": member.seed,
+                "args": list(passthrough)}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        if recorded.get("args") != settings["args"] or recorded.get("loss") != member.loss or \
+                recorded.get("seed") != member.seed:
+            raise ValueError(
+                f"{member.output_dir} was trained with other arguments ({shlex.join(recorded.get('args', []))}) than "
+                f"this comparison ({shlex.join(passthrough)}): give another --output_dir (or --runs_dir), or delete "
+                "that folder to retrain it."
+            )
+        return
+    os.makedirs(member.output_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2)
+
+
+def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[str], *, python: str = sys.executable,
+                  log: Callable[[str], None] = print, env: dict | None = None) -> None:
+    """Trains every unfinished member in turn (see the module docstring), printing which member of how many.
+
+    Raises:
+        `RuntimeError`: a member's recipe failed; rerunning the same command resumes from there.
+    """
+    check_passthrough(passthrough)
+    for i, member in enumerate(members, 1):
+        prefix = f"[hf-maxsup compare] member {i}/{len(members)} ({member.name})"
+        _check_same_settings(member, recipe, passthrough)
+        if is_finished(member.output_dir):
+            log(f"{prefix}: finished earlier, skipped ({member.output_dir})")
+            continue
+        checkpoint = get_last_checkpoint(member.output_dir) if os.path.isdir(member.output_dir) else None
+        if checkpoint is not None:
+            log(f"{prefix}: resuming from {checkpoint}")
+        else:
+            log(f"{prefix}: training into {member.output_dir}")
+        command = member_command(recipe, member, passthrough, python, resume=checkpoint is not None)
+        log(f"  $ {shlex.join(command)}")
+        completed = subprocess.run(command, env=env, check=False)
+        if completed.returncode != 0 or not is_finished(member.output_dir):
+            raise RuntimeError(
+                f"{prefix} failed (exit code {completed.returncode}); its output is in {member.output_dir}. Fix the "
+                "cause and rerun the same command: finished members are skipped and this one resumes from its last "
+                "checkpoint."
+            )
+        log(f"{prefix}: done")

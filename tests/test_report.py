@@ -1,0 +1,193 @@
+"""The report's aggregation, checks against the papers, writing, and the linear probe (no training here)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from hf_maxsup.analysis import digits_probe_dataset, linear_probe
+from hf_maxsup.report import (
+    REPORT_FILES,
+    TABLE_METRICS,
+    compute_metrics,
+    format_summary,
+    paper_checks,
+    summarize,
+    summarize_runs,
+    write_report,
+)
+
+# --- aggregation -----------------------------------------------------------------------------------------------------
+
+
+def test_summarize_mean_and_sample_std_by_hand():
+    # mean 0.9; squared deviations 0.01 + 0 + 0.01 = 0.02, / (3 - 1) = 0.01 -> std 0.1.
+    summary = summarize([0.8, 0.9, 1.0])
+    assert summary["n"] == 3
+    assert summary["mean"] == pytest.approx(0.9)
+    assert summary["std"] == pytest.approx(0.1)
+    # Two values 1 and 3: mean 2, std sqrt((1 + 1) / 1) = sqrt(2); NaN and None (no errors to average) are skipped.
+    summary = summarize([1.0, float("nan"), 3.0, None])
+    assert (summary["n"], summary["mean"], summary["std"]) == (2, pytest.approx(2.0), pytest.approx(math.sqrt(2)))
+
+
+def test_summarize_one_or_no_value():
+    one = summarize([0.25])
+    assert one["n"] == 1 and one["mean"] == 0.25 and math.isnan(one["std"])
+    none = summarize([float("nan")])
+    assert none["n"] == 0 and math.isnan(none["mean"])
+
+
+def test_format_summary():
+    # 0.91 and 0.93: mean 0.92, std sqrt(2 * 0.01**2) = 0.0141; in % with 2 decimals.
+    assert format_summary(summarize([0.91, 0.93]), scale=100, decimals=2) == "92.00 ± 1.41"
+    assert format_summary(summarize([0.5]), scale=100, decimals=2) == "50.00"
+    assert format_summary(summarize([]), 1.0, 3) == "—"
+    assert format_summary(summarize([0.3311, 0.3289, 0.3300]), 1.0, 3) == "0.330 ± 0.001"
+
+
+def test_summarize_runs_groups_by_label_in_order():
+    results = [
+        {"label": "ls", "metrics": {"accuracy": 0.80, "ece": 0.02}},
+        {"label": "ce", "metrics": {"accuracy": 0.70, "ece": 0.10}},
+        {"label": "ls", "metrics": {"accuracy": 0.90, "ece": 0.04}},
+    ]
+    summary = summarize_runs(results)
+    assert list(summary) == ["ls", "ce"]
+    assert summary["ls"]["accuracy"] == {"mean": pytest.approx(0.85), "std": pytest.approx(math.sqrt(0.005)), "n": 2}
+    assert summary["ls"]["ece"]["mean"] == pytest.approx(0.03)
+    assert summary["ce"]["accuracy"]["n"] == 1 and summary["ce"]["accuracy"]["mean"] == 0.70
+
+
+def test_paper_checks_verdicts_and_spread():
+    summary = summarize_runs([
+        {"label": "ce", "metrics": {"ece": 0.050, "d_within": 0.30, "accuracy": 0.90}},
+        {"label": "ce", "metrics": {"ece": 0.060, "d_within": 0.32, "accuracy": 0.91}},
+        {"label": "ls", "metrics": {"ece": 0.020, "d_within": 0.25, "accuracy": 0.905}},
+        {"label": "ls", "metrics": {"ece": 0.022, "d_within": 0.27, "accuracy": 0.915}},
+        {"label": "maxsup", "metrics": {"ece": 0.030, "d_within": 0.24, "accuracy": 0.90}},
+        {"label": "maxsup", "metrics": {"ece": 0.031, "d_within": 0.26, "accuracy": 0.91}},
+    ])
+    checks = {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary)}
+    ece = checks[("ece", "ls", "ce")]
+    # Means 0.021 vs 0.055; stds 0.0014 + 0.0071 = 0.0085 < 0.034.
+    assert ece["agrees"] and ece["beyond_spread"] and ece["difference"] == pytest.approx(-0.034)
+    d_ls_ce = checks[("d_within", "ls", "ce")]
+    # 0.26 vs 0.31, spread 0.0141 + 0.0141 = 0.028 < 0.05.
+    assert d_ls_ce["agrees"] and d_ls_ce["beyond_spread"]
+    d_max_ls = checks[("d_within", "maxsup", "ls")]
+    assert not d_max_ls["agrees"] and d_max_ls["beyond_spread"] is False  # 0.25 vs 0.26, within 0.028
+    accuracy = checks[("accuracy", "maxsup", "ls")]
+    assert not accuracy["agrees"] and accuracy["difference"] == pytest.approx(-0.005)
+    # No AURC or probe numbers given: those claims are left out; one run per group: spread unknown.
+    assert ("aurc", "ls", "ce") not in checks
+    single = paper_checks(summarize_runs([{"label": "ce", "metrics": {"ece": 0.1}},
+                                          {"label": "ls", "metrics": {"ece": 0.05}}]))
+    assert single[0]["agrees"] and single[0]["beyond_spread"] is None
+
+
+# --- metrics and writing ---------------------------------------------------------------------------------------------
+
+
+def fake_result(label, seed, rng, n=90, k=4, d=6):
+    labels = np.arange(n) % k
+    logits = rng.normal(size=(n, k)) + 3.0 * np.eye(k)[labels]
+    features = rng.normal(size=(n, d)) + np.eye(k, d)[labels] * 4
+    metrics = compute_metrics(logits, labels, features)
+    metrics["linear_probe_digits"] = 0.8 + 0.01 * seed
+    return {"label": label, "seed": seed, "path": f"runs/{label}-seed{seed}", "task": "image-classification",
+            "split": "test", "num_examples": n, "metrics": metrics, "logits": logits, "labels": labels,
+            "features": features, "class_weights": rng.normal(size=(k, d)),
+            "class_names": ["a", "b", "c", "d"]}
+
+
+def test_compute_metrics_keys():
+    rng = np.random.default_rng(0)
+    metrics = fake_result("ce", 0, rng)["metrics"]
+    for key, *_ in TABLE_METRICS:
+        assert key in metrics and math.isfinite(metrics[key])
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["r2"] <= 1
+
+
+def test_write_report_files_and_table(tmp_path):
+    rng = np.random.default_rng(0)
+    results = [fake_result(label, seed, rng) for seed in (0, 1) for label in ("ce", "ls", "maxsup")]
+    content = write_report(results, str(tmp_path), command="hf-maxsup compare ...", data_note="Synthetic.")
+    for name in REPORT_FILES:
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = (tmp_path / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| loss |"))
+    for _, column, _, _ in TABLE_METRICS:
+        assert column in header
+    rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines()
+            if line.startswith(("| ce |", "| ls |", "| maxsup |"))}
+    assert set(rows) == {"ce", "ls", "maxsup"}
+    # Two seeds per loss: "mean ± std"; the probe column is 80.50 ± 0.71 (80 and 81 %).
+    assert "| 2 |" in rows["ce"] and rows["ce"].rstrip(" |").endswith("80.50 ± 0.71")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == 6 and saved["summary"]["ls"]["accuracy"]["n"] == 2
+    assert saved["summary"]["ce"]["accuracy"]["mean"] == pytest.approx(
+        np.mean([r["metrics"]["accuracy"] for r in results if r["label"] == "ce"]))
+    assert {check["metric"] for check in saved["checks"]} >= {"ece", "d_within", "accuracy"}
+    assert content["figures"]["projections"] == "projections.png"
+    assert "CE's mean top-1 confidence is" in report and "confident" in report
+
+
+# --- linear probe ----------------------------------------------------------------------------------------------------
+
+
+def test_linear_probe_separable_and_chance():
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 2
+    separable = rng.normal(size=(200, 5)) + 5.0 * labels[:, None]
+    assert linear_probe(separable[:100], labels[:100], separable[100:], labels[100:]) == 1.0
+    noise = rng.normal(size=(400, 5))
+    labels = rng.integers(0, 2, 400)
+    assert 0.3 < linear_probe(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.7
+    with pytest.raises(ValueError, match="width"):
+        linear_probe(noise[:10, :3], labels[:10], noise[:10], labels[:10])
+
+
+def test_digits_probe_dataset():
+    data = digits_probe_dataset()
+    assert len(data["train"]) + len(data["test"]) == 1797 and abs(len(data["train"]) - len(data["test"])) <= 1
+    image = data["train"][0]["image"]
+    assert image.size == (28, 28) and image.mode == "L"
+    # Ink is bright on a dark background, as in Fashion-MNIST.
+    pixels = np.asarray(image)
+    assert pixels[0, 0] < 30 and pixels.max() > 150
+    small = digits_probe_dataset(max_samples=100)
+    assert len(small["train"]) == 50 and sorted(set(small["train"]["label"])) == list(range(10))
+    assert small["test"]["label"] == digits_probe_dataset(max_samples=100)["test"]["label"]  # fixed split
+
+
+# --- labels of the evaluation data -----------------------------------------------------------------------------------
+
+
+def test_labels_are_mapped_to_the_models_ids():
+    from types import SimpleNamespace
+
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from hf_maxsup.report import _label_lookup, _relabel
+
+    config = SimpleNamespace(num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"})
+    same = Dataset.from_dict({"label": [0, 2]}, features=Features({"label": ClassLabel(names=["cat", "dog", "fox"])}))
+    assert _label_lookup(same, "label", config) is None
+    shuffled = Dataset.from_dict({"label": [0, 1, 2]},
+                                 features=Features({"label": ClassLabel(names=["fox", "cat", "dog"])}))
+    mapping = _label_lookup(shuffled, "label", config)
+    assert _relabel(shuffled, "label", mapping)["label"] == [2, 0, 1]
+    strings = Dataset.from_dict({"label": ["dog", "cat"], "x": [1, 2]})
+    assert _relabel(strings, "label", _label_lookup(strings, "label", config))["label"] == [1, 0]
+    integers = Dataset.from_dict({"label": [2, 0]}, features=Features({"label": Value("int64")}))
+    assert _label_lookup(integers, "label", config) is None
+    with pytest.raises(ValueError, match="not classes of the model"):
+        _label_lookup(Dataset.from_dict({"label": [0]}, features=Features({"label": ClassLabel(names=["cow"])})),
+                      "label", config)
+    with pytest.raises(ValueError, match="do not match"):
+        _label_lookup(Dataset.from_dict({"label": ["cow"]}), "label", config)
