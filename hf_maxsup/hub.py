@@ -47,7 +47,8 @@ _LOSS_TAGS = {"ce": [], "ls": ["label-smoothing"], "maxsup": ["maxsup"]}
 # `eval_*` entries of the log history that are not metrics of the model: Trainer bookkeeping, and the loss and its
 # components that MaxSupTrainer logs (they depend on the training loss, so they do not compare across losses).
 _NOT_METRICS = {
-    "loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "jit_compilation_time",
+    "loss", "runtime", "samples", "samples_per_second", "steps_per_second", "model_preparation_time",
+    "jit_compilation_time",
     "ce", "reg", "alpha", "ls_regularization", "ls_error_amplification",
 }
 _METRIC_NAMES = {

@@ -297,3 +297,9 @@ def test_peft_adapter_card_keeps_peft_fields_and_reloads(tmp_path, compute_metri
     for reloaded in (AutoModelForSequenceClassification.from_pretrained(tmp_path / "adapter"),
                      load_for_analysis(str(tmp_path / "adapter"))):
         torch.testing.assert_close(logits_of(reloaded), expected)
+
+
+def test_sample_counts_are_not_metrics():
+    from hf_maxsup.hub import _metrics
+
+    assert _metrics({"eval_accuracy": 0.9, "eval_samples": 1200, "eval_runtime": 3.0}) == {"accuracy": 0.9}
