@@ -8,11 +8,13 @@ offline. Your data: `--dataset_name` (Hub), `--train_file/--validation_file` (cs
 bytes column) or `--train_dir/--validation_dir` (image folders `<dir>/<label>/<image>`).
 """
 
+import sys
 from dataclasses import dataclass, field
 
 from transformers import default_data_collator, set_seed
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import encode_labels, image_transform
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_image_model
@@ -69,4 +71,6 @@ def main():
 
 
 if __name__ == "__main__":
+    if "--compare" in sys.argv:  # train ce, ls and maxsup side by side and write a report: hf-maxsup compare
+        sys.exit(compare_from_recipe(__file__))
     main()

@@ -9,11 +9,13 @@ from a config and a WordPiece tokenizer trained on the data. Your data: `--datas
 `--train_file/--validation_file` (csv/json/parquet) with `--text_column_name` (and `--text_pair_column_name`).
 """
 
+import sys
 from dataclasses import dataclass, field
 
 from transformers import DataCollatorWithPadding, set_seed
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import encode_labels, text_preprocess_function
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_text_model
@@ -68,4 +70,6 @@ def main():
 
 
 if __name__ == "__main__":
+    if "--compare" in sys.argv:  # train ce, ls and maxsup side by side and write a report: hf-maxsup compare
+        sys.exit(compare_from_recipe(__file__))
     main()

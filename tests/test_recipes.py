@@ -129,3 +129,11 @@ def test_deepspeed_configs(stage, tmp_path):
 
     args = MaxSupTrainingArguments(output_dir=str(tmp_path), deepspeed=path)
     assert args.hf_deepspeed_config.config["zero_optimization"]["stage"] == stage
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_compare_flag_runs_the_comparison_of_this_recipe(name):
+    result = subprocess.run([sys.executable, RECIPES[name], "--compare", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--seeds" in result.stdout and "--losses" in result.stdout
