@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
-__all__ = ["Member", "default_recipe", "is_finished", "plan_members", "train_members"]
+__all__ = ["Member", "check_classifier", "default_recipe", "is_finished", "plan_members", "train_members"]
 
 MEMBER_FILE = "hf_maxsup_compare.json"
 FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
@@ -101,9 +101,28 @@ def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]
         json.dump(settings, f, indent=2)
 
 
+def check_classifier(output_dir: str) -> None:
+    """Raises a ValueError unless the member's saved model is an image or text classifier (what the report covers)."""
+    from .hub import _task_of
+
+    with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as f:
+        architecture = (json.load(f).get("architectures") or [""])[0]
+    task = _task_of(architecture)
+    if task not in ("image-classification", "text-classification"):
+        raise ValueError(
+            f"{output_dir} holds a {architecture or 'model of unknown architecture'} ({task or 'unknown task'}): the "
+            "comparison report covers image and text classifiers only. Train seq2seq models with the recipe and "
+            "compare them with its BLEU / NLL metrics instead."
+        )
+
+
 def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[str], *, python: str = sys.executable,
-                  log: Callable[[str], None] = print, env: dict | None = None) -> None:
+                  log: Callable[[str], None] = print, env: dict | None = None,
+                  check: Callable[[str], None] | None = check_classifier) -> None:
     """Trains every unfinished member in turn (see the module docstring), printing which member of how many.
+
+    `check` is called on the output directory of the first member once it is finished, so that a model the report
+    cannot analyse stops the comparison before the other members are trained.
 
     Raises:
         `RuntimeError`: a member's recipe failed; rerunning the same command resumes from there.
@@ -114,6 +133,8 @@ def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[
         _check_same_settings(member, recipe, passthrough)
         if is_finished(member.output_dir):
             log(f"{prefix}: finished earlier, skipped ({member.output_dir})")
+            if check is not None and i == 1:
+                check(member.output_dir)
             continue
         checkpoint = get_last_checkpoint(member.output_dir) if os.path.isdir(member.output_dir) else None
         if checkpoint is not None:
@@ -130,3 +151,5 @@ def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[
                 "checkpoint."
             )
         log(f"{prefix}: done")
+        if check is not None and i == 1:
+            check(member.output_dir)
