@@ -13,13 +13,11 @@ NLL of the references.
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 
 from transformers import DataCollatorForSeq2Seq, set_seed
 
 from hf_maxsup import MaxSupSeq2SeqTrainer, MaxSupSeq2SeqTrainingArguments
-from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
@@ -82,6 +80,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if "--compare" in sys.argv:  # train ce, ls and maxsup side by side and write a report: hf-maxsup compare
-        sys.exit(compare_from_recipe(__file__))
     main()
