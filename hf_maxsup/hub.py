@@ -118,7 +118,8 @@ def write_model_card(
     Everything comes from the trainer: the loss and alpha schedule from its `MaxSupLossFunc` (the one
     [`MaxSupTrainer`] builds, or one given to a plain `Trainer` as `compute_loss_func`), the evaluation metrics from
     the last evaluation in `trainer.state.log_history` (every `eval_<name>` except the loss and its logged
-    components), the hyper-parameters from `trainer.args`. The keyword arguments are those of
+    components; with `predict_with_generate`, `eval_loss` is the token-level NLL and is recorded as `nll`), the
+    hyper-parameters from `trainer.args`. The keyword arguments are those of
     `Trainer.create_model_card` and override what is inferred. For a PEFT model, the card keeps the fields `peft`
     writes (`library_name`, `base_model`, its tags) and adds ours.
 
@@ -188,6 +189,10 @@ def write_model_card(
 
     evaluations = [entry for entry in state.log_history if _metrics(entry)]
     final = _metrics(evaluations[-1]) if evaluations else {}
+    # With predict_with_generate the Seq2SeqTrainer evaluates the model's own cross-entropy: `eval_loss` is then the
+    # token-level NLL of the references, which does compare across training losses.
+    if evaluations and getattr(args, "predict_with_generate", False) and "eval_loss" in evaluations[-1]:
+        final.setdefault("nll", float(evaluations[-1]["eval_loss"]))
     results = [{"type": key, "name": _METRIC_NAMES.get(key, key), "value": value} for key, value in final.items()]
     eval_results = [
         EvalResult(
