@@ -59,6 +59,16 @@ def _label_maps(labels: Sequence[str]) -> dict:
     }
 
 
+def _pretrained_classifier(auto_model, model_name_or_path: str, task: str, labels: Sequence[str], **hub):
+    # The head is replaced when the checkpoint has another number of labels (ignore_mismatched_sizes).
+    config = _from_pretrained(
+        AutoConfig.from_pretrained, model_name_or_path, finetuning_task=task, **_label_maps(labels), **hub
+    )
+    return _from_pretrained(
+        auto_model.from_pretrained, model_name_or_path, config=config, ignore_mismatched_sizes=True, **hub
+    )
+
+
 def build_image_model(
     labels: Sequence[str],
     model_name_or_path: str | None = None,
@@ -96,19 +106,8 @@ def build_image_model(
     """
     if model_name_or_path is not None:
         hub = {"cache_dir": cache_dir, "token": token}
-        config = _from_pretrained(
-            AutoConfig.from_pretrained,
-            model_name_or_path,
-            finetuning_task="image-classification",
-            **_label_maps(labels),
-            **hub,
-        )
-        model = _from_pretrained(
-            AutoModelForImageClassification.from_pretrained,
-            model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=True,
-            **hub,
+        model = _pretrained_classifier(
+            AutoModelForImageClassification, model_name_or_path, "image-classification", labels, **hub
         )
         return model, _from_pretrained(AutoImageProcessor.from_pretrained, model_name_or_path, **hub)
 
@@ -208,20 +207,9 @@ def build_text_model(
         model_name_or_path = _default_text_model_path()
     if model_name_or_path is not None:
         hub = {"cache_dir": cache_dir, "token": token}
-        config = _from_pretrained(
-            AutoConfig.from_pretrained,
-            model_name_or_path,
-            finetuning_task="text-classification",
-            **_label_maps(labels),
-            **hub,
-        )
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model_name_or_path, **hub)
-        model = _from_pretrained(
-            AutoModelForSequenceClassification.from_pretrained,
-            model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=True,
-            **hub,
+        model = _pretrained_classifier(
+            AutoModelForSequenceClassification, model_name_or_path, "text-classification", labels, **hub
         )
         return model, tokenizer
 
