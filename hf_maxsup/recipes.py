@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 
 import datasets
 import transformers
-from transformers import HfArgumentParser
+from transformers import AutoTokenizer, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import check_columns, load_task_dataset
 from .models import apply_lora
 
-__all__ = ["DataArguments", "ModelArguments", "load_data", "parse_args", "reliability_diagram_writer", "run"]
+__all__ = [
+    "DataArguments", "ModelArguments", "build_with_shared_tokenizer", "load_data", "parse_args",
+    "reliability_diagram_writer", "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +148,34 @@ def _resume_checkpoint(training_args) -> str | None:
             logger.warning(f"{training_args.output_dir} holds {last}, which this run will not overwrite but may "
                            "mix with: pass --resume_from_checkpoint last to continue it, or another --output_dir.")
     return resume
+
+
+def build_with_shared_tokenizer(builder, training_args, **kwargs):
+    """Call a text or translation builder of `hf_maxsup.models` so that all processes, and a resumed run, share one
+    tokenizer.
+
+    The offline defaults train their tokenizer on the data, and the trainers of 🤗 Tokenizers can give another
+    vocabulary in another process. So a resumed run takes the tokenizer saved in its checkpoint; otherwise the main
+    process builds first and saves its tokenizer to `output_dir` (a file system the processes share, as for
+    checkpoints), and the other processes use that one.
+
+    Args:
+        builder (`Callable`): [`~hf_maxsup.models.build_text_model`] or [`~hf_maxsup.models.build_translation_model`].
+        training_args: the run's arguments (`resume_from_checkpoint`, `output_dir`, process index and count).
+        kwargs: the builder's arguments; `tokenizer` is set here.
+
+    Returns:
+        `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: what the builder returns.
+    """
+    checkpoint = training_args.resume_from_checkpoint and _resume_checkpoint(training_args)
+    with training_args.main_process_first(local=False, desc="building the tokenizer"):
+        saved = checkpoint or (training_args.output_dir if training_args.process_index > 0 else None)
+        if saved is not None and os.path.isfile(os.path.join(saved, "tokenizer.json")):
+            kwargs["tokenizer"] = AutoTokenizer.from_pretrained(saved)
+        model, tokenizer = builder(**kwargs)
+        if training_args.world_size > 1 and training_args.process_index == 0:
+            tokenizer.save_pretrained(training_args.output_dir)
+    return model, tokenizer
 
 
 def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kwargs=None, on_eval=None) -> dict:

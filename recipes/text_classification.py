@@ -21,6 +21,7 @@ from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_text_model
 from hf_maxsup.recipes import (
     DataArguments,
+    build_with_shared_tokenizer,
     ModelArguments,
     load_data,
     maybe_lora,
@@ -48,9 +49,10 @@ def main():
                  data_args.label_column_name: "--label_column_name"},
     )
     raw, labels = encode_labels(raw, data_args.label_column_name)
-    model, tokenizer = build_text_model(labels, model_args.model_name_or_path,
-                                        train_texts=raw["train"][data_args.text_column_name],
-                                        cache_dir=model_args.cache_dir, token=model_args.token)
+    model, tokenizer = build_with_shared_tokenizer(
+        build_text_model, training_args, labels=labels, model_name_or_path=model_args.model_name_or_path,
+        train_texts=raw["train"][data_args.text_column_name], cache_dir=model_args.cache_dir, token=model_args.token,
+    )
     model = maybe_lora(model, model_args, "text-classification")
     with training_args.main_process_first(desc="tokenization"):
         tokenized = raw.map(

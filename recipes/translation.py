@@ -27,7 +27,8 @@ from hf_maxsup import MaxSupSeq2SeqTrainer, MaxSupSeq2SeqTrainingArguments
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
-from hf_maxsup.recipes import DataArguments, ModelArguments, load_data, maybe_lora, parse_args, run
+from hf_maxsup.recipes import (DataArguments, ModelArguments, build_with_shared_tokenizer, load_data, maybe_lora,
+                               parse_args, run)
 
 
 @dataclass
@@ -51,9 +52,11 @@ def main():
     if missing:
         raise ValueError(f"language(s) {sorted(missing)} (--source_lang/--target_lang) not in the translation column; "
                          f"it has: {', '.join(sorted(pairs[0]))}.")
-    model, tokenizer = build_translation_model(model_args.model_name_or_path, train_pairs=pairs,
-                                               source_lang=data_args.source_lang, target_lang=data_args.target_lang,
-                                               cache_dir=model_args.cache_dir, token=model_args.token)
+    model, tokenizer = build_with_shared_tokenizer(
+        build_translation_model, training_args, model_name_or_path=model_args.model_name_or_path, train_pairs=pairs,
+        source_lang=data_args.source_lang, target_lang=data_args.target_lang, cache_dir=model_args.cache_dir,
+        token=model_args.token,
+    )
     model = maybe_lora(model, model_args, "translation")
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_target_length
