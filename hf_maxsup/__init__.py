@@ -1,40 +1,42 @@
-"""hf_maxsup: Max Suppression (MaxSup) and label smoothing for Hugging Face Transformers training."""
+"""hf_maxsup: Max Suppression (MaxSup) and label smoothing for Hugging Face Transformers training.
 
-from .losses import (
-    LOSSES,
-    LabelSmoothingLoss,
-    MaxSupLoss,
-    cross_entropy,
-    get_loss_fn,
-    label_smoothing_cross_entropy,
-    maxsup_cross_entropy,
-)
-from .hub import HubPushError, load_for_analysis
-from .schedules import alpha_at
-from .trainer import (
-    MaxSupLossFunc,
-    MaxSupSeq2SeqTrainer,
-    MaxSupSeq2SeqTrainingArguments,
-    MaxSupTrainer,
-    MaxSupTrainingArguments,
-)
+The names below are imported on first use, so that `import hf_maxsup.losses` (or `hf_maxsup.kernels`) does not pull
+in transformers.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "HubPushError",
-    "LOSSES",
-    "LabelSmoothingLoss",
-    "MaxSupLoss",
-    "MaxSupLossFunc",
-    "MaxSupSeq2SeqTrainer",
-    "MaxSupSeq2SeqTrainingArguments",
-    "MaxSupTrainer",
-    "MaxSupTrainingArguments",
-    "alpha_at",
-    "cross_entropy",
-    "get_loss_fn",
-    "label_smoothing_cross_entropy",
-    "load_for_analysis",
-    "maxsup_cross_entropy",
-]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "HubPushError": "hub",
+    "load_for_analysis": "hub",
+    "LOSSES": "losses",
+    "LabelSmoothingLoss": "losses",
+    "MaxSupLoss": "losses",
+    "cross_entropy": "losses",
+    "get_loss_fn": "losses",
+    "label_smoothing_cross_entropy": "losses",
+    "maxsup_cross_entropy": "losses",
+    "alpha_at": "schedules",
+    "MaxSupLossFunc": "trainer",
+    "MaxSupSeq2SeqTrainer": "trainer",
+    "MaxSupSeq2SeqTrainingArguments": "trainer",
+    "MaxSupTrainer": "trainer",
+    "MaxSupTrainingArguments": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'hf_maxsup' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

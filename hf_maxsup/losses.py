@@ -12,7 +12,8 @@ Per kept item with logits `z` (K classes) and target `y` (or a soft target distr
 - `maxsup`: `CE + alpha * (max_k z_k - mean_k z_k)`
 
 Everything is computed in float32 (float64 for float64 logits) whatever the logits' dtype; the gradient comes back
-in the logits' dtype.
+in the logits' dtype. The loss and its gradient come from one pass of the engine's backend for the logits' device
+(`hf_maxsup.kernels`: the C kernel on CPUs, Triton on GPUs, chunked PyTorch elsewhere).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import _fused
+from . import kernels
 
 __all__ = [
     "LOSSES",
@@ -39,36 +40,39 @@ _REDUCTIONS = ("none", "sum", "mean")
 _SOFT_TARGET_ATOL = 1e-2
 
 
-def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int,
-                  reduction: str, num_items_in_batch) -> None:
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
+def _check_soft_targets(logits: torch.Tensor, target: torch.Tensor) -> None:
+    if target.shape != logits.shape:
         raise ValueError(
-            "logits must be a floating-point tensor of shape (N, K) or (B, T, V), classes last; got "
-            f"{type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}."
+            f"soft targets must have the logits' shape {tuple(logits.shape)}; got {tuple(target.shape)}. "
+            "For class indices pass an integer tensor of shape logits.shape[:-1]."
         )
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
-    if num_items_in_batch is not None and reduction == "none":
-        raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
-    if kind != "ce" and not 0.0 <= float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
-    num_classes = logits.shape[-1]
-    if target.is_floating_point():
-        if target.shape != logits.shape:
-            raise ValueError(
-                f"soft targets must have the logits' shape {tuple(logits.shape)}; got {tuple(target.shape)}. "
-                "For class indices pass an integer tensor of shape logits.shape[:-1]."
-            )
-        target = target.detach()
-        row_sums = target.float().sum(-1)
-        if bool((target < 0).any()) or not torch.allclose(row_sums, torch.ones_like(row_sums), atol=_SOFT_TARGET_ATOL):
-            worst = (row_sums - 1).abs().argmax()
-            raise ValueError(
-                "soft targets must be probability distributions over the last dimension (non-negative, summing "
-                f"to 1); a row sums to {row_sums.flatten()[worst].item():.4f}. Normalise them with "
-                "`target / target.sum(-1, keepdim=True)`."
-            )
+    target = target.detach()
+    # Row-sized reductions only (no logits-sized temporaries), and one host synchronisation for the whole check.
+    row_min = target.amin(-1).float()
+    row_sums = target.sum(-1, dtype=torch.float32)
+    if bool(((row_min >= 0) & ((row_sums - 1).abs() <= _SOFT_TARGET_ATOL)).all()):
         return
+    if bool((row_min < 0).any()):
+        worst = row_min.argmin()
+        raise ValueError(
+            f"soft targets must be probability distributions over the last dimension; row "
+            f"{_row_name(worst, row_min.shape)} has a negative entry ({row_min.flatten()[worst].item():.4g}). Clip "
+            "them with `target.clamp_min(0)` (then renormalise) or check how the targets are mixed."
+        )
+    worst = (row_sums - 1).abs().argmax()
+    raise ValueError(
+        f"soft targets must be probability distributions over the last dimension (non-negative, summing to 1); "
+        f"row {_row_name(worst, row_sums.shape)} sums to {row_sums.flatten()[worst].item():.4f}. Normalise them "
+        "with `target / target.sum(-1, keepdim=True)`."
+    )
+
+
+def _row_name(flat_index: torch.Tensor, shape) -> str:
+    index = torch.unravel_index(flat_index.cpu(), tuple(shape)) if len(shape) else ()
+    return str(tuple(int(i) for i in index)) if len(shape) != 1 else str(int(flat_index))
+
+
+def _check_labels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"labels must be integer class indices or float soft targets; got dtype {target.dtype}.")
     if target.shape != logits.shape[:-1]:
@@ -79,8 +83,9 @@ def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: 
             f"labels of shape {tuple(target.shape)} do not match logits of shape {tuple(logits.shape)}: class "
             f"indices need shape {tuple(logits.shape[:-1])} (the logits' shape without the class dimension).{hint}"
         )
+    num_classes = logits.shape[-1]
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
+    if bool(bad.any()):  # the one host synchronisation of a call on a GPU: a wrong label must not read out of bounds
         value = target[bad][0].item()
         raise ValueError(
             f"label value {value} is outside [0, {num_classes}): the logits have K={num_classes} classes. "
@@ -89,91 +94,35 @@ def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: 
         )
 
 
-def _eager(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int,
-           return_components: bool):
-    """Reference implementation: plain PyTorch ops on float32 copies, differentiated by autograd.
-
-    Returns per-item losses of shape `logits.shape[:-1]` (0 where ignored), the kept mask (or None for soft targets)
-    and, when asked, the components as a dict of 0-dim tensors.
-    """
-    num_classes = logits.shape[-1]
-    # Half precisions are upcast; float64 stays float64 (gradcheck).
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, num_classes)
-    lse = torch.logsumexp(z, dim=-1)
+def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int,
+                  reduction: str, num_items_in_batch) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
+        raise ValueError(
+            "logits must be a floating-point tensor of shape (N, K) or (B, T, V), classes last; got "
+            f"{type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}."
+        )
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f"target must be a tensor of class indices or soft targets; got {type(target).__name__}.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
+    if num_items_in_batch is not None and reduction == "none":
+        raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
+    if kind != "ce" and not 0.0 <= float(alpha) < 1.0:
+        raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
     if target.is_floating_point():
-        soft = target.float().reshape(-1, num_classes)
-        keep = None
-        z_target = (soft * z).sum(-1)
+        _check_soft_targets(logits, target)
     else:
-        labels = target.reshape(-1)
-        keep = labels != ignore_index
-        z_target = z.gather(1, labels.masked_fill(~keep, 0).unsqueeze(1)).squeeze(1)
-    ce = lse - z_target
-    reg = None
-    if kind == "ls":
-        reg = z_target - z.mean(-1)
-    elif kind == "maxsup":
-        # torch.max sends the gradient to the first maximal index, the convention the fused kernel follows.
-        reg = z.max(-1).values - z.mean(-1)
-    per_item = ce if reg is None else ce + alpha * reg
-    if keep is not None:
-        # masked_fill rather than a product: it keeps NaN/inf of padded rows out of the result.
-        per_item = per_item.masked_fill(~keep, 0.0)
-    components = None
-    if return_components:
-        with torch.no_grad():
-            n_kept = (keep.sum() if keep is not None else torch.tensor(z.shape[0], device=z.device)).clamp_min(1)
-            mask = keep if keep is not None else torch.ones_like(ce, dtype=torch.bool)
-
-            def kept_mean(values):
-                return (values.masked_fill(~mask, 0.0).sum() / n_kept).float()
-
-            components = {"ce": kept_mean(ce.detach())}
-            if reg is not None:
-                components["reg"] = kept_mean(reg.detach())
-            if kind == "ls" and keep is not None:
-                gap = z_target.detach().unsqueeze(1) - z.detach()
-                components["ls_regularization"] = kept_mean(gap.clamp_min(0).sum(-1) / num_classes)
-                components["ls_error_amplification"] = kept_mean(gap.clamp_max(0).sum(-1) / num_classes)
-    return per_item.view(logits.shape[:-1]), keep, components
-
-
-def _reduce(per_item: torch.Tensor, keep: torch.Tensor | None, reduction: str, num_items_in_batch):
-    if num_items_in_batch is not None:
-        # A micro-batch of the accumulated batch may be fully ignored; an all-ignored *accumulated* batch gives 0/1.
-        if isinstance(num_items_in_batch, torch.Tensor):
-            denominator = num_items_in_batch.to(per_item.device, torch.float32).clamp_min(1)
-        else:
-            denominator = max(float(num_items_in_batch), 1.0)
-        return per_item.sum() / denominator
-    if reduction == "none":
-        return per_item
-    if reduction == "sum":
-        return per_item.sum()
-    n_kept = per_item.numel() if keep is None else keep.sum().clamp_min(1)
-    return per_item.sum() / n_kept
-
-
-def _use_fused(logits: torch.Tensor, inplace_backward: bool) -> bool:
-    if logits.device.type != "cpu" or logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return False
-    # Below ~64k elements per-call overhead dominates and eager ops are as fast.
-    return _fused.is_available() and (inplace_backward or logits.numel() >= 1 << 16)
+        _check_labels(logits, target, ignore_index)
 
 
 def _loss(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
           return_components):
     _check_inputs(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch)
-    alpha = float(alpha) if kind != "ce" else 0.0
-    if _use_fused(input, inplace_backward):
-        return _fused.fused_cross_entropy(
-            input, target, kind=kind, alpha=alpha, ignore_index=ignore_index, reduction=reduction,
-            num_items_in_batch=num_items_in_batch, inplace_backward=inplace_backward,
-            return_components=return_components,
-        )
-    per_item, keep, components = _eager(kind, input, target, alpha, ignore_index, return_components)
-    loss = _reduce(per_item, keep, reduction, num_items_in_batch)
-    return (loss, components) if return_components else loss
+    return kernels.fused_loss(
+        input, target, kind=kind, alpha=float(alpha) if kind != "ce" else 0.0, ignore_index=ignore_index,
+        reduction=reduction, num_items_in_batch=num_items_in_batch, inplace_backward=inplace_backward,
+        return_components=return_components,
+    )
 
 
 _SHARED_ARGS_DOC = """
@@ -196,8 +145,8 @@ _SHARED_ARGS_DOC = """
             all-process) batch, which makes gradient accumulation and data parallelism exact.
         inplace_backward (`bool`, *optional*, defaults to `False`):
             Write the gradient into `input`'s own buffer during the forward pass, saving a logits-sized allocation.
-            Only for callers that never read `input` again (the logits are overwritten). Used on CPU when the
-            compiled kernel is available; otherwise ignored.
+            Only for callers that never read `input` again (the logits are overwritten). Every backend honours it;
+            it has no effect when no gradient is computed.
         return_components (`bool`, *optional*, defaults to `False`):
             Also return a dict of detached 0-dim float32 tensors, means over kept items: `"ce"`, `"reg"` (the
             regulariser before the `alpha` weight) and, for LS with class indices, its decomposition into

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from test_losses import reference_per_item
+from _reference import per_item
 from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
@@ -51,8 +51,8 @@ def reference_gradients(task, loss, alpha=0.1):
     if task == "seq2seq":
         batch["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
     logits = model(**batch).logits
-    per_item, keep = reference_per_item(loss, logits, labels, alpha)
-    (per_item.sum() / keep.sum()).backward()
+    items, keep = per_item(loss, logits, labels, alpha)
+    (items.sum() / keep.sum()).backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -224,3 +224,46 @@ def test_inplace_gradient_is_skipped_when_autograd_needs_the_logits():
     (torch.nn.functional.cross_entropy(reference.exp(), labels)
      + 0.1 * (reference.exp().max(-1).values - reference.exp().mean(-1)).mean()).backward()
     torch.testing.assert_close(x.grad, reference.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_follows_a_linear_schedule_over_steps(tmp_path):
+    """2 micro-batches of 4 vs 1 batch of 8, 3 SGD steps with alpha rising linearly: same alphas, same parameters."""
+    def run(batch_size, accumulation):
+        args = MaxSupTrainingArguments(
+            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), loss="maxsup", loss_alpha=0.1,
+            loss_alpha_end=0.4, max_steps=3, logging_steps=1, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, learning_rate=0.5, optim="sgd", dataloader_drop_last=True,
+            **COMMON)
+        trainer = MaxSupTrainer(model=tiny_bert(token_level=True), args=args,
+                                train_dataset=tiny_dataset(24, task="token"), data_collator=collate)
+        trainer.train()
+        alphas = [e["alpha"] for e in trainer.state.log_history if "alpha" in e]
+        return alphas, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    alphas, params = run(8, 1)
+    accumulated_alphas, accumulated_params = run(4, 2)
+    assert alphas == pytest.approx([0.1, 0.2, 0.3]) and accumulated_alphas == pytest.approx(alphas)
+    for name in params:
+        torch.testing.assert_close(accumulated_params[name], params[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(params[name], v) for name, v in tiny_bert(token_level=True).state_dict().items())
+
+
+def test_training_steps_run_in_place_and_evaluation_does_not(tmp_path, monkeypatch):
+    from hf_maxsup import kernels
+
+    calls = []
+    fused_loss = kernels.fused_loss
+
+    def spy(logits, target, **kwargs):
+        calls.append((torch.is_grad_enabled(), kwargs["inplace_backward"]))
+        return fused_loss(logits, target, **kwargs)
+
+    monkeypatch.setattr(kernels, "fused_loss", spy)
+    args = MaxSupTrainingArguments(output_dir=str(tmp_path), loss="maxsup", max_steps=2,
+                                   per_device_train_batch_size=4, **COMMON)
+    trainer = MaxSupTrainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(8),
+                            eval_dataset=tiny_dataset(8, seed=1), data_collator=collate)
+    trainer.train()
+    trainer.evaluate()
+    assert [inplace for grad, inplace in calls if grad] == [True, True]
+    assert calls[2:] and all(not grad and not inplace for grad, inplace in calls[2:])

@@ -1,0 +1,365 @@
+"""Triton backend of the loss engine: one program per row, two sweeps over the row (statistics, then gradient).
+
+Implements the contract of `hf_maxsup.kernels._args` (`LossJob`, `SUMS`). For every row the first sweep keeps an
+online max / sum-exp (the running sum is rescaled when the max grows), the sum of the logits, the first index of the
+max, and when needed the sum `t * z` (soft targets) or the two halves of the LS term. The second sweep, only when a
+gradient is wanted, reads the row again and writes the gradient in the logits' dtype (possibly over the logits: every
+block is read before the same program writes it). Per-row terms go to an `(N, 5)` float32 buffer that is summed in
+float64 on the device, so the result does not depend on the order in which programs run and nothing is synchronised
+with the host.
+
+Every compiled specialisation the launcher can ask for is listed by `specialisations()`, which `python -m
+hf_maxsup.kernels --aot sm_80,sm_90` compiles ahead of time to check registers and spills on machines without a GPU.
+On CPU tensors the kernels run under Triton's interpreter (`TRITON_INTERPRET=1` set before `import triton`), which is
+how the tests check the numerics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ._args import KINDS, LossJob
+
+try:  # triton is optional ("hf_maxsup[gpu]"): without it this module still imports and reports itself unavailable
+    import triton
+    import triton.language as tl
+
+    _IMPORT_ERROR: str | None = None
+except Exception as exc:  # ImportError, or a broken install failing at import time
+    triton = None
+    tl = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+__all__ = ["NAME", "forward", "scale_", "specialisations", "supports", "unavailable"]
+
+NAME = "triton"
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}  # "ce": 0, "ls": 1, "maxsup": 2 (the constexpr KIND)
+_TL_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+# (BLOCK, num_warps) by number of classes: the smallest block that holds the row, up to 4096 columns per block.
+# 4096 fp32 columns over 8 warps are 16 per thread, which keeps a row's sweep at full bandwidth without spilling;
+# small class counts (classification heads) get small blocks so that few lanes sit masked.
+_ROW_CONFIGS = ((128, 1), (1024, 4), (4096, 8))
+# One program scales this many gradient elements in `scale_`.
+_SCALE_CONFIG = (4096, 8)
+
+
+def _row_config(num_classes: int) -> tuple[int, int]:
+    """`(BLOCK, num_warps)` of the row kernel for `num_classes` columns; always one of `_ROW_CONFIGS`."""
+    for block, num_warps in _ROW_CONFIGS:
+        if num_classes <= block:
+            return block, num_warps
+    return _ROW_CONFIGS[-1]
+
+
+def supports(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether these logits are of a kind this backend serves (the device type and dtype; not whether triton works).
+
+    GPUs where Triton runs (`cuda`, which ROCm reports too, and `xpu`), and CPU tensors only under Triton's
+    interpreter (`TRITON_INTERPRET=1`, for tests); float32, bfloat16 and float16 logits.
+    """
+    device = torch.device(device)
+    if dtype not in _DTYPES:
+        return False
+    if device.type == "cpu":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type in ("cuda", "xpu")
+
+
+def unavailable(device: torch.device | None = None, dtype: torch.dtype | None = None) -> str | None:
+    """Why this backend cannot serve logits of `device` and `dtype`, or `None` when it can.
+
+    Args:
+        device (`torch.device`, *optional*): device of the logits. Without it (and `dtype`), only whether Triton
+            works in this process is checked (the dispatcher asks `supports` for the rest).
+        dtype (`torch.dtype`, *optional*): dtype of the logits.
+
+    Returns:
+        `str` or `None`: a short sentence naming the fix, or `None`.
+    """
+    if triton is None:
+        return f'triton is not installed ({_IMPORT_ERROR}): pip install "hf_maxsup[gpu]"'
+    if device is None and dtype is None:
+        return None
+    device = torch.device(device) if device is not None else torch.device("cuda")
+    if dtype is not None and dtype not in _DTYPES:
+        return f"the triton backend takes float32, bfloat16 or float16 logits, not {dtype}: use the torch backend"
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return "triton needs a GPU; on CPU it runs only under its interpreter: set TRITON_INTERPRET=1"
+        if not _interpreted():
+            return "TRITON_INTERPRET=1 was set after triton was imported: set it before importing triton"
+        return None
+    if device.type not in ("cuda", "xpu"):  # ROCm reports "cuda"
+        return f"triton does not run on {device.type} devices: use the torch backend"
+    if _interpreted():
+        return "TRITON_INTERPRET=1 runs triton's kernels in numpy on the CPU, far too slowly for a GPU: unset it"
+    return None
+
+
+def _interpreted() -> bool:
+    """Whether the kernels of this module were built by the interpreter (decided when `@triton.jit` ran)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_loss_row_kernel, InterpretedFunction)
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the returned sums, unless the device has no float64 (some Intel GPUs)."""
+    if device.type == "xpu":
+        props = torch.xpu.get_device_properties(device)
+        if not getattr(props, "has_fp64", True):
+            return torch.float32
+    return torch.float64
+
+
+if triton is not None:
+
+    @triton.jit
+    def _row_stats(
+        z_row, t_row, K, zy,
+        KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        """Sweep 1 over one row: max, log-sum-exp, first argmax (MaxSup gradient), sum z, sum t*z (soft), LS halves."""
+        cols = tl.arange(0, BLOCK)
+        m = tl.full([], float("-inf"), tl.float32)  # running max
+        s = tl.zeros([], tl.float32)  # running sum of exp(z - m)
+        sum_z = tl.zeros([], tl.float32)
+        sum_tz = tl.zeros([], tl.float32)
+        pos = tl.zeros([], tl.float32)
+        neg = tl.zeros([], tl.float32)
+        arg = tl.zeros([], tl.int32)
+        for k0 in range(0, K, BLOCK):
+            k = k0 + cols
+            mask = k < K
+            x = tl.load(z_row + k, mask=mask, other=float("-inf")).to(tl.float32)
+            xs = tl.where(mask, x, 0.0)  # masked tail: 0 in the sums (-inf * 0 would be NaN)
+            block_max = tl.max(x, axis=0)
+            if KIND == 2 and WRITE_GRAD:  # the argmax only matters to MaxSup's gradient
+                # first index within the block; only a strictly greater block max moves it, so ties keep the
+                # earliest block (torch.max's rule)
+                block_arg = tl.argmax(x, axis=0, tie_break_left=True).to(tl.int32)
+                arg = tl.where(block_max > m, k0 + block_arg, arg)
+            m_new = tl.maximum(m, block_max)
+            # all -inf so far: subtract 0 instead of -inf, so that exp(-inf - -inf) = NaN never appears
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
+            m = m_new
+            sum_z += tl.sum(xs, axis=0)
+            if not HARD:
+                t = tl.load(t_row + k, mask=mask, other=0.0).to(tl.float32)
+                sum_tz += tl.sum(t * xs, axis=0)
+            if SPLIT:
+                d = zy - tl.where(mask, x, zy)  # masked tail: d = 0
+                pos += tl.sum(tl.maximum(d, 0.0), axis=0)
+                neg += tl.sum(tl.minimum(d, 0.0), axis=0)
+        lse = m + tl.log(s)
+        return m, lse, arg, sum_z, sum_tz, pos, neg
+
+    @triton.jit
+    def _row_grad(
+        z_row, g_row, t_row, y, K, lse, arg, alpha, scale,
+        KIND: tl.constexpr, HARD: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        """Sweep 2 over one row: grad = (softmax(z) - c0 - c1 * t + alpha * [k == argmax]) * scale."""
+        cols = tl.arange(0, BLOCK)
+        if KIND == 0:  # ce
+            c0 = 0.0
+            c1 = 1.0
+        elif KIND == 1:  # ls
+            c0 = alpha / K
+            c1 = 1.0 - alpha
+        else:  # maxsup
+            c0 = alpha / K
+            c1 = 1.0
+        for k0 in range(0, K, BLOCK):
+            k = k0 + cols
+            mask = k < K
+            x = tl.load(z_row + k, mask=mask, other=float("-inf")).to(tl.float32)
+            if HARD:
+                t = tl.where(k == y, 1.0, 0.0)
+            else:
+                t = tl.load(t_row + k, mask=mask, other=0.0).to(tl.float32)
+            g = tl.exp(x - lse) - c0 - c1 * t
+            if KIND == 2:
+                g += tl.where(k == arg, alpha, 0.0)
+            tl.store(g_row + k, (g * scale).to(g_row.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _zero_row(g_row, K, BLOCK: tl.constexpr):
+        """Zero gradient row of an ignored label."""
+        cols = tl.arange(0, BLOCK)
+        for k0 in range(0, K, BLOCK):
+            k = k0 + cols
+            tl.store(g_row + k, tl.zeros([BLOCK], tl.float32).to(g_row.dtype.element_ty), mask=k < K)
+
+    @triton.jit
+    def _loss_row_kernel(
+        z_ptr, g_ptr, y_ptr, t_ptr, stats_ptr, scale_ptr,
+        n_inner, s_outer, s_inner, gs_outer, gs_inner, K, ignore_index, alpha,
+        KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        """One program per row `r = o * n_inner + i`: the row's 5 terms into `stats_ptr[r]`, its gradient (opt.)."""
+        r = tl.program_id(0).to(tl.int64)  # int64 offsets: N * K may exceed 2**31
+        o = r // n_inner
+        i = r - o * n_inner
+        z_row = z_ptr + (o * s_outer + i * s_inner)
+        g_row = g_ptr + (o * gs_outer + i * gs_inner)
+        t_row = t_ptr + r * K
+        stats_row = stats_ptr + r * 5
+        y = 0
+        zy = 0.0
+        if HARD:
+            label = tl.load(y_ptr + r)
+            if label == ignore_index:
+                if WRITE_GRAD:
+                    _zero_row(g_row, K, BLOCK)
+                for j in tl.static_range(5):
+                    tl.store(stats_row + j, 0.0)
+                return
+            y = label.to(tl.int32)  # in [0, K) once ignored rows are out (checked by the dispatcher)
+            zy = tl.load(z_row + y).to(tl.float32)
+        m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(
+            z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, BLOCK
+        )
+        target_z = zy if HARD else sum_tz  # sum_k t_k z_k
+        ce = lse - target_z
+        if KIND == 0:
+            reg = 0.0
+        elif KIND == 1:
+            reg = target_z - sum_z / K
+        else:
+            reg = m - sum_z / K
+        tl.store(stats_row + 0, ce + alpha * reg)
+        tl.store(stats_row + 1, ce)
+        tl.store(stats_row + 2, reg)
+        tl.store(stats_row + 3, pos / K)
+        tl.store(stats_row + 4, neg / K)
+        if WRITE_GRAD:
+            scale = tl.load(scale_ptr)  # a device scalar: no host synchronisation to learn it
+            _row_grad(z_row, g_row, t_row, y, K, lse, arg, alpha, scale, KIND, HARD, BLOCK)
+
+    @triton.jit
+    def _scale_kernel(g_ptr, factor_ptr, n, BLOCK: tl.constexpr):
+        """`g *= factor` over `n` contiguous elements, in fp32; nothing is read or written when factor == 1."""
+        factor = tl.load(factor_ptr)
+        if factor != 1.0:  # decided on the device, so that the caller never waits for the factor
+            k = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            mask = k < n
+            g = tl.load(g_ptr + k, mask=mask).to(tl.float32)
+            tl.store(g_ptr + k, (g * factor).to(g_ptr.dtype.element_ty), mask=mask)
+
+
+@dataclass(frozen=True)
+class Specialisation:
+    """One compiled variant of a kernel of this module, as the launcher uses it and `--aot` compiles it.
+
+    Attributes:
+        name (`str`): readable name of the variant.
+        kernel (`str`): name of the `@triton.jit` function in this module.
+        signature (`dict[str, str]`): Triton type of every argument (`"*bf16"`, `"i64"`, `"constexpr"`, ...).
+        constexprs (`dict[str, object]`): values of the constexpr arguments.
+        num_warps (`int`): warps per program.
+    """
+
+    name: str
+    kernel: str
+    signature: dict[str, str] = field(hash=False)
+    constexprs: dict[str, object] = field(hash=False)
+    num_warps: int
+
+
+def _row_specialisation(kind, logits_dtype, soft_dtype, write_grad, split, block, num_warps) -> Specialisation:
+    """The row kernel's variant for these choices (`soft_dtype` `None` for class indices)."""
+    zt = _TL_NAMES[logits_dtype]
+    tt = _TL_NAMES[soft_dtype] if soft_dtype is not None else zt  # hard labels: the logits stand in for t_ptr
+    # Integers as int64, the wide case (the JIT picks int32 for small values, which needs no more registers).
+    signature = {"z_ptr": f"*{zt}", "g_ptr": f"*{zt}", "y_ptr": "*i64", "t_ptr": f"*{tt}", "stats_ptr": "*fp32",
+                 "scale_ptr": "*fp32", "n_inner": "i64", "s_outer": "i64", "s_inner": "i64", "gs_outer": "i64",
+                 "gs_inner": "i64", "K": "i32", "ignore_index": "i64", "alpha": "fp32"}  # fmt: skip
+    constexprs = {"KIND": _KIND_CODE[kind], "HARD": soft_dtype is None, "WRITE_GRAD": write_grad, "SPLIT": split,
+                  "BLOCK": block}  # fmt: skip
+    signature.update({name: "constexpr" for name in constexprs})
+    target = "labels" if soft_dtype is None else f"soft-{_TL_NAMES[soft_dtype]}"
+    name = f"loss_row[{kind},{zt},{target},{'grad' if write_grad else 'value'}{',split' if split else ''},B{block}]"
+    return Specialisation(name, "_loss_row_kernel", signature, constexprs, num_warps)
+
+
+def specialisations() -> list[Specialisation]:
+    """Every kernel variant `forward` and `scale_` can launch (kinds x targets x gradient x dtypes x block sizes)."""
+    out = []
+    for kind in KINDS:
+        for dtype in _DTYPES:
+            soft_dtypes = [None, torch.float32] + ([dtype] if dtype != torch.float32 else [])
+            for soft_dtype in soft_dtypes:
+                splits = (False, True) if kind == "ls" and soft_dtype is None else (False,)
+                for write_grad in (False, True):
+                    for split in splits:
+                        for block, num_warps in _ROW_CONFIGS:
+                            out.append(
+                                _row_specialisation(kind, dtype, soft_dtype, write_grad, split, block, num_warps)
+                            )
+    block, num_warps = _SCALE_CONFIG
+    for dtype in _DTYPES:
+        signature = {"g_ptr": f"*{_TL_NAMES[dtype]}", "factor_ptr": "*fp32", "n": "i64", "BLOCK": "constexpr"}
+        name = f"scale[{_TL_NAMES[dtype]},B{block}]"
+        out.append(Specialisation(name, "_scale_kernel", signature, {"BLOCK": block}, num_warps))
+    return out
+
+
+def forward(job: LossJob) -> torch.Tensor:
+    """Runs the row kernel over `job`: fills `job.grad` and `job.row_loss` when set, returns the sums of `SUMS`.
+
+    Args:
+        job (`LossJob`): the validated work (see `hf_maxsup.kernels._args`).
+
+    Returns:
+        `torch.Tensor`: `(5,)` on the logits' device, float64 (float32 where the device has none): the sums over kept
+        rows of loss, ce, reg, ls_regularization, ls_error_amplification (the last two 0 unless `job.want_split`).
+    """
+    logits = job.logits
+    device = logits.device
+    n_outer, n_inner, s_outer, s_inner = job.layout
+    num_rows, num_classes = job.num_rows, job.num_classes
+    stats = torch.empty((num_rows, 5), dtype=torch.float32, device=device)
+    if num_rows > 0:
+        hard = job.labels is not None
+        # Arguments a variant does not read still get a tensor of the dtype `specialisations()` lists for them.
+        labels = job.labels if hard else torch.empty(1, dtype=torch.int64, device=device)
+        soft = logits if hard else job.soft
+        grad = job.grad if job.grad is not None else logits
+        gs_outer, gs_inner = job.grad_strides if job.grad is not None else (0, 0)
+        block, num_warps = _row_config(num_classes)
+        _loss_row_kernel[(num_rows,)](
+            logits, grad, labels, soft, stats, job.grad_scale,
+            n_inner, s_outer, s_inner, gs_outer, gs_inner, num_classes, job.ignore_index, float(job.alpha),
+            KIND=_KIND_CODE[job.kind], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
+            BLOCK=block, num_warps=num_warps,
+        )  # fmt: skip
+    if job.row_loss is not None:
+        job.row_loss.copy_(stats[:, 0])
+    return stats.sum(0, dtype=_sum_dtype(device))
+
+
+def scale_(grad: torch.Tensor, factor: torch.Tensor) -> None:
+    """`grad *= factor` in place, computed in fp32 and stored in `grad`'s dtype, without a host synchronisation.
+
+    Args:
+        grad (`torch.Tensor`): the gradient to scale.
+        factor (`torch.Tensor`): 0-dim float32 tensor on `grad`'s device; when it is 1 the kernel returns at once.
+    """
+    if not grad.is_contiguous() or unavailable(grad.device, grad.dtype) is not None:
+        grad.mul_(factor)  # the kernel walks flat storage; anything else is left to torch
+        return
+    flat = grad.view(-1)
+    if flat.numel() == 0:
+        return
+    block, num_warps = _SCALE_CONFIG
+    _scale_kernel[(triton.cdiv(flat.numel(), block),)](flat, factor, flat.numel(), BLOCK=block, num_warps=num_warps)
