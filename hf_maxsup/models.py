@@ -7,6 +7,7 @@ BERT with a WordPiece vocabulary trained on the data) for text, and a small Mari
 trained on the data for translation.
 """
 
+import os
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -31,11 +32,36 @@ from transformers import (
 from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
 
 
-__all__ = ["apply_lora", "build_image_model", "build_text_model", "build_translation_model"]
+__all__ = ["apply_lora", "build_image_model", "build_text_model", "build_translation_model", "check_model_name_or_path"]
 
 # Fashion-MNIST pixel statistics (after scaling to [0, 1]), measured on its 60,000 training images.
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
+
+
+def check_model_name_or_path(model_name_or_path: str | None) -> None:
+    """Check `--model_name_or_path` before any work: an existing folder must hold a saved model, and a path that
+    cannot be a Hub id (absolute, `./`, `~`, or more than one `/`) must exist, rather than fail later with a message
+    about the Hub.
+
+    Raises:
+        `ValueError`: the message names the path and the fix.
+    """
+    path = model_name_or_path
+    if path is None:
+        return
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "adapter_config.json")):
+            raise ValueError(f"--model_name_or_path {path}: this folder has no config.json, so it is not a saved "
+                             "model. Give the folder that save_pretrained (or a finished run) wrote, with config.json "
+                             "and the weights, or a Hub id such as 'org/model'.")
+        return
+    if os.path.exists(path):
+        raise ValueError(f"--model_name_or_path {path} is a file: give the folder holding config.json and the "
+                         "weights, or a Hub id.")
+    if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path:
+        raise ValueError(f"--model_name_or_path {path}: no such directory (and it cannot be a Hub id). Check the "
+                         "path, give a Hub id such as 'org/model', or leave it out for the offline default model.")
 
 
 def _from_pretrained(load, model_name_or_path: str, **kwargs):
@@ -44,7 +70,7 @@ def _from_pretrained(load, model_name_or_path: str, **kwargs):
     except OSError as err:
         # Offline, a Hub id fails deep inside huggingface_hub; say how to run without the Hub instead.
         raise OSError(
-            f"Could not load {model_name_or_path!r}: {err}\n"
+            f"Could not load {model_name_or_path!r} (no local folder of that name exists either): {err}\n"
             "If you are offline or the Hub is unreachable, pass --model_name_or_path <local dir> pointing to a saved "
             "model (config, weights and tokenizer or image processor), or leave out --model_name_or_path to use the "
             "offline default model."

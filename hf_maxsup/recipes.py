@@ -5,25 +5,42 @@ The scripts in `recipes/` only load their task's data and model and call [`run`]
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
+import re
+import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 
 import datasets
 import transformers
-from transformers import AutoTokenizer, HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
 
+from . import hub
 from .data import check_columns, load_task_dataset
-from .models import apply_lora
+from .models import apply_lora, check_model_name_or_path
 
 __all__ = [
-    "DataArguments", "ModelArguments", "build_with_shared_tokenizer", "load_data", "parse_args",
-    "reliability_diagram_writer", "run",
+    "DataArguments", "ModelArguments", "RunArguments", "build_with_shared_tokenizer", "checkpoint_problems",
+    "data_source", "earlier_run_files", "last_complete_checkpoint", "load_data", "parse_args", "preflight", "reliability_diagram_writer", "run",
 ]
 
 logger = logging.getLogger(__name__)
+
+# Files of a saved model; a checkpoint needs one of them and trainer_state.json, which the Trainer writes last.
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+# Files that show an output_dir holds a finished (or finishing) run.
+RUN_FILES = ("trainer_state.json", "all_results.json", "train_results.json", *WEIGHTS)
+# "_*" files are never uploaded by Trainer.push_to_hub.
+LOCK_FILE = "_hf_maxsup.lock"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Output directories this process holds the lock of: one process may run several recipes into one directory in turn
+# (the tests do), and a second flock of the same file from this process would fail.
+_HELD_LOCKS: dict[str, int] = {}
 
 
 @dataclass
@@ -59,6 +76,47 @@ class DataArguments:
     max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
 
+    def __post_init__(self):
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(f"--validation_split_percentage must be in [0, 100); got "
+                             f"{self.validation_split_percentage}.")
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "preprocessing_num_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}. Leave it out for no limit.")
+
+
+def data_source(data_args: DataArguments, embedded: str) -> dict:
+    """The model-card arguments (`dataset`, `dataset_tags`, `dataset_args`) that name the data a run trained on.
+
+    Args:
+        data_args ([`DataArguments`]): the parsed arguments (with `train_dir` for the image recipe).
+        embedded (`str`): the name of the embedded data, used when no source was given.
+    """
+    if data_args.dataset_name is not None:
+        return {"dataset": data_args.dataset_name, "dataset_tags": data_args.dataset_name,
+                "dataset_args": data_args.dataset_config_name}
+    # File names only: a local path means nothing to a reader of the card, and may say more than intended.
+    sources = [(split, getattr(data_args, f"{split}_{kind}", None)) for kind in ("file", "dir")
+               for split in ("train", "validation", "test")]
+    given = [f"{split}: {os.path.basename(os.path.normpath(path))}" for split, path in sources if path]
+    return {"dataset": f"local data ({', '.join(given)})" if given else embedded}
+
+
+@dataclass
+class RunArguments:
+    """How a run treats an `output_dir` that holds an earlier run."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that holds a finished run or checkpoints, replacing them "
+                  "(their checkpoint-* folders are deleted). Without it such a run is refused."},
+    )
+    allow_loss_change: bool = field(
+        default=False,
+        metadata={"help": "Resume a checkpoint with other loss settings (--loss, --loss_alpha*) than it was trained "
+                  "with; the model card then records both. Without it such a resume is refused."},
+    )
+
 
 def parse_args(*dataclass_types):
     """Parse the command line into the given dataclasses, or a single `.json` / `.yaml` config file holding them all.
@@ -66,13 +124,11 @@ def parse_args(*dataclass_types):
     Also sets up logging as the transformers examples do.
     """
     parser = HfArgumentParser(dataclass_types)
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        parsed = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    elif len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
-        parsed = parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
+        parsed = _parse_config_file(parser, sys.argv[1])
     else:
         parsed = parser.parse_args_into_dataclasses()
-    training_args = parsed[-1]
+    training_args = next(args for args in parsed if isinstance(args, TrainingArguments))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
@@ -80,6 +136,20 @@ def parse_args(*dataclass_types):
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     return parsed
+
+
+def _parse_config_file(parser: HfArgumentParser, path: str):
+    """Parse a `.json` / `.yaml` config file, with errors that name the file and the fix rather than a traceback
+    from the parser."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
+                         "arguments, or pass them on the command line.")
+    try:
+        if path.endswith(".json"):
+            return parser.parse_json_file(os.path.abspath(path))
+        return parser.parse_yaml_file(os.path.abspath(path))
+    except (ValueError, yaml.YAMLError) as err:  # bad syntax, not UTF-8 (both ValueErrors), unknown keys
+        raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
 
 
 def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, columns: dict, seed: int = 42,
@@ -99,9 +169,14 @@ def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, c
         task, dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
         train_file=data_args.train_file, validation_file=data_args.validation_file, test_file=data_args.test_file,
         cache_dir=model_args.cache_dir, token=model_args.token,
-        validation_split_percentage=data_args.validation_split_percentage, seed=seed, **source,
+        validation_split_percentage=data_args.validation_split_percentage, seed=seed,
+        non_empty_columns=[column for column in columns if column is not None], **source,
     )
     check_columns(raw, columns)
+    for split, fix in (("train", "--train_file (or --train_dir, --dataset_name)"),
+                       ("validation", "--validation_file, or --validation_split_percentage above 0")):
+        if split not in raw:
+            raise ValueError(f"the data has no {split} split (it has: {', '.join(raw) or 'none'}); pass {fix}.")
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
               "test": data_args.max_predict_samples}
     for split, limit in limits.items():
@@ -132,22 +207,193 @@ def reliability_diagram_writer(output_dir: str):
     return write
 
 
+def checkpoint_problems(path: str) -> list[str]:
+    """What a checkpoint folder lacks to be resumed from: `[]` when it is complete.
+
+    The Trainer writes a checkpoint's weights first and `trainer_state.json` last, so a save interrupted by a crash
+    leaves a folder without one of them (or with a truncated `trainer_state.json`).
+    """
+    missing = [] if any(os.path.isfile(os.path.join(path, name)) for name in WEIGHTS) else ["model weights"]
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            json.load(f)
+    except FileNotFoundError:
+        missing.append("trainer_state.json")
+    except ValueError:
+        missing.append("a readable trainer_state.json (it is truncated)")
+    return missing
+
+
+def _checkpoints(output_dir: str) -> list[str]:
+    """The `checkpoint-<step>` folders of `output_dir`, oldest step first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(match.group(1)), name) for name in os.listdir(output_dir)
+             if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))]
+    return [os.path.join(output_dir, name) for _, name in sorted(found)]
+
+
+def _step(checkpoint: str) -> int:
+    match = _CHECKPOINT.match(os.path.basename(os.path.normpath(checkpoint)))
+    return int(match.group(1)) if match else -1
+
+
+def last_complete_checkpoint(output_dir: str, log=logger.warning) -> str | None:
+    """The newest complete checkpoint of `output_dir` (see [`checkpoint_problems`]), or `None`.
+
+    Newer incomplete ones, left by a crash during their save, are skipped, and `log` is told which and why.
+    """
+    for path in reversed(_checkpoints(output_dir)):
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path
+        log(f"skipping {path}: it is incomplete (no {', '.join(problems)}), probably because the run was stopped "
+            "while saving it; an earlier checkpoint is used.")
+    return None
+
+
 def _resume_checkpoint(training_args) -> str | None:
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "True", "true"):
-        resume = get_last_checkpoint(training_args.output_dir)
+        if not os.path.isdir(training_args.output_dir):
+            raise ValueError(f"--resume_from_checkpoint {resume}: --output_dir {training_args.output_dir} does not "
+                             "exist, so there is no run to resume. Check --output_dir, or leave out "
+                             "--resume_from_checkpoint to start a new run.")
+        resume = last_complete_checkpoint(training_args.output_dir)
         if resume is None:
-            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no checkpoint-* "
-                             f"folder in {training_args.output_dir}.")
+            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete "
+                             f"checkpoint-* folder in {training_args.output_dir}. Start the run again without "
+                             "--resume_from_checkpoint (add --overwrite_output_dir to replace what is there).")
     elif resume is not None and not os.path.isdir(resume):
         raise ValueError(f"--resume_from_checkpoint {resume}: no such directory. Give a checkpoint-* folder of an "
                          "earlier run, or 'last' for the newest one in --output_dir.")
-    elif resume is None and training_args.do_train and os.path.isdir(training_args.output_dir):
-        last = get_last_checkpoint(training_args.output_dir)
-        if last is not None:
-            logger.warning(f"{training_args.output_dir} holds {last}, which this run will not overwrite but may "
-                           "mix with: pass --resume_from_checkpoint last to continue it, or another --output_dir.")
     return resume
+
+
+def _lock_output_dir(output_dir: str) -> None:
+    """Hold an exclusive `flock` on `output_dir/_hf_maxsup.lock` until this process ends (the kernel releases it on
+    a crash too, so it cannot go stale), so that a second run into the same directory fails at once.
+    """
+    path = os.path.realpath(output_dir)
+    if path in _HELD_LOCKS:
+        return
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RuntimeError(f"--output_dir {output_dir} is in use by {holder}: two runs into one directory would mix "
+                           "their files. Wait for that run to end, or give this one another --output_dir.") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    _HELD_LOCKS[path] = fd
+
+
+def _release_output_dir(output_dir: str) -> None:
+    fd = _HELD_LOCKS.pop(os.path.realpath(output_dir), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def earlier_run_files(output_dir: str) -> list[str]:
+    """The files and checkpoint folders of `output_dir` that a new training run would overwrite."""
+    found = [name for name in RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
+    return found + [os.path.basename(path) for path in _checkpoints(output_dir)]
+
+
+def _refuse_to_overwrite(training_args, overwrite: bool) -> None:
+    """Stop a new training run from replacing a finished run or checkpoints in its `output_dir`, unless told to."""
+    output_dir = training_args.output_dir
+    checkpoints = _checkpoints(output_dir)
+    found = earlier_run_files(output_dir)
+    if not found:
+        return
+    if not overwrite:
+        raise ValueError(f"--output_dir {output_dir} holds an earlier run ({', '.join(found)}), which this run would "
+                         "overwrite. Pass --resume_from_checkpoint last to continue it, --overwrite_output_dir to "
+                         "replace it, or give another --output_dir.")
+    if training_args.process_index == 0:
+        # Stale checkpoints would be taken for this run's by a later --resume_from_checkpoint last.
+        for path in checkpoints:
+            shutil.rmtree(path)
+        logger.warning(f"--overwrite_output_dir: replacing the run in {output_dir} (deleted {len(checkpoints)} "
+                       "checkpoint folders).")
+
+
+def _recorded_loss(checkpoint: str) -> dict | None:
+    """The loss settings the model card of a checkpoint records (`hf_maxsup` metadata), or `None` without a card."""
+    card = os.path.join(checkpoint, "README.md")
+    if not os.path.isfile(card):
+        return None
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(card).data.to_dict().get("hf_maxsup")
+
+
+def loss_history(checkpoint: str, training_args, allow_change: bool = False) -> list[dict]:
+    """The loss settings of a resumed run, segment by segment, for its model card; `[]` when they never changed.
+
+    Each entry is the card's `hf_maxsup` metadata of one segment plus `from_step`, the step it started at.
+
+    Raises:
+        `ValueError`: the settings differ from the checkpoint's and `allow_change` is not set.
+    """
+    recorded = _recorded_loss(checkpoint)
+    if not recorded:
+        return []
+    history = recorded.get("history") or [{**recorded, "from_step": 0}]
+    last = {key: value for key, value in history[-1].items() if key != "from_step"}
+    current = hub.loss_metadata(training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
+                                training_args.loss_alpha_schedule)
+    if last == current:
+        return history if len(history) > 1 else []
+    if not allow_change:
+        raise ValueError(f"{checkpoint} was trained with {hub.describe_loss(last)}, but this run asks for "
+                         f"{hub.describe_loss(current)}. Pass the checkpoint's settings (--loss, --loss_alpha, "
+                         "--loss_alpha_end, --loss_alpha_schedule) to resume it, or --allow_loss_change to go on with "
+                         "the new ones (the model card records both), or start a new run with another --output_dir.")
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        step = json.load(f)["global_step"]
+    logger.warning(f"--allow_loss_change: {hub.describe_loss(last)} until step {step}, {hub.describe_loss(current)} "
+                   "from there; the model card records both.")
+    return [*history, {**current, "from_step": step}]
+
+
+def preflight(model_args: ModelArguments, training_args, run_args: RunArguments | None = None) -> None:
+    """Check what a recipe was given that can be checked before any work, and take the output directory.
+
+    Checks `--model_name_or_path` (a local-looking path must exist), `--resume_from_checkpoint` (`last` becomes the
+    newest complete checkpoint, a folder must be complete) and whether training would overwrite an earlier run; the
+    main process locks `output_dir` for the rest of its life (released at the end of [`run`]).
+
+    Raises:
+        `ValueError`: a mistake in the arguments; the message names the fix.
+        `RuntimeError`: another run holds `output_dir`.
+    """
+    run_args = run_args or RunArguments()
+    check_model_name_or_path(model_args.model_name_or_path)
+    resume = training_args.resume_from_checkpoint
+    if resume in ("last", "True", "true") and not os.path.isdir(training_args.output_dir):
+        _resume_checkpoint(training_args)  # raises, before the lock creates the directory
+    if training_args.process_index == 0:
+        _lock_output_dir(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint = _resume_checkpoint(training_args)
+    if resume is not None:
+        problems = checkpoint_problems(resume)
+        if problems:
+            raise ValueError(f"--resume_from_checkpoint {resume}: the checkpoint is incomplete (no "
+                             f"{', '.join(problems)}), probably because its run was stopped while saving it. Give "
+                             "an earlier checkpoint, or 'last' for the newest complete one.")
+        training_args.loss_history = loss_history(resume, training_args, run_args.allow_loss_change)
+        if training_args.process_index == 0:
+            # Left by a crash while saving; the resumed run saves those steps again.
+            for path in _checkpoints(training_args.output_dir):
+                if _step(path) > _step(resume) and checkpoint_problems(path):
+                    shutil.rmtree(path)
+    elif training_args.do_train:
+        _refuse_to_overwrite(training_args, run_args.overwrite_output_dir)
 
 
 def build_with_shared_tokenizer(builder, training_args, **kwargs):
@@ -178,8 +424,40 @@ def build_with_shared_tokenizer(builder, training_args, **kwargs):
     return model, tokenizer
 
 
+def _check_checkpoint_fits(model, checkpoint: str) -> None:
+    """Refuse to resume a checkpoint whose weights do not fit the model this run built (another architecture, size or
+    label set), before training starts rather than with a `size mismatch` from `load_state_dict`."""
+    from safetensors import safe_open
+
+    path = os.path.join(checkpoint, "model.safetensors")
+    if not os.path.isfile(path) or hasattr(model, "peft_config"):
+        return  # sharded or adapter weights: left to the Trainer
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(path, framework="pt") as f:
+        saved = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    wrong = [f"{name} is {list(shape)} there, {list(expected[name])} here" for name, shape in saved.items()
+             if name in expected and expected[name] != shape]
+    missing = sorted(set(expected) - set(saved))
+    if wrong or len(missing) > len(expected) // 2:
+        detail = "; ".join(wrong[:3]) or f"{len(missing)} of this model's {len(expected)} weights are missing"
+        raise ValueError(f"--resume_from_checkpoint {checkpoint} holds another model than this run builds ({detail}). "
+                         "Resume it with the --model_name_or_path and data (labels) it was trained with, or start "
+                         "a new run with another --output_dir.")
+
+
+def _push_last(trainer, training_args, card_kwargs: dict) -> None:
+    """Push once everything is on disk; a failure says that and how to push later."""
+    try:
+        trainer.push_to_hub(**card_kwargs)
+    except hub.HubPushError as err:
+        raise hub.HubPushError(f"{err}\nTraining, evaluation and prediction finished: their metrics "
+                               f"(all_results.json, ...) are in {training_args.output_dir}.") from err.__cause__
+
+
 def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kwargs=None, on_eval=None) -> dict:
-    """Train, evaluate, predict, write the metrics and the model card, and push, as the flags ask.
+    """Train, save, evaluate, predict, write the metrics and the model card, and push last, as the flags ask.
+
+    Call [`preflight`] first. A failed push (`HubPushError`) comes after everything is saved locally.
 
     Args:
         trainer ([`MaxSupTrainer`] or [`MaxSupSeq2SeqTrainer`]): the configured trainer.
@@ -192,11 +470,15 @@ def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kw
     Returns:
         `dict`: all metrics (train, eval, predict).
     """
+    card_kwargs = {**(card_kwargs or {}), "loss_history": getattr(training_args, "loss_history", None) or None}
     results = {}
-    trainer.create_model_card(**(card_kwargs or {}))
+    trainer.create_model_card(**card_kwargs)
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
-        trainer.save_model()
+        checkpoint = _resume_checkpoint(training_args)
+        if checkpoint is not None:
+            _check_checkpoint_fits(trainer.model, checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model(_internal_call=True)  # not the public call, which would push before evaluating
         metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
@@ -218,7 +500,8 @@ def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kw
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         results.update(metrics)
-    trainer.create_model_card(**(card_kwargs or {}))
+    trainer.create_model_card(**card_kwargs)
     if training_args.push_to_hub:
-        trainer.push_to_hub(**(card_kwargs or {}))
+        _push_last(trainer, training_args, card_kwargs)
+    _release_output_dir(training_args.output_dir)
     return results

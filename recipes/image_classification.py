@@ -21,9 +21,12 @@ from hf_maxsup.models import build_image_model
 from hf_maxsup.recipes import (
     DataArguments,
     ModelArguments,
+    RunArguments,
+    data_source,
     load_data,
     maybe_lora,
     parse_args,
+    preflight,
     reliability_diagram_writer,
     run,
 )
@@ -39,7 +42,9 @@ class ImageDataArguments(DataArguments):
 
 
 def main():
-    model_args, data_args, training_args = parse_args(ModelArguments, ImageDataArguments, MaxSupTrainingArguments)
+    model_args, data_args, training_args, run_args = parse_args(ModelArguments, ImageDataArguments,
+                                                                MaxSupTrainingArguments, RunArguments)
+    preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(
         "image-classification", data_args, model_args, seed=training_args.seed,
@@ -65,7 +70,7 @@ def main():
         compute_metrics=classification_compute_metrics(),
     )
     run(trainer, training_args, eval_dataset=evaluation, predict_dataset=test,
-        card_kwargs={"dataset": data_args.dataset_name or "fashion_mnist (hf_maxsup embedded subset)",
+        card_kwargs={**data_source(data_args, "fashion_mnist (hf_maxsup embedded subset)"),
                      "finetuned_from": model_args.model_name_or_path, "tasks": "image-classification"},
         on_eval=reliability_diagram_writer(training_args.output_dir))
 

@@ -23,9 +23,12 @@ from hf_maxsup.recipes import (
     DataArguments,
     build_with_shared_tokenizer,
     ModelArguments,
+    RunArguments,
+    data_source,
     load_data,
     maybe_lora,
     parse_args,
+    preflight,
     reliability_diagram_writer,
     run,
 )
@@ -40,7 +43,9 @@ class TextDataArguments(DataArguments):
 
 
 def main():
-    model_args, data_args, training_args = parse_args(ModelArguments, TextDataArguments, MaxSupTrainingArguments)
+    model_args, data_args, training_args, run_args = parse_args(ModelArguments, TextDataArguments,
+                                                                MaxSupTrainingArguments, RunArguments)
+    preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(
         "text-classification", data_args, model_args, seed=training_args.seed,
@@ -66,7 +71,7 @@ def main():
         compute_metrics=classification_compute_metrics(),
     )
     run(trainer, training_args, eval_dataset=tokenized["validation"], predict_dataset=tokenized.get("test"),
-        card_kwargs={"dataset": data_args.dataset_name or "reuters_r8 (hf_maxsup embedded subset)",
+        card_kwargs={**data_source(data_args, "reuters_r8 (hf_maxsup embedded subset)"),
                      "finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"},
         on_eval=reliability_diagram_writer(training_args.output_dir))
 

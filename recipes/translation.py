@@ -27,8 +27,8 @@ from hf_maxsup import MaxSupSeq2SeqTrainer, MaxSupSeq2SeqTrainingArguments
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
-from hf_maxsup.recipes import (DataArguments, ModelArguments, build_with_shared_tokenizer, load_data, maybe_lora,
-                               parse_args, run)
+from hf_maxsup.recipes import (DataArguments, ModelArguments, RunArguments, build_with_shared_tokenizer, data_source,
+                               load_data, maybe_lora, parse_args, preflight, run)
 
 
 @dataclass
@@ -42,8 +42,9 @@ class TranslationDataArguments(DataArguments):
 
 
 def main():
-    model_args, data_args, training_args = parse_args(ModelArguments, TranslationDataArguments,
-                                                      MaxSupSeq2SeqTrainingArguments)
+    model_args, data_args, training_args, run_args = parse_args(
+        ModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments, RunArguments)
+    preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data("translation", data_args, model_args, seed=training_args.seed,
                     columns={data_args.translation_column_name: "--translation_column_name"})
@@ -82,7 +83,7 @@ def main():
 
     pair = f"{data_args.source_lang}-{data_args.target_lang}"
     run(trainer, training_args, eval_dataset=tokenized["validation"], predict_dataset=tokenized.get("test"),
-        card_kwargs={"dataset": data_args.dataset_name or f"bible {pair} (hf_maxsup embedded subset)",
+        card_kwargs={**data_source(data_args, f"bible {pair} (hf_maxsup embedded subset)"),
                      "finetuned_from": model_args.model_name_or_path, "tasks": "translation",
                      "language": [data_args.source_lang, data_args.target_lang]},
         on_eval=save_signatures)
