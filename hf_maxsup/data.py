@@ -8,12 +8,18 @@ map over (or attach to) the data, mirroring the official `transformers` examples
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import codecs
+import itertools
+
+import datasets
 import numpy as np
+import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from PIL import Image, ImageOps
+
 
 
 __all__ = [
@@ -37,6 +43,8 @@ _EMBEDDED_SUBDIRS = {
 }
 _EMBEDDED_SPLITS = ("train", "validation", "test")
 _FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_TEXT_FORMATS = (".csv", ".json", ".jsonl")
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def _check_task(task: str) -> None:
@@ -82,6 +90,118 @@ def _local_files_builder(data_files: dict[str, str]) -> str:
     return _FILE_BUILDERS[extension]
 
 
+def _check_data_file(split: str, path: str) -> None:
+    """Fail before loading on a missing, empty or (for text formats) non-UTF-8 file, naming the flag and the fix."""
+    flag = f"--{split}_file"
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag} {path}: no such file. Check the path.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{flag} {path} is empty: give a file with a header and at least one row.")
+    if Path(path).suffix.lower() not in _TEXT_FORMATS:
+        return
+    _check_utf8(flag, path)
+    if Path(path).suffix.lower() == ".csv":
+        with open(path, encoding="utf-8") as f:
+            lines = list(itertools.islice((line for line in f if line.strip()), 2))
+        if len(lines) < 2:
+            raise ValueError(f"{flag} {path} has no rows (only a header?): give a file with a header and at least "
+                             "one row.")
+
+
+def _check_utf8(flag: str, path: str) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{flag} {path} is not UTF-8 (byte {offset + err.start}: {err.reason}). Convert it, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path} > fixed{Path(path).suffix}`, and pass the converted file."
+                ) from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag} {path} is not UTF-8 (it ends inside a character). Convert it to UTF-8 and pass "
+                         "the converted file.") from None
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    # `datasets` wraps the parser's error (pandas, pyarrow) in a DatasetGenerationError whose message hides it.
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _load_data_files(data_files: dict[str, str], cache_dir: str | None) -> DatasetDict:
+    for split, path in data_files.items():
+        _check_data_file(split, path)
+    builder = _local_files_builder(data_files)
+    try:
+        dataset = load_dataset(builder, data_files=data_files, cache_dir=cache_dir)
+    except Exception as err:
+        cause = _root_cause(err)
+        listed = ", ".join(f"--{split}_file {path}" for split, path in data_files.items())
+        raise ValueError(f"could not read {listed}: {type(cause).__name__}: {cause}. Check that the file is valid "
+                         f"{builder} (one header row for csv, one object per line for "
+                         "jsonl).") from err
+    for split, data in dataset.items():
+        if len(data) == 0:
+            raise ValueError(f"--{split}_file {data_files[split]} has no rows (only a header?): give a file with at "
+                             "least one row.")
+    return dataset
+
+
+def _image_files(folder: str) -> list[str]:
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if name.lower().endswith(_IMAGE_EXTENSIONS))
+
+
+def _check_image_folder(split: str, folder: str) -> None:
+    """Fail before training on a missing or empty image folder or on files PIL cannot read, naming them.
+
+    `Image.verify` reads each file without decoding all its pixels, which finds truncated PNGs and files that are
+    not images at a fraction of a decode's cost (a truncated JPEG can still pass it: see `image_transform`).
+    """
+    flag = f"--{split}_dir"
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {folder}: no such directory. Give a folder laid out as <dir>/<label>/<image>.")
+    files = _image_files(folder)
+    if not files:
+        raise ValueError(f"{flag} {folder} holds no images ({', '.join(_IMAGE_EXTENSIONS)}): lay it out as "
+                         "<dir>/<label>/<image>.")
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # PIL raises OSError, SyntaxError, struct.error, ... on broken files
+            bad.append(f"{path} ({err})")
+    if bad:
+        listed = "".join(f"\n  {entry}" for entry in bad[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(f"{flag} {folder}: {len(bad)} of {len(files)} images cannot be read:{listed}{more}\n"
+                         "Delete or replace them, then run again.")
+
+
+def _check_no_empty_cells(dataset: DatasetDict, columns, data_files: dict[str, str]) -> None:
+    """Name the file (or split), column and row of the first empty cell of each column a recipe reads."""
+    for split, data in dataset.items():
+        where = f"--{split}_file {data_files[split]}" if split in data_files else f"split {split!r}"
+        for column in [column for column in columns if column in data.column_names]:
+            table = data.data.table.select([column])
+            # An image's struct has a null `bytes` field when it is read from its path.
+            table = table if isinstance(data.features[column], datasets.Image) else table.flatten()
+            for name, values in zip(table.column_names, table.columns):
+                if values.null_count:
+                    row = pc.index(pc.is_null(values), True).as_py()
+                    raise ValueError(f"{where}: column {name!r} is empty in row {row + 1} (data rows counted from "
+                                     f"1, without the header), and in {values.null_count} rows in all. Fill in or "
+                                     "remove those rows.")
+
+
 def load_task_dataset(
     task: str,
     dataset_name: str | None = None,
@@ -95,6 +215,7 @@ def load_task_dataset(
     token: str | bool | None = None,
     validation_split_percentage: int = 10,
     seed: int = 42,
+    non_empty_columns: Sequence[str] = (),
 ) -> DatasetDict:
     """
     Load the data for a recipe from exactly one of these sources (mixing them is an error):
@@ -128,12 +249,16 @@ def load_task_dataset(
             Share of `train` held out as `validation` when the source has no validation split; 0 disables it.
         seed (`int`, *optional*, defaults to 42):
             Seed of that split.
+        non_empty_columns (`Sequence[str]`, *optional*):
+            Columns that must have no empty cell (the ones a recipe reads); checked before the split, so that the
+            error names the file and row.
 
     Returns:
         [`~datasets.DatasetDict`]
 
     Raises:
-        `ValueError`: unknown task, sources mixed, image folders for a text task, or unsupported / mixed file formats.
+        `ValueError`: unknown task, sources mixed, image folders for a text task, unsupported / mixed file formats, a
+        missing, empty, unreadable or non-UTF-8 file, an unreadable image, or an empty cell in `non_empty_columns`.
         `RuntimeError`: the Hub dataset could not be loaded (e.g. offline); the original exception is chained.
     """
     _check_task(task)
@@ -169,16 +294,24 @@ def load_task_dataset(
             raise ValueError(
                 "--train_dir/--validation_dir (image folders) are only supported for image-classification."
             )
+        for split, path in data_dirs.items():
+            _check_image_folder(split, path)
         # "**" lets `imagefolder` take the class name from each image's parent folder.
         dataset = load_dataset(
             "imagefolder",
             data_files={split: os.path.join(path, "**") for split, path in data_dirs.items()},
             cache_dir=cache_dir,
         )
+        if "label" not in dataset["train" if "train" in dataset else next(iter(dataset))].column_names:
+            # imagefolder labels images by their parent folder only when there are several.
+            raise ValueError(f"{', '.join(f'--{split}_dir {path}' for split, path in data_dirs.items())}: the images "
+                             "are in only one class folder (or none). Lay them out as <dir>/<label>/<image> with at "
+                             "least two labels.")
     elif data_files:
-        dataset = load_dataset(_local_files_builder(data_files), data_files=data_files, cache_dir=cache_dir)
+        dataset = _load_data_files(data_files, cache_dir)
     else:
         dataset = load_embedded_dataset(task)
+    _check_no_empty_cells(dataset, non_empty_columns, data_files)
 
     if "train" in dataset and "validation" not in dataset and validation_split_percentage > 0:
         split = dataset["train"].train_test_split(test_size=validation_split_percentage / 100, seed=seed)
@@ -211,6 +344,15 @@ def check_columns(dataset: Dataset | DatasetDict, columns: dict[str | None, str]
                 )
 
 
+def _check_two_classes(names: Sequence[str], label_column: str) -> None:
+    if len(names) < 2:
+        raise ValueError(
+            f"label column {label_column!r} has {len(names)} class{'es' if len(names) != 1 else ''} "
+            f"({', '.join(names) or 'none'}) over all splits: with one class ce, ls and maxsup are 0 at every step "
+            "and nothing is learnt. Give data with at least two classes, or check --label_column_name."
+        )
+
+
 def encode_labels(dataset: DatasetDict, label_column: str = "label") -> tuple[DatasetDict, list[str]]:
     """
     Return the label names of a classification dataset, encoding the label column as a `ClassLabel` if needed.
@@ -233,6 +375,7 @@ def encode_labels(dataset: DatasetDict, label_column: str = "label") -> tuple[Da
         raise ValueError(f"Label column {label_column!r} not found in any split.")
     feature = splits[0].features[label_column]
     if isinstance(feature, ClassLabel):
+        _check_two_classes(feature.names, label_column)
         return dataset, list(feature.names)
     dtype = getattr(feature, "dtype", None)
     if dtype not in ("string", "large_string") and not str(dtype).startswith(("int", "uint")):
@@ -242,6 +385,7 @@ def encode_labels(dataset: DatasetDict, label_column: str = "label") -> tuple[Da
         )
     values = sorted({value for data in splits for value in data.unique(label_column)})
     names = [str(value) for value in values]
+    _check_two_classes(names, label_column)
     index = {value: i for i, value in enumerate(values)}
     encoded = DatasetDict()
     for split, data in dataset.items():
@@ -303,8 +447,15 @@ def image_transform(
     """
     mode = "L" if np.size(image_processor.image_mean) == 1 else "RGB"
 
+    def convert(image: Image.Image) -> Image.Image:
+        try:
+            return image.convert(mode)
+        except OSError as err:  # PIL decodes lazily: a truncated JPEG fails only here
+            name = getattr(image, "filename", None) or "an image"
+            raise ValueError(f"cannot decode {name}: {err}. Delete or replace that file and run again.") from err
+
     def transform(batch: dict) -> dict:
-        images = [image.convert(mode) for image in batch[image_column]]
+        images = [convert(image) for image in batch[image_column]]
         if augment:
             images = [_random_flip_and_shift(image) for image in images]
         outputs = {"pixel_values": list(image_processor(images, return_tensors="pt")["pixel_values"])}
