@@ -33,7 +33,7 @@ from transformers.utils import find_adapter_config_file
 
 from .schedules import alpha_at
 
-__all__ = ["HubPushError", "load_for_analysis", "write_model_card"]
+__all__ = ["HubPushError", "describe_loss", "load_for_analysis", "loss_metadata", "write_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ _AUTO_CLASSES = {
 
 _PIPELINE_TAGS = {*_AUTO_CLASSES, "translation", "summarization"}
 
+# Pickles the Trainer writes beside the model (training_args.bin) or in checkpoints (optimizer.pt, scheduler.pt,
+# rng_state.pth, ...): kept off the model upload, since loading a pickle can run code.
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle")
+
 
 class HubPushError(OSError):
     """The Hub could not be reached or refused the push. The model is saved on disk; the message says where and how
@@ -99,6 +103,23 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
+def loss_metadata(loss: str, alpha: float, alpha_end: float | None, schedule: str) -> dict:
+    """The machine-readable loss settings of a model card (its `hf_maxsup` metadata), for tools that compare runs
+    and for checking that a resumed run trains with the loss of its checkpoint."""
+    if loss == "ce":
+        return {"loss": loss}
+    return {"loss": loss, "alpha": alpha, "alpha_end": alpha_at(1.0, schedule, alpha, alpha_end),
+            "alpha_schedule": schedule}
+
+
+def describe_loss(metadata: dict) -> str:
+    """`metadata` of [`loss_metadata`] in words, e.g. `maxsup (alpha 0.1 to 0.2, linear)`."""
+    if metadata.get("loss") == "ce":
+        return "ce"
+    return (f"{metadata.get('loss')} (alpha {metadata.get('alpha')} to {metadata.get('alpha_end')}, "
+            f"{metadata.get('alpha_schedule')})")
+
+
 def write_model_card(
     trainer,
     output_dir: str | None = None,
@@ -112,6 +133,7 @@ def write_model_card(
     dataset: str | list[str] | None = None,
     dataset_tags: str | list[str] | None = None,
     dataset_args: str | list[str] | None = None,
+    loss_history: list[dict] | None = None,
 ) -> ModelCard:
     """Render the model card of a MaxSup / LS / CE training run and write it to `output_dir/README.md`.
 
@@ -148,6 +170,9 @@ def write_model_card(
             Hub id(s) of the dataset, listed in the `datasets` metadata.
         dataset_args (`str` or `list[str]`, *optional*):
             Dataset configuration name.
+        loss_history (`list[dict]`, *optional*):
+            For a run resumed with other loss settings: each segment's settings (as in the `hf_maxsup` metadata) and
+            `from_step`; recorded as `hf_maxsup.history`.
 
     Returns:
         [`~huggingface_hub.ModelCard`]: the card written.
@@ -218,10 +243,8 @@ def write_model_card(
         license=license, tags=all_tags, datasets=dataset_ids or None,
         pipeline_tag=task if task in _PIPELINE_TAGS else None, eval_results=eval_results or None,
         # Machine-readable loss settings, for tools that compare runs.
-        hf_maxsup={"loss": loss["name"]} if loss["name"] == "ce" else {
-            "loss": loss["name"], "alpha": loss["alpha"], "alpha_end": loss["alpha_end"],
-            "alpha_schedule": loss["schedule"],
-        },
+        hf_maxsup={**loss_metadata(loss_fn.loss, loss_fn.alpha, loss_fn.alpha_end, loss_fn.schedule),
+                   **({"history": loss_history} if loss_history else {})},
     )
     versions = {"hf_maxsup": __version__}
     versions |= {name: importlib.metadata.version(name) for name in ("transformers", "torch", "datasets", "tokenizers")}
@@ -302,7 +325,8 @@ def failure_message(err: Exception, trainer, token: str | None = None, *, saved:
         f"Could not push to the Hugging Face Hub repository {repo_id!r}:{steps}\n"
         f"The trained model is saved in {output_dir} (weights, config, model card, processor if any); nothing was "
         "lost. Once the Hub can be reached, push it with\n"
-        f"  hf upload {repo_id} {output_dir} --exclude 'checkpoint-*' --exclude '_*'\n"
+        f"  hf upload {repo_id} {output_dir} --exclude 'checkpoint-*' --exclude '_*' "
+        f"{' '.join(f'--exclude {pattern!r}' for pattern in PICKLE_PATTERNS)}\n"
         "or call trainer.push_to_hub() again. To train without pushing, pass --push_to_hub False."
     )
 

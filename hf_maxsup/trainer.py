@@ -11,10 +11,12 @@ trainer = Trainer(model, args, compute_loss_func=loss_fn, callbacks=[loss_fn], .
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+import transformers.trainer
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -200,6 +202,52 @@ def _is_causal_lm(model) -> bool:
     )
 
 
+class _PickleFreeUploads:
+    """The `HfApi` the Trainer uploads with, except that an upload of the output directory leaves out the pickles
+    (`training_args.bin`, ...): loading a pickle from the Hub can run code. A checkpoint folder uploaded for
+    `hub_strategy="checkpoint"` (given a `path_in_repo`) keeps them, since resuming from it needs them."""
+
+    def __init__(self, api):
+        self._api = api
+
+    def __getattr__(self, name):
+        return getattr(self._api, name)
+
+    def upload_folder(self, *, ignore_patterns=None, path_in_repo=None, **kwargs):
+        if path_in_repo is None:
+            ignore_patterns = [*(ignore_patterns or []), *hub.PICKLE_PATTERNS]
+        return self._api.upload_folder(ignore_patterns=ignore_patterns, path_in_repo=path_in_repo, **kwargs)
+
+
+@contextlib.contextmanager
+def _uploads_without_pickles():
+    # Trainer.push_to_hub and _push_from_checkpoint write training_args.bin and upload in one method, with fixed
+    # ignore_patterns: the HfApi they get is the only place to leave the pickles out.
+    real = transformers.trainer.hf_api
+    transformers.trainer.hf_api = lambda: _PickleFreeUploads(real())
+    try:
+        yield
+    finally:
+        transformers.trainer.hf_api = real
+
+
+def _check_classifier_config(model) -> None:
+    config = getattr(model, "config", None)
+    if getattr(config, "problem_type", None) in ("regression", "multi_label_classification"):
+        raise ValueError(
+            f"problem_type={config.problem_type!r}: MaxSup and label smoothing apply to single-label "
+            "classification; train this model with transformers.Trainer."
+        )
+    generative = getattr(config, "is_encoder_decoder", False) or _is_causal_lm(model)
+    if config is not None and not generative and getattr(config, "num_labels", 2) < 2:
+        raise ValueError(
+            f"the model has num_labels={config.num_labels}: with fewer than 2 classes the softmax is 1 for every "
+            "input, so ce, ls and maxsup are 0 and nothing is learnt. Give the model one output per class "
+            "(num_labels=K >= 2, e.g. from_pretrained(..., num_labels=K)) and data with at least two classes; for "
+            "regression set problem_type='regression' and use transformers.Trainer."
+        )
+
+
 class _MaxSupMixin:
     """Shared by both trainers: builds the loss from the arguments, overwrites the logits with their gradient when
     nothing reads them afterwards, and logs the loss components.
@@ -218,12 +266,7 @@ class _MaxSupMixin:
                 "compute_loss_func."
             )
         model = kwargs.get("model", args[0] if args else None)
-        config = getattr(model, "config", None)
-        if getattr(config, "problem_type", None) in ("regression", "multi_label_classification"):
-            raise ValueError(
-                f"problem_type={config.problem_type!r}: MaxSup and label smoothing apply to single-label "
-                "classification; train this model with transformers.Trainer."
-            )
+        _check_classifier_config(model)
         self.loss_func = MaxSupLossFunc(
             training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
             training_args.loss_alpha_schedule, shift_labels=model is not None and _is_causal_lm(model),
@@ -293,20 +336,23 @@ class _MaxSupMixin:
         # The Trainer uploads args.output_dir, whose card is that of the last save_model: bring it up to date.
         if self.is_world_process_zero():
             hub.write_model_card(self, **(self._model_card_kwargs or {}))
-        super()._push_from_checkpoint(checkpoint_folder)
+        with _uploads_without_pickles():
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
         """`Trainer.push_to_hub` (model, processor, model card, metric files of `args.output_dir`) that leaves the
         model saved on disk and raises [`~hf_maxsup.hub.HubPushError`], saying what to do, when the Hub cannot be
-        reached or refuses the push. The arguments are those of `Trainer.push_to_hub`.
+        reached or refuses the push. Pickles (`training_args.bin`) are not uploaded. The arguments are those of
+        `Trainer.push_to_hub`.
         """
         try:
             if self.hub_model_id is None:
                 # Trainer.push_to_hub would create the repository before saving: do it first, so that a failure
                 # can be caught below and the model saved all the same.
                 super().init_hf_repo(token=token if token is not None else self.args.hub_token, private=private)
-            return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+            with _uploads_without_pickles():
+                return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
         except hub.HUB_ERRORS as err:
             if self.hub_model_id is None:  # failed before Trainer.push_to_hub saved the model
                 self.save_model(_internal_call=True)
