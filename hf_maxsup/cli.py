@@ -139,11 +139,27 @@ def _card_loss_and_seed(path: str) -> tuple[str | None, int | None]:
     return loss, seed
 
 
+def _check_checkpoint_path(path: str) -> None:
+    """Refuse, before loading anything, a local path that is missing or holds no saved model."""
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "adapter_config.json")):
+            inside = sorted(name for name in os.listdir(path) if name.startswith("checkpoint-"))
+            hint = f" It holds {', '.join(inside[-3:])}: give one of those." if inside else ""
+            raise ValueError(f"{path} is not a checkpoint: it has no config.json.{hint} Give a run's output folder "
+                             "(after training finished), a checkpoint-* folder, or a Hub id.")
+    elif os.path.exists(path):
+        raise ValueError(f"{path} is a file, not a checkpoint: give the folder holding config.json and the weights.")
+    elif os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
+        raise ValueError(f"{path}: no such folder (and it is not a Hub id of the form org/model). Check the path.")
+
+
 def run_analyze(args, argv) -> dict:
     from .report import Run, analyze_checkpoints
 
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise SystemExit(f"--labels names {len(args.labels)} groups for {len(args.checkpoints)} checkpoints.")
+    for path in args.checkpoints:
+        _check_checkpoint_path(path)
     runs = []
     for i, path in enumerate(args.checkpoints):
         loss, seed = _card_loss_and_seed(path) if os.path.isdir(path) else (None, None)
@@ -202,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_analyze(args, argv)
         else:
             run_compare(args, passthrough, argv)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: a Hub id that cannot be loaded, a full disk, ...
         print(f"hf-maxsup {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -4,7 +4,9 @@ Each member (a loss and a seed) runs `python <recipe> <passthrough> --loss L --s
 --do_train --do_eval` in a subprocess, so the recipe's own argument parsing, data loading, progress bar and model card
 are used unchanged. A member is *finished* when its output directory holds the final weights (`model.safetensors` or
 `adapter_model.safetensors`) and `eval_results.json`: running the same comparison again skips it. An unfinished member
-with a `checkpoint-*` folder is resumed from its newest checkpoint (`--resume_from_checkpoint last`).
+with a complete `checkpoint-*` folder is resumed from the newest complete one (`--resume_from_checkpoint last`; one
+left incomplete by a crash during its save is skipped); one without is trained again from the start
+(with `--overwrite_output_dir` when it left files: compare owns the member folders).
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
-
 __all__ = ["Member", "check_classifier", "default_recipe", "is_finished", "plan_members", "train_members"]
 
 MEMBER_FILE = "hf_maxsup_compare.json"
 FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 # Set by compare for every member; the recipe must not get them from the passthrough arguments as well.
 RESERVED = {"--loss": "--losses", "--seed": "--seeds", "--output_dir": "--output_dir / --runs_dir",
-            "--resume_from_checkpoint": "(resuming is automatic)"}
+            "--resume_from_checkpoint": "(resuming is automatic)",
+            "--overwrite_output_dir": "(an unfinished member without a checkpoint is retrained)"}
 # Defaults that keep the run folders small; the passthrough arguments override them.
 DEFAULT_ARGS = ("--save_total_limit", "2")
 
@@ -74,10 +75,13 @@ def plan_members(runs_dir: str, losses: Sequence[str], seeds: Sequence[int]) -> 
 
 
 def member_command(recipe: str, member: Member, passthrough: Sequence[str], python: str = sys.executable,
-                   resume: bool = False) -> list[str]:
+                   resume: bool = False, overwrite: bool = False) -> list[str]:
     command = [python, recipe, *DEFAULT_ARGS, *passthrough, "--loss", member.loss, "--seed", str(member.seed),
                "--output_dir", member.output_dir, "--do_train", "--do_eval"]
-    return command + (["--resume_from_checkpoint", "last"] if resume else [])
+    if resume:
+        return command + ["--resume_from_checkpoint", "last"]
+    # Without a checkpoint to resume, what an interrupted member left is replaced (the recipe refuses otherwise).
+    return command + (["--overwrite_output_dir"] if overwrite else [])
 
 
 def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
@@ -127,6 +131,8 @@ def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[
     Raises:
         `RuntimeError`: a member's recipe failed; rerunning the same command resumes from there.
     """
+    from .recipes import earlier_run_files, last_complete_checkpoint
+
     check_passthrough(passthrough)
     for i, member in enumerate(members, 1):
         prefix = f"[hf-maxsup compare] member {i}/{len(members)} ({member.name})"
@@ -136,12 +142,13 @@ def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[
             if check is not None and i == 1:
                 check(member.output_dir)
             continue
-        checkpoint = get_last_checkpoint(member.output_dir) if os.path.isdir(member.output_dir) else None
+        checkpoint = last_complete_checkpoint(member.output_dir, log=lambda message: log(f"{prefix}: {message}"))
         if checkpoint is not None:
             log(f"{prefix}: resuming from {checkpoint}")
         else:
             log(f"{prefix}: training into {member.output_dir}")
-        command = member_command(recipe, member, passthrough, python, resume=checkpoint is not None)
+        command = member_command(recipe, member, passthrough, python, resume=checkpoint is not None,
+                                 overwrite=checkpoint is None and bool(earlier_run_files(member.output_dir)))
         log(f"  $ {shlex.join(command)}")
         completed = subprocess.run(command, env=env, check=False)
         if completed.returncode != 0 or not is_finished(member.output_dir):
