@@ -1,7 +1,8 @@
 """Forward + backward time and peak extra memory of CE / LS / MaxSup losses, each candidate in a fresh process.
 
-    python benchmarks/loss.py                       # default shapes, fp32 + bf16, 3 shuffled rounds
-    python benchmarks/loss.py --steady              # the page-fault-free regime (see below)
+    python benchmarks/loss.py                       # CPU: default shapes, fp32 + bf16, 3 shuffled rounds
+    python benchmarks/loss.py --steady              # CPU, the page-fault-free regime (see below)
+    python benchmarks/loss.py --device cuda         # GPU: 8x1024x32000 and 4x4096x128256, bf16 + fp32
     python benchmarks/loss.py --shapes 4x512x32000 --dtypes float32 --rounds 5 --repeats 7
     python benchmarks/loss.py --candidates ce,ours_maxsup,ours_maxsup_inplace --json out.json
 
@@ -10,29 +11,39 @@ Candidates (``--candidates``, comma separated):
     ce_ls                F.cross_entropy(label_smoothing=0.1)
     hf_label_smoother    transformers.trainer_pt_utils.LabelSmoother(epsilon=0.1), fed {"logits": x}
     maxsup_direct        direct MaxSup formula in eager PyTorch: CE + a * mean_kept(max - mean)
-    ours_ls              hf_maxsup._fused.fused_cross_entropy(kind="ls")
+    ours_ls              hf_maxsup.losses.label_smoothing_cross_entropy, backend chosen automatically
     ours_ls_inplace      same, inplace_backward=True (gradient written into the logits' buffer)
-    ours_maxsup          fused_cross_entropy(kind="maxsup")
+    ours_ls_torch        same as ours_ls with HF_MAXSUP_BACKEND=torch (what a device without Triton gets)
+    ours_maxsup          hf_maxsup.losses.maxsup_cross_entropy, backend chosen automatically
     ours_maxsup_inplace  same, in place
+    ours_maxsup_torch    same as ours_maxsup with HF_MAXSUP_BACKEND=torch
+    liger_ls             liger_kernel LigerCrossEntropyLoss(label_smoothing=0.1) (GPU only: skipped on CPU)
 
-Method.
+The ``ours_*`` candidates set HF_MAXSUP_BACKEND in their process (``auto`` unless named ``*_torch``); the
+"backend" column is what ``hf_maxsup.kernels.kernel_info`` reports in that process ("—" for the implementations
+that are not hf_maxsup's).
+
+Method, both devices.
 * Every (candidate, shape, dtype) runs in its own fresh Python process (``--child`` mode of this file),
-  so that allocator state, page-fault history and thread pools of one candidate never help another.
-  The list of jobs is shuffled anew in each of ``--rounds`` rounds; the reported time is the median over
-  rounds of each process's median over ``--repeats`` timed iterations (after ``--warmup`` untimed ones
-  and a tiny-shape warm-up that builds/loads kernels).  Ratios are to plain ``F.cross_entropy`` measured
-  in the same run.
+  so that allocator state, page-fault history, compiled kernels and thread pools of one candidate never help
+  another.  The list of jobs is shuffled anew in each of ``--rounds`` rounds; the reported time is the median
+  over rounds of each process's median over ``--repeats`` timed iterations (after a tiny-shape warm-up that
+  builds/loads kernels and ``--warmup`` untimed full-size ones).  Ratios are to plain ``F.cross_entropy``
+  measured in the same run.
 * One timed iteration = ``loss = fn(logits, labels); loss.backward()`` on a leaf ``logits`` tensor that
   requires grad (the gradient lands in ``logits.grad``, exactly what the next layer's backward would
   get).  Between iterations, untimed, the logits are restored from a master copy (the in-place variants
-  destroy them) and ``logits.grad`` is dropped, so every iteration allocates its buffers afresh as a
-  training step does.  Labels have 10 % ignored (-100) positions; alpha = 0.1.
+  and Liger destroy them) and ``logits.grad`` is dropped, so every iteration allocates its buffers afresh
+  as a training step does.  Labels have 10 % ignored (-100) positions; alpha = 0.1.
+* Extra memory includes the logits' gradient (1.0 x logits for any out-of-place method) and is reported as
+  a multiple of one logits tensor (its dtype's bytes).
+
+CPU (``--device cpu``, the default).
+* Time: ``time.perf_counter`` around the iteration.
 * Peak extra memory: before the first full-size iteration, the process's peak-RSS mark is reset
   (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) and VmRSS is read; after forward + backward, VmHWM
   is read.  extra = VmHWM - VmRSS_before, i.e. everything the loss and its backward touched beyond the
-  inputs, INCLUDING the logits' gradient (1.0 x logits for any out-of-place method).  Reported as a
-  multiple of one logits tensor (its dtype's bytes).  Without clear_refs the ``ru_maxrss`` delta is used
-  (a lower bound, marked with "~").
+  inputs.  Without clear_refs the ``ru_maxrss`` delta is used (a lower bound, marked with "~").
 * Two regimes, as in docs/performance.md: page faults dominate on these machines.
     default:  glibc as it comes; every fresh logits-sized buffer is a new mmap and page-faults
               (writing 250 MiB into a fresh buffer costs ~3x writing into a resident one);
@@ -44,13 +55,26 @@ Method.
               "steady" numbers are not steady.
 * The machine is shared (2 cores): run the comparison when nothing else runs, and trust ratios
   measured in the same run more than absolute milliseconds.
+
+GPU (``--device cuda``; exits with an error when torch sees no GPU).
+* Time: CUDA events recorded around the iteration on the current stream (the restore copy is queued
+  before the start event, so it is not timed).
+* Peak extra memory: ``torch.cuda.max_memory_allocated()`` after one forward + backward (run after the
+  warm-up, so that kernel compilation and autotuning are not counted) minus ``memory_allocated()`` just
+  before it, with the peak statistics reset in between.  Logits, their master copy and the labels are
+  already allocated at that point.
+* Memory-bandwidth floor: any loss must read the logits once and write their gradient once, so no
+  implementation can beat floor = (logits bytes + gradient bytes) / bandwidth, where bandwidth is the
+  device's copy bandwidth measured in the same process (median of 512 MiB ``dst.copy_(src)``, counting read
+  + write bytes; the "copy GB/s" column).  The floor is thus the time of one logits-sized device copy;
+  "× floor" = 1 would be a loss as cheap as copying the logits.  The labels' bytes (one int64 per row) are
+  left out: < 0.1 % of the logits for any vocabulary above 8k classes.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import random
@@ -71,40 +95,59 @@ CANDIDATES = {
     "maxsup_direct": "direct MaxSup `CE + α(max − mean)`",
     "ours_ls": "**ours LS**",
     "ours_ls_inplace": "**ours LS, in place**",
+    "ours_ls_torch": "**ours LS, torch backend**",
     "ours_maxsup": "**ours MaxSup**",
     "ours_maxsup_inplace": "**ours MaxSup, in place**",
+    "ours_maxsup_torch": "**ours MaxSup, torch backend**",
+    "liger_ls": "Liger `LigerCrossEntropyLoss(label_smoothing=0.1)`",
 }
-DEFAULT_SHAPES = ["256x1000", "8x128x32000", "4x512x32000"]
-DEFAULT_DTYPES = ["float32", "bfloat16"]
+# ours_* candidates: (loss kind, inplace_backward, HF_MAXSUP_BACKEND for their process)
+OURS = {
+    "ours_ls": ("ls", False, "auto"),
+    "ours_ls_inplace": ("ls", True, "auto"),
+    "ours_ls_torch": ("ls", False, "torch"),
+    "ours_maxsup": ("maxsup", False, "auto"),
+    "ours_maxsup_inplace": ("maxsup", True, "auto"),
+    "ours_maxsup_torch": ("maxsup", False, "torch"),
+}
+GPU_ONLY = {"liger_ls": "GPU only (Liger's kernels are Triton)"}
+DEFAULT_SHAPES = {"cpu": ["256x1000", "8x128x32000", "4x512x32000"], "cuda": ["8x1024x32000", "4x4096x128256"]}
+DEFAULT_DTYPES = {"cpu": ["float32", "bfloat16"], "cuda": ["bfloat16", "float32"]}
 STEADY_ENV = {
     "THP_MEM_ALLOC_ENABLE": "1",
     # no mmap for big blocks (glibc caps mmap_threshold at 32 MiB, so mmap_max=0 is the knob) and no trimming:
     # freed logits-sized buffers stay in the heap and are reused
     "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736",
 }
+# 512 MiB per buffer: far beyond any GPU's L2, so the copy streams through device memory
+BANDWIDTH_BYTES = 1 << 29
+NO_GPU = ("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False); run it on a machine with "
+          "a GPU, or drop --device for the CPU benchmark.")
+
+
+def floor_ms(read_bytes: int, write_bytes: int, bandwidth_gb_s: float) -> float:
+    """Memory-bandwidth floor of a loss: the time to move its unavoidable bytes at the measured bandwidth.
+
+    Args:
+        read_bytes (`int`): bytes that must be read (the logits, once).
+        write_bytes (`int`): bytes that must be written (the gradient, once).
+        bandwidth_gb_s (`float`): device bandwidth in GB/s (1e9 bytes per second), read + write bytes counted.
+
+    Returns:
+        `float`: the floor in milliseconds.
+    """
+    return (read_bytes + write_bytes) / (bandwidth_gb_s * 1e9) * 1e3
 
 
 # ---------------------------------------------------------------------------------------------------
 # child: one candidate, one shape, one dtype
 
 
-def _load_fused():
-    """hf_maxsup._fused without importing the whole package (which pulls in transformers)."""
-    spec = importlib.util.spec_from_file_location(
-        "_hf_maxsup_fused_bench", ROOT / "hf_maxsup" / "_fused.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _make_fn(name):
     import torch.nn.functional as F
 
     if name == "ce":
-        return lambda x, y: F.cross_entropy(
-            x.view(-1, x.shape[-1]), y.view(-1), ignore_index=IGN
-        )
+        return lambda x, y: F.cross_entropy(x.view(-1, x.shape[-1]), y.view(-1), ignore_index=IGN)
     if name == "ce_ls":
         return lambda x, y: F.cross_entropy(
             x.view(-1, x.shape[-1]), y.view(-1), ignore_index=IGN, label_smoothing=ALPHA
@@ -114,7 +157,6 @@ def _make_fn(name):
 
         smoother = LabelSmoother(epsilon=ALPHA, ignore_index=IGN)
         return lambda x, y: smoother({"logits": x}, y)
-
     if name == "maxsup_direct":
 
         def direct(x, y):
@@ -126,19 +168,43 @@ def _make_fn(name):
             return ce + ALPHA * reg
 
         return direct
-    if name.startswith("ours_"):
-        fused = _load_fused()
-        if not fused.is_available():
-            print(
-                f"warning: hf_maxsup kernel unavailable ({fused.kernel_info()['error']}); using the fallback",
-                file=sys.stderr,
-            )
-        kind = "ls" if name.startswith("ours_ls") else "maxsup"
-        inplace = name.endswith("_inplace")
-        return lambda x, y: fused.fused_cross_entropy(
-            x, y, kind=kind, alpha=ALPHA, inplace_backward=inplace
-        )
+    if name == "liger_ls":
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+
+        liger = LigerCrossEntropyLoss(label_smoothing=ALPHA, ignore_index=IGN)
+        return lambda x, y: liger(x.view(-1, x.shape[-1]), y.view(-1))
+    if name in OURS:
+        from hf_maxsup import losses
+
+        kind, inplace, _ = OURS[name]
+        loss = losses.label_smoothing_cross_entropy if kind == "ls" else losses.maxsup_cross_entropy
+        return lambda x, y: loss(x, y, ALPHA, inplace_backward=inplace)
     raise SystemExit(f"unknown candidate {name}")
+
+
+def _backend(name, device, dtype):
+    """(backend name, {backend: why it is not used}) of hf_maxsup for these logits in this process; (None, None)
+    for the other implementations."""
+    if name not in OURS:
+        return None, None
+    from hf_maxsup import kernels
+
+    info = kernels.kernel_info(device, dtype)
+    return info["backend"], info.get("reasons")
+
+
+def _inputs(shape, dtype, gen, device):
+    """Logits (a master copy) and labels with 10 % ignored positions, built without logits-sized temporaries."""
+    import torch
+
+    x0 = torch.randn(shape, generator=gen, dtype=dtype, device=device).mul_(2)
+    y = torch.randint(0, shape[-1], shape[:-1], generator=gen, device=device)
+    y[torch.rand(shape[:-1], generator=gen, device=device) < 0.1] = IGN
+    return x0, y
+
+
+def _tiny_shape(shape):
+    return shape[:1] + (min(shape[-1], 64),) if len(shape) == 2 else (1, 4, min(shape[-1], 64))
 
 
 def _status_kib(field):
@@ -158,55 +224,43 @@ def _reset_hwm():
         return False
 
 
-def child(args):
+def _restore(x, x0):
+    import torch
+
+    x.grad = None
+    with torch.no_grad():
+        x.copy_(x0)
+
+
+def child_cpu(args, fn, shape, dtype):
+    """One CPU job: perf_counter times, peak-RSS extra memory and page faults per iteration."""
     import resource
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shape = tuple(int(s) for s in args.shape.split("x"))
-    dtype = getattr(torch, args.dtype)
-    K = shape[-1]
-    fn = _make_fn(args.child)
     gen = torch.Generator().manual_seed(args.seed)
-
-    def inputs(shp):
-        x0 = torch.randn(shp, generator=gen, dtype=dtype).mul_(
-            2
-        )  # no logits-sized temporaries
-        y = torch.randint(0, shp[-1], shp[:-1], generator=gen)
-        y[torch.rand(shp[:-1], generator=gen) < 0.1] = IGN
-        return x0, y
-
     faults = []
 
     def step(x, x0, y):
-        x.grad = None
-        with torch.no_grad():
-            x.copy_(x0)
+        _restore(x, x0)
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
-        loss = fn(x, y)
-        loss.backward()
+        fn(x, y).backward()
         t = time.perf_counter() - t0
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         return t
 
     # tiny warm-up: kernel build/load, thread pools, lazy imports
-    sx0, sy = inputs(
-        shape[:-1][:1] + (min(K, 64),) if len(shape) == 2 else (1, 4, min(K, 64))
-    )
+    sx0, sy = _inputs(_tiny_shape(shape), dtype, gen, "cpu")
     sx = sx0.clone().requires_grad_(True)
     for _ in range(2):
         step(sx, sx0, sy)
     del sx, sx0, sy
 
-    x0, y = inputs(shape)
+    x0, y = _inputs(shape, dtype, gen, "cpu")
     x = torch.empty_like(x0).requires_grad_(True)
     with torch.no_grad():
         x.copy_(x0)  # resident, like logits just produced by the model
-    logits_bytes = x0.numel() * x0.element_size()
     gc.collect()
 
     # peak extra memory of one forward + backward (first full-size iteration)
@@ -217,27 +271,96 @@ def child(args):
     if exact and rss0 is not None:
         extra = (_status_kib("VmHWM") - rss0) * 1024
     else:
-        extra = (
-            max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024
-        )
+        extra = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024
 
     for _ in range(args.warmup):
         step(x, x0, y)
     faults.clear()
     times = [step(x, x0, y) for _ in range(args.repeats)]
-    print(
-        json.dumps(
-            {
-                "times": times,
-                "first": t_first,
-                "extra_bytes": extra,
-                "extra_exact": exact,
-                "logits_bytes": logits_bytes,
-                "threads": torch.get_num_threads(),
-                "faults": statistics.median(faults),
-            }
-        )
-    )
+    return {"times": times, "first": t_first, "extra_bytes": extra, "extra_exact": exact,
+            "logits_bytes": x0.numel() * x0.element_size(), "faults": statistics.median(faults)}
+
+
+def copy_bandwidth_gb_s(device, nbytes=BANDWIDTH_BYTES, repeats=10):
+    """Device copy bandwidth, GB/s counting the bytes read and the bytes written: median of `repeats` copies."""
+    import torch
+
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    dst.copy_(src)
+    seconds = []
+    for _ in range(repeats):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        seconds.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / statistics.median(seconds) / 1e9
+
+
+def child_cuda(args, fn, shape, dtype):
+    """One GPU job: CUDA-event times, max_memory_allocated extra memory and the copy bandwidth."""
+    import torch
+
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def step(x, x0, y):
+        _restore(x, x0)
+        start.record()
+        fn(x, y).backward()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    # before the inputs exist, so that the copy buffers never compete with them for memory
+    bandwidth = copy_bandwidth_gb_s(device)
+
+    sx0, sy = _inputs(_tiny_shape(shape), dtype, gen, device)
+    sx = sx0.clone().requires_grad_(True)
+    for _ in range(2):
+        step(sx, sx0, sy)
+    del sx, sx0, sy
+
+    x0, y = _inputs(shape, dtype, gen, device)
+    x = torch.empty_like(x0).requires_grad_(True)
+    t_first = step(x, x0, y)
+    for _ in range(args.warmup):
+        step(x, x0, y)
+
+    _restore(x, x0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    allocated = torch.cuda.memory_allocated()
+    fn(x, y).backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - allocated
+
+    times = [step(x, x0, y) for _ in range(args.repeats)]
+    return {"times": times, "first": t_first, "extra_bytes": extra, "extra_exact": True,
+            "logits_bytes": x0.numel() * x0.element_size(), "bandwidth_gb_s": bandwidth,
+            "device_name": torch.cuda.get_device_name(device)}
+
+
+def child(args):
+    """Run one job in this process and print its measurements as one JSON line."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = tuple(int(s) for s in args.shape.split("x"))
+    dtype = getattr(torch, args.dtype)
+    fn = _make_fn(args.child)
+    run = child_cuda if args.device == "cuda" else child_cpu
+    res = run(args, fn, shape, dtype)
+    # asked after the runs, so that a backend chosen lazily at the first call is the one reported
+    res["backend"], res["reasons"] = _backend(args.child, torch.device(args.device), dtype)
+    res["threads"] = torch.get_num_threads()
+    print(json.dumps(res))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -245,106 +368,169 @@ def child(args):
 
 
 def run_job(cand, shape, dtype, args):
+    """Run one job in a fresh child process; its measurements, or None (with the error on stderr) if it failed."""
     env = dict(os.environ)
+    # the children import hf_maxsup from this checkout, installed or not
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     if args.steady:
         env.update(STEADY_ENV)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        cand,
-        "--shape",
-        shape,
-        "--dtype",
-        dtype,
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--seed",
-        str(args.seed),
-        "--threads",
-        str(args.threads),
-    ]
-    p = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=args.timeout,
-        check=False,
-    )
+    if cand in OURS:
+        env["HF_MAXSUP_BACKEND"] = OURS[cand][2]
+    cmd = [sys.executable, __file__, "--child", cand, "--device", args.device, "--shape", shape, "--dtype", dtype,
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--seed", str(args.seed),
+           "--threads", str(args.threads)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout, check=False)
     if p.returncode != 0:
         print(f"[{cand} {shape} {dtype}] failed:\n{p.stderr[-3000:]}", file=sys.stderr)
         return None
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def fmt_mem(x, exact=True):
-    return ("" if exact else "~") + f"{x:.2f}"
+def summarise(rs):
+    """Medians over the rounds of one job's child results."""
+    m = {
+        "ms": statistics.median(statistics.median(x["times"]) for x in rs) * 1e3,
+        "first_ms": statistics.median(x["first"] for x in rs) * 1e3,
+        "mem": statistics.median(x["extra_bytes"] / x["logits_bytes"] for x in rs),
+        "mem_exact": all(x["extra_exact"] for x in rs),
+        "logits_bytes": rs[0]["logits_bytes"],
+        "backend": rs[0]["backend"],
+        "reasons": rs[0]["reasons"],
+        "threads": rs[0]["threads"],
+        "n": len(rs),
+    }
+    if "faults" in rs[0]:
+        m["faults"] = statistics.median(x["faults"] for x in rs)
+    if "bandwidth_gb_s" in rs[0]:
+        m["bandwidth_gb_s"] = statistics.median(x["bandwidth_gb_s"] for x in rs)
+        m["floor_ms"] = floor_ms(m["logits_bytes"], m["logits_bytes"], m["bandwidth_gb_s"])
+        m["device_name"] = rs[0]["device_name"]
+    return m
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument(
-        "--shapes",
-        default=",".join(DEFAULT_SHAPES),
-        help="comma separated, e.g. 256x1000,4x512x32000",
-    )
-    ap.add_argument(
-        "--dtypes", default=",".join(DEFAULT_DTYPES), help="float32,bfloat16,float16"
-    )
-    ap.add_argument(
-        "--candidates", default=",".join(CANDIDATES), help=",".join(CANDIDATES)
-    )
-    ap.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="shuffled rounds (one fresh process per job per round)",
-    )
-    ap.add_argument(
-        "--repeats", type=int, default=5, help="timed iterations per process"
-    )
-    ap.add_argument(
-        "--warmup", type=int, default=2, help="untimed full-size iterations per process"
-    )
-    ap.add_argument(
-        "--steady",
-        action="store_true",
-        help="page-fault-free regime: THP_MEM_ALLOC_ENABLE=1 and glibc keeps freed memory",
-    )
+def _preamble(args, summary):
+    first = summary[next(iter(summary))] if summary else {}
+    common = (f"alpha = {ALPHA}, 10 % ignored labels, {args.rounds} rounds x {args.repeats} repeats, fresh process "
+              "per measurement, medians. Backend: the hf_maxsup backend that served the row "
+              "(`kernels.kernel_info` in that process), — for the other implementations. ")
+    if args.device == "cuda":
+        print(f"\n## Loss forward + backward, GPU ({first.get('device_name', '?')})\n")
+        print(common + "Time: ms (CUDA events), × plain `F.cross_entropy` of the same shape/dtype in this run, and × "
+              "the memory-bandwidth floor (read the logits once + write the gradient once at the device copy "
+              "bandwidth measured in the same process). Memory: peak `torch.cuda.max_memory_allocated` beyond "
+              "the inputs during forward + backward, × one logits tensor (includes the logits' gradient).\n")
+        return
+    regime = "steady (THP_MEM_ALLOC_ENABLE=1, freed memory kept)" if args.steady else "default (glibc, page faults)"
+    print(f"\n## Loss forward + backward, CPU, {regime}\n")
+    print(common + f"{first.get('threads', '?')} threads. Time: ms and × plain `F.cross_entropy` of the same "
+          "shape/dtype in this run. Memory: peak RSS beyond the inputs during forward + backward, × one logits "
+          "tensor (includes the logits' gradient). Page faults: minor faults per timed iteration (median); a "
+          "logits-sized fp32 buffer of 4·512·32000 is 64k 4-KiB pages.\n")
+
+
+COLUMNS = {
+    "cpu": ["implementation", "backend", "ms", "× CE", "extra memory × logits", "page faults / iter"],
+    "cuda": ["implementation", "backend", "ms", "× CE", "× floor", "extra memory × logits", "copy GB/s"],
+}
+
+
+def _row(device, c, m, ref):
+    """One table row: the measured cells, or a note in the ms column."""
+    if not isinstance(m, dict):
+        cells = [CANDIDATES[c], "", m]
+    else:
+        ratio = f"{m['ms'] / ref['ms']:.2f}" if ref else "?"
+        mem = ("" if m["mem_exact"] else "~") + f"{m['mem']:.2f}"
+        cells = [CANDIDATES[c], m["backend"] or "—", f"{m['ms']:.2f}", ratio]
+        if device == "cuda":
+            cells += [f"{m['ms'] / m['floor_ms']:.2f}", mem, f"{m['bandwidth_gb_s']:.0f}"]
+        else:
+            cells += [mem, f"{m['faults']:.0f}"]
+    cells += [""] * (len(COLUMNS[device]) - len(cells))
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_tables(args, shapes, dtypes, cands, skipped, summary):
+    """The Markdown report: one table per (shape, dtype)."""
+    _preamble(args, summary)
+    columns = COLUMNS[args.device]
+    for s in shapes:
+        for d in dtypes:
+            measured = [summary[(c, s, d)] for c in cands if (c, s, d) in summary]
+            title = f"### logits {s.replace('x', '×')} {d}"
+            if args.device == "cuda" and measured:
+                # each row's × floor uses its own process's bandwidth; the title gives the typical floor
+                gb_s = statistics.median(m["bandwidth_gb_s"] for m in measured)
+                nbytes = measured[0]["logits_bytes"]
+                title += f" (floor {floor_ms(nbytes, nbytes, gb_s):.3f} ms at the median copy bandwidth, " \
+                         f"{gb_s:.0f} GB/s)"
+            print(f"{title}\n\n| " + " | ".join(columns) + " |")
+            print("|---|---|" + "---:|" * (len(columns) - 2))
+            ref = summary.get(("ce", s, d))
+            for c in cands:
+                print(_row(args.device, c, summary.get((c, s, d), "failed"), ref))
+            for c, why in skipped.items():
+                print(_row(args.device, c, f"skipped: {why}", ref))
+            print()
+    # why the automatic choice fell where it did (a forced backend's reasons would only say it was forced)
+    reasons = next((m["reasons"] for (c, _, _), m in summary.items() if c in OURS and OURS[c][2] == "auto"), None)
+    if reasons:
+        print("hf_maxsup backends on this device (auto): "
+              + "; ".join(f"{b}: {why or 'usable'}" for b, why in reasons.items()) + "\n")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--shapes", help="comma separated, e.g. 256x1000,4x512x32000 (default: per device, see above)")
+    ap.add_argument("--dtypes", help="float32,bfloat16,float16 (default: per device)")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help=",".join(CANDIDATES))
+    ap.add_argument("--rounds", type=int, default=3, help="shuffled rounds (one fresh process per job per round)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed iterations per process")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed full-size iterations per process")
+    ap.add_argument("--steady", action="store_true",
+                    help="CPU only: page-fault-free regime, THP_MEM_ALLOC_ENABLE=1 and glibc keeps freed memory")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch.set_num_threads in each process (0: default)",
-    )
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each process (0: default)")
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--json", help="also write the raw results here")
     # child mode
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _check_device(args):
+    if args.device == "cpu":
+        return
+    if args.steady:
+        raise SystemExit("--steady is a CPU regime (glibc and page faults); it does not apply to --device cuda.")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(NO_GPU)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.child:
         return child(args)
-
-    shapes = [s for s in args.shapes.split(",") if s]
-    dtypes = [d for d in args.dtypes.split(",") if d]
+    _check_device(args)
+    shapes = [s for s in (args.shapes or ",".join(DEFAULT_SHAPES[args.device])).split(",") if s]
+    dtypes = [d for d in (args.dtypes or ",".join(DEFAULT_DTYPES[args.device])).split(",") if d]
     cands = [c for c in args.candidates.split(",") if c]
     for c in cands:
         if c not in CANDIDATES:
-            raise SystemExit(
-                f"unknown candidate {c}; choose from {', '.join(CANDIDATES)}"
-            )
+            raise SystemExit(f"unknown candidate {c}; choose from {', '.join(CANDIDATES)}")
     if "ce" not in cands:
         cands.insert(0, "ce")  # the reference of every ratio
+    skipped = {c: GPU_ONLY[c] for c in cands if c in GPU_ONLY and args.device == "cpu"}
+    cands = [c for c in cands if c not in skipped]
+    for c, why in skipped.items():
+        print(f"note: {c} skipped: {why}", file=sys.stderr)
+
     jobs = [(c, s, d) for s in shapes for d in dtypes for c in cands]
     rng = random.Random(args.seed)
     results = {j: [] for j in jobs}
@@ -356,70 +542,16 @@ def main(argv=None):
             res = run_job(*j, args)
             if res is not None:
                 results[j].append(res)
-        print(
-            f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)",
-            file=sys.stderr,
-        )
+        print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", file=sys.stderr)
 
-    summary = {}
-    for j, rs in results.items():
-        if not rs:
-            continue
-        summary[j] = {
-            "ms": statistics.median(statistics.median(x["times"]) for x in rs) * 1e3,
-            "first_ms": statistics.median(x["first"] for x in rs) * 1e3,
-            "mem": statistics.median(x["extra_bytes"] / x["logits_bytes"] for x in rs),
-            "mem_exact": all(x["extra_exact"] for x in rs),
-            "faults": statistics.median(x["faults"] for x in rs),
-            "threads": rs[0]["threads"],
-            "n": len(rs),
-        }
-
-    regime = (
-        "steady (THP_MEM_ALLOC_ENABLE=1, freed memory kept)"
-        if args.steady
-        else "default (glibc, page faults)"
-    )
-    print(f"\n## Loss forward + backward, {regime}\n")
-    print(
-        f"alpha = {ALPHA}, 10 % ignored labels, {summary[next(iter(summary))]['threads'] if summary else '?'} "
-        f"threads, {args.rounds} rounds x {args.repeats} repeats, fresh process per measurement, medians. "
-        "Time: ms and × plain `F.cross_entropy` of the same shape/dtype in this run. "
-        "Memory: peak RSS beyond the inputs during forward + backward, × one logits tensor "
-        "(includes the logits' gradient). Page faults: minor faults per timed iteration (median); "
-        "a logits-sized fp32 buffer of 4·512·32000 is 64k 4-KiB pages.\n"
-    )
-    for s in shapes:
-        for d in dtypes:
-            ref = summary.get(("ce", s, d))
-            print(f"### logits {s.replace('x', '×')} {d}\n")
-            print(
-                "| implementation | ms | × CE | extra memory × logits | page faults / iter |"
-            )
-            print("|---|---:|---:|---:|---:|")
-            for c in cands:
-                m = summary.get((c, s, d))
-                if m is None:
-                    print(f"| {CANDIDATES[c]} | failed | | | |")
-                    continue
-                ratio = f"{m['ms'] / ref['ms']:.2f}" if ref else "?"
-                print(
-                    f"| {CANDIDATES[c]} | {m['ms']:.2f} | {ratio} | {fmt_mem(m['mem'], m['mem_exact'])} "
-                    f"| {m['faults']:.0f} |"
-                )
-            print()
+    summary = {j: summarise(rs) for j, rs in results.items() if rs}
+    print_tables(args, shapes, dtypes, cands, skipped, summary)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "results": {"|".join(j): v for j, v in results.items()},
-                    "summary": {"|".join(j): v for j, v in summary.items()},
-                },
-                f,
-                indent=1,
-            )
+            json.dump({"args": vars(args), "skipped": skipped,
+                       "results": {"|".join(j): v for j, v in results.items()},
+                       "summary": {"|".join(j): v for j, v in summary.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

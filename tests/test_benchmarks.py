@@ -1,33 +1,96 @@
 """The benchmark scripts run end to end at tiny sizes and print their ratio tables (so they cannot rot unnoticed)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _run(script: str, *args: str) -> str:
+def _run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], check=False, capture_output=True,
                             text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    if ok:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _load_loss_benchmark():
+    spec = importlib.util.spec_from_file_location("_loss_benchmark", BENCHMARKS / "loss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_loss_benchmark_tiny(tmp_path):
-    out = _run("loss.py", "--shapes", "64x100", "--dtypes", "float32", "--candidates", "ce,hf_label_smoother,ours_maxsup",
-               "--rounds", "1", "--repeats", "1", "--warmup", "1", "--threads", "1", "--json", str(tmp_path / "r.json"))
+    out = _run("loss.py", "--shapes", "64x100", "--dtypes", "float32", "--candidates",
+               "ce,hf_label_smoother,ours_maxsup,ours_maxsup_torch,liger_ls", "--rounds", "1", "--repeats", "1",
+               "--warmup", "1", "--threads", "1", "--json", str(tmp_path / "r.json")).stdout
     assert "### logits 64×100 float32" in out, out
-    for name in ("`F.cross_entropy` | ", "`LabelSmoother(0.1)` | ", "**ours MaxSup** | "):
-        assert name in out, out
-    results = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert sorted(results) == ["ce|64x100|float32", "hf_label_smoother|64x100|float32", "ours_maxsup|64x100|float32"]
-    assert all(run["times"][0] > 0 for runs in results.values() for run in runs)
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+             if line.startswith("| ")]
+    rows = {row[0]: row for row in cells}
+    for name in ("`F.cross_entropy`", "transformers `LabelSmoother(0.1)`", "**ours MaxSup**"):
+        assert name in rows, out
+    # the backend column says what served the row: the forced torch backend, nothing for non-hf_maxsup rows
+    assert rows["**ours MaxSup, torch backend**"][1] == "torch", out
+    assert rows["**ours MaxSup**"][1] in ("c", "triton", "torch"), out
+    assert rows["`F.cross_entropy`"][1] == "—" and rows["`F.cross_entropy`"][3] == "1.00", out
+    assert "skipped: GPU only" in rows["Liger `LigerCrossEntropyLoss(label_smoothing=0.1)`"][2], out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(report["results"]) == ["ce|64x100|float32", "hf_label_smoother|64x100|float32",
+                                         "ours_maxsup_torch|64x100|float32", "ours_maxsup|64x100|float32"]
+    assert all(run["times"][0] > 0 for runs in report["results"].values() for run in runs)
+    assert report["summary"]["ours_maxsup_torch|64x100|float32"]["backend"] == "torch"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when there is no GPU")
+def test_loss_benchmark_cuda_without_gpu():
+    result = _run("loss.py", "--device", "cuda", "--rounds", "1", ok=False)
+    assert result.returncode != 0
+    assert "torch sees no CUDA GPU" in result.stderr, result.stderr
+    assert "###" not in result.stdout  # it stops before running any job
+
+
+def test_floor_ms():
+    floor_ms = _load_loss_benchmark().floor_ms
+    # 4x512x32000 fp32 logits: 262,144,000 bytes read + as many written at 1000 GB/s = 0.524288 ms
+    assert floor_ms(262_144_000, 262_144_000, 1000.0) == pytest.approx(0.524288)
+    # 1 GB read + 1 GB written at 4000 GB/s: 0.5 ms; halving the bandwidth doubles it
+    assert floor_ms(10**9, 10**9, 4000.0) == pytest.approx(0.5)
+    assert floor_ms(10**9, 10**9, 2000.0) == pytest.approx(1.0)
+    assert floor_ms(3 * 10**9, 0, 3000.0) == pytest.approx(1.0)
+
+
+def test_loss_benchmark_gpu_table(capsys):
+    # the GPU report cannot run here: feed it the results two GPU children would print
+    bench = _load_loss_benchmark()
+    nbytes = 8 * 1024 * 32000 * 2
+
+    def child(ms, gb_s, backend):
+        return {"times": [ms / 1e3], "first": ms / 1e3, "extra_bytes": nbytes, "extra_exact": True,
+                "logits_bytes": nbytes, "bandwidth_gb_s": gb_s, "device_name": "GPU", "backend": backend,
+                "reasons": None, "threads": 1}
+
+    job = ("8x1024x32000", "bfloat16")
+    summary = {("ce", *job): bench.summarise([child(1.0, 4000.0, None)]),
+               ("ours_maxsup", *job): bench.summarise([child(0.5, 4000.0, "triton")])}
+    args = bench.parse_args(["--device", "cuda"])
+    bench.print_tables(args, [job[0]], [job[1]], ["ce", "ours_maxsup"], {}, summary)
+    out = capsys.readouterr().out
+    # floor: 2 x 524,288,000 bytes (bf16 logits read, gradient written) at 4000 GB/s = 0.262144 ms
+    assert "(floor 0.262 ms at the median copy bandwidth, 4000 GB/s)" in out, out
+    assert "| **ours MaxSup** | triton | 0.50 | 0.50 | 1.91 | 1.00 | 4000 |" in out, out
 
 
 def test_trainer_benchmark_tiny():
-    out = _run("trainer.py", "--vocab", "64", "--d_model", "16", "--layers", "1", "--steps", "1", "--shapes", "2x8")
+    out = _run("trainer.py", "--vocab", "64", "--d_model", "16", "--layers", "1", "--steps", "1",
+               "--shapes", "2x8").stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "steps/s |" not in line]
     assert len(rows) == 3, out
     stock = rows[0].split("|")
