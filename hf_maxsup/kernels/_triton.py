@@ -33,7 +33,7 @@ except Exception as exc:  # ImportError, or a broken install failing at import t
     tl = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
-__all__ = ["NAME", "forward", "scale_", "specialisations", "supports", "unavailable"]
+__all__ = ["NAME", "forward", "scale_", "specialisations", "unavailable"]
 
 NAME = "triton"
 
@@ -57,37 +57,19 @@ def _row_config(num_classes: int) -> tuple[int, int]:
     return _ROW_CONFIGS[-1]
 
 
-def supports(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether these logits are of a kind this backend serves (the device type and dtype; not whether triton works).
+def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why this backend cannot serve `dtype` logits on `device`, or `None` when it can.
 
-    GPUs where Triton runs (`cuda`, which ROCm reports too, and `xpu`), and CPU tensors only under Triton's
-    interpreter (`TRITON_INTERPRET=1`, for tests); float32, bfloat16 and float16 logits.
-    """
-    device = torch.device(device)
-    if dtype not in _DTYPES:
-        return False
-    if device.type == "cpu":
-        return os.environ.get("TRITON_INTERPRET") == "1"
-    return device.type in ("cuda", "xpu")
-
-
-def unavailable(device: torch.device | None = None, dtype: torch.dtype | None = None) -> str | None:
-    """Why this backend cannot serve logits of `device` and `dtype`, or `None` when it can.
-
-    Args:
-        device (`torch.device`, *optional*): device of the logits. Without it (and `dtype`), only whether Triton
-            works in this process is checked (the dispatcher asks `supports` for the rest).
-        dtype (`torch.dtype`, *optional*): dtype of the logits.
+    It serves float32, bfloat16 and float16 logits on GPUs where Triton runs (`cuda`, which ROCm reports too, and
+    `xpu`), and on CPU tensors only under Triton's interpreter (`TRITON_INTERPRET=1`, for tests).
 
     Returns:
         `str` or `None`: a short sentence naming the fix, or `None`.
     """
     if triton is None:
         return f'triton is not installed ({_IMPORT_ERROR}): pip install "hf_maxsup[gpu]"'
-    if device is None and dtype is None:
-        return None
-    device = torch.device(device) if device is not None else torch.device("cuda")
-    if dtype is not None and dtype not in _DTYPES:
+    device = torch.device(device)
+    if dtype not in _DTYPES:
         return f"the triton backend takes float32, bfloat16 or float16 logits, not {dtype}: use the torch backend"
     if device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
