@@ -429,9 +429,9 @@ def test_backend_choice_and_its_errors(monkeypatch):
     with pytest.raises(ValueError, match="use one of auto, c, triton, torch"):
         get_loss_fn("maxsup")(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), ALPHA)
     monkeypatch.setenv("HF_MAXSUP_BACKEND", "c")
-    with pytest.raises(RuntimeError, match="HF_MAXSUP_BACKEND=c: the c backend does not serve float64"):
+    with pytest.raises(RuntimeError, match="HF_MAXSUP_BACKEND=c cannot serve float64 logits on cpu: the C kernel takes"):
         get_loss_fn("maxsup")(torch.randn(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long), ALPHA)
-    assert kernels.kernel_info("cpu", torch.float64)["error"].startswith("HF_MAXSUP_BACKEND=c")
+    assert kernels.kernel_info("cpu", torch.float64)["error"].startswith("HF_MAXSUP_BACKEND=c cannot")
 
 
 def test_an_unusable_c_kernel_falls_back_with_one_warning(monkeypatch, caplog):

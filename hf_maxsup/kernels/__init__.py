@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from ._args import KINDS, SUMS, LossJob
 from ._layout import row_layout, rows_disjoint
 
-__all__ = ["BACKENDS", "KINDS", "SUMS", "LossJob", "fused_loss", "kernel_info", "select_backend"]
+__all__ = ["BACKENDS", "KINDS", "SUMS", "LossJob", "fused_loss", "kernel_info", "rows_loss_and_grad_", "select_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,9 @@ def select_backend(device: torch.device, dtype: torch.dtype):
     if forced != "auto":
         reason = _why_not(forced, device, dtype)
         if reason is not None:
-            raise RuntimeError(f"HF_MAXSUP_BACKEND={forced}: the {forced} backend {reason}. Unset "
-                               "HF_MAXSUP_BACKEND (or set it to auto) to let hf_maxsup choose.")
+            raise RuntimeError(f"HF_MAXSUP_BACKEND={forced} cannot serve {str(dtype).removeprefix('torch.')} logits "
+                               f"on {device.type}: {reason}. Unset HF_MAXSUP_BACKEND (or set it to auto) to let "
+                               "hf_maxsup choose.")
         return _module(forced)
     for name in _PREFERENCE.get(device.type, _GPU_PREFERENCE):
         module = _module(name)
@@ -262,3 +263,19 @@ def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str, alpha: 
     else:
         loss, _, _ = _execute(call, logits, target, inplace=False, want_grad=False)
     return (loss, call.components) if return_components else loss
+
+
+def rows_loss_and_grad_(logits: torch.Tensor, labels: torch.Tensor, *, kind: str, alpha: float,
+                        ignore_index: int = -100, want_grad: bool = True, want_components: bool = False,
+                        row_loss: torch.Tensor | None = None) -> torch.Tensor:
+    """One backend pass over contiguous `(n, K)` logits with int64 labels `(n,)`, for callers that chunk their own
+    rows (the fused linear losses): with `want_grad`, each row's unscaled gradient `d loss_row / d z` is written over
+    the logits. Returns the sums of `SUMS` over kept rows; `row_loss` `(n,)` float32, if given, gets each row's loss.
+    """
+    n_rows, num_classes = logits.shape
+    if n_rows == 0:
+        return torch.zeros(len(SUMS), dtype=torch.float64, device=logits.device)
+    scale = torch.ones((), dtype=torch.float32, device=logits.device)
+    job = LossJob(kind, float(alpha), ignore_index, logits, (1, n_rows, 0, num_classes), labels, None,
+                  logits if want_grad else None, (0, num_classes), scale, row_loss, want_components)
+    return select_backend(logits.device, logits.dtype).forward(job)

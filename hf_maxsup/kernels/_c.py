@@ -260,13 +260,13 @@ def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the kernel cannot serve `dtype` logits on `device` (None when it can): CPU tensors of float32, bfloat16
     and float16 (float16 where the compiler has `_Float16`), once the kernel is built."""
     if device.type != "cpu":
-        return "runs on CPU tensors only"
+        return "the C kernel runs on CPU tensors only"
     if dtype not in _DTYPES:
-        return f"does not serve {str(dtype).removeprefix('torch.')} logits (float32, bfloat16, float16 only)"
+        return f"the C kernel takes float32, bfloat16 or float16 logits, not {str(dtype).removeprefix('torch.')}"
     if _lib() is None:
         return _State.error
     if dtype not in _State.dtypes:
-        return f"was built without {str(dtype).removeprefix('torch.')} support by this compiler"
+        return f"the C kernel was built without {str(dtype).removeprefix('torch.')} support by this compiler"
     return None
 
 

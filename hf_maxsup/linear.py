@@ -1,0 +1,231 @@
+"""Fused linear losses: CE, label smoothing and MaxSup of `hidden @ weight.T + bias` without the full logits.
+
+The logits of a large-vocabulary head, `(tokens, V)`, and their gradient are the biggest buffers of a training step.
+These functions never hold more than one chunk of rows of them: per chunk of tokens, the chunk's logits are computed
+by a matmul, the loss and its gradient come from one in-place pass of the engine's backend (`hf_maxsup.kernels`: C
+on CPUs, Triton on GPUs, chunked PyTorch elsewhere), and the chunk's contributions to the gradients of `hidden`,
+`weight` and `bias` are computed at once (accumulated in float32 for half-precision inputs). Rows whose label is
+`ignore_index` are dropped before the first matmul.
+
+The conventions are those of `hf_maxsup.losses` (`ignore_index` out of every term, `reduction`,
+`num_items_in_batch`, `return_components`, float32 accumulation), with two limits: targets are class indices (no
+soft targets: use the logit losses for mixup), and on a GPU a call synchronises with the host twice (the label-range
+check, and the count of kept rows that sizes the matmuls).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import kernels
+from .kernels import SUMS
+
+__all__ = [
+    "default_chunk_size",
+    "fused_linear_loss",
+    "label_smoothing_linear_cross_entropy",
+    "linear_cross_entropy",
+    "maxsup_linear_cross_entropy",
+]
+
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+def default_chunk_size(num_rows: int, hidden_size: int, vocab_size: int) -> int:
+    """Rows per chunk: Liger-Kernel's rule, which makes a chunk of logits about as large as the hidden states
+    (`ceil(V / H)` chunks, rounded up to a power of two rows), so the logits never cost more than the input does."""
+    chunks = max(1, -(-vocab_size // max(hidden_size, 1)))
+    rows = max(1, -(-num_rows // chunks))
+    return 1 << (rows - 1).bit_length()
+
+
+def _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_batch, ignore_index) -> None:
+    if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point() or hidden.dim() < 2:
+        raise ValueError(f"hidden must be a floating-point tensor of shape (N, H) or (B, T, H); got "
+                         f"{type(hidden).__name__} {tuple(getattr(hidden, 'shape', ()))}.")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must have shape (V, H) = (V, {hidden.shape[-1]}), the output layer's "
+                         f"`nn.Linear.weight`; got {tuple(weight.shape)}.")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape (V,) = ({weight.shape[0]},); got {tuple(bias.shape)}.")
+    if weight.dtype != hidden.dtype or weight.device != hidden.device:
+        raise ValueError(f"hidden ({hidden.dtype}, {hidden.device}) and weight ({weight.dtype}, {weight.device}) "
+                         "must share dtype and device, as for F.linear.")
+    if target.is_floating_point():
+        raise ValueError("the fused linear losses take class indices, not soft targets: for soft targets "
+                         "(mixup, cutmix) compute the logits and use hf_maxsup.losses.")
+    if target.shape != hidden.shape[:-1]:
+        raise ValueError(f"labels of shape {tuple(target.shape)} do not match hidden states of shape "
+                         f"{tuple(hidden.shape)}: they need shape {tuple(hidden.shape[:-1])}.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
+    if num_items_in_batch is not None and reduction == "none":
+        raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
+    if kind not in kernels.KINDS:
+        raise ValueError(f"unknown loss {kind!r}; valid names: {', '.join(kernels.KINDS)}.")
+    if kind != "ce" and not 0.0 <= float(alpha) < 1.0:
+        raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
+    vocab_size = weight.shape[0]
+    bad = (target != ignore_index) & ((target < 0) | (target >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError(f"label value {target[bad][0].item()} is outside [0, {vocab_size}): the head has "
+                         f"V={vocab_size} outputs. Mark positions to skip with ignore_index={ignore_index}.")
+
+
+def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool, row_scale=None, row_loss=None):
+    """One pass over the kept rows in chunks. Returns the sums of `SUMS` and, with `want_grad`, the unscaled
+    gradients `(grad_h, grad_weight, grad_bias)`; `row_scale` `(n,)` multiplies each row's gradient first."""
+    half = weight.dtype in (torch.float16, torch.bfloat16)
+    acc = torch.float32 if half else weight.dtype
+    grad_h = torch.empty_like(h) if want_grad else None
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if want_grad else None
+    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=h.device) if want_grad and bias is not None else None
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=h.device)
+    for start in range(0, h.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        h_chunk = h[rows]
+        logits = torch.addmm(bias, h_chunk, weight.t()) if bias is not None else h_chunk @ weight.t()
+        sums += kernels.rows_loss_and_grad_(
+            logits, labels[rows], kind=call["kind"], alpha=call["alpha"], ignore_index=call["ignore_index"],
+            want_grad=want_grad, want_components=call["want_components"],
+            row_loss=row_loss[rows] if row_loss is not None else None,
+        ).to(sums.dtype)
+        if not want_grad:
+            continue
+        if row_scale is not None:
+            logits.mul_(row_scale[rows].unsqueeze(-1))
+        torch.mm(logits, weight, out=grad_h[rows])
+        # half inputs: the chunk's products are added to a float32 accumulator (a chunk-sized upcast)
+        grad_w.addmm_(logits.t().to(acc), h_chunk.to(acc))
+        if grad_b is not None:
+            grad_b += logits.sum(0, dtype=acc)
+    return sums, (grad_h, grad_w, grad_b)
+
+
+def _denominator(reduction: str, num_items_in_batch, n_kept: int, device) -> torch.Tensor:
+    if num_items_in_batch is not None:
+        if isinstance(num_items_in_batch, torch.Tensor):
+            return num_items_in_batch.to(device, torch.float32).clamp_min(1)
+        return torch.full((), max(float(num_items_in_batch), 1.0), dtype=torch.float32, device=device)
+    value = 1.0 if reduction == "sum" else max(n_kept, 1)
+    return torch.full((), float(value), dtype=torch.float32, device=device)
+
+
+class _FusedLinearLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, call):
+        h = hidden.reshape(-1, hidden.shape[-1])
+        labels = target.reshape(-1).to(device=h.device, dtype=torch.int64)
+        kept = labels.ne(call["ignore_index"]).nonzero().squeeze(1)
+        h_kept, y_kept = h.index_select(0, kept), labels.index_select(0, kept)
+        none = call["reduction"] == "none"
+        row_loss = torch.empty(kept.numel(), dtype=torch.float32, device=h.device) if none else None
+        want_grad = call["needs_grad"] and not none  # "none": the gradient needs the per-row weights of backward
+        sums, grads = _sweep(h_kept, weight, bias, y_kept, call, call["chunk_size"], want_grad, row_loss=row_loss)
+        call["components"].update(_components(call, sums, kept.numel()))
+        ctx.call, ctx.shapes = call, (hidden.shape, weight.dtype)
+        if none:
+            ctx.save_for_backward(h_kept, weight, bias, y_kept, kept)
+            return h.new_zeros(h.shape[0], dtype=torch.float32).index_copy_(0, kept, row_loss).view(target.shape)
+        denominator = _denominator(call["reduction"], call["num_items_in_batch"], kept.numel(), h.device)
+        if want_grad:
+            ctx.grads = [None if g is None else g.div_(denominator) for g in grads]
+            ctx.kept = kept
+        return sums[0].float() / denominator
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        hidden_shape, dtype = ctx.shapes
+        if ctx.call["reduction"] == "none":
+            h_kept, weight, bias, y_kept, kept = ctx.saved_tensors
+            row_scale = grad_output.reshape(-1).index_select(0, kept).float()
+            _, (grad_h, grad_w, grad_b) = _sweep(h_kept, weight, bias, y_kept, ctx.call, ctx.call["chunk_size"],
+                                                 True, row_scale=row_scale)
+        else:
+            if getattr(ctx, "grads", None) is None:
+                raise RuntimeError("hf_maxsup fused linear loss: backward twice through the same loss is not "
+                                   "supported (the gradients were handed over). Recompute the loss.")
+            (grad_h, grad_w, grad_b), ctx.grads = ctx.grads, None
+            factor = grad_output.float()
+            for grad in (grad_h, grad_w, grad_b):  # our own buffers: scaled in place, no second copy
+                if grad is not None:
+                    grad.mul_(factor)
+            kept = ctx.kept
+        full = grad_h.new_zeros((hidden_shape.numel() // hidden_shape[-1], hidden_shape[-1]))
+        full.index_copy_(0, kept, grad_h)
+        grad_w = grad_w.to(dtype)
+        return full.view(hidden_shape), grad_w, grad_b.to(dtype) if grad_b is not None else None, None, None
+
+
+def _components(call: dict, sums: torch.Tensor, n_kept: int) -> dict[str, torch.Tensor]:
+    if not call["want_components"]:
+        return {}
+    means = (sums / max(n_kept, 1)).float()
+    names = ["ce"] + (["reg"] if call["kind"] != "ce" else [])
+    if call["kind"] == "ls":
+        names += ["ls_regularization", "ls_error_amplification"]
+    return {name: means[SUMS.index(name)] for name in names}
+
+
+def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, kind: str = "maxsup",
+                      alpha: float = 0.1, bias: torch.Tensor | None = None, ignore_index: int = -100,
+                      reduction: str = "mean", num_items_in_batch=None, return_components: bool = False,
+                      chunk_size: int | None = None):
+    """CE / LS / MaxSup of the logits `hidden @ weight.T + bias`, computed chunk by chunk without the full logits.
+
+    Args:
+        hidden (`torch.Tensor` of shape `(N, H)` or `(B, T, H)`):
+            The last hidden states (what the output layer reads).
+        weight (`torch.Tensor` of shape `(V, H)`):
+            The output layer's weight (`lm_head.weight`), same dtype and device as `hidden`.
+        target (`torch.Tensor`):
+            Class indices of shape `hidden.shape[:-1]`; `ignore_index` marks positions to skip.
+        kind (`str`, *optional*, defaults to `"maxsup"`): `"ce"`, `"ls"` or `"maxsup"`.
+        alpha (`float`, *optional*, defaults to 0.1): weight of the regulariser, in `[0, 1)` (unused for `"ce"`).
+        bias (`torch.Tensor` of shape `(V,)`, *optional*): the output layer's bias (e.g. Marian's
+            `final_logits_bias`).
+        ignore_index (`int`, *optional*, defaults to -100): label value excluded from every term.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` (over kept items).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*): when given, the loss is the sum over kept items
+            divided by it (the `Trainer`'s gradient-accumulation contract).
+        return_components (`bool`, *optional*, defaults to `False`): also return the logged terms (`"ce"`,
+            `"reg"` and, for LS, its decomposition), means over kept items, as in `hf_maxsup.losses`.
+        chunk_size (`int`, *optional*): rows per chunk; by default [`default_chunk_size`].
+
+    Returns:
+        `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
+    """
+    _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_batch, ignore_index)
+    n_rows = hidden.numel() // hidden.shape[-1]
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    call = {"kind": kind, "alpha": float(alpha) if kind != "ce" else 0.0, "ignore_index": ignore_index,
+            "reduction": reduction, "num_items_in_batch": num_items_in_batch, "needs_grad": needs_grad,
+            "want_components": return_components, "components": {},
+            "chunk_size": chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0])}
+    loss = _FusedLinearLoss.apply(hidden, weight, bias, target, call)
+    return (loss, call["components"]) if return_components else loss
+
+
+def _named(kind: str, doc: str):
+    def loss(hidden, weight, target, alpha: float = 0.1 if kind != "ce" else 0.0, *, bias=None,
+             ignore_index: int = -100, reduction: str = "mean", num_items_in_batch=None,
+             return_components: bool = False, chunk_size: int | None = None):
+        return fused_linear_loss(hidden, weight, target, kind=kind, alpha=alpha, bias=bias,
+                                 ignore_index=ignore_index, reduction=reduction,
+                                 num_items_in_batch=num_items_in_batch, return_components=return_components,
+                                 chunk_size=chunk_size)
+
+    loss.__doc__ = doc + "\n\n    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."
+    return loss
+
+
+linear_cross_entropy = _named("ce", "Cross-entropy of `hidden @ weight.T + bias` without materialising the logits.")
+label_smoothing_linear_cross_entropy = _named(
+    "ls", "Label smoothing of `hidden @ weight.T + bias` without materialising the logits (torch's "
+    "`F.linear_cross_entropy` falls back to the full logits when `label_smoothing != 0`).")
+maxsup_linear_cross_entropy = _named("maxsup", "MaxSup of `hidden @ weight.T + bias` without materialising the logits.")
+for _fn, _name in ((linear_cross_entropy, "linear_cross_entropy"),
+                   (label_smoothing_linear_cross_entropy, "label_smoothing_linear_cross_entropy"),
+                   (maxsup_linear_cross_entropy, "maxsup_linear_cross_entropy")):
+    _fn.__name__ = _fn.__qualname__ = _name
