@@ -88,6 +88,30 @@ def test_loss_benchmark_gpu_table(capsys):
     assert "| **ours MaxSup** | triton | 0.50 | 0.50 | 1.91 | 1.00 | 4000 |" in out, out
 
 
+def test_linear_loss_benchmark_tiny(tmp_path):
+    out = _run("linear_loss.py", "--shapes", "64x16x200", "--candidates",
+               "torch_linear_ce_ls,ours_linear_maxsup,liger_flce_ls", "--rounds", "1", "--repeats", "1",
+               "--threads", "1", "--json", str(tmp_path / "r.json")).stdout
+    assert "### N×H×V = 64×16×200 float32 (logits 64×200)" in out, out
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+             if line.startswith("| ")]
+    rows = {row[0]: row for row in cells}
+    # the baseline of the ratios runs even when not asked for
+    baseline = rows["`F.linear` + `F.cross_entropy`"]
+    assert baseline[1] == "—" and baseline[3] == "1.00", out
+    assert rows["**ours fused linear MaxSup**"][1] in ("c", "triton", "torch"), out
+    assert float(rows["**ours fused linear MaxSup**"][2]) > 0, out
+    assert "skipped: GPU only" in rows["Liger `LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1)`"][2], out
+    # torch's chunked path declines label smoothing: the report shows the warning that says so
+    assert "warning raised by torch_linear_ce_ls: UserWarning: linear_cross_entropy: ``options`` ignored" in out, out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(report["results"]) == ["linear_ce|64x16x200|float32", "ours_linear_maxsup|64x16x200|float32",
+                                         "torch_linear_ce_ls|64x16x200|float32"]
+    assert all(run["times"][0] > 0 for runs in report["results"].values() for run in runs)
+    assert report["summary"]["ours_linear_maxsup|64x16x200|float32"]["backend"] in ("c", "triton", "torch")
+    assert report["skipped"] == {"liger_flce_ls": "GPU only (Liger's kernels are Triton)"}
+
+
 def test_trainer_benchmark_tiny():
     out = _run("trainer.py", "--vocab", "64", "--d_model", "16", "--layers", "1", "--steps", "1",
                "--shapes", "2x8").stdout
