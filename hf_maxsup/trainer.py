@@ -12,15 +12,19 @@ trainer = Trainer(model, args, compute_loss_func=loss_fn, callbacks=[loss_fn], .
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 import transformers.trainer
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from . import hub
+from . import heads, hub
+from .heads import LinearHeadInputs
+from .linear import fused_linear_loss
 from .losses import LOSSES, get_loss_fn
 from .schedules import SCHEDULES, alpha_at
 
@@ -97,6 +101,11 @@ class MaxSupLossFunc(TrainerCallback):
         self.progress = state.global_step / max(state.max_steps, 1)
 
     def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """The loss of the model `outputs` (their `logits`) for `labels`, or of [`~hf_maxsup.heads.LinearHeadInputs`]
+        (then [`linear_loss`]), divided by `num_items_in_batch` when given.
+        """
+        if isinstance(outputs, LinearHeadInputs):
+            return self.linear_loss(outputs, labels, num_items_in_batch)
         logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
         if logits is None:
             keys = ", ".join(outputs.keys()) if isinstance(outputs, dict) else type(outputs).__name__
@@ -105,11 +114,7 @@ class MaxSupLossFunc(TrainerCallback):
                 "logits: use a model with a task head (AutoModelForSequenceClassification, "
                 "AutoModelForImageClassification, AutoModelForSeq2SeqLM, ...)."
             )
-        if labels is None:
-            raise ValueError("the batch has no `labels`: the data collator must return them for training.")
-        if self.shift_labels:
-            # Pad-then-slice keeps the logits unsliced (no copy), as transformers' ForCausalLMLoss does.
-            labels = torch.nn.functional.pad(labels, (0, 1), value=self.ignore_index)[..., 1:]
+        labels = self._target(labels)
         alpha = self.current_alpha()
         loss, components = self.loss_fn(
             logits, labels.to(logits.device), alpha, ignore_index=self.ignore_index,
@@ -117,6 +122,39 @@ class MaxSupLossFunc(TrainerCallback):
             inplace_backward=self.inplace_backward and torch.is_grad_enabled() and not _saved_for_backward(logits),
             return_components=True,
         )
+        self._record(components, alpha)
+        return loss
+
+    def linear_loss(self, head_inputs: LinearHeadInputs, labels: torch.Tensor, num_items_in_batch=None):
+        """The same loss (same labels shift, alpha and logged components) from what the output head reads and its
+        weight and bias, by [`~hf_maxsup.linear.fused_linear_loss`]: the logits are never materialised.
+
+        Args:
+            head_inputs ([`~hf_maxsup.heads.LinearHeadInputs`]): the head's input `(B, T, H)`, weight and bias, e.g.
+                from [`hf_maxsup.heads.head_inputs`].
+            labels (`torch.Tensor` of shape `(B, T)`): class indices, `ignore_index` where there is nothing to learn.
+            num_items_in_batch (`int` or `torch.Tensor`, *optional*): divides the summed loss, as in `__call__`.
+        """
+        hidden = head_inputs.hidden_states
+        labels = self._target(labels)
+        alpha = self.current_alpha()
+        loss, components = fused_linear_loss(
+            hidden, head_inputs.weight, labels.to(hidden.device), kind=self.loss, alpha=alpha,
+            bias=head_inputs.bias, ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
+            return_components=True,
+        )
+        self._record(components, alpha)
+        return loss
+
+    def _target(self, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("the batch has no `labels`: the data collator must return them for training.")
+        if self.shift_labels:
+            # Pad-then-slice keeps the logits unsliced (no copy), as transformers' ForCausalLMLoss does.
+            labels = torch.nn.functional.pad(labels, (0, 1), value=self.ignore_index)[..., 1:]
+        return labels
+
+    def _record(self, components: dict[str, torch.Tensor], alpha: float) -> None:
         # The Trainer evaluates under no_grad; that tells the two apart without access to the model.
         mode = "train" if torch.is_grad_enabled() else "eval"
         sums = self._sums[mode]
@@ -125,7 +163,6 @@ class MaxSupLossFunc(TrainerCallback):
         if self.loss != "ce":
             sums["alpha"] = sums["alpha"] + alpha
         self._counts[mode] += 1
-        return loss
 
     def pop_metrics(self, mode: str = "train") -> dict[str, torch.Tensor]:
         """Averages of the components accumulated in `mode` since the last call (0-dim tensors), then reset."""
@@ -157,6 +194,15 @@ class _LossArguments:
             "choices": list(SCHEDULES),
         },
     )
+    fused_linear_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the loss from the last hidden states and the output head's weight, chunk by chunk, "
+            "without materialising the (tokens, V) logits or their gradient: sequence-to-sequence and causal LMs "
+            "of the families in hf_maxsup.heads.HEADS, not with FSDP or DeepSpeed ZeRO-3. Evaluation that keeps "
+            "the logits (prediction_loss_only=False) computes them as usual."
+        },
+    )
 
     def __post_init__(self):
         if self.loss_alpha_schedule is None:
@@ -174,7 +220,8 @@ class _LossArguments:
 @dataclass
 class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
     """`TrainingArguments` plus the loss: `loss` (`"ce"`, `"ls"`, `"maxsup"`), `loss_alpha`, `loss_alpha_end` and
-    `loss_alpha_schedule` (`"linear"` or `"constant"`), checked when the arguments are created.
+    `loss_alpha_schedule` (`"linear"` or `"constant"`), checked when the arguments are created, and
+    `fused_linear_loss` (compute the loss of a language model's head without its logits, see [`hf_maxsup.heads`]).
     """
 
 
@@ -267,6 +314,8 @@ class _MaxSupMixin:
             )
         model = kwargs.get("model", args[0] if args else None)
         _check_classifier_config(model)
+        if training_args.fused_linear_loss and model is not None:
+            heads.output_head(model)  # an unsupported model fails here, not at the first step
         self.loss_func = MaxSupLossFunc(
             training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
             training_args.loss_alpha_schedule, shift_labels=model is not None and _is_causal_lm(model),
@@ -276,6 +325,14 @@ class _MaxSupMixin:
         kwargs["compute_loss_func"] = self.loss_func
         kwargs["callbacks"] = [self.loss_func, *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
+        if training_args.fused_linear_loss and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+            raise ValueError(
+                "fused_linear_loss reads the output head's weight after the head's forward, when FSDP and DeepSpeed "
+                "ZeRO-3 have sharded it again. Train with DDP or ZeRO-1/2, or set fused_linear_loss=False."
+            )
+
+    # False while prediction_step computes a loss whose outputs it discards (prediction_loss_only).
+    _outputs_needed = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if (
@@ -288,9 +345,25 @@ class _MaxSupMixin:
             unwrapped = self.accelerator.unwrap_model(model)
             inputs = {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(
                 labels=inputs["labels"])}
+        if self.args.fused_linear_loss and not (return_outputs and self._outputs_needed):
+            # Trainer.compute_loss pops the labels, calls this forward, passes what it returns (the head's inputs,
+            # no logits) to self.loss_func with num_items_in_batch, and scales for average_tokens_across_devices.
+            forward = functools.partial(heads.head_inputs, model, self.accelerator.unwrap_model(model))
+            loss = super().compute_loss(forward, inputs, num_items_in_batch=num_items_in_batch)
+            # prediction_step asks for outputs even when it keeps only the loss; there are no logits to give.
+            return (loss, {}) if return_outputs else loss
+        # Evaluation that keeps the logits (prediction_loss_only=False) takes the usual path, logits included.
         self.loss_func.inplace_backward = not return_outputs
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):
+        # Seq2SeqTrainer generates (predict_with_generate) without compute_loss: only the loss path is affected.
+        self._outputs_needed = not prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs)
+        finally:
+            self._outputs_needed = True
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
@@ -366,6 +439,10 @@ class MaxSupTrainer(_MaxSupMixin, Trainer):
     and PEFT-wrapped models, honours `num_items_in_batch` (exact gradient accumulation) and
     `average_tokens_across_devices`, and logs `ce`, `reg`, `alpha` (and for LS `ls_regularization`,
     `ls_error_amplification`) averaged over each logging window.
+
+    With `fused_linear_loss=True` (the model families of [`hf_maxsup.heads.HEADS`]) the training and evaluation loss
+    come from the output head's input and weight by [`~hf_maxsup.linear.fused_linear_loss`]: the `(tokens, V)`
+    logits and their gradient never exist. The loss, gradients and logged components are those of the logits path.
     """
 
 

@@ -1,0 +1,181 @@
+"""fused_linear_loss in the trainers: same loss, gradients and logs as the logits path, for each family tested."""
+
+import pytest
+import torch
+from datasets import Dataset
+from test_trainer import COMMON, GradCapture, max_relative_error
+from tiny_run import PAD, VOCAB, collate, tiny_bert, tiny_dataset, tiny_marian
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+import hf_maxsup.trainer
+from hf_maxsup import (
+    MaxSupSeq2SeqTrainer,
+    MaxSupSeq2SeqTrainingArguments,
+    MaxSupTrainer,
+    MaxSupTrainingArguments,
+    heads,
+)
+
+
+def tiny_marian_with_bias():
+    model = tiny_marian()
+    torch.nn.init.normal_(model.final_logits_bias)  # zeros at initialisation: make the bias count
+    return model
+
+
+def tiny_t5():
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=37, num_layers=1,
+                                               num_heads=2, dropout_rate=0.0, pad_token_id=PAD, eos_token_id=1,
+                                               decoder_start_token_id=PAD))
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=32,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1,
+                                      eos_token_id=1))
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, pad_token_id=PAD,
+                                        bos_token_id=1, eos_token_id=1))
+
+
+def causal_dataset(n=8):
+    """Sequences that are their own labels (the trainer shifts them); padding is -100 in the labels."""
+    return Dataset.from_list([{"input_ids": row["input_ids"], "labels": row["input_ids"]}
+                              for row in tiny_dataset(n)])
+
+
+# family -> (model builder, seq2seq?, loss): every loss is covered by some family.
+FAMILIES = {
+    "marian": (tiny_marian_with_bias, True, "maxsup"),
+    "t5": (tiny_t5, True, "ls"),
+    "gpt2": (tiny_gpt2, False, "ce"),
+    "llama": (tiny_llama, False, "ls"),
+}
+
+
+def train_one_step(family, fused, batch_size, accumulation, tmp_path, model=None):
+    build, seq2seq, loss = FAMILIES[family]
+    args_cls, trainer_cls = ((MaxSupSeq2SeqTrainingArguments, MaxSupSeq2SeqTrainer) if seq2seq
+                             else (MaxSupTrainingArguments, MaxSupTrainer))
+    args = args_cls(output_dir=str(tmp_path / f"{fused}-{batch_size}x{accumulation}"), loss=loss, max_steps=1,
+                    logging_steps=1, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                    fused_linear_loss=fused, **COMMON)
+    capture = GradCapture()
+    data = tiny_dataset(8, task="seq2seq") if seq2seq else causal_dataset()
+    trainer = trainer_cls(model=model if model is not None else build(), args=args, train_dataset=data,
+                          data_collator=collate, callbacks=[capture])
+    trainer.train()
+    return capture.grads, next(e for e in trainer.state.log_history if "loss" in e)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the calls of the fused linear loss, so that a test knows the fused path ran."""
+    calls = []
+    real = hf_maxsup.trainer.fused_linear_loss
+
+    def spy(hidden, *args, **kwargs):
+        calls.append(tuple(hidden.shape))
+        return real(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(hf_maxsup.trainer, "fused_linear_loss", spy)
+    return calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_step_matches_logits_step(family, tmp_path, fused_calls):
+    grads, log = train_one_step(family, False, 8, 1, tmp_path)
+    assert not fused_calls
+    for batch_size, accumulation in ((8, 1), (2, 4)):
+        fused_grads, fused_log = train_one_step(family, True, batch_size, accumulation, tmp_path)
+        assert set(fused_grads) == set(grads)
+        assert max_relative_error(fused_grads, grads) < 1e-5, (batch_size, accumulation)
+        # the logged components (ce, reg, alpha, the LS decomposition) as on the logits path; under accumulation
+        # they are means of micro-batch means, so only the loss and alpha are those of the whole batch
+        assert set(fused_log) == set(log)
+        keys = set(log) - {"grad_norm", "learning_rate", "epoch", "step"} if accumulation == 1 else {"loss", "alpha"}
+        for key in keys & set(log):
+            assert fused_log[key] == pytest.approx(log[key], rel=1e-5, abs=1e-6), key
+    assert len(fused_calls) == 1 + 4
+    assert "ce" in log and ("reg" in log) == (FAMILIES[family][2] != "ce")
+
+
+def test_lora_model(tmp_path, fused_calls):
+    peft = pytest.importorskip("peft")
+
+    def lora(target_modules):
+        return peft.get_peft_model(tiny_llama(), peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_dropout=0.0,
+                                                                 init_lora_weights=False,
+                                                                 target_modules=target_modules))
+
+    grads, log = train_one_step("llama", False, 8, 1, tmp_path, model=lora(["q_proj", "v_proj"]))
+    fused_grads, fused_log = train_one_step("llama", True, 8, 1, tmp_path, model=lora(["q_proj", "v_proj"]))
+    assert fused_calls and grads and all("lora" in name for name in grads)
+    assert set(fused_grads) == set(grads) and max_relative_error(fused_grads, grads) < 1e-5
+    assert fused_log["loss"] == pytest.approx(log["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="not a plain nn.Linear .* Leave the head out of the adapter"):
+        train_one_step("llama", True, 8, 1, tmp_path, model=lora(["q_proj", "lm_head"]))
+
+
+def test_evaluation_loss_is_fused_and_generation_is_unchanged(tmp_path, fused_calls):
+    def evaluate(fused, predict_with_generate):
+        args = MaxSupSeq2SeqTrainingArguments(
+            output_dir=str(tmp_path / f"{fused}-{predict_with_generate}"), loss="maxsup", fused_linear_loss=fused,
+            per_device_eval_batch_size=4, predict_with_generate=predict_with_generate, generation_max_length=6,
+            **COMMON)
+        # With compute_metrics, evaluation keeps predictions: generated tokens, or the logits without generation.
+        compute_metrics = (lambda p: {"mean_token": float(p.predictions.mean())}) if predict_with_generate else None
+        trainer = MaxSupSeq2SeqTrainer(model=tiny_marian(), args=args, eval_dataset=tiny_dataset(8, task="seq2seq"),
+                                       data_collator=collate, compute_metrics=compute_metrics)
+        timings = ("runtime", "per_second", "preparation_time")
+        return {k: v for k, v in trainer.evaluate().items() if not any(t in k for t in timings)}
+
+    # the loss alone: fused (two batches of 4), same loss and components
+    assert evaluate(True, False) == pytest.approx(evaluate(False, False), rel=1e-5)
+    assert len(fused_calls) == 2
+    # generation and its eval_loss (the model's own NLL) do not go through compute_loss
+    assert evaluate(True, True) == evaluate(False, True)
+    assert len(fused_calls) == 2
+
+
+def test_unsupported_models_get_clear_errors(tmp_path):
+    args = MaxSupTrainingArguments(output_dir=str(tmp_path), fused_linear_loss=True, **COMMON)
+    with pytest.raises(ValueError) as error:
+        MaxSupTrainer(model=tiny_bert(), args=args)
+    message = str(error.value)
+    assert "does not know how BertForSequenceClassification computes its logits" in message
+    assert "Marian (MarianMTModel)" in message and "Llama (LlamaForCausalLM)" in message
+    assert "Set fused_linear_loss=False" in message
+    gemma2 = Gemma2ForCausalLM(Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=37,
+                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                            head_dim=16, final_logit_softcapping=30.0))
+    with pytest.raises(ValueError, match=r"soft-caps its logits \(final_logit_softcapping=30.0\)"):
+        MaxSupTrainer(model=gemma2, args=args)
+
+
+@pytest.mark.parametrize("build", [tiny_marian_with_bias, tiny_t5, tiny_gpt2, tiny_llama])
+def test_head_inputs_give_the_model_logits(build):
+    """What the head reads, times its weight, plus the family's bias, is the model's own logits."""
+    model = build().eval()
+    batch = collate(list(tiny_dataset(3, task="seq2seq")))
+    labels = batch.pop("labels")
+    if model.config.is_encoder_decoder:
+        batch["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    with torch.no_grad():
+        inputs = heads.head_inputs(model, model, **batch)
+        torch.testing.assert_close(inputs.logits(), model(**batch).logits, rtol=0, atol=0)
