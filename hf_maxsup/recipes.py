@@ -16,8 +16,10 @@ import sys
 from dataclasses import dataclass, field
 
 import datasets
+import torch
 import transformers
 import yaml
+from accelerate.utils import DistributedType
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
 
 from . import hub
@@ -26,7 +28,8 @@ from .models import apply_lora, check_model_name_or_path
 
 __all__ = [
     "DataArguments", "ModelArguments", "RunArguments", "build_with_shared_tokenizer", "checkpoint_problems",
-    "data_source", "earlier_run_files", "last_complete_checkpoint", "load_data", "parse_args", "preflight", "reliability_diagram_writer", "run",
+    "data_source", "describe_engine", "earlier_run_files", "fsdp_layers_to_wrap", "last_complete_checkpoint",
+    "load_data", "parse_args", "prepare_engine", "preflight", "reliability_diagram_writer", "run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,13 +124,17 @@ class RunArguments:
 def parse_args(*dataclass_types):
     """Parse the command line into the given dataclasses, or a single `.json` / `.yaml` config file holding them all.
 
-    Also sets up logging as the transformers examples do.
+    Also sets up logging as the transformers examples do. When the launcher started several processes on a machine
+    without GPUs, `use_cpu` is turned on (see [`_cpu_only_launch`]); a launch whose engine cannot run here stops with
+    a message that says why.
     """
     parser = HfArgumentParser(dataclass_types)
+    overrides = {"use_cpu": True} if _cpu_only_launch() else {}
     if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
-        parsed = _parse_config_file(parser, sys.argv[1])
+        parsed = _parse_config_file(parser, sys.argv[1], overrides)
     else:
-        parsed = parser.parse_args_into_dataclasses()
+        extra = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+        parsed = parser.parse_args_into_dataclasses(args=[*sys.argv[1:], *extra])
     training_args = next(args for args in parsed if isinstance(args, TrainingArguments))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
@@ -135,19 +142,60 @@ def parse_args(*dataclass_types):
     logger.setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+    if overrides:
+        logger.info(f"{_launched_processes()} processes on a machine without GPUs: training on the CPU (use_cpu).")
+    _check_launch(training_args)
     return parsed
 
 
-def _parse_config_file(parser: HfArgumentParser, path: str):
-    """Parse a `.json` / `.yaml` config file, with errors that name the file and the fix rather than a traceback
-    from the parser."""
+def _launched_processes() -> int:
+    """How many processes the launcher (`accelerate launch`, `torchrun`, `deepspeed`) started, 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _cpu_only_launch() -> bool:
+    """Several processes on a machine without GPUs.
+
+    accelerate finds no distributed backend there unless told `use_cpu`: each process then believes it is alone,
+    DeepSpeed (which counts the launched processes itself) fails on the "auto" batch sizes, and other engines run
+    the same training once per process into one `output_dir`.
+    """
+    return _launched_processes() > 1 and not torch.accelerator.is_available()
+
+
+def _check_launch(training_args) -> None:
+    """Stop a launch that would not run as the launcher was told, before any work.
+
+    Raises:
+        `RuntimeError`: the processes do not form one run, or FSDP was asked for where accelerate cannot run it.
+    """
+    launched = _launched_processes()
+    if training_args.world_size != launched:
+        raise RuntimeError(f"the launcher started {launched} processes, but each sees a run of "
+                           f"{training_args.world_size}: they would train separately into one --output_dir. Check "
+                           "the launcher's settings (accelerate config, --num_processes, --use_cpu).")
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    on_gpus = training_args.distributed_state.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU)
+    if fsdp_asked and launched > 1 and not on_gpus:
+        # accelerate turns FSDP on only for GPU-type backends; on CPU it would silently run plain DDP.
+        raise RuntimeError(f"FSDP was asked for (accelerate config with distributed_type: FSDP), but this machine "
+                           "has no GPUs and accelerate runs FSDP only on GPUs: the run would be plain DDP. Launch "
+                           "with recipes/configs/cpu_2proc.yaml (DDP) or recipes/configs/deepspeed.yaml (ZeRO) "
+                           "instead, or on a machine with GPUs.")
+
+
+def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict):
+    """Parse a `.json` / `.yaml` config file, with `overrides` on top, with errors that name the file and the fix
+    rather than a traceback from the parser."""
     if not os.path.isfile(path):
         raise ValueError(f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
                          "arguments, or pass them on the command line.")
     try:
-        if path.endswith(".json"):
-            return parser.parse_json_file(os.path.abspath(path))
-        return parser.parse_yaml_file(os.path.abspath(path))
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        if not isinstance(values, dict):
+            raise ValueError("it must hold one mapping of argument names to values")
+        return parser.parse_dict({**values, **overrides})
     except (ValueError, yaml.YAMLError) as err:  # bad syntax, not UTF-8 (both ValueErrors), unknown keys
         raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
 
@@ -445,6 +493,76 @@ def _check_checkpoint_fits(model, checkpoint: str) -> None:
                          "a new run with another --output_dir.")
 
 
+def describe_engine(state) -> str:
+    """The engine an accelerate state really runs and its process count, e.g. `"FSDP2, 2 processes"`,
+    `"DeepSpeed ZeRO-3, 2 processes"`, `"DDP, 2 processes"` or `"single process"`.
+
+    Args:
+        state (`accelerate.state.AcceleratorState`): the state of the trainer's accelerator.
+    """
+    count = state.num_processes
+    if state.distributed_type == DistributedType.DEEPSPEED:
+        engine = f"DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
+    elif state.distributed_type == DistributedType.FSDP:
+        engine = f"FSDP{state.fsdp_plugin.fsdp_version}"
+    elif count > 1:
+        engine = "DDP"
+    else:
+        return "single process"
+    return f"{engine}, {count} process{'es' if count > 1 else ''}"
+
+
+def fsdp_layers_to_wrap(model) -> list[str]:
+    """The classes of the layers FSDP should shard one by one: the model's `_no_split_modules` that do not hold its
+    input embeddings, or else the classes of the blocks its `ModuleList`s hold (e.g. Marian, which names none).
+
+    accelerate wraps the input embeddings on their own after the layers; a listed class that holds them (BERT's
+    `BertEmbeddings`) would shard them a second time, which fails in `fully_shard`.
+    """
+    try:
+        embeddings = model.get_input_embeddings()
+    except NotImplementedError:  # vision models
+        embeddings = None
+    holders = {type(module).__name__ for module in model.modules()
+               if embeddings is not None and any(sub is embeddings for sub in module.modules())}
+    layers = sorted(set(getattr(model, "_no_split_modules", None) or ()) - holders)
+    if not layers:
+        layers = sorted({type(block).__name__ for module in model.modules() if isinstance(module, torch.nn.ModuleList)
+                         for block in module} - holders)
+    return layers
+
+
+def prepare_engine(trainer) -> None:
+    """Log the engine that runs (see [`describe_engine`]) and, under FSDP, fill in what the config left to the model.
+
+    An FSDP config without `fsdp_transformer_layer_cls_to_wrap` gets [`fsdp_layers_to_wrap`], so that one config
+    serves every model. Call it after the trainer is built (it creates the accelerator) and before training.
+    """
+    state = trainer.accelerator.state
+    if state.is_main_process:
+        # A warning, as the transformers examples log their process summary: visible at the default log level.
+        logger.warning(f"engine: {describe_engine(state)}")
+    if state.distributed_type != DistributedType.FSDP:
+        return
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    plugin = state.fsdp_plugin
+    if plugin.auto_wrap_policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap is None:
+        plugin.transformer_cls_names_to_wrap = fsdp_layers_to_wrap(trainer.model)
+        logger.info(f"FSDP wraps {', '.join(plugin.transformer_cls_names_to_wrap)}")
+
+
+def _save_final_model(trainer) -> None:
+    """Save the trained model as one loadable model, whatever state dict type FSDP checkpoints with.
+
+    With `SHARDED_STATE_DICT`, `Trainer.save_model` writes no model at all; the final save gathers the full one.
+    """
+    plugin = trainer.accelerator.state.fsdp_plugin if trainer.is_fsdp_enabled else None
+    if plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(_internal_call=True)  # not the public call, which would push before evaluating
+
+
 def _push_last(trainer, training_args, card_kwargs: dict) -> None:
     """Push once everything is on disk; a failure says that and how to push later."""
     try:
@@ -457,7 +575,8 @@ def _push_last(trainer, training_args, card_kwargs: dict) -> None:
 def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kwargs=None, on_eval=None) -> dict:
     """Train, save, evaluate, predict, write the metrics and the model card, and push last, as the flags ask.
 
-    Call [`preflight`] first. A failed push (`HubPushError`) comes after everything is saved locally.
+    Call [`preflight`] first. Logs the engine first (see [`prepare_engine`]). A failed push (`HubPushError`) comes
+    after everything is saved locally.
 
     Args:
         trainer ([`MaxSupTrainer`] or [`MaxSupSeq2SeqTrainer`]): the configured trainer.
@@ -472,13 +591,14 @@ def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kw
     """
     card_kwargs = {**(card_kwargs or {}), "loss_history": getattr(training_args, "loss_history", None) or None}
     results = {}
+    prepare_engine(trainer)
     trainer.create_model_card(**card_kwargs)
     if training_args.do_train:
         checkpoint = _resume_checkpoint(training_args)
         if checkpoint is not None:
             _check_checkpoint_fits(trainer.model, checkpoint)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model(_internal_call=True)  # not the public call, which would push before evaluating
+        _save_final_model(trainer)
         metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
