@@ -1,7 +1,9 @@
 """Tiny models, data and a tiny training run shared by the trainer tests.
 
 Run as a script (also under `accelerate launch`) it trains a tiny token classifier and writes the final parameters
-and the logged losses to `--output_dir`, so that runs with different process counts can be compared.
+and the logged losses to `--output_dir`, so that runs with different process counts can be compared. With `--save`
+it saves the model and its card as the recipes do instead of the parameters: under ZeRO-3 and FSDP no process holds
+them all, and the saved model is what a user gets.
 """
 
 import argparse
@@ -19,6 +21,7 @@ from transformers import (
 )
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+from hf_maxsup.recipes import prepare_engine
 
 VOCAB, PAD = 50, 0
 
@@ -77,19 +80,27 @@ def main():
     parser.add_argument("--loss", default="maxsup")
     parser.add_argument("--per_device_train_batch_size", type=int, default=8)
     parser.add_argument("--max_steps", type=int, default=3)
+    parser.add_argument("--deepspeed", help="DeepSpeed JSON config, as the recipes take it.")
+    parser.add_argument("--accelerator_config", help="JSON file of accelerate settings (see tests/fsdp_on_cpu.py).")
+    parser.add_argument("--save", action="store_true", help="Save the model and its card, not params.pt.")
     # SGD: Adam would amplify rounding noise in parameters whose true gradient is 0 (e.g. attention key biases).
     args = parser.parse_args()
     training_args = MaxSupTrainingArguments(
         output_dir=args.output_dir, loss=args.loss, per_device_train_batch_size=args.per_device_train_batch_size,
         max_steps=args.max_steps, learning_rate=0.5, optim="sgd", logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, seed=0, max_grad_norm=0.0, dataloader_drop_last=True,
+        use_cpu=True, seed=0, max_grad_norm=0.0, dataloader_drop_last=True, deepspeed=args.deepspeed,
+        accelerator_config=args.accelerator_config,
     )
     trainer = MaxSupTrainer(model=tiny_bert(token_level=True), args=training_args,
                             train_dataset=tiny_dataset(64, task="token"), data_collator=collate)
+    prepare_engine(trainer)
     trainer.train()
-    if trainer.is_world_process_zero():
+    if args.save:
+        trainer.save_model()
+    elif trainer.is_world_process_zero():
         torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
                    os.path.join(args.output_dir, "params.pt"))
+    if trainer.is_world_process_zero():
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         with open(os.path.join(args.output_dir, "logs.json"), "w") as f:
             json.dump(logs, f)
