@@ -115,9 +115,14 @@ def test_linear_loss_benchmark_tiny(tmp_path):
 def test_trainer_benchmark_tiny():
     out = _run("trainer.py", "--vocab", "64", "--d_model", "16", "--layers", "1", "--steps", "1",
                "--shapes", "2x8").stdout
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "steps/s |" not in line]
-    assert len(rows) == 3, out
-    stock = rows[0].split("|")
-    assert stock[3].strip() == "1.00" and stock[5].strip() == "1.00", out
-    for row in rows:
-        assert float(row.split("|")[2]) > 0, out
+    tables = out.split("| trainer |")[1:]
+    assert len(tables) == 2, out  # the Marian and the causal-LM tables
+    for table, n_rows, stock_name in ((tables[0], 4, "stock Seq2SeqTrainer"), (tables[1], 3, "stock Trainer")):
+        rows = [line for line in table.splitlines() if line.startswith("| ")]
+        assert len(rows) == n_rows, out
+        stock = rows[0].split("|")
+        assert stock[1].strip().startswith(stock_name), out
+        assert stock[3].strip() == "1.00" and stock[5].strip() == "1.00", out
+        assert "fused_linear_loss=True" in rows[-1], out
+        for row in rows:
+            assert float(row.split("|")[2]) > 0, out
