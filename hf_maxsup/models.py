@@ -28,6 +28,8 @@ from transformers import (
     MarianConfig,
     MarianMTModel,
     PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetForImageClassification,
 )
 from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
 
@@ -102,6 +104,7 @@ def build_image_model(
     num_channels: int = 1,
     cache_dir: str | None = None,
     token: str | bool | None = None,
+    architecture: str = "convnext",
 ):
     """
     Build an image classifier and its image processor.
@@ -126,10 +129,16 @@ def build_image_model(
             Cache of Hub downloads.
         token (`str` or `bool`, *optional*):
             Hub token.
+        architecture (`str`, *optional*, defaults to `"convnext"`):
+            Default model built without `model_name_or_path`: `"convnext"` (above) or `"resnet"`, a basic-block
+            ResNet (widths 32/64/128, one block each, 0.3M parameters) whose stride-4 stem works on 7x7 maps: about
+            6 times as many training steps per second on a CPU, for training to convergence in a few minutes.
 
     Returns:
         `tuple[PreTrainedModel, BaseImageProcessor]`
     """
+    if architecture not in ("convnext", "resnet"):
+        raise ValueError(f"architecture {architecture!r}: choose 'convnext' or 'resnet'.")
     if model_name_or_path is not None:
         hub = {"cache_dir": cache_dir, "token": token}
         model = _pretrained_classifier(
@@ -137,6 +146,19 @@ def build_image_model(
         )
         return model, _from_pretrained(AutoImageProcessor.from_pretrained, model_name_or_path, **hub)
 
+    # The PIL backend needs no torchvision; crop_pct=1 turns ConvNeXt's resize-then-crop into a plain resize.
+    image_processor = ConvNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_pct=1.0,
+        image_mean=[FASHION_MNIST_MEAN] * num_channels,
+        image_std=[FASHION_MNIST_STD] * num_channels,
+    )
+    if architecture == "resnet":
+        config = ResNetConfig(
+            num_channels=num_channels, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
+            layer_type="basic", downsample_in_first_stage=False, **_label_maps(labels),
+        )
+        return ResNetForImageClassification(config), image_processor
     config = ConvNextConfig(
         num_channels=num_channels,
         patch_size=2,
@@ -148,13 +170,6 @@ def build_image_model(
         layer_scale_init_value=1.0,
         image_size=image_size,
         **_label_maps(labels),
-    )
-    # The PIL backend needs no torchvision; crop_pct=1 turns ConvNeXt's resize-then-crop into a plain resize.
-    image_processor = ConvNextImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_pct=1.0,
-        image_mean=[FASHION_MNIST_MEAN] * num_channels,
-        image_std=[FASHION_MNIST_STD] * num_channels,
     )
     return ConvNextForImageClassification(config), image_processor
 
