@@ -23,7 +23,8 @@ Candidates (``--candidates``, comma separated):
                               on CPU)
 
 The ``ours_*`` candidates run with HF_MAXSUP_BACKEND=auto; the "backend" column is what
-``hf_maxsup.kernels.kernel_info`` reports in that process ("—" for the implementations that are not hf_maxsup's).
+``hf_maxsup.kernels.kernel_info`` reports in that process ("—" for the implementations that are not hf_maxsup's),
+and the rows per chunk they used (``hf_maxsup.linear.default_chunk_size``) is listed under the tables.
 
 Method, both devices (the machinery is that of ``benchmarks/loss.py``, whose helpers this file imports).
 * Every (candidate, shape, dtype) runs in its own fresh Python process (``--child`` mode of this file), the jobs
@@ -256,8 +257,11 @@ def child(args):
         # asked after the runs, so that a backend chosen lazily at the first call is the one reported
         from hf_maxsup import kernels
 
+        from hf_maxsup.linear import default_chunk_size
+
         info = kernels.kernel_info(torch.device(args.device), dtype)
         res["backend"], res["reasons"] = info["backend"], info.get("reasons")
+        res["chunk_rows"] = default_chunk_size(*parse_shape(args.shape))
     res["threads"] = torch.get_num_threads()
     print(json.dumps(res))
 
@@ -351,6 +355,12 @@ def print_tables(args, shapes, dtypes, cands, skipped, summary, results):
             raised.setdefault(w, set()).add(c)
     for w, names in raised.items():
         print(f"warning raised by {', '.join(sorted(names))}: {w}\n")
+    # per shape, every value seen: two would mean the code under test changed during the run
+    for s in shapes:
+        rows = sorted({run["chunk_rows"] for (c, js, _), runs in results.items() if js == s for run in runs
+                       if "chunk_rows" in run})
+        if rows:
+            print(f"ours at {s}: {' and '.join(map(str, rows))} rows per chunk (`default_chunk_size`)\n")
     reasons = next((m["reasons"] for m in summary.values() if m["reasons"]), None)
     if reasons:
         print("hf_maxsup backends on this device (auto): "

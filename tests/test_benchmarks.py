@@ -104,6 +104,7 @@ def test_linear_loss_benchmark_tiny(tmp_path):
     assert "skipped: GPU only" in rows["Liger `LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1)`"][2], out
     # torch's chunked path declines label smoothing: the report shows the warning that says so
     assert "warning raised by torch_linear_ce_ls: UserWarning: linear_cross_entropy: ``options`` ignored" in out, out
+    assert "ours at 64x16x200: 64 rows per chunk (`default_chunk_size`)" in out, out
     report = json.loads((tmp_path / "r.json").read_text())
     assert sorted(report["results"]) == ["linear_ce|64x16x200|float32", "ours_linear_maxsup|64x16x200|float32",
                                          "torch_linear_ce_ls|64x16x200|float32"]
