@@ -19,6 +19,7 @@ import torch
 
 from . import kernels
 from .kernels import SUMS
+from .losses import smoothing_weight
 
 __all__ = [
     "default_chunk_size",
@@ -176,7 +177,7 @@ def _components(call: dict, sums: torch.Tensor, n_kept: int) -> dict[str, torch.
 def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, kind: str = "maxsup",
                       alpha: float = 0.1, bias: torch.Tensor | None = None, ignore_index: int = -100,
                       reduction: str = "mean", num_items_in_batch=None, return_components: bool = False,
-                      chunk_size: int | None = None):
+                      chunk_size: int | None = None, mass: str = "all"):
     """CE / LS / MaxSup of the logits `hidden @ weight.T + bias`, computed chunk by chunk without the full logits.
 
     Args:
@@ -197,6 +198,8 @@ def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.
         return_components (`bool`, *optional*, defaults to `False`): also return the logged terms (`"ce"`,
             `"reg"` and, for LS, its decomposition), means over kept items, as in `hf_maxsup.losses`.
         chunk_size (`int`, *optional*): rows per chunk; by default [`default_chunk_size`].
+        mass (`str`, *optional*, defaults to `"all"`): for `"ls"`, where the smoothing mass goes: `"all"` (torch,
+            transformers) or `"others"` (fairseq, tensor2tensor); see `hf_maxsup.losses.smoothing_weight`.
 
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
@@ -205,7 +208,8 @@ def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.
     n_rows = hidden.numel() // hidden.shape[-1]
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
-    call = {"kind": kind, "alpha": float(alpha) if kind != "ce" else 0.0, "ignore_index": ignore_index,
+    alpha = 0.0 if kind == "ce" else smoothing_weight(float(alpha), weight.shape[0], mass if kind == "ls" else "all")
+    call = {"kind": kind, "alpha": alpha, "ignore_index": ignore_index,
             "reduction": reduction, "num_items_in_batch": num_items_in_batch, "needs_grad": needs_grad,
             "want_components": return_components, "components": {},
             "chunk_size": chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0])}
@@ -216,11 +220,11 @@ def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.
 def _named(kind: str, doc: str):
     def loss(hidden, weight, target, alpha: float = 0.1 if kind != "ce" else 0.0, *, bias=None,
              ignore_index: int = -100, reduction: str = "mean", num_items_in_batch=None,
-             return_components: bool = False, chunk_size: int | None = None):
+             return_components: bool = False, chunk_size: int | None = None, **options):
         return fused_linear_loss(hidden, weight, target, kind=kind, alpha=alpha, bias=bias,
                                  ignore_index=ignore_index, reduction=reduction,
                                  num_items_in_batch=num_items_in_batch, return_components=return_components,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size, **options)
 
     loss.__doc__ = doc + "\n\n    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."
     return loss

@@ -27,12 +27,14 @@ from . import kernels
 
 __all__ = [
     "LOSSES",
+    "LS_MASSES",
     "LabelSmoothingLoss",
     "MaxSupLoss",
     "cross_entropy",
     "get_loss_fn",
     "label_smoothing_cross_entropy",
     "maxsup_cross_entropy",
+    "smoothing_weight",
 ]
 
 _REDUCTIONS = ("none", "sum", "mean")
@@ -116,10 +118,11 @@ def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: 
 
 
 def _loss(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-          return_components):
+          return_components, mass="all"):
     _check_inputs(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch)
+    alpha = 0.0 if kind == "ce" else smoothing_weight(float(alpha), input.shape[-1], mass)
     return kernels.fused_loss(
-        input, target, kind=kind, alpha=float(alpha) if kind != "ce" else 0.0, ignore_index=ignore_index,
+        input, target, kind=kind, alpha=alpha, ignore_index=ignore_index,
         reduction=reduction, num_items_in_batch=num_items_in_batch, inplace_backward=inplace_backward,
         return_components=return_components,
     )
@@ -166,16 +169,41 @@ def cross_entropy(input, target, alpha: float = 0.0, *, ignore_index: int = -100
                  return_components)
 
 
+LS_MASSES = ("all", "others")
+
+
+def smoothing_weight(alpha: float, num_classes: int, mass: str = "all") -> float:
+    """The weight `a` of `CE + a * (z_y - mean_k z_k)` that puts label-smoothing mass `alpha` as `mass` says.
+
+    `"all"` spreads `alpha` over all K classes, the target included (target `1 - alpha + alpha / K`): torch's
+    `F.cross_entropy(label_smoothing=alpha)`, transformers' `label_smoothing_factor`, timm. `"others"` gives the target
+    `1 - alpha` and each other class `alpha / (K - 1)`: fairseq's `label_smoothed_cross_entropy` and tensor2tensor's
+    `smoothing_cross_entropy` (which also subtracts the smoothed target's entropy, a constant that shifts the value
+    so that a perfect prediction reads 0 but leaves the gradient alone). That is the same loss with
+    `a = alpha * K / (K - 1)`.
+    """
+    if mass not in LS_MASSES:
+        raise ValueError(f"mass must be one of {', '.join(LS_MASSES)}; got {mass!r}.")
+    if mass == "all":
+        return alpha
+    if num_classes < 2:
+        raise ValueError("label smoothing with mass='others' needs at least 2 classes.")
+    return alpha * num_classes / (num_classes - 1)
+
+
 def label_smoothing_cross_entropy(input, target, alpha: float, *, ignore_index: int = -100, reduction: str = "mean",
                                   num_items_in_batch=None, inplace_backward: bool = False,
-                                  return_components: bool = False):
+                                  return_components: bool = False, mass: str = "all"):
     """Label smoothing: `CE + alpha * (z_y - mean_k z_k)`, i.e. cross-entropy against `(1 - alpha) * t + alpha / K`.
 
     Matches `F.cross_entropy(input, target, label_smoothing=alpha)` (with classes moved last) and transformers'
     `label_smoothing_factor`. With soft targets, `z_y` becomes `sum_k t_k z_k`: the given distribution is smoothed.
+    `mass="others"` gives fairseq's and tensor2tensor's definition instead (`1 - alpha` on the target, `alpha / (K - 1)`
+    on each other class; see [`smoothing_weight`]); the logged `reg` is the same term, weighted by
+    `alpha * K / (K - 1)`.
     """
     return _loss("ls", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-                 return_components)
+                 return_components, mass)
 
 
 def maxsup_cross_entropy(input, target, alpha: float, *, ignore_index: int = -100, reduction: str = "mean",
@@ -241,6 +269,19 @@ class LabelSmoothingLoss(_AlphaLoss):
         alpha (`float`): smoothing factor, in `[0, 1)`.
         ignore_index (`int`, *optional*, defaults to -100): label value to skip.
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"`.
+        mass (`str`, *optional*, defaults to `"all"`): `"all"` (torch, transformers) or `"others"` (fairseq,
+            tensor2tensor); see [`smoothing_weight`].
     """
 
-    _fn = staticmethod(label_smoothing_cross_entropy)
+    def __init__(self, alpha: float, ignore_index: int = -100, reduction: str = "mean", mass: str = "all"):
+        super().__init__(alpha, ignore_index, reduction)
+        smoothing_weight(0.0, 2, mass)  # an unknown mass fails here, not at the first batch
+        self.mass = mass
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        return label_smoothing_cross_entropy(input, target, self.alpha, ignore_index=self.ignore_index,
+                                             reduction=self.reduction, num_items_in_batch=num_items_in_batch,
+                                             mass=self.mass)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mass={self.mass!r}"

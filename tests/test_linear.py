@@ -184,3 +184,14 @@ def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises(ValueError) as error:
         call(hidden, weight, labels)
     assert message in str(error.value)
+
+
+def test_ls_mass_others_matches_fairseq(backend):
+    from test_losses import fairseq_label_smoothed_nll_loss
+
+    hidden, weight, bias, labels = make(seed=6)
+    loss = label_smoothing_linear_cross_entropy(hidden, weight, labels, ALPHA, bias=bias, reduction="sum",
+                                                mass="others")
+    logits = hidden.double() @ weight.double().t() + bias.double()
+    expected = fairseq_label_smoothed_nll_loss(torch.log_softmax(logits, -1), labels, ALPHA)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)

@@ -183,3 +183,34 @@ def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises(ValueError) as error:
         call(logits, target)
     assert message in str(error.value)
+
+
+def fairseq_label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=-100):
+    """fairseq's `label_smoothed_nll_loss` (fairseq/criterions/label_smoothed_cross_entropy.py), written out: mass
+    `1 - epsilon` on the target and `epsilon / (K - 1)` on each other class; summed over kept tokens."""
+    target = target.unsqueeze(-1)
+    pad_mask = target.eq(ignore_index)
+    target = target.masked_fill(pad_mask, 0)
+    nll_loss = -lprobs.gather(dim=-1, index=target).masked_fill(pad_mask, 0.0)
+    smooth_loss = -lprobs.sum(dim=-1, keepdim=True).masked_fill(pad_mask, 0.0)
+    eps_i = epsilon / (lprobs.size(-1) - 1)
+    return ((1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss).sum()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ls_mass_others_is_fairseqs_label_smoothing(implementation, shape):
+    logits, target = make_inputs(shape, seed=7)
+    loss = get_loss_fn("ls")(logits, target, ALPHA, reduction="sum", mass="others")
+    loss.backward()
+    x = logits.detach().double().requires_grad_()
+    expected = fairseq_label_smoothed_nll_loss(torch.log_softmax(x, -1), target, ALPHA)
+    expected.backward()
+    assert_close(loss, expected)
+    assert_close(logits.grad, x.grad)
+    module = LabelSmoothingLoss(ALPHA, reduction="sum", mass="others")
+    assert_close(module(logits.detach(), target), expected)
+    assert "mass='others'" in repr(module)
+    # the default stays torch's definition, which differs from fairseq's
+    assert abs(float(get_loss_fn("ls")(logits.detach(), target, ALPHA, reduction="sum")) - float(expected)) > 1e-4
+    with pytest.raises(ValueError, match="mass must be one of all, others"):
+        get_loss_fn("ls")(logits.detach(), target, ALPHA, mass="target")
