@@ -1,5 +1,9 @@
 """fused_linear_loss in the trainers: same loss, gradients and logs as the logits path, for each family tested."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from datasets import Dataset
@@ -113,6 +117,51 @@ def test_fused_step_matches_logits_step(family, tmp_path, fused_calls):
             assert fused_log[key] == pytest.approx(log[key], rel=1e-5, abs=1e-6), key
     assert len(fused_calls) == 1 + 4
     assert "ce" in log and ("reg" in log) == (FAMILIES[family][2] != "ce")
+
+
+def test_resume_reproduces_parameters(tmp_path):
+    def run(resume=None):
+        args = MaxSupTrainingArguments(output_dir=str(tmp_path), loss="maxsup", fused_linear_loss=True, max_steps=4,
+                                       per_device_train_batch_size=2, learning_rate=1e-2,
+                                       **{**COMMON, "save_strategy": "steps"}, save_steps=2)
+        trainer = MaxSupTrainer(model=tiny_gpt2(), args=args, train_dataset=causal_dataset(), data_collator=collate)
+        trainer.train(resume_from_checkpoint=resume)
+        return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    params = run()
+    resumed = run(resume=str(tmp_path / "checkpoint-2"))
+    for name in params:
+        torch.testing.assert_close(resumed[name], params[name], rtol=1e-6, atol=1e-8)
+
+
+def train_two_steps(output_dir, batch_size):
+    """Two SGD steps of a tiny GPT-2 with the fused loss; the parameters are saved by the main process."""
+    args = MaxSupTrainingArguments(
+        output_dir=str(output_dir), loss="ls", fused_linear_loss=True, per_device_train_batch_size=batch_size,
+        max_steps=2, learning_rate=0.5, optim="sgd", dataloader_drop_last=True, **COMMON)
+    trainer = MaxSupTrainer(model=tiny_gpt2(), args=args, train_dataset=causal_dataset(16), data_collator=collate)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        torch.save(trainer.model.state_dict(), os.path.join(output_dir, "params.pt"))
+
+
+def test_two_processes_match_one(tmp_path):
+    """DDP (gloo, CPU): the fused path runs the wrapped forward, so gradients are all-reduced as usual."""
+    train_two_steps(tmp_path / "one", 8)
+    script = tmp_path / "run.py"
+    script.write_text("import sys\nfrom test_fused_linear_trainer import train_two_steps\n"
+                      "train_two_steps(sys.argv[1], int(sys.argv[2]))\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__), "OMP_NUM_THREADS": "1"}
+    # `accelerate launch --multi_gpu` is the torchrun launcher, which runs on CPU too (see test_trainer.py).
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                             "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             str(script), str(tmp_path / "two"), "4"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (torch.load(tmp_path / name / "params.pt") for name in ("one", "two"))
+    assert any(not torch.equal(one[name], value) for name, value in tiny_gpt2().state_dict().items())
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
 
 
 def test_lora_model(tmp_path, fused_calls):
