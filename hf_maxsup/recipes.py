@@ -512,6 +512,14 @@ def describe_engine(state) -> str:
     return f"{engine}, {count} process{'es' if count > 1 else ''}"
 
 
+def _input_embeddings(model):
+    """The model's input embeddings, or `None` for a model without (vision models do not implement the method)."""
+    try:
+        return model.get_input_embeddings()
+    except NotImplementedError:
+        return None
+
+
 def fsdp_layers_to_wrap(model) -> list[str]:
     """The classes of the layers FSDP should shard one by one: the model's `_no_split_modules` that do not hold its
     input embeddings, or else the classes of the blocks its `ModuleList`s hold (e.g. Marian, which names none).
@@ -519,10 +527,7 @@ def fsdp_layers_to_wrap(model) -> list[str]:
     accelerate wraps the input embeddings on their own after the layers; a listed class that holds them (BERT's
     `BertEmbeddings`) would shard them a second time, which fails in `fully_shard`.
     """
-    try:
-        embeddings = model.get_input_embeddings()
-    except NotImplementedError:  # vision models
-        embeddings = None
+    embeddings = _input_embeddings(model)
     holders = {type(module).__name__ for module in model.modules()
                if embeddings is not None and any(sub is embeddings for sub in module.modules())}
     layers = sorted(set(getattr(model, "_no_split_modules", None) or ()) - holders)
@@ -532,11 +537,32 @@ def fsdp_layers_to_wrap(model) -> list[str]:
     return layers
 
 
+def _check_fsdp2_ties(model) -> None:
+    """Refuse a model whose tied weight is held by modules besides its input and output embeddings (Marian: also
+    the encoder's and decoder's `embed_tokens`), before the cryptic error accelerate's FSDP2 set-up ends with.
+
+    accelerate groups the input and output embeddings together and leaves any other holder in another FSDP group,
+    which `fully_shard` rejects for a shared parameter.
+    """
+    embeddings = {id(_input_embeddings(model)), id(getattr(model, "get_output_embeddings", lambda: None)())}
+    holders: dict[int, list[tuple[str, int]]] = {}
+    for name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            holders.setdefault(id(param), []).append((name, id(module)))
+    for owners in holders.values():
+        if len(owners) > 1 and any(module not in embeddings for _, module in owners):
+            raise RuntimeError(f"FSDP2 cannot shard this model: one weight is tied across "
+                               f"{', '.join(name for name, _ in owners)}, which accelerate puts in different FSDP "
+                               "groups. Launch with recipes/configs/deepspeed.yaml and --deepspeed "
+                               "recipes/configs/ds_zero3.json (ZeRO-3 shards it too), or with ddp.yaml.")
+
+
 def prepare_engine(trainer) -> None:
     """Log the engine that runs (see [`describe_engine`]) and, under FSDP, fill in what the config left to the model.
 
     An FSDP config without `fsdp_transformer_layer_cls_to_wrap` gets [`fsdp_layers_to_wrap`], so that one config
-    serves every model. Call it after the trainer is built (it creates the accelerator) and before training.
+    serves every model; a model FSDP2 cannot shard stops the run (`RuntimeError`). Call it after the trainer is built
+    (it creates the accelerator) and before training.
     """
     state = trainer.accelerator.state
     if state.is_main_process:
@@ -546,10 +572,16 @@ def prepare_engine(trainer) -> None:
         return
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    plugin = state.fsdp_plugin
+    plugin, model = state.fsdp_plugin, trainer.model
     if plugin.auto_wrap_policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap is None:
-        plugin.transformer_cls_names_to_wrap = fsdp_layers_to_wrap(trainer.model)
+        plugin.transformer_cls_names_to_wrap = fsdp_layers_to_wrap(model)
         logger.info(f"FSDP wraps {', '.join(plugin.transformer_cls_names_to_wrap)}")
+    if plugin.fsdp_version == 2:
+        _check_fsdp2_ties(model)
+    if _input_embeddings(model) is None:
+        # accelerate's FSDP2 set-up calls get_input_embeddings(), which raises for vision models (ConvNeXt): answer
+        # None, as accelerate does for a model without the method.
+        model.get_input_embeddings = lambda: None
 
 
 def _save_final_model(trainer) -> None:

@@ -12,10 +12,21 @@ import os
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from huggingface_hub import ModelCard
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+from tiny_run import tiny_bert, tiny_marian
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    ConvNextConfig,
+    ConvNextForImageClassification,
+)
+
+from hf_maxsup.recipes import _check_fsdp2_ties, describe_engine, fsdp_layers_to_wrap
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -112,3 +123,29 @@ def test_fsdp_on_a_machine_without_gpus_stops_with_a_message(tmp_path):
     assert result.returncode != 0
     assert "this machine has no GPUs and accelerate runs FSDP only on GPUs" in result.stderr
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_fsdp_layers_and_ties_of_the_recipe_models():
+    """What `prepare_engine` fills in for FSDP, on the model families the recipes build (no launch needed)."""
+    convnext = ConvNextForImageClassification(ConvNextConfig(num_channels=1, num_stages=2, hidden_sizes=[8, 16],
+                                                             depths=[1, 1], num_labels=3))
+    # BertEmbeddings is in BERT's _no_split_modules, but accelerate shards the word embeddings on their own.
+    assert fsdp_layers_to_wrap(tiny_bert()) == ["BertLayer"]
+    assert fsdp_layers_to_wrap(tiny_marian()) == ["MarianDecoderLayer", "MarianEncoderLayer"]  # it names none
+    assert fsdp_layers_to_wrap(convnext) == ["ConvNextLayer", "ConvNextStage"]
+    for model in (tiny_bert(), convnext):
+        _check_fsdp2_ties(model)
+    with pytest.raises(RuntimeError, match=r"tied across model.shared, model.encoder.embed_tokens.*ds_zero3.json"):
+        _check_fsdp2_ties(tiny_marian())
+
+
+def test_describe_engine():
+    def state(kind, count, **plugins):
+        return SimpleNamespace(distributed_type=kind, num_processes=count, **plugins)
+
+    assert describe_engine(state(DistributedType.NO, 1)) == "single process"
+    assert describe_engine(state(DistributedType.MULTI_CPU, 2)) == "DDP, 2 processes"
+    assert describe_engine(state(DistributedType.FSDP, 16, fsdp_plugin=SimpleNamespace(fsdp_version=2))) == \
+        "FSDP2, 16 processes"
+    assert describe_engine(state(DistributedType.DEEPSPEED, 1, deepspeed_plugin=SimpleNamespace(zero_stage=3))) == \
+        "DeepSpeed ZeRO-3, 1 process"
