@@ -217,10 +217,35 @@ def test_unsupported_models_get_clear_errors(tmp_path):
         MaxSupTrainer(model=gemma2, args=args)
 
 
-@pytest.mark.parametrize("build", [tiny_marian_with_bias, tiny_t5, tiny_gpt2, tiny_llama])
-def test_head_inputs_give_the_model_logits(build):
+def tiny_model(class_name):
+    """A tiny model of every class in heads.HEADS, Marian-like for the encoder-decoders."""
+    import transformers
+
+    if class_name in ("MarianMTModel", "T5ForConditionalGeneration", "GPT2LMHeadModel", "LlamaForCausalLM"):
+        return {"MarianMTModel": tiny_marian_with_bias, "T5ForConditionalGeneration": tiny_t5,
+                "GPT2LMHeadModel": tiny_gpt2, "LlamaForCausalLM": tiny_llama}[class_name]()
+    torch.manual_seed(0)
+    model_class = getattr(transformers, class_name)
+    sizes = dict(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD)
+    if class_name == "MT5ForConditionalGeneration":
+        sizes.update(d_model=32, d_kv=16, d_ff=37, num_layers=1, num_heads=2)
+    elif model_class.config_class().is_encoder_decoder:
+        sizes.update(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64)
+    else:
+        sizes.update(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=16, bos_token_id=1)
+    model = model_class(model_class.config_class(**sizes))
+    if hasattr(model, "final_logits_bias"):
+        torch.nn.init.normal_(model.final_logits_bias)  # zeros at initialisation: make the bias count
+    return model
+
+
+@pytest.mark.parametrize("class_name", heads.HEADS)
+def test_head_inputs_give_the_model_logits(class_name):
     """What the head reads, times its weight, plus the family's bias, is the model's own logits."""
-    model = build().eval()
+    model = tiny_model(class_name).eval()
+    assert type(model).__name__ == class_name
     batch = collate(list(tiny_dataset(3, task="seq2seq")))
     labels = batch.pop("labels")
     if model.config.is_encoder_decoder:
