@@ -258,32 +258,29 @@ ALWAYS_INLINE int64_t find_first(const void *z, int64_t k0, int64_t k1, float M,
     return k0;
 }
 
-/* one row; DT, SD (soft dtype or -1 for hard labels) are compile-time constants after inlining */
-ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t r, int64_t y, float scale,
-                              float *scratch, float *bm, double *sums, const int stream, const int DT,
-                              const int SD) {
-    const int64_t K = a->K;
-    const int kind = a->kind;
-    const float alpha = a->alpha;
-    const int hard = SD < 0;
-    const int want_split = a->want_comps && hard && kind == K_LS;
-    const void *t = hard ? NULL : (const char *)a->soft + (size_t)r * (size_t)K * (SD == DT_F32 ? 4 : 2);
-    const float zy = hard ? sload(z, y, DT) : 0.f;
-    const int64_t nb = (K + HFM_BS - 1) / HFM_BS;
+/* What the sweep over a row gathers. M: the row max; S: sum exp(z - M); bm[b]: the running max after block b. */
+typedef struct {
+    float M;
+    double S, sumz, sumtz, spos, sneg;
+} row_stats;
 
+/* The one read of a row from memory, block by block: per-lane running max, the sums (z, t*z for soft targets, the
+ * two halves of the LS term), then exp(z - running max) from L1 into the scratch row, with the running sum rescaled
+ * once per block when the max grows (online softmax). DT, SD are compile-time constants after inlining. */
+ALWAYS_INLINE row_stats sweep_row(const void *z, const void *t, int64_t K, float zy, int want_split, float *scratch,
+                                  float *bm, const int DT, const int SD) {
+    const int hard = SD < 0;
+    const int64_t nb = (K + HFM_BS - 1) / HFM_BS;
     vf vmax = vsplat(-INFINITY); /* per-lane running max over the row so far */
     float tmax = -INFINITY;      /* scalar tail (last block only) */
-    double sumz = 0, sumtz = 0, spos = 0, sneg = 0, S = 0;
-    float M = -INFINITY; /* running max; bm[b] = its value after block b */
+    row_stats st = {-INFINITY, 0, 0, 0, 0, 0};
     const vf vzy = vsplat(zy);
-
     for (int64_t b = 0; b < nb; b++) {
         const int64_t k0 = b * HFM_BS;
         const int64_t k1 = k0 + HFM_BS < K ? k0 + HFM_BS : K;
         const int64_t kv = k0 + ((k1 - k0) / VL) * VL;
         vf az = vsplat(0.f), atz = vsplat(0.f), ap = vsplat(0.f), an = vsplat(0.f);
-        /* sub-pass a: memory -> L1; running max, sums */
-        for (int64_t k = k0; k < kv; k += VL) {
+        for (int64_t k = k0; k < kv; k += VL) { /* memory -> L1: running max, sums */
             vf x = vload(z, k, DT);
             vmax = vmaxf(x, vmax);
             az += x;
@@ -306,20 +303,18 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
                 if (d > 0) pp += d; else pn += d;
             }
         }
-        sumz += hsum(az) + pz;
-        if (!hard) sumtz += hsum(atz) + ptz;
-        if (want_split) { spos += hsum(ap) + pp; sneg += hsum(an) + pn; }
-        /* online softmax update, once per block */
-        float Mb = hmax(vmax);
+        st.sumz += hsum(az) + pz;
+        if (!hard) st.sumtz += hsum(atz) + ptz;
+        if (want_split) { st.spos += hsum(ap) + pp; st.sneg += hsum(an) + pn; }
+        float Mb = hmax(vmax); /* online softmax update, once per block */
         if (tmax > Mb) Mb = tmax;
-        if (Mb > M) {
-            if (S != 0) S *= exp((double)M - (double)Mb);
-            M = Mb;
+        if (Mb > st.M) {
+            if (st.S != 0) st.S *= exp((double)st.M - (double)Mb);
+            st.M = Mb;
         }
-        bm[b] = M;
-        if (M == -INFINITY) continue; /* everything so far is -inf (or NaN): e = 0, handled below */
-        /* sub-pass b: exp of the block, from L1, into the fp32 scratch row */
-        const vf vM = vsplat(M);
+        bm[b] = st.M;
+        if (st.M == -INFINITY) continue; /* everything so far is -inf (or NaN): e = 0, handled by the caller */
+        const vf vM = vsplat(st.M);      /* L1 -> scratch: exp of the block */
         vf es = vsplat(0.f);
         for (int64_t k = k0; k < kv; k += VL) {
             vf e = vexp_nonpos(vload(z, k, DT) - vM);
@@ -328,65 +323,49 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
         }
         double pe = 0;
         for (int64_t k = kv; k < k1; k++) {
-            float e = expf(sload(z, k, DT) - M);
+            float e = expf(sload(z, k, DT) - st.M);
             scratch[k] = e;
             pe += e;
         }
-        S += hsum(es) + pe;
+        st.S += hsum(es) + pe;
     }
+    return st;
+}
 
-    const int bad = (sumz != sumz) || !(M < INFINITY) || !(M > -INFINITY) || !(S > 0);
-    /* argmax = first index attaining M: it lies in the first block after which the running max is M */
-    int64_t amax = 0;
-    if (!bad && kind == K_MAXSUP && g) {
-        int64_t bs = 0;
-        while (bs < nb - 1 && bm[bs] != M) bs++;
-        const int64_t k1 = (bs + 1) * HFM_BS < K ? (bs + 1) * HFM_BS : K;
-        amax = find_first(z, bs * HFM_BS, k1, M, DT);
-    }
-    double loss, ce, reg = 0;
-    if (!bad) {
-        const double lse = (double)M + log(S);
-        const double meanz = sumz / (double)K;
-        ce = lse - (hard ? (double)zy : sumtz);
-        if (kind == K_MAXSUP) reg = (double)M - meanz;
-        else if (kind == K_LS) reg = (hard ? (double)zy : sumtz) - meanz;
-        loss = ce + (double)alpha * reg;
-    } else {
-        loss = ce = reg = NAN;
-    }
-    if (a->row_loss) a->row_loss[r] = (float)loss;
-    sums[0] += loss;
-    sums[1] += ce;
-    sums[2] += reg;
-    if (want_split) {
-        sums[3] += spos / (double)K;
-        sums[4] += sneg / (double)K;
-    }
-    if (!g) return;
+/* The first index attaining the max M: it lies in the first block after which the running max is M. */
+ALWAYS_INLINE int64_t row_argmax(const void *z, const float *bm, int64_t K, float M, const int DT) {
+    const int64_t nb = (K + HFM_BS - 1) / HFM_BS;
+    int64_t bs = 0;
+    while (bs < nb - 1 && bm[bs] != M) bs++;
+    const int64_t k1 = (bs + 1) * HFM_BS < K ? (bs + 1) * HFM_BS : K;
+    return find_first(z, bs * HFM_BS, k1, M, DT);
+}
 
-    if (bad) {
-        const vf vn = vsplat(NAN);
-        int64_t k = 0;
-        for (; k + VL <= K; k += VL) vstore(g, k, vn, DT);
-        for (; k < K; k++) sstore(g, k, NAN, DT);
-        return;
+/* One block of the gradient, g = e * f - C0 - C1 t, with the vector store chosen outside the loop. */
+ALWAYS_INLINE void grad_block(void *g, const void *t, const float *scratch, int64_t k0, int64_t kv, vf vfac, vf vC0,
+                              vf vC1, const int nt_store, const int DT, const int SD) {
+    for (int64_t k = k0; k < kv; k += VL) {
+        vf e;
+        memcpy(&e, scratch + k, sizeof e);
+        vf gv = e * vfac - vC0;
+        if (SD >= 0) gv -= vC1 * vload(t, k, SD);
+        if (nt_store) vstore_nt(g, k, gv, DT);
+        else vstore(g, k, gv, DT);
     }
+}
 
-    /* gradient: g = p * scale - C0 - C1 t, with p = e * exp(bm[b] - M) / S; then exact fix-ups at y and
-     * at the argmax */
-    const float invK = 1.0f / (float)K;
-    float c0 = 0.f, c1 = 1.f;
-    if (kind == K_LS) { c0 = alpha * invK; c1 = 1.f - alpha; }
-    else if (kind == K_MAXSUP) { c0 = alpha * invK; c1 = 1.f; }
-    const double invS = 1.0 / S;
+/* The gradient of the row from the scratch row, written once: g = p * scale - C0 - C1 t, p = e * exp(bm[b] - M) / S. */
+ALWAYS_INLINE void write_grad(void *g, const void *t, const float *scratch, const float *bm, int64_t K, float M,
+                              double invS, float scale, float c0, float c1, const int stream, const int DT,
+                              const int SD) {
+    const int hard = SD < 0;
+    const int64_t nb = (K + HFM_BS - 1) / HFM_BS;
     const vf vC0 = vsplat(c0 * scale), vC1 = vsplat(c1 * scale);
     for (int64_t b = 0; b < nb; b++) {
         const int64_t k0 = b * HFM_BS;
         const int64_t k1 = k0 + HFM_BS < K ? k0 + HFM_BS : K;
         const int64_t kv = k0 + ((k1 - k0) / VL) * VL;
         const float f = bm[b] == -INFINITY ? 0.f : (float)(exp((double)bm[b] - (double)M) * invS * (double)scale);
-        const vf vfac = vsplat(f);
         if (f == 0.f) { /* the whole block underflows (or was all -inf): p = 0, scratch not written */
             for (int64_t k = k0; k < kv; k += VL) {
                 vf gv = -vC0;
@@ -397,42 +376,84 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
                 sstore(g, k, -c0 * scale - (hard ? 0.f : c1 * scale * sload(t, k, SD)), DT);
             continue;
         }
-        if (stream && (((uintptr_t)g + (uintptr_t)k0 * (DT == DT_F32 ? 4 : 2)) & (DT == DT_F32 ? 63 : 31)) == 0) {
-            for (int64_t k = k0; k < kv; k += VL) {
-                vf e;
-                memcpy(&e, scratch + k, sizeof e);
-                vf gv = e * vfac - vC0;
-                if (!hard) gv -= vC1 * vload(t, k, SD);
-                vstore_nt(g, k, gv, DT);
-            }
-        } else {
-            for (int64_t k = k0; k < kv; k += VL) {
-                vf e;
-                memcpy(&e, scratch + k, sizeof e);
-                vf gv = e * vfac - vC0;
-                if (!hard) gv -= vC1 * vload(t, k, SD);
-                vstore(g, k, gv, DT);
-            }
-        }
+        const int aligned = (((uintptr_t)g + (uintptr_t)k0 * (DT == DT_F32 ? 4 : 2)) & (DT == DT_F32 ? 63 : 31)) == 0;
+        if (stream && aligned) grad_block(g, t, scratch, k0, kv, vsplat(f), vC0, vC1, 1, DT, SD);
+        else grad_block(g, t, scratch, k0, kv, vsplat(f), vC0, vC1, 0, DT, SD);
         for (int64_t k = kv; k < k1; k++) {
             float gv = scratch[k] * f - c0 * scale;
             if (!hard) gv -= c1 * scale * sload(t, k, SD);
             sstore(g, k, gv, DT);
         }
     }
-    /* fix-ups, from the same scratch values, in double */
-    int64_t js[2] = {hard ? y : -1, kind == K_MAXSUP ? amax : -1};
+}
+
+/* The label's and the argmax's entries, rewritten from their exact formula in double (same scratch values). */
+ALWAYS_INLINE void fix_special_entries(const hfm_args *a, void *g, const void *t, const float *scratch,
+                                       const float *bm, int64_t y, int64_t amax, float M, double invS, float scale,
+                                       float c0, float c1, const int DT, const int SD) {
+    const int hard = SD < 0;
+    const int64_t js[2] = {hard ? y : -1, a->kind == K_MAXSUP ? amax : -1};
     for (int q = 0; q < 2; q++) {
-        int64_t j = js[q];
+        const int64_t j = js[q];
         if (j < 0 || (q == 1 && j == js[0])) continue;
         const int64_t bj = j / HFM_BS;
         double p = bm[bj] == -INFINITY ? 0.0 : (double)scratch[j] * exp((double)bm[bj] - (double)M) * invS;
         double gj = p - (double)c0;
         if (hard) { if (j == y) gj -= (double)c1; }
         else gj -= (double)c1 * (double)sload(t, j, SD);
-        if (kind == K_MAXSUP && j == amax) gj += (double)alpha;
+        if (a->kind == K_MAXSUP && j == amax) gj += (double)a->alpha;
         sstore(g, j, (float)(gj * (double)scale), DT);
     }
+}
+
+ALWAYS_INLINE void fill_nan(void *g, int64_t K, const int DT) {
+    const vf vn = vsplat(NAN);
+    int64_t k = 0;
+    for (; k + VL <= K; k += VL) vstore(g, k, vn, DT);
+    for (; k < K; k++) sstore(g, k, NAN, DT);
+}
+
+/* One kept row: sweep, terms, and (when g is set) the gradient. DT, SD (soft dtype or -1 for hard labels) are
+ * compile-time constants after inlining. */
+ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t r, int64_t y, float scale,
+                              float *scratch, float *bm, double *sums, const int stream, const int DT,
+                              const int SD) {
+    const int64_t K = a->K;
+    const int kind = a->kind;
+    const int hard = SD < 0;
+    const int want_split = a->want_comps && hard && kind == K_LS;
+    const void *t = hard ? NULL : (const char *)a->soft + (size_t)r * (size_t)K * (SD == DT_F32 ? 4 : 2);
+    const float zy = hard ? sload(z, y, DT) : 0.f;
+    const row_stats st = sweep_row(z, t, K, zy, want_split, scratch, bm, DT, SD);
+    const float M = st.M;
+    const int bad = (st.sumz != st.sumz) || !(M < INFINITY) || !(M > -INFINITY) || !(st.S > 0);
+    double loss = NAN, ce = NAN, reg = NAN;
+    if (!bad) {
+        const double meanz = st.sumz / (double)K;
+        const double target_z = hard ? (double)zy : st.sumtz;
+        ce = (double)M + log(st.S) - target_z;
+        reg = kind == K_MAXSUP ? (double)M - meanz : kind == K_LS ? target_z - meanz : 0.0;
+        loss = ce + (double)a->alpha * reg;
+    }
+    if (a->row_loss) a->row_loss[r] = (float)loss;
+    sums[0] += loss;
+    sums[1] += ce;
+    sums[2] += reg;
+    if (want_split) {
+        sums[3] += st.spos / (double)K;
+        sums[4] += st.sneg / (double)K;
+    }
+    if (!g) return;
+    if (bad) {
+        fill_nan(g, K, DT);
+        return;
+    }
+    const float c0 = kind == K_CE ? 0.f : a->alpha * (1.0f / (float)K);
+    const float c1 = kind == K_LS ? 1.f - a->alpha : 1.f;
+    const int64_t amax = kind == K_MAXSUP ? row_argmax(z, bm, K, M, DT) : 0;
+    const double invS = 1.0 / st.S;
+    write_grad(g, t, scratch, bm, K, M, invS, scale, c0, c1, stream, DT, SD);
+    fix_special_entries(a, g, t, scratch, bm, y, amax, M, invS, scale, c0, c1, DT, SD);
 }
 
 ALWAYS_INLINE void run_rows(hfm_job *job, const int DT, const int SD) {
