@@ -4,8 +4,10 @@
 over an evaluation split batch by batch ([`collect_features`]), and writes into one folder:
 
 - `report.md`: one row per group of runs (a loss, over its seeds) with accuracy, NLL, ECE, adaptive ECE, AURC,
-  d_within, R², mean confidence on errors and the digits linear probe, as mean ± standard deviation; what the papers
-  report and whether these runs agree; the figures; one row per run.
+  d_within, R², mean confidence on errors and the digits linear probe, as mean ± standard deviation; a second table
+  for the regime check (CE's confidence − accuracy and training accuracy, with a warning when CE is not over-confident
+  or does not fit its training set) and the logit-normalised AURC and logged LS error amplification; the nine claims
+  of the papers, each agreeing or not and beyond the seeds' spread or not; the figures; one row per run.
 - `reliability_diagrams.png`, `projections.png` (penultimate features of three classes on the plane of their
   templates, Müller et al. 2019) and `risk_coverage.png`, one panel per run, groups side by side.
 - `results.json`: every metric of every run, the summaries and the checks.
@@ -53,18 +55,36 @@ TABLE_METRICS = (
     ("linear_probe_digits", "linear probe (digits) (%)", 100.0, 2),
 )
 
+# The second table: the regime check and the numbers behind the three checks that the first table does not show.
+REGIME_METRICS = (
+    ("mean_confidence", "mean confidence", 1.0, 3),
+    ("confidence_minus_accuracy", "confidence − accuracy", 1.0, 3),
+    ("train_accuracy", "training accuracy (%)", 100.0, 2),
+    ("aurc_logit_norm", "AURC, logit-normalised (%)", 100.0, 2),
+    ("logit_norm_p", "p of the normalisation", 1.0, 1),
+    ("train_ls_error_amplification", "logged LS error amplification", 1.0, 4),
+)
+
 REPORT_FILES = ("report.md", "results.json", "reliability_diagrams.png", "projections.png", "risk_coverage.png")
 
-# What the papers report, as (claim, metric, group a, relation, group b): "a < b" means a's metric should be lower.
+# What the papers report, as (claim, metric, group a, relation, group b, metric of b): "a < b" means a's metric
+# should be lower; the metric of b is a's metric unless given (a claim about one group with and without a fix).
 PAPER_CLAIMS = (
-    ("LS lowers ECE compared with CE (Müller et al. 2019)", "ece", "ls", "<", "ce"),
-    ("LS lowers d_within (tighter classes) compared with CE (MaxSup paper)", "d_within", "ls", "<", "ce"),
-    ("MaxSup keeps d_within above LS (MaxSup paper)", "d_within", "maxsup", ">", "ls"),
-    ("MaxSup accuracy is at least LS's (MaxSup paper)", "accuracy", "maxsup", ">=", "ls"),
-    ("LS makes AURC worse than CE (Xia et al. 2024)", "aurc", "ls", ">", "ce"),
+    ("LS lowers ECE compared with CE (Müller et al. 2019)", "ece", "ls", "<", "ce", None),
+    ("LS lowers d_within (tighter classes) compared with CE (MaxSup paper)", "d_within", "ls", "<", "ce", None),
+    ("MaxSup keeps d_within above LS (MaxSup paper)", "d_within", "maxsup", ">", "ls", None),
+    ("MaxSup accuracy is at least LS's (MaxSup paper)", "accuracy", "maxsup", ">=", "ls", None),
+    ("LS makes AURC worse than CE (Xia et al. 2024)", "aurc", "ls", ">", "ce", None),
     ("LS loses linear-probe transfer accuracy; MaxSup keeps it (MaxSup paper)", "linear_probe_digits", "maxsup", ">",
-     "ls"),
+     "ls", None),
+    ("Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024)", "aurc_logit_norm", "ls", "<", "ls", "aurc"),
+    ("MaxSup's inter-class separability R² is at least LS's (MaxSup paper: CE 0.445, LS 0.461, MaxSup 0.497)", "r2",
+     "maxsup", ">=", "ls", None),
+    ("MaxSup is less confident than LS on misclassified examples: no error-amplification term (MaxSup paper)",
+     "mean_confidence_wrong", "maxsup", "<", "ls", None),
 )
+# CE is taken to fit its training set from this training accuracy on (the report says "near 100 %").
+FIT_ACCURACY = 0.98
 
 
 @dataclass
@@ -110,6 +130,7 @@ class DataOptions:
     batch_size: int = 128
     probe: bool = True
     probe_samples: int | None = None
+    train_samples: int = 2000  # training examples of the regime check (training accuracy); 0 skips it
     projection_classes: Sequence[int] = (0, 1, 2)
     extra: dict = field(default_factory=dict)
 
@@ -147,6 +168,8 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, features: np.ndarray
         "mean_confidence_correct": stats["mean_confidence_correct"],
         "mean_confidence_wrong": stats["mean_confidence_wrong"],
         "mean_logit_gap": stats["mean_logit_gap"],
+        # > 0: over-confident, the regime in which the papers measured the effect of label smoothing.
+        "confidence_minus_accuracy": stats["mean_confidence"] - stats["accuracy"],
     }
     if features is not None:
         metrics.update(feature_geometry(features, labels))
@@ -185,45 +208,98 @@ def summarize_runs(results: Sequence[dict]) -> dict[str, dict[str, dict[str, flo
     return summary
 
 
-def paper_checks(summary: dict) -> list[dict]:
-    """Compares the group means against the claims of the papers (for the labels `ce`, `ls`, `maxsup`).
+def paper_checks(summary: dict, claims: Sequence[tuple] = PAPER_CLAIMS) -> list[dict]:
+    """Compares the group means against the claims of the papers (for the labels `ce`, `ls`, `maxsup`): by default
+    the classification claims of `PAPER_CLAIMS`, or other `(claim, metric, a, relation, b, metric of b)` tuples.
 
     A claim *agrees* when the means are ordered as claimed; the difference is *beyond the spread* when it exceeds the
     sum of the two standard deviations over seeds (a rough guide, not a significance test), and the spread is unknown
-    with a single run per group.
+    with a single run per group. A claim whose metrics are missing (e.g. no logit-normalised AURC) is left out.
     """
     checks = []
-    for claim, metric, a, relation, b in PAPER_CLAIMS:
-        if a not in summary or b not in summary or metric not in summary[a] or metric not in summary[b]:
-            continue
-        sa, sb = summary[a][metric], summary[b][metric]
-        if not (sa["n"] and sb["n"]):
+    for claim, metric, a, relation, b, metric_b in claims:
+        metric_b = metric_b or metric
+        sa, sb = summary.get(a, {}).get(metric), summary.get(b, {}).get(metric_b)
+        if not (sa and sb and sa["n"] and sb["n"]):
             continue
         diff = sa["mean"] - sb["mean"]
         agrees = {"<": diff < 0, ">": diff > 0, ">=": diff >= 0}[relation]
         spread = sa["std"] + sb["std"] if sa["n"] > 1 and sb["n"] > 1 else float("nan")
         beyond = bool(abs(diff) > spread) if math.isfinite(spread) else None
-        checks.append({"claim": claim, "metric": metric, "a": a, "relation": relation, "b": b,
+        checks.append({"claim": claim, "metric": metric, "a": a, "relation": relation, "b": b, "metric_b": metric_b,
                        "mean_a": sa["mean"], "mean_b": sb["mean"], "std_a": sa["std"], "std_b": sb["std"],
-                       "difference": diff, "spread": spread, "agrees": bool(agrees), "beyond_spread": beyond})
+                       "difference": diff, "spread": spread, "agrees": bool(agrees), "beyond_spread": beyond,
+                       "note": _claim_note(summary, metric)})
     return checks
+
+
+def _claim_note(summary: dict, metric: str) -> str | None:
+    """The numbers that go with a claim beyond its two means: the norm order p of the logit normalisation, the
+    error-amplification term the LS runs logged during training."""
+    ls = summary.get("ls", {})
+    if metric == "aurc_logit_norm" and ls.get("logit_norm_p", {}).get("n"):
+        return f"p = {format_summary(ls['logit_norm_p'], 1.0, 1)}, chosen per run on held-out data from 1..10"
+    logged = ls.get("train_ls_error_amplification", {})
+    if metric == "mean_confidence_wrong" and logged.get("n"):
+        return (f"the LS runs logged an error-amplification term (1/K)Σ_(z_n>z_y)(z_y − z_n) of "
+                f"{format_summary(logged, 1.0, 4)} per example (mean over training), which MaxSup does not have")
+    return None
+
+
+def regime_check(summary: dict) -> dict | None:
+    """Whether the CE baseline is in the papers' regime: over-confident on the evaluation split (mean top-1
+    confidence above accuracy) and fitting its training set (training accuracy of at least `FIT_ACCURACY`).
+
+    The papers' effects of label smoothing (lower ECE, tighter classes, worse AURC) are for such models: on an
+    under-confident CE, a loss that lowers the confidence makes calibration worse. `None` without CE runs.
+
+    Returns:
+        `dict | None`: `confidence_minus_accuracy` and `train_accuracy` (summaries over seeds), `over_confident`,
+        `beyond_spread` (the gap exceeds its standard deviation over seeds; `None` for one run), `fits_training_set`
+        (`None` when the training accuracy was not measured), `in_regime` and a `warning` (`None` when in the regime).
+    """
+    ce = summary.get("ce", {})
+    gap = ce.get("confidence_minus_accuracy")
+    if not gap or not gap["n"]:
+        return None
+    train = ce.get("train_accuracy", summarize([]))
+    over = gap["mean"] > 0
+    beyond = bool(abs(gap["mean"]) > gap["std"]) if gap["n"] > 1 else None
+    fits = bool(train["mean"] >= FIT_ACCURACY) if train["n"] else None
+    problems = []
+    if not over:
+        problems.append(f"CE is not over-confident (mean confidence − accuracy = {gap['mean']:+.3f})")
+    if fits is False:
+        problems.append(f"CE does not fit its training set (training accuracy {100 * train['mean']:.1f} %)")
+    warning = None
+    if problems:
+        warning = ("; ".join(problems) + ": the run is too short (or the model too small) for the papers' regime, so "
+                   "the claims below are not expected to hold. Train longer (more epochs) until CE's training "
+                   "accuracy is near 100 % and its confidence exceeds its accuracy.")
+    return {"confidence_minus_accuracy": gap, "train_accuracy": train, "over_confident": bool(over),
+            "beyond_spread": beyond, "fits_training_set": fits, "in_regime": not problems, "warning": warning}
 
 
 # --- data ------------------------------------------------------------------------------------------------------------
 
 
-def _eval_split(task: str, data: DataOptions, seed: int = 42):
-    """The raw evaluation split: `data.split`, else the source's `test` split, else its `validation` split."""
+def _load_source(task: str, data: DataOptions, seed: int = 42):
+    """Every split of the data source (`DatasetDict`); the seed matters only for a validation split carved out of
+    train."""
     from .data import load_task_dataset
 
     source = {}
     if task == "image-classification":
         source = {"train_dir": data.train_dir, "validation_dir": data.validation_dir}
-    raw = load_task_dataset(
+    return load_task_dataset(
         task, dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name, train_file=data.train_file,
         validation_file=data.validation_file, test_file=data.test_file, cache_dir=data.cache_dir, token=data.token,
         validation_split_percentage=data.validation_split_percentage, seed=seed, **source,
     )
+
+
+def _eval_split(raw, data: DataOptions):
+    """(name, split) to evaluate on: `data.split`, else the source's `test` split, else its `validation` split."""
     split = data.split or next((name for name in ("test", "validation") if name in raw), None)
     if split not in raw:
         raise ValueError(f"the data has no {split or 'test or validation'} split (it has {', '.join(raw)}); pass "
@@ -232,6 +308,13 @@ def _eval_split(task: str, data: DataOptions, seed: int = 42):
     if data.max_samples is not None:
         evaluation = evaluation.select(range(min(data.max_samples, len(evaluation))))
     return split, evaluation
+
+
+def _held_out_split(raw, split: str):
+    """(name, split) on which to choose the logit normalisation's p: the validation split when the report evaluates
+    on another one, else the test split, else None (then p is chosen on the evaluated split itself)."""
+    name = next((name for name in ("validation", "test") if name in raw and name != split), None)
+    return (name, raw[name]) if name else (None, None)
 
 
 def _label_lookup(dataset, label_column: str, config) -> dict | None:
@@ -335,15 +418,56 @@ def _collect(model, task, dataset, processor, data, label_column="label"):
     return collect_features(model, _batches(prepared, data.batch_size, collate), device="cpu")
 
 
-def analyze_run(run: Run, data: DataOptions, eval_data: Callable | None = None, probe_data=None,
+def _logged_ls_terms(path: str) -> dict[str, float]:
+    """Mean over the training log of the LS decomposition the trainer logged (`ls_regularization`,
+    `ls_error_amplification`, per logging window), from the run's `trainer_state.json`; empty when absent (a Hub id,
+    another loss)."""
+    state = os.path.join(path, "trainer_state.json")
+    if not os.path.isfile(state):
+        return {}
+    with open(state, encoding="utf-8") as f:
+        history = json.load(f).get("log_history", [])
+    terms = {}
+    for key in ("ls_regularization", "ls_error_amplification"):
+        values = [float(entry[key]) for entry in history if key in entry]
+        if values:
+            terms[f"train_{key}"] = float(np.mean(values))
+    return terms
+
+
+def _regime_and_selective_metrics(collect: Callable, raw, split: str, logits, labels, data: DataOptions) -> dict:
+    """Training accuracy and confidence (the regime check), and the AURC with post-hoc logit normalisation, its p
+    chosen on held-out data (Xia et al. 2024).
+
+    Args:
+        collect (`Callable`): `raw split -> collect_features output` for this model.
+        raw (`DatasetDict`): every split of the source.
+        split (`str`): the evaluated split, whose `logits` and `labels` are given.
+    """
+    from .analysis import aurc, confidence_stats, logit_norm_confidence, select_logit_norm_p
+
+    metrics = {}
+    if data.train_samples and "train" in raw and split != "train":
+        train = raw["train"].select(range(min(data.train_samples, len(raw["train"]))))
+        stats = confidence_stats(**{k: v for k, v in collect(train).items() if k in ("logits", "labels")})
+        metrics.update(train_accuracy=stats["accuracy"], train_mean_confidence=stats["mean_confidence"])
+    held_out_name, held_out = _held_out_split(raw, split)
+    held = collect(held_out) if held_out is not None else {"logits": logits, "labels": labels}
+    p, _ = select_logit_norm_p(held["logits"], held["labels"])
+    metrics["logit_norm_p"] = float(p)
+    metrics["aurc_logit_norm"] = aurc(logit_norm_confidence(logits, p), logits.argmax(axis=1) == labels)
+    return metrics
+
+
+def analyze_run(run: Run, data: DataOptions, source: Callable | None = None, probe_data=None,
                 log: Callable = print) -> dict:
     """Evaluates one checkpoint: metrics, and the arrays the figures need.
 
     Args:
         run ([`Run`]): the checkpoint.
         data ([`DataOptions`]): evaluation data and options.
-        eval_data (`Callable[[str, int], tuple[str, Dataset]]`, *optional*): `(task, seed) -> (split, raw split)`,
-            to share the loaded data between runs; defaults to loading it.
+        source (`Callable[[str, int], DatasetDict]`, *optional*): `(task, seed) -> every split of the data`, to share
+            the loaded data between runs; defaults to loading it.
         probe_data (`DatasetDict`, *optional*): the digits probe data, shared between runs.
         log (`Callable`): progress messages.
 
@@ -358,14 +482,23 @@ def analyze_run(run: Run, data: DataOptions, eval_data: Callable | None = None, 
 
     model, processor, task = _load(run.path, data.token)
     seed = 42 if run.seed is None else run.seed  # the recipe's default seed
-    split, raw = (eval_data or (lambda task, seed: _eval_split(task, data, seed)))(task, seed)
+    splits = (source or (lambda task, seed: _load_source(task, data, seed)))(task, seed)
+    split, raw = _eval_split(splits, data)
     log(f"  evaluating {run.path} on the {split} split ({len(raw)} examples)")
-    label_map = _label_lookup(raw, data.label_column_name, model.config)
-    if label_map is not None:
-        raw = _relabel(raw, data.label_column_name, label_map)
-    with torch.inference_mode():
-        collected = _collect(model, task, raw, processor, data, data.label_column_name)
+
+    @torch.inference_mode()
+    def collect(dataset, label_column=data.label_column_name):
+        label_map = _label_lookup(dataset, label_column, model.config)
+        if label_map is not None:
+            dataset = _relabel(dataset, label_column, label_map)
+        return _collect(model, task, dataset, processor, data, label_column)
+
+    collected = collect(raw)
     metrics = compute_metrics(collected["logits"], collected["labels"], collected["features"])
+    metrics.update(_regime_and_selective_metrics(collect, splits, split, collected["logits"], collected["labels"],
+                                                 data))
+    metrics.update(_logged_ls_terms(run.path) if os.path.isdir(run.path) else {})
+    metrics["linear_probe_digits"] = float("nan")
     if data.probe and task == "image-classification":
         probe = probe_data if probe_data is not None else digits_probe_dataset(max_samples=data.probe_samples)
         features = {}
@@ -376,8 +509,6 @@ def analyze_run(run: Run, data: DataOptions, eval_data: Callable | None = None, 
                 features[name] = _collect(model, task, probe_split, processor, data)
         metrics["linear_probe_digits"] = linear_probe(features["train"]["features"], features["train"]["labels"],
                                                       features["test"]["features"], features["test"]["labels"])
-    else:
-        metrics["linear_probe_digits"] = float("nan")
     weights = _find_feature_layer(model, None).weight.detach().float().cpu().numpy()
     names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     return {"label": run.label, "seed": run.seed, "path": run.path, "task": task, "split": split,
@@ -463,14 +594,15 @@ def save_figures(results: Sequence[dict], output_dir: str, projection_classes: S
 # --- writing ---------------------------------------------------------------------------------------------------------
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _check_line(check: dict) -> str:
-    scale, decimals = next(((s, d) for key, _, s, d in TABLE_METRICS if key == check["metric"]), (1.0, 3))
+def check_line(check: dict, columns: Sequence[tuple] = (*TABLE_METRICS, *REGIME_METRICS)) -> str:
+    """A claim as a Markdown list item: both means ± std (scaled as in `columns`), agrees or not, the spread."""
+    scale, decimals = next(((s, d) for key, _, s, d in columns if key == check["metric"]), (1.0, 3))
 
     def value(mean, std):
         text = f"{mean * scale:.{decimals}f}"
@@ -482,38 +614,50 @@ def _check_line(check: dict) -> str:
     else:
         spread = ("difference beyond the seeds' spread" if check["beyond_spread"]
                   else "difference within the seeds' spread")
+    metrics = check["metric"] if check["metric_b"] == check["metric"] else f"{check['metric']} vs {check['metric_b']}"
+    note = f" ({check['note']})" if check.get("note") else ""
     return (f"- {check['claim']}: {check['a']} {value(check['mean_a'], check['std_a'])} vs {check['b']} "
-            f"{value(check['mean_b'], check['std_b'])} ({check['metric']}) — {verdict}; {spread}.")
+            f"{value(check['mean_b'], check['std_b'])} ({metrics}) — {verdict}; {spread}{note}.")
 
 
-def _confidence_regime(summary: dict) -> str | None:
-    """Whether the CE baseline is over- or under-confident: label smoothing is expected to lower the ECE in the first
-    case only, since it lowers the confidence."""
-    ce = summary.get("ce", {})
-    if not ce.get("accuracy", {}).get("n") or not ce.get("mean_confidence", {}).get("n"):
-        return None
-    accuracy, confidence = ce["accuracy"]["mean"], ce["mean_confidence"]["mean"]
+def regime_lines(summary: dict, regime: dict | None) -> list[str]:
+    """The regime check in words: CE's confidence against its accuracy and its training accuracy, and a warning when
+    the run is outside the papers' regime."""
+    if regime is None:
+        return []
+    ce, gap, train = summary["ce"], regime["confidence_minus_accuracy"], regime["train_accuracy"]
     others = ", ".join(f"{label} {100 * metrics['mean_confidence']['mean']:.1f} %" for label, metrics in summary.items()
                        if label != "ce" and metrics.get("mean_confidence", {}).get("n"))
-    numbers = (f"CE's mean top-1 confidence is {100 * confidence:.1f} % for an accuracy of {100 * accuracy:.1f} %"
-               + (f" (mean confidence of {others})" if others else ""))
-    if confidence > accuracy:
-        return (f"{numbers}: the CE baseline is over-confident, the regime in which the papers find that label "
-                "smoothing improves calibration by lowering the confidence.")
-    return (f"{numbers}: the CE baseline is under-confident (typical of short training), so LS and MaxSup, which "
-            "lower the confidence further, are expected to have a worse ECE than CE here, unlike in the papers' "
-            "fully trained, over-confident models.")
+    spread = {None: "one run: spread unknown", True: "beyond its spread over seeds",
+              False: "within its spread over seeds"}[regime["beyond_spread"]]
+    text = (f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
+            f"{100 * ce['accuracy']['mean']:.1f} % (confidence − accuracy {format_summary(gap, 1.0, 3)}, {spread})"
+            + (f"; mean confidence of {others}" if others else "")
+            + (f". CE's training accuracy: {format_summary(train, 100.0, 2)} %" if train["n"] else "") + ". ")
+    if regime["in_regime"]:
+        text += ("CE is over-confident and fits its training set: the regime in which the papers measured their "
+                 "effects, where label smoothing improves calibration by lowering the confidence.")
+        return ["## Regime check", "", text, ""]
+    return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
 
 
-def _json_safe(value):
+def summary_table(summary: dict, first: str, columns: Sequence[tuple]) -> str:
+    """One row per group: its number of runs and the mean ± std of each (key, header, scale, decimals) column."""
+    rows = [[label, str(max(s["n"] for s in metrics.values())),
+             *(format_summary(metrics.get(key, summarize([])), scale, decimals) for key, _, scale, decimals in columns)]
+            for label, metrics in summary.items()]
+    return markdown_table([first, "runs", *(name for _, name, _, _ in columns)], rows)
+
+
+def json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -528,14 +672,11 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
     os.makedirs(output_dir, exist_ok=True)
     summary = summarize_runs(results)
     checks = paper_checks(summary)
+    regime = regime_check(summary)
     figures = save_figures(results, output_dir, projection_classes)
 
-    header = ["loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model", "runs",
-              *(name for _, name, _, _ in TABLE_METRICS)]
-    rows = [[label, str(max(s["n"] for s in metrics.values())),
-             *(format_summary(metrics.get(key, summarize([])), scale, decimals)
-               for key, _, scale, decimals in TABLE_METRICS)]
-            for label, metrics in summary.items()]
+    first = "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model"
+    header = [first, "runs", *(name for _, name, _, _ in TABLE_METRICS)]
     per_run = [[_title(result), f"`{result['path']}`",
                 *(format_summary(summarize([result["metrics"].get(key, float("nan"))]), scale, decimals)
                   for key, _, scale, decimals in TABLE_METRICS)]
@@ -554,14 +695,20 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
          "separability; the linear probe is a logistic regression on the frozen penultimate features of "
          "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits."),
         "",
-        _markdown_table(header, rows),
+        summary_table(summary, first, TABLE_METRICS),
         "",
+        ("The regime and the numbers behind the last checks: confidence − accuracy > 0 is over-confidence; the "
+         "training accuracy is measured on training examples; the logit-normalised AURC ranks by "
+         "max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen on held-out data; the LS error amplification is "
+         "the term the LS run logged during training (mean over its logging windows)."),
+        "",
+        summary_table(summary, first, REGIME_METRICS),
+        "",
+        *regime_lines(summary, regime),
     ]
     if checks:
         lines += ["## What the papers report, and what these runs show", ""]
-        lines += [_check_line(check) for check in checks]
-        regime = _confidence_regime(summary)
-        lines += ["", regime] if regime else []
+        lines += [check_line(check) for check in checks]
         lines += ["", ("For scale: MaxSup paper, ResNet-50 on ImageNet: d_within / R² CE 0.331 / 0.445, LS 0.254 / "
                        "0.461, MaxSup 0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller "
                        "et al.: ECE 0.071 → 0.035 with LS (Inception-v4, ImageNet)."), ""]
@@ -573,7 +720,7 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
         lines += [(f"Penultimate features of the classes {classes} projected on the plane through their templates "
                    "(Müller et al. 2019):"), "", f"![projections]({figures['projections']})", ""]
     lines += ["Risk-coverage curves:", "", f"![risk-coverage]({figures['risk_coverage']})", "",
-              "## Every run", "", _markdown_table(["run", "checkpoint", *header[2:]], per_run), ""]
+              "## Every run", "", markdown_table(["run", "checkpoint", *header[2:]], per_run), ""]
     Path(output_dir, "report.md").write_text("\n".join(lines), encoding="utf-8")
 
     content = {
@@ -581,10 +728,10 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
         "table_metrics": [{"key": key, "header": name} for key, name, _, _ in TABLE_METRICS],
         "runs": [{key: result[key] for key in ("label", "seed", "path", "task", "split", "num_examples", "metrics")}
                  for result in results],
-        "summary": summary, "checks": checks, "figures": figures,
+        "summary": summary, "checks": checks, "regime": regime, "figures": figures,
     }
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(_json_safe(content), f, indent=2)
+        json.dump(json_safe(content), f, indent=2)
     return content
 
 
@@ -602,21 +749,22 @@ def analyze_checkpoints(runs: Sequence[Run], output_dir: str, data: DataOptions 
         raise ValueError("no checkpoints to analyze.")
     cache = {}
 
-    def eval_data(task, seed):
+    def source(task, seed):
         # Only a validation split carved out of train depends on the training seed.
-        key = (task, seed)
-        if key not in cache:
-            cache[key] = _eval_split(task, data, seed)
-        return cache[key]
+        if (task, seed) not in cache:
+            cache[(task, seed)] = _load_source(task, data, seed)
+        return cache[(task, seed)]
 
     probe = digits_probe_dataset(max_samples=data.probe_samples) if data.probe else None
     results = []
     for i, run in enumerate(runs, 1):
         log(f"[hf-maxsup] analyzing {i}/{len(runs)}: {run.name}")
-        results.append(analyze_run(run, data, eval_data, probe, log))
+        results.append(analyze_run(run, data, source, probe, log))
     splits = {(r["task"], r["split"], r["num_examples"]) for r in results}
-    source = data.dataset_name or data.test_file or data.validation_file or "the embedded data of the task"
-    data_note = "Evaluated on " + "; ".join(f"{source}, {split} split ({n} examples)" for _, split, n in sorted(splits))
+    origin = data.dataset_name or data.test_file or data.validation_file or "the embedded data of the task"
+    data_note = "Evaluated on " + "; ".join(f"{origin}, {split} split ({n} examples)" for _, split, n in sorted(splits))
+    if data.train_samples:
+        data_note += f"; training accuracy on the first {data.train_samples} training examples"
     if data.probe:
         probe_sizes = f"{len(probe['train'])} / {len(probe['test'])}"
         data_note += f"; linear probe on scikit-learn digits ({probe_sizes} train / test images)."

@@ -123,8 +123,10 @@ def test_write_report_files_and_table(tmp_path):
     header = next(line for line in report.splitlines() if line.startswith("| loss |"))
     for _, column, _, _ in TABLE_METRICS:
         assert column in header
-    rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines()
-            if line.startswith(("| ce |", "| ls |", "| maxsup |"))}
+    rows = {}
+    for line in report.splitlines():  # the first table's row of each loss (the regime table comes next)
+        if line.startswith(("| ce |", "| ls |", "| maxsup |")):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
     assert set(rows) == {"ce", "ls", "maxsup"}
     # Two seeds per loss: "mean ± std"; the probe column is 80.50 ± 0.71 (80 and 81 %).
     assert "| 2 |" in rows["ce"] and rows["ce"].rstrip(" |").endswith("80.50 ± 0.71")
@@ -134,7 +136,8 @@ def test_write_report_files_and_table(tmp_path):
         np.mean([r["metrics"]["accuracy"] for r in results if r["label"] == "ce"]))
     assert {check["metric"] for check in saved["checks"]} >= {"ece", "d_within", "accuracy"}
     assert content["figures"]["projections"] == "projections.png"
-    assert "CE's mean top-1 confidence is" in report and "confident" in report
+    assert "CE's mean top-1 confidence is" in report and "## Regime check" in report
+    assert saved["regime"]["confidence_minus_accuracy"]["n"] == 2
 
 
 # --- linear probe ----------------------------------------------------------------------------------------------------
