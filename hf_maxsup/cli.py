@@ -4,7 +4,8 @@
     hf-maxsup analyze runs/ce runs/ls runs/maxsup --output_dir report/
 
 `compare` runs the recipe (default: `recipes/image_classification.py` of this checkout) once per loss and seed, every
-argument it does not know itself going to the recipe, then writes the report of [`hf_maxsup.report`]. Rerunning an
+argument it does not know itself going to the recipe, then writes the report of [`hf_maxsup.report`] (classifiers)
+or [`hf_maxsup.translation_report`] (translation models). Rerunning an
 interrupted comparison skips the finished members and resumes the interrupted one from its last checkpoint.
 `analyze` writes the same report for checkpoints that exist already (local folders or Hub ids).
 """
@@ -42,6 +43,9 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_probe", action="store_true", help="Skip the linear probe on scikit-learn's digits.")
     group.add_argument("--probe_samples", type=int, default=None,
                        help="Use a stratified subset of this many digits for the linear probe (default: all 1,797).")
+    group.add_argument("--train_samples", type=int, default=2000,
+                       help="Training examples on which the regime check measures the training accuracy (default: "
+                       "2000; 0 skips it).")
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -58,7 +62,27 @@ def _data_options(args, data_args: dict):
     given = {key: value for key, value in data_args.items() if value is not None}
     return DataOptions(**given, split=args.split, max_samples=args.max_analysis_samples,
                        batch_size=args.analysis_batch_size, probe=not args.no_probe,
-                       probe_samples=args.probe_samples, projection_classes=tuple(args.projection_classes))
+                       probe_samples=args.probe_samples, train_samples=args.train_samples,
+                       projection_classes=tuple(args.projection_classes))
+
+
+# Recipe arguments of the translation recipe that also tell its report which data to read and how to generate.
+_TRANSLATION_FLAGS = {"dataset_name": str, "dataset_config_name": str, "train_file": str, "validation_file": str,
+                      "test_file": str, "validation_split_percentage": int, "cache_dir": str, "token": str,
+                      "source_lang": str, "target_lang": str, "translation_column_name": str, "source_prefix": str,
+                      "max_source_length": int, "max_target_length": int, "generation_num_beams": int}
+
+
+def _translation_options(args, passthrough):
+    from .translation_report import TranslationDataOptions
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag, kind in _TRANSLATION_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=kind, default=None)
+    given = {key: value for key, value in vars(parser.parse_known_args(passthrough)[0]).items() if value is not None}
+    beams = given.pop("generation_num_beams", 1)
+    return TranslationDataOptions(**given, split=args.split, max_samples=args.max_analysis_samples,
+                                  batch_size=args.analysis_batch_size, num_beams=beams)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,8 +197,9 @@ def run_analyze(args, argv) -> dict:
 def run_compare(args, passthrough, argv) -> dict:
     import time
 
-    from .compare import check_passthrough, default_recipe, plan_members, train_members
+    from .compare import check_passthrough, default_recipe, member_task, plan_members, train_members
     from .report import Run, analyze_checkpoints
+    from .translation_report import analyze_translation_checkpoints
 
     recipe = args.recipe or default_recipe()
     check_passthrough(passthrough)
@@ -185,18 +210,20 @@ def run_compare(args, passthrough, argv) -> dict:
     start = time.monotonic()
     train_members(members, recipe, passthrough, python=args.python, log=log)
     trained = time.monotonic() - start
-    data_args, _ = _data_parser().parse_known_args(passthrough)
-    data = _data_options(args, vars(data_args))
     runs = [Run(path=member.output_dir, label=member.loss, seed=member.seed) for member in members]
     notes = [(f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`. "
               "ls uses a constant alpha and maxsup the linear 0.1 → 0.2 schedule unless --loss_alpha* say "
               "otherwise.")]
-    content = analyze_checkpoints(
-        runs, args.output_dir, data, log=log, title="CE / LS / MaxSup side by side", notes=notes,
-        command="hf-maxsup " + shlex.join(argv),
-        extra={"recipe": recipe, "recipe_args": list(passthrough), "losses": args.losses, "seeds": args.seeds,
-               "runs_dir": runs_dir, "train_seconds_this_invocation": round(trained, 1)},
-    )
+    report = {"log": log, "notes": notes, "command": "hf-maxsup " + shlex.join(argv),
+              "extra": {"recipe": recipe, "recipe_args": list(passthrough), "losses": args.losses,
+                        "seeds": args.seeds, "runs_dir": runs_dir, "train_seconds_this_invocation": round(trained, 1)}}
+    if member_task(members[0].output_dir)[1] == "text2text-generation":
+        content = analyze_translation_checkpoints(runs, args.output_dir, _translation_options(args, passthrough),
+                                                  **report)
+    else:
+        data_args, _ = _data_parser().parse_known_args(passthrough)
+        content = analyze_checkpoints(runs, args.output_dir, _data_options(args, vars(data_args)),
+                                      title="CE / LS / MaxSup side by side", **report)
     log(f"[hf-maxsup compare] report written to {os.path.join(args.output_dir, 'report.md')}")
     return content
 

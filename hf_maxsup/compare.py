@@ -20,7 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Member", "check_classifier", "default_recipe", "is_finished", "plan_members", "train_members"]
+__all__ = ["Member", "check_reportable", "default_recipe", "is_finished", "member_task", "plan_members",
+           "train_members"]
+
+# The tasks of the models the comparison reports on: classifiers (hf_maxsup.report) and translation models
+# (hf_maxsup.translation_report).
+REPORTED_TASKS = ("image-classification", "text-classification", "text2text-generation")
 
 MEMBER_FILE = "hf_maxsup_compare.json"
 FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
@@ -105,24 +110,29 @@ def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]
         json.dump(settings, f, indent=2)
 
 
-def check_classifier(output_dir: str) -> None:
-    """Raises a ValueError unless the member's saved model is an image or text classifier (what the report covers)."""
+def member_task(output_dir: str) -> tuple[str, str | None]:
+    """(architecture, task) of a member's saved model, from its `config.json`."""
     from .hub import _task_of
 
     with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as f:
         architecture = (json.load(f).get("architectures") or [""])[0]
-    task = _task_of(architecture)
-    if task not in ("image-classification", "text-classification"):
+    return architecture, _task_of(architecture)
+
+
+def check_reportable(output_dir: str) -> None:
+    """Raises a ValueError unless the member's saved model is an image or text classifier or a sequence-to-sequence
+    (translation) model: what the reports cover."""
+    architecture, task = member_task(output_dir)
+    if task not in REPORTED_TASKS:
         raise ValueError(
             f"{output_dir} holds a {architecture or 'model of unknown architecture'} ({task or 'unknown task'}): the "
-            "comparison report covers image and text classifiers only. Train seq2seq models with the recipe and "
-            "compare them with its BLEU / NLL metrics instead."
+            "comparison report covers image and text classifiers and translation (sequence-to-sequence) models only."
         )
 
 
 def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[str], *, python: str = sys.executable,
                   log: Callable[[str], None] = print, env: dict | None = None,
-                  check: Callable[[str], None] | None = check_classifier) -> None:
+                  check: Callable[[str], None] | None = check_reportable) -> None:
     """Trains every unfinished member in turn (see the module docstring), printing which member of how many.
 
     `check` is called on the output directory of the first member once it is finished, so that a model the report

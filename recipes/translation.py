@@ -15,20 +15,32 @@ epochs). Your data:
 `translation` column of `{"en": ..., "fr": ...}` dicts), and `--source_lang/--target_lang`.
 Metrics: sacreBLEU BLEU and chrF of the generations (with --predict_with_generate), and `eval_loss`, the token-level
 NLL of the references.
+
+`--compare` trains ce, ls and maxsup side by side (`hf-maxsup compare`) and reports BLEU, chrF, the references' NLL
+and the token-level ECE on the test split, with the claims of Müller et al. 2019.
 """
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 from transformers import DataCollatorForSeq2Seq, set_seed
 
 from hf_maxsup import MaxSupSeq2SeqTrainer, MaxSupSeq2SeqTrainingArguments
+from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
 from hf_maxsup.recipes import (DataArguments, ModelArguments, RunArguments, build_with_shared_tokenizer, data_source,
                                load_data, maybe_lora, parse_args, preflight, run)
+
+
+@dataclass
+class TranslationModelArguments(ModelArguments):
+    model_d_model: int = field(default=256, metadata={"help": "Width of the from-scratch Marian (no checkpoint)."})
+    model_layers: int = field(default=3, metadata={"help": "Encoder and decoder layers of the from-scratch Marian."})
+    vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary of the from-scratch Marian."})
 
 
 @dataclass
@@ -43,7 +55,7 @@ class TranslationDataArguments(DataArguments):
 
 def main():
     model_args, data_args, training_args, run_args = parse_args(
-        ModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments, RunArguments)
+        TranslationModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments, RunArguments)
     preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data("translation", data_args, model_args, seed=training_args.seed,
@@ -56,7 +68,8 @@ def main():
     model, tokenizer = build_with_shared_tokenizer(
         build_translation_model, training_args, model_name_or_path=model_args.model_name_or_path, train_pairs=pairs,
         source_lang=data_args.source_lang, target_lang=data_args.target_lang, cache_dir=model_args.cache_dir,
-        token=model_args.token,
+        token=model_args.token, vocab_size=model_args.vocab_size, d_model=model_args.model_d_model,
+        num_layers=model_args.model_layers,
     )
     model = maybe_lora(model, model_args, "translation")
     if training_args.generation_max_length is None:
@@ -90,4 +103,6 @@ def main():
 
 
 if __name__ == "__main__":
+    if "--compare" in sys.argv:  # train ce, ls and maxsup side by side and write a report: hf-maxsup compare
+        sys.exit(compare_from_recipe(__file__))
     main()

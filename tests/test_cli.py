@@ -12,7 +12,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from hf_maxsup import cli
-from hf_maxsup.compare import MEMBER_FILE, Member, _check_same_settings, check_classifier, is_finished
+from hf_maxsup.compare import MEMBER_FILE, Member, _check_same_settings, check_reportable, is_finished
 from hf_maxsup.report import REPORT_FILES
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "image_classification.py")
@@ -132,7 +132,9 @@ def test_recipe_compare_flag(monkeypatch):
 
 def test_models_the_report_cannot_analyse_stop_the_comparison_early(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ConvNextForImageClassification"]}))
-    check_classifier(str(tmp_path))
+    check_reportable(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MarianMTModel"]}))
-    with pytest.raises(ValueError, match="image and text classifiers only"):
-        check_classifier(str(tmp_path))
+    check_reportable(str(tmp_path))  # translation models have their own report
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ValueError, match="image and text classifiers and translation"):
+        check_reportable(str(tmp_path))
