@@ -103,21 +103,24 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def loss_metadata(loss: str, alpha: float, alpha_end: float | None, schedule: str) -> dict:
+def loss_metadata(loss: str, alpha: float, alpha_end: float | None, schedule: str, ls_mass: str = "all") -> dict:
     """The machine-readable loss settings of a model card (its `hf_maxsup` metadata), for tools that compare runs
-    and for checking that a resumed run trains with the loss of its checkpoint."""
+    and for checking that a resumed run trains with the loss of its checkpoint. `ls_mass` is recorded only when it
+    is not the default `"all"`, so that the cards written before it existed still match."""
     if loss == "ce":
         return {"loss": loss}
-    return {"loss": loss, "alpha": alpha, "alpha_end": alpha_at(1.0, schedule, alpha, alpha_end),
-            "alpha_schedule": schedule}
+    metadata = {"loss": loss, "alpha": alpha, "alpha_end": alpha_at(1.0, schedule, alpha, alpha_end),
+                "alpha_schedule": schedule}
+    return {**metadata, "ls_mass": ls_mass} if ls_mass != "all" else metadata
 
 
 def describe_loss(metadata: dict) -> str:
     """`metadata` of [`loss_metadata`] in words, e.g. `maxsup (alpha 0.1 to 0.2, linear)`."""
     if metadata.get("loss") == "ce":
         return "ce"
+    mass = f", mass on the {metadata['ls_mass']}" if "ls_mass" in metadata else ""
     return (f"{metadata.get('loss')} (alpha {metadata.get('alpha')} to {metadata.get('alpha_end')}, "
-            f"{metadata.get('alpha_schedule')})")
+            f"{metadata.get('alpha_schedule')}{mass})")
 
 
 def write_model_card(
@@ -210,6 +213,7 @@ def write_model_card(
         "name": loss_fn.loss, "schedule": loss_fn.schedule, "alpha": loss_fn.alpha,
         "alpha_end": alpha_at(1.0, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
         "alpha_now": alpha_at(progress, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
+        "ls_mass": loss_fn.ls_mass,
     }
 
     evaluations = [entry for entry in state.log_history if _metrics(entry)]
@@ -233,6 +237,8 @@ def write_model_card(
     hyperparameters = extract_hyperparameters_from_trainer(trainer)
     hyperparameters["loss"] = loss_fn.loss if loss_fn.loss == "ce" else (
         f"{loss_fn.loss}, alpha {loss['alpha']} to {loss['alpha_end']} ({loss_fn.schedule})"
+        + ({"all": ", smoothing mass on all classes", "others": ", smoothing mass on the other classes"}[loss_fn.ls_mass]
+           if loss_fn.loss == "ls" else "")
     )
     all_tags = ["hf_maxsup", *_LOSS_TAGS[loss_fn.loss], "generated_from_trainer"]
     for tag in [*_as_list(tags), *(getattr(model, "model_tags", None) or [])]:
@@ -243,7 +249,8 @@ def write_model_card(
         license=license, tags=all_tags, datasets=dataset_ids or None,
         pipeline_tag=task if task in _PIPELINE_TAGS else None, eval_results=eval_results or None,
         # Machine-readable loss settings, for tools that compare runs.
-        hf_maxsup={**loss_metadata(loss_fn.loss, loss_fn.alpha, loss_fn.alpha_end, loss_fn.schedule),
+        hf_maxsup={**loss_metadata(loss_fn.loss, loss_fn.alpha, loss_fn.alpha_end, loss_fn.schedule,
+                                   loss_fn.ls_mass),
                    **({"history": loss_history} if loss_history else {})},
     )
     versions = {"hf_maxsup": __version__}

@@ -394,14 +394,15 @@ def loss_history(checkpoint: str, training_args, allow_change: bool = False) -> 
     history = recorded.get("history") or [{**recorded, "from_step": 0}]
     last = {key: value for key, value in history[-1].items() if key != "from_step"}
     current = hub.loss_metadata(training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
-                                training_args.loss_alpha_schedule)
+                                training_args.loss_alpha_schedule, training_args.loss_ls_mass)
     if last == current:
         return history if len(history) > 1 else []
     if not allow_change:
         raise ValueError(f"{checkpoint} was trained with {hub.describe_loss(last)}, but this run asks for "
                          f"{hub.describe_loss(current)}. Pass the checkpoint's settings (--loss, --loss_alpha, "
-                         "--loss_alpha_end, --loss_alpha_schedule) to resume it, or --allow_loss_change to go on with "
-                         "the new ones (the model card records both), or start a new run with another --output_dir.")
+                         "--loss_alpha_end, --loss_alpha_schedule, --loss_ls_mass) to resume it, or "
+                         "--allow_loss_change to go on with the new ones (the model card records both), or start a "
+                         "new run with another --output_dir.")
     with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
         step = json.load(f)["global_step"]
     logger.warning(f"--allow_loss_change: {hub.describe_loss(last)} until step {step}, {hub.describe_loss(current)} "

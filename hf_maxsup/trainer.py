@@ -25,7 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from . import heads, hub
 from .heads import LinearHeadInputs
 from .linear import fused_linear_loss
-from .losses import LOSSES, get_loss_fn
+from .losses import LOSSES, LS_MASSES, get_loss_fn
 from .schedules import SCHEDULES, alpha_at
 
 __all__ = [
@@ -37,8 +37,14 @@ __all__ = [
 ]
 
 
-def _check_loss_config(loss: str, alpha: float, alpha_end: float | None, schedule: str) -> None:
+def _check_loss_config(loss: str, alpha: float, alpha_end: float | None, schedule: str, ls_mass: str = "all") -> None:
     get_loss_fn(loss)
+    if ls_mass not in LS_MASSES:
+        raise ValueError(f"unknown loss_ls_mass {ls_mass!r}; valid values: {', '.join(LS_MASSES)}.")
+    if ls_mass != "all" and loss != "ls":
+        # Only label smoothing has a smoothing mass; accepting it elsewhere would silently do nothing.
+        raise ValueError(f"loss_ls_mass={ls_mass!r} applies to loss='ls' only (this run trains with {loss!r}): "
+                         "leave it at 'all' or train with --loss ls.")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown loss_alpha_schedule {schedule!r}; valid names: {', '.join(SCHEDULES)}.")
     for name, value in (("loss_alpha", alpha), ("loss_alpha_end", alpha_end)):
@@ -67,13 +73,21 @@ class MaxSupLossFunc(TrainerCallback):
         shift_labels (`bool`, *optional*, defaults to `False`): predict token `t + 1` from position `t`, for causal
             language models whose labels are their inputs.
         ignore_index (`int`, *optional*, defaults to -100): label value excluded from every term.
+        ls_mass (`str`, *optional*, defaults to `"all"`): for `"ls"`, where the smoothing mass `alpha` goes: `"all"`
+            spreads it over every class, the target included (torch, transformers, timm); `"others"` gives the target
+            `1 - alpha` and each other class `alpha / (K - 1)` (fairseq, tensor2tensor). See
+            [`~hf_maxsup.losses.smoothing_weight`].
     """
 
     def __init__(self, loss: str = "maxsup", alpha: float = 0.1, alpha_end: float | None = None,
-                 schedule: str | None = None, shift_labels: bool = False, ignore_index: int = -100):
+                 schedule: str | None = None, shift_labels: bool = False, ignore_index: int = -100,
+                 ls_mass: str = "all"):
         schedule = schedule or ("linear" if loss == "maxsup" else "constant")
-        _check_loss_config(loss, alpha, alpha_end, schedule)
+        _check_loss_config(loss, alpha, alpha_end, schedule, ls_mass)
         self.loss, self.alpha, self.alpha_end, self.schedule = loss, alpha, alpha_end, schedule
+        self.ls_mass = ls_mass
+        # Only the LS loss takes a mass; CE and MaxSup keep their shared signature.
+        self._loss_kwargs = {"mass": ls_mass} if loss == "ls" else {}
         self.shift_labels, self.ignore_index = shift_labels, ignore_index
         self.loss_fn = get_loss_fn(loss)
         self.progress: float | None = None
@@ -120,7 +134,7 @@ class MaxSupLossFunc(TrainerCallback):
             logits, labels.to(logits.device), alpha, ignore_index=self.ignore_index,
             num_items_in_batch=num_items_in_batch,
             inplace_backward=self.inplace_backward and torch.is_grad_enabled() and not _saved_for_backward(logits),
-            return_components=True,
+            return_components=True, **self._loss_kwargs,
         )
         self._record(components, alpha)
         return loss
@@ -141,7 +155,7 @@ class MaxSupLossFunc(TrainerCallback):
         loss, components = fused_linear_loss(
             hidden, head_inputs.weight, labels.to(hidden.device), kind=self.loss, alpha=alpha,
             bias=head_inputs.bias, ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
-            return_components=True,
+            return_components=True, mass=self.ls_mass,
         )
         self._record(components, alpha)
         return loss
@@ -194,6 +208,15 @@ class _LossArguments:
             "choices": list(SCHEDULES),
         },
     )
+    loss_ls_mass: str = field(
+        default="all",
+        metadata={
+            "help": "Label smoothing (--loss ls) only: where the smoothing mass alpha goes. 'all' spreads it over "
+            "every class, the target included (torch, transformers, timm); 'others' gives the target 1 - alpha and "
+            "each other class alpha / (K - 1) (fairseq's label_smoothed_cross_entropy, tensor2tensor).",
+            "choices": list(LS_MASSES),
+        },
+    )
     fused_linear_loss: bool = field(
         default=False,
         metadata={
@@ -207,7 +230,8 @@ class _LossArguments:
     def __post_init__(self):
         if self.loss_alpha_schedule is None:
             self.loss_alpha_schedule = "linear" if self.loss == "maxsup" else "constant"
-        _check_loss_config(self.loss, self.loss_alpha, self.loss_alpha_end, self.loss_alpha_schedule)
+        _check_loss_config(self.loss, self.loss_alpha, self.loss_alpha_end, self.loss_alpha_schedule,
+                           self.loss_ls_mass)
         if self.label_smoothing_factor > 0:
             raise ValueError(
                 f"label_smoothing_factor={self.label_smoothing_factor} would smooth the labels a second time: "
@@ -219,8 +243,9 @@ class _LossArguments:
 
 @dataclass
 class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
-    """`TrainingArguments` plus the loss: `loss` (`"ce"`, `"ls"`, `"maxsup"`), `loss_alpha`, `loss_alpha_end` and
-    `loss_alpha_schedule` (`"linear"` or `"constant"`), checked when the arguments are created, and
+    """`TrainingArguments` plus the loss: `loss` (`"ce"`, `"ls"`, `"maxsup"`), `loss_alpha`, `loss_alpha_end`,
+    `loss_alpha_schedule` (`"linear"` or `"constant"`) and `loss_ls_mass` (`"all"` or `"others"`, label smoothing
+    only), checked when the arguments are created, and
     `fused_linear_loss` (compute the loss of a language model's head without its logits, see [`hf_maxsup.heads`]).
     """
 
@@ -319,6 +344,7 @@ class _MaxSupMixin:
         self.loss_func = MaxSupLossFunc(
             training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
             training_args.loss_alpha_schedule, shift_labels=model is not None and _is_causal_lm(model),
+            ls_mass=training_args.loss_ls_mass,
         )
         # Passing the loss as compute_loss_func makes the Trainer count num_items_in_batch over the whole
         # accumulated batch and treat the returned loss as already scaled for gradient accumulation.
