@@ -1,8 +1,8 @@
 """The one float64 reference every loss test compares against, written from the direct formulas.
 
 CE and LS come from `F.cross_entropy` (with `label_smoothing=alpha`), MaxSup from `CE + alpha * (max - mean)` with
-`torch.max`'s first-index rule for ties; gradients from autograd in float64. Nothing here shares code with the
-package.
+the first index of the max for ties (found here without `torch.max`); gradients from autograd in float64. Nothing
+here shares code with the package.
 """
 
 from __future__ import annotations
@@ -13,24 +13,56 @@ import torch.nn.functional as F
 IGN = -100
 
 
-def per_item(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int = IGN):
-    """Per-item float64 losses `(N,)` (0 where ignored, differentiable w.r.t. `logits`) and the kept mask."""
+TERMS = ("loss", "ce", "reg", "ls_regularization", "ls_error_amplification")
+
+
+def row_terms(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int = IGN):
+    """The per-row float64 terms of the loss (0 on ignored rows), differentiable w.r.t. `logits`, and the kept mask.
+
+    Returns:
+        `(dict, torch.Tensor)`: `TERMS` -> `(N,)` tensors, and the `(N,)` kept mask. The LS halves are 0 for soft
+        targets (they are defined for class indices).
+    """
     num_classes = logits.shape[-1]
     z = logits.double().reshape(-1, num_classes)
+    n = z.shape[0]
     if target.is_floating_point():
         t = target.double().reshape(-1, num_classes)
+        keep = torch.ones(n, dtype=torch.bool)
         ce = F.cross_entropy(z, t, reduction="none")
         ls = F.cross_entropy(z, t, reduction="none", label_smoothing=alpha)
-        keep = torch.ones(z.shape[0], dtype=torch.bool)
+        target_z = (t * z).sum(-1)
+        # The losses' ce is lse - sum_k t_k z_k; torch's is sum(t) lse - sum_k t_k z_k: they differ when soft targets
+        # rounded to a half precision do not sum to exactly 1, by (1 - sum t) lse (times 1 - alpha for LS).
+        excess = (1 - t.sum(-1)) * torch.logsumexp(z, -1)
+        ce, ls = ce + excess, ls + (1 - alpha) * excess
     else:
         y = target.reshape(-1)
+        keep = y != ignore_index
         ce = F.cross_entropy(z, y, ignore_index=ignore_index, reduction="none")
         ls = F.cross_entropy(z, y, ignore_index=ignore_index, reduction="none", label_smoothing=alpha)
-        keep = y != ignore_index
-    top = z.gather(-1, z.argmax(-1, keepdim=True)).squeeze(-1)  # first index of the max
-    maxsup = ce + alpha * (top - z.mean(-1))
-    value = {"ce": ce, "ls": ls, "maxsup": maxsup}[kind]
-    return torch.where(keep, value, torch.zeros_like(value)), keep
+        target_z = z.gather(1, y.masked_fill(~keep, 0).unsqueeze(1)).squeeze(1)
+    mean = z.mean(-1)
+    # the first index of the max, found without relying on torch.max's tie rule
+    cols = torch.arange(num_classes).expand(n, num_classes)
+    first = torch.where(z == z.max(-1, keepdim=True).values, cols, num_classes).min(-1).values
+    top = z.gather(1, first.clamp(max=num_classes - 1).unsqueeze(1)).squeeze(1)
+    reg = {"ce": torch.zeros_like(ce), "ls": target_z - mean, "maxsup": top - mean}[kind]
+    loss = {"ce": ce, "ls": ls, "maxsup": ce + alpha * (top - mean)}[kind]
+    if target.is_floating_point():
+        halves = torch.zeros_like(ce), torch.zeros_like(ce)
+    else:
+        gap = target_z.unsqueeze(1) - z
+        halves = gap.clamp(min=0).sum(-1) / num_classes, gap.clamp(max=0).sum(-1) / num_classes
+    terms = dict(zip(TERMS, (loss, ce, reg, *halves)))
+    # torch.where, not a product: NaN/inf of ignored rows stay out
+    return {name: torch.where(keep, value, torch.zeros_like(value)) for name, value in terms.items()}, keep
+
+
+def per_item(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int = IGN):
+    """Per-item float64 losses `(N,)` (0 where ignored, differentiable w.r.t. `logits`) and the kept mask."""
+    terms, keep = row_terms(kind, logits, target, alpha, ignore_index)
+    return terms["loss"], keep
 
 
 def loss_and_grad(kind, logits, target, alpha, reduction="mean", num_items=None, weight=None,
@@ -53,21 +85,13 @@ def loss_and_grad(kind, logits, target, alpha, reduction="mean", num_items=None,
 
 def components(kind, logits, target, alpha, ignore_index: int = IGN) -> dict[str, float]:
     """Means over kept items of the logged terms: `ce`, `reg` and, for LS with labels, its two halves."""
-    num_classes = logits.shape[-1]
-    z = logits.double().reshape(-1, num_classes)
-    ce, keep = per_item("ce", z, target, 0.0, ignore_index)
+    with torch.no_grad():
+        terms, keep = row_terms(kind, logits, target, alpha, ignore_index)
     n = max(int(keep.sum()), 1)
-    out = {"ce": float(ce.sum()) / n}
-    if kind == "ce":
-        return out
-    total, _ = per_item(kind, z, target, alpha, ignore_index)
-    out["reg"] = float(((total - ce) / alpha)[keep].sum()) / n
+    names = ["ce"] + (["reg"] if kind != "ce" else [])
     if kind == "ls" and not target.is_floating_point():
-        y = target.reshape(-1)
-        gap = z.gather(-1, y.masked_fill(~keep, 0).unsqueeze(-1)) - z
-        out["ls_regularization"] = float((gap.clamp(min=0).sum(-1) / num_classes)[keep].sum()) / n
-        out["ls_error_amplification"] = float((gap.clamp(max=0).sum(-1) / num_classes)[keep].sum()) / n
-    return out
+        names += ["ls_regularization", "ls_error_amplification"]
+    return {name: float(terms[name].sum()) / n for name in names}
 
 
 def grad_terms_magnitude(kind, logits, target, alpha, scale, ignore_index: int = IGN) -> torch.Tensor:

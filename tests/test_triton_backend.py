@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _reference import row_terms
 
 pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
@@ -32,42 +32,15 @@ TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (8e-3, 1e-5), torch.float16:
 
 # ------------------------------------------------------------------------------------------------- reference
 def reference(z, kind, alpha, labels=None, soft=None, ignore_index=IGNORE):
-    """Per-row float64 terms and the gradient of the summed loss, from torch's own losses and autograd.
-
-    Returns:
-        `dict` of `(N,)` tensors `loss`, `ce`, `reg`, `lsr`, `lsa` (0 on ignored rows) and `grad` `(N, K)`.
-    """
+    """Per-row float64 terms of `_reference.row_terms` (`loss`, `ce`, `reg`, `lsr`, `lsa`) and the gradient of the
+    summed loss `grad` `(N, K)`, on the CPU."""
     z = z.detach().cpu().to(torch.float64).requires_grad_()
-    labels = labels.cpu() if labels is not None else None
-    soft = soft.cpu() if soft is not None else None
-    n, k = z.shape
-    target = labels if labels is not None else soft.to(torch.float64)
-    keep = labels != ignore_index if labels is not None else torch.ones(n, dtype=torch.bool)
-    ce = F.cross_entropy(z, target, reduction="none", ignore_index=ignore_index)
-    mean = z.mean(-1)
-    target_z = z.gather(1, labels.clamp(min=0)[:, None])[:, 0] if labels is not None else (soft.double() * z).sum(-1)
-    # The contract's ce is lse - sum t z; torch's is sum(t) lse - sum t z: they differ when soft targets rounded to
-    # bfloat16 do not sum to 1, by (1 - sum t) lse (times 1 - alpha for LS).
-    excess = (1 - soft.double().sum(-1)) * torch.logsumexp(z, -1) if soft is not None else 0.0
-    ce = ce + excess
-    if kind == "ce":
-        reg, loss = torch.zeros_like(ce), ce
-    elif kind == "ls":
-        reg = target_z - mean
-        loss = F.cross_entropy(z, target, reduction="none", ignore_index=ignore_index, label_smoothing=alpha)
-        loss = loss + (1 - alpha) * excess
-    else:  # maxsup: the FIRST index of the max, found without relying on torch.max's tie rule
-        cols = torch.arange(k).expand(n, k)
-        first = torch.where(z == z.max(-1, keepdim=True).values, cols, k).min(-1).values
-        reg = z.gather(1, first[:, None])[:, 0] - mean
-        loss = ce + alpha * reg
-    reg, loss = torch.where(keep, reg, 0.0), torch.where(keep, loss, 0.0)
-    loss.sum().backward()
-    out = {"loss": loss.detach(), "ce": ce.detach(), "reg": reg.detach(), "grad": z.grad}
-    if labels is not None:
-        d = (target_z[:, None] - z).detach()
-        out["lsr"] = torch.where(keep, d.clamp(min=0).sum(-1) / k, 0.0)
-        out["lsa"] = torch.where(keep, d.clamp(max=0).sum(-1) / k, 0.0)
+    target = labels.cpu() if labels is not None else soft.cpu()
+    terms, _ = row_terms(kind, z, target, alpha, ignore_index)
+    terms["loss"].sum().backward()
+    out = {name: terms[name].detach() for name in ("loss", "ce", "reg")}
+    out["lsr"], out["lsa"] = terms["ls_regularization"].detach(), terms["ls_error_amplification"].detach()
+    out["grad"] = z.grad
     return out
 
 
