@@ -120,18 +120,36 @@ def test_nll_is_stable_for_large_logits():
     assert brier_score(logits, [0, 0]) == pytest.approx(1.0)
 
 
-def test_reliability_bins_and_diagram():
-    logits, labels = random_case()
-    stats = reliability_bins(logits, labels, n_bins=10)
-    filled = stats["count"] > 0
-    assert stats["count"].sum() == len(labels)
-    assert np.isnan(stats["accuracy"][~filled]).all()
-    ece = (stats["count"][filled] / len(labels) * np.abs(stats["accuracy"] - stats["confidence"])[filled]).sum()
-    assert ece == pytest.approx(expected_calibration_error(logits, labels, n_bins=10))
+def two_class_logits(confidences):
+    """Logits of 2 classes whose top-1 softmax probability (class 0) is each given confidence."""
+    p = np.asarray(confidences, dtype=np.float64)
+    return np.stack([np.log(p), np.log1p(-p)], axis=1)
 
-    fig = reliability_diagram(logits, labels, n_bins=10, title="random")
-    texts = {t.get_text() for t in fig.axes[0].texts}
-    assert texts == {str(c) for c in stats["count"][filled]}
+
+def test_ece_puts_a_bin_edge_in_the_lower_bin():
+    """(b/n, (b+1)/n]: a confidence of exactly 0.5 (2 equal logits) is in bin (0.25, 0.5] of 4, not with the 0.6."""
+    logits = np.concatenate([np.zeros((1, 2)), two_class_logits([0.6])])
+    labels = np.array([0, 1])  # the 0.5 is right, the 0.6 is wrong
+    # bins apart: (1/2)|1 - 0.5| + (1/2)|0 - 0.6| = 0.55; had the edge gone up: |1/2 - 0.55| = 0.05
+    assert expected_calibration_error(logits, labels, n_bins=4) == pytest.approx(0.55)
+    # 0.25 exactly (4 equal logits) is in the first bin of 4, with the 0.1 below it
+    quarter = np.concatenate([np.zeros((1, 4)), np.log([[0.1, 0.9 / 3, 0.9 / 3, 0.9 / 3]])[:, [1, 0, 2, 3]]])
+    assert expected_calibration_error(quarter, np.array([1, 0]), n_bins=4) == pytest.approx(abs(0.0 - 0.25) / 2
+                                                                                             + abs(1 - 0.3) / 2)
+
+
+def test_reliability_bins_and_diagram():
+    confidences = [0.5, 0.6, 0.95, 0.99, 0.97]
+    labels = np.array([0, 1, 0, 0, 1])  # right, wrong, right, right, wrong
+    stats = reliability_bins(two_class_logits(confidences), labels, n_bins=4)
+    # bins (0, .25], (.25, .5], (.5, .75], (.75, 1]: counts, accuracies and mean confidences by hand
+    np.testing.assert_array_equal(stats["count"], [0, 1, 1, 3])
+    assert np.isnan(stats["accuracy"][0]) and np.isnan(stats["confidence"][0])
+    np.testing.assert_allclose(stats["accuracy"][1:], [1.0, 0.0, 2 / 3])
+    np.testing.assert_allclose(stats["confidence"][1:], [0.5, 0.6, (0.95 + 0.99 + 0.97) / 3])
+
+    fig = reliability_diagram(two_class_logits(confidences), labels, n_bins=4, title="hand-made")
+    assert {t.get_text() for t in fig.axes[0].texts} == {"1", "3"}
     fig.savefig(io.BytesIO(), format="png")
 
 
@@ -205,12 +223,21 @@ def test_logit_norm_confidence():
 
 
 def test_select_logit_norm_p():
+    """The chosen p is the one whose confidence max_k (z_k - mu) / ||z - mu||_p ranks errors last, by an AURC
+    computed here from its definition (mean over k of the error rate among the k most confident)."""
     logits, labels = random_case(n=300)
-    best, scores = select_logit_norm_p(logits, labels, ps=[1, 2, 8])
     correct = logits.argmax(1) == labels
-    assert set(scores) == {1, 2, 8}
-    assert scores[2] == pytest.approx(aurc(logit_norm_confidence(logits, 2), correct))
-    assert scores[best] == min(scores.values())
+
+    def hand_aurc(p):
+        centred = logits - logits.mean(1, keepdims=True)
+        confidence = centred.max(1) / (np.abs(centred) ** p).sum(1) ** (1 / p)
+        errors = ~correct[np.argsort(-confidence, kind="stable")]
+        return np.mean(np.cumsum(errors) / np.arange(1, len(errors) + 1))
+
+    best, scores = select_logit_norm_p(logits, labels, ps=[1, 2, 8])
+    expected = {p: hand_aurc(p) for p in (1, 2, 8)}
+    assert scores == pytest.approx(expected, rel=1e-12)
+    assert best == min(expected, key=expected.get)
 
 
 def test_risk_coverage_plot():
