@@ -472,11 +472,12 @@ def text_preprocess_function(
     text_pair_column: str | None = None,
     label_column: str = "label",
     max_seq_length: int = 128,
+    pad_to_max_length: bool = False,
 ) -> Callable[[dict], dict]:
     """
     Build the tokenization function for `Dataset.map(..., batched=True)` of a text classification dataset.
 
-    Texts are truncated to `max_seq_length` tokens and not padded: pad per batch with
+    Texts are truncated to `max_seq_length` tokens and, unless `pad_to_max_length`, not padded: pad per batch with
     [`~transformers.DataCollatorWithPadding`].
 
     Args:
@@ -490,6 +491,9 @@ def text_preprocess_function(
             Column with the label ids; returned as `labels` when present.
         max_seq_length (`int`, *optional*, defaults to 128):
             Maximum number of tokens, special tokens included.
+        pad_to_max_length (`bool`, *optional*, defaults to `False`):
+            Pad every text to `max_seq_length` (fixed shapes, e.g. for TPUs), as `run_classification.py` does by
+            default.
 
     Returns:
         `Callable[[dict], dict]`: batch -> `{"input_ids", "attention_mask", ..., "labels"}`.
@@ -497,7 +501,8 @@ def text_preprocess_function(
 
     def preprocess(batch: dict) -> dict:
         pairs = batch[text_pair_column] if text_pair_column is not None else None
-        outputs = tokenizer(batch[text_column], pairs, truncation=True, max_length=max_seq_length)
+        outputs = tokenizer(batch[text_column], pairs, truncation=True, max_length=max_seq_length,
+                            padding="max_length" if pad_to_max_length else False)
         if label_column in batch:
             outputs["labels"] = batch[label_column]
         return outputs
@@ -513,6 +518,7 @@ def translation_preprocess_function(
     max_source_length: int = 128,
     max_target_length: int = 128,
     translation_column: str = "translation",
+    pad_to_max_length: bool = False,
 ) -> Callable[[dict], dict]:
     """
     Build the tokenization function for `Dataset.map(..., batched=True)` of a translation dataset, as in the
@@ -520,7 +526,8 @@ def translation_preprocess_function(
 
     Sources are `source_prefix + example[source_lang]` (T5 needs e.g. `"translate English to French: "`), targets
     are tokenized with `text_target=` so tokenizers with language-specific target handling do the right thing.
-    Nothing is padded: pad per batch with [`~transformers.DataCollatorForSeq2Seq`], which pads `labels` with -100.
+    Unless `pad_to_max_length`, nothing is padded: pad per batch with [`~transformers.DataCollatorForSeq2Seq`], which
+    pads `labels` with -100.
 
     Args:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
@@ -533,6 +540,9 @@ def translation_preprocess_function(
             Maximum number of tokens of sources and targets.
         translation_column (`str`, *optional*, defaults to `"translation"`):
             Column with the `{lang: text}` dicts.
+        pad_to_max_length (`bool`, *optional*, defaults to `False`):
+            Pad sources to `max_source_length` and targets to `max_target_length` (fixed shapes); the padding of the
+            targets becomes -100, so the loss ignores it, as in `run_translation.py`.
 
     Returns:
         `Callable[[dict], dict]`: batch -> `{"input_ids", "attention_mask", "labels"}`.
@@ -541,8 +551,11 @@ def translation_preprocess_function(
     def preprocess(batch: dict) -> dict:
         sources = [source_prefix + pair[source_lang] for pair in batch[translation_column]]
         targets = [pair[target_lang] for pair in batch[translation_column]]
-        outputs = tokenizer(sources, max_length=max_source_length, truncation=True)
-        outputs["labels"] = tokenizer(text_target=targets, max_length=max_target_length, truncation=True)["input_ids"]
+        padding = "max_length" if pad_to_max_length else False
+        outputs = tokenizer(sources, max_length=max_source_length, truncation=True, padding=padding)
+        labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True, padding=padding)
+        outputs["labels"] = [[token if token != tokenizer.pad_token_id else -100 for token in row]
+                             for row in labels["input_ids"]] if pad_to_max_length else labels["input_ids"]
         return outputs
 
     return preprocess

@@ -13,14 +13,14 @@ import re
 import shutil
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import datasets
 import torch
 import transformers
 import yaml
 from accelerate.utils import DistributedType
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers import AutoTokenizer, HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
 
 from . import hub
 from .data import check_columns, load_task_dataset
@@ -28,8 +28,9 @@ from .models import apply_lora, check_model_name_or_path
 
 __all__ = [
     "DataArguments", "ModelArguments", "RunArguments", "build_with_shared_tokenizer", "checkpoint_problems",
-    "data_source", "describe_engine", "earlier_run_files", "fsdp_layers_to_wrap", "last_complete_checkpoint",
-    "load_data", "parse_args", "prepare_engine", "preflight", "reliability_diagram_writer", "run",
+    "data_source", "describe_engine", "describe_model", "earlier_run_files", "fsdp_layers_to_wrap",
+    "last_complete_checkpoint", "load_data", "parse_args", "prepare_engine", "preflight", "recipe_defaults",
+    "reliability_diagram_writer", "run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,9 +130,12 @@ def parse_args(*dataclass_types):
     a message that says why.
     """
     parser = HfArgumentParser(dataclass_types)
+    _own_options_first(parser)
+    defaults = recipe_defaults()
+    parser.set_defaults(**defaults)  # also what --help shows
     overrides = {"use_cpu": True} if _cpu_only_launch() else {}
     if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
-        parsed = _parse_config_file(parser, sys.argv[1], overrides)
+        parsed = _parse_config_file(parser, sys.argv[1], overrides, defaults)
     else:
         extra = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
         parsed = parser.parse_args_into_dataclasses(args=[*sys.argv[1:], *extra])
@@ -146,6 +150,33 @@ def parse_args(*dataclass_types):
         logger.info(f"{_launched_processes()} processes on a machine without GPUs: training on the CPU (use_cpu).")
     _check_launch(training_args)
     return parsed
+
+
+def recipe_defaults() -> dict:
+    """The training arguments the recipes set where the user does not: log every 2 % of training (the Trainer reads
+    a `logging_steps` below 1 as a share of the steps), so that the loss and its components (`ce`, `reg`, `alpha`)
+    show up in short runs too, evaluate at the end of each epoch, and, without an accelerator, do not pin memory (the
+    DataLoader would warn about it on every evaluation)."""
+    defaults = {"logging_steps": 0.02, "eval_strategy": "epoch"}
+    if not torch.accelerator.is_available():
+        defaults["dataloader_pin_memory"] = False
+    return defaults
+
+
+def _own_options_first(parser: HfArgumentParser) -> None:
+    """List the options of transformers' `TrainingArguments` after the recipe's own (model, data, loss, run) in
+    `--help`, under a heading of their own, with a one-line usage; parsing is unchanged.
+
+    argparse has no public way to regroup an option once added: this moves the help entries between its groups.
+    """
+    # The usage line would list every option once more (some 350 lines).
+    parser.usage = "%(prog)s [options] | %(prog)s CONFIG.json|CONFIG.yaml"
+    inherited = {item.name for item in fields(Seq2SeqTrainingArguments)}
+    group = parser.add_argument_group("transformers TrainingArguments",
+                                      "The options of transformers' (Seq2Seq)TrainingArguments, as in its examples.")
+    for action in [action for action in parser._optionals._group_actions if action.dest in inherited]:
+        parser._optionals._group_actions.remove(action)
+        group._group_actions.append(action)
 
 
 def _launched_processes() -> int:
@@ -184,9 +215,9 @@ def _check_launch(training_args) -> None:
                            "instead, or on a machine with GPUs.")
 
 
-def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict):
-    """Parse a `.json` / `.yaml` config file, with `overrides` on top, with errors that name the file and the fix
-    rather than a traceback from the parser."""
+def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, defaults: dict):
+    """Parse a `.json` / `.yaml` config file, over `defaults` and with `overrides` on top, with errors that name the
+    file and the fix rather than a traceback from the parser."""
     if not os.path.isfile(path):
         raise ValueError(f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
                          "arguments, or pass them on the command line.")
@@ -195,7 +226,7 @@ def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict):
             values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
         if not isinstance(values, dict):
             raise ValueError("it must hold one mapping of argument names to values")
-        return parser.parse_dict({**values, **overrides})
+        return parser.parse_dict({**defaults, **values, **overrides})
     except (ValueError, yaml.YAMLError) as err:  # bad syntax, not UTF-8 (both ValueErrors), unknown keys
         raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
 
@@ -596,6 +627,37 @@ def _save_final_model(trainer) -> None:
     trainer.save_model(_internal_call=True)  # not the public call, which would push before evaluating
 
 
+def describe_model(model) -> str:
+    """The model a run trains, in words: its class, size and where its weights come from, e.g.
+    `"BertForSequenceClassification (0.4M parameters), built from a config: random weights"`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrappers
+    count = sum(param.numel() for param in base.parameters())
+    source = getattr(base.config, "_name_or_path", "") or None
+    origin = f"weights from {source}" if source else "built from a config: random weights"
+    adapter = ", LoRA adapters" if base is not model else ""
+    return f"{type(base).__name__} ({count / 1e6:.1f}M parameters{adapter}), {origin}"
+
+
+def _log_start(trainer, card_kwargs: dict) -> None:
+    """Say which model and data the run uses, before any work."""
+    sizes = ", ".join(f"{name} {len(data)}" for name, data in (("train", trainer.train_dataset),
+                                                                 ("validation", trainer.eval_dataset)) if data)
+    # Warnings, as the engine line: the recipes log at the warning level unless --log_level says otherwise.
+    logger.warning(f"model: {describe_model(trainer.accelerator.unwrap_model(trainer.model))}")
+    logger.warning(f"data: {card_kwargs.get('dataset')} ({sizes} examples)")
+
+
+def _log_outputs(output_dir: str) -> None:
+    """Say where the run left what a user looks for: the model, the metrics, the card and the figures."""
+    found = {what: [name for name in names if os.path.isfile(os.path.join(output_dir, name))]
+             for what, names in (("model", WEIGHTS), ("metrics", ("all_results.json",)),
+                                 ("model card", ("README.md",)),
+                                 ("figures", (hub.RELIABILITY_DIAGRAM,)),
+                                 ("sacreBLEU signatures", ("sacrebleu_signatures.json",)))}
+    listed = "; ".join(f"{what}: {', '.join(names)}" for what, names in found.items() if names)
+    logger.warning(f"outputs in {os.path.abspath(output_dir)}: {listed or 'none'}")
+
+
 def _push_last(trainer, training_args, card_kwargs: dict) -> None:
     """Push once everything is on disk; a failure says that and how to push later."""
     try:
@@ -625,6 +687,8 @@ def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kw
     card_kwargs = {**(card_kwargs or {}), "loss_history": getattr(training_args, "loss_history", None) or None}
     results = {}
     prepare_engine(trainer)
+    if trainer.is_world_process_zero():
+        _log_start(trainer, card_kwargs)
     trainer.create_model_card(**card_kwargs)
     if training_args.do_train:
         checkpoint = _resume_checkpoint(training_args)
@@ -656,5 +720,7 @@ def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kw
     trainer.create_model_card(**card_kwargs)
     if training_args.push_to_hub:
         _push_last(trainer, training_args, card_kwargs)
+    if trainer.is_world_process_zero():
+        _log_outputs(training_args.output_dir)
     _release_output_dir(training_args.output_dir)
     return results

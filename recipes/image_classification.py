@@ -47,6 +47,18 @@ class ImageDataArguments(DataArguments):
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
     augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
+    train_val_split: float | None = field(
+        default=None,
+        metadata={"help": "Share of train held out for validation when there is no validation split, as a fraction "
+                  "(run_image_classification.py's name); sets --validation_split_percentage."},
+    )
+
+    def __post_init__(self):
+        if self.train_val_split is not None:
+            if not 0.0 <= self.train_val_split < 1.0:
+                raise ValueError(f"--train_val_split must be in [0, 1); got {self.train_val_split}.")
+            self.validation_split_percentage = round(100 * self.train_val_split)
+        super().__post_init__()
 
 
 def main():

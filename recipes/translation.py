@@ -51,6 +51,21 @@ class TranslationDataArguments(DataArguments):
     source_prefix: str = field(default="", metadata={"help": "Prefix of every source, e.g. for T5."})
     max_source_length: int = field(default=128, metadata={"help": "Longer sources are truncated."})
     max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated."})
+    val_max_target_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest generation in evaluation and prediction (run_translation.py's name); sets "
+                  "--generation_max_length, which defaults to --max_target_length."},
+    )
+    num_beams: int | None = field(
+        default=None,
+        metadata={"help": "Beams of the generation in evaluation and prediction (run_translation.py's name); sets "
+                  "--generation_num_beams."},
+    )
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={"help": "Pad sources and targets to --max_source_length / --max_target_length; otherwise each batch "
+                  "is padded to its longest sequence."},
+    )
 
 
 def main():
@@ -72,13 +87,18 @@ def main():
         num_layers=model_args.model_layers,
     )
     model = maybe_lora(model, model_args, "translation")
+    if data_args.val_max_target_length is not None:
+        training_args.generation_max_length = data_args.val_max_target_length
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_target_length
+    if data_args.num_beams is not None:
+        training_args.generation_num_beams = data_args.num_beams
     with training_args.main_process_first(desc="tokenization"):
         tokenized = raw.map(
             translation_preprocess_function(tokenizer, data_args.source_lang, data_args.target_lang,
                                             data_args.source_prefix, data_args.max_source_length,
-                                            data_args.max_target_length, data_args.translation_column_name),
+                                            data_args.max_target_length, data_args.translation_column_name,
+                                            data_args.pad_to_max_length),
             batched=True, num_proc=data_args.preprocessing_num_workers, remove_columns=raw["train"].column_names,
         )
     compute_metrics = translation_compute_metrics(tokenizer) if training_args.predict_with_generate else None
