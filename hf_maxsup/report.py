@@ -641,6 +641,22 @@ def regime_lines(summary: dict, regime: dict | None) -> list[str]:
     return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
 
 
+def training_time_line(paths: Sequence[str]) -> str | None:
+    """How long the runs trained in all: the sum of the `train_runtime` the recipe saved in each run's
+    `train_results.json` (None when a run has none, e.g. a Hub id), which a resumed or re-run comparison keeps."""
+    seconds = []
+    for path in paths:
+        file = os.path.join(path, "train_results.json")
+        if not os.path.isfile(file):
+            return None
+        with open(file, encoding="utf-8") as f:
+            seconds.append(float(json.load(f).get("train_runtime", float("nan"))))
+    if not seconds or not all(math.isfinite(s) for s in seconds):
+        return None
+    return (f"Training time: {sum(seconds) / 60:.1f} min for the {len(seconds)} runs (sum of their `train_runtime`; "
+            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min each).")
+
+
 def summary_table(summary: dict, first: str, columns: Sequence[tuple]) -> str:
     """One row per group: its number of runs and the mean ± std of each (key, header, scale, decimals) column."""
     rows = [[label, str(max(s["n"] for s in metrics.values())),
@@ -713,6 +729,8 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
                        "0.461, MaxSup 0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller "
                        "et al.: ECE 0.071 → 0.035 with LS (Inception-v4, ImageNet)."), ""]
     lines += [*notes, ""] if notes else []
+    time_line = training_time_line([result["path"] for result in results])
+    lines += [time_line, ""] if time_line else []
     lines += ["## Figures", "", "Reliability diagrams (15 equal-width bins; counts on top of the bars):", "",
               f"![reliability diagrams]({figures['reliability']})", ""]
     if "projections" in figures:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .report import (Run, check_line, json_safe, markdown_table, paper_checks, regime_check, regime_lines,
-                     summarize_runs, summary_table)
+                     summarize_runs, summary_table, training_time_line)
 
 __all__ = ["TRANSLATION_CLAIMS", "TRANSLATION_METRICS", "TranslationDataOptions", "analyze_translation_checkpoints",
            "token_calibration", "write_translation_report"]
@@ -204,6 +204,8 @@ def write_translation_report(results: Sequence[dict], output_dir: str, *, title:
         lines += [check_line(check, TRANSLATION_METRICS) for check in checks]
         lines += [""]
     lines += [*notes, ""] if notes else []
+    time_line = training_time_line([r["path"] for r in results])
+    lines += [time_line, ""] if time_line else []
     per_run = [[f"{r['label']} (seed {r['seed']})", f"`{r['path']}`",
                 *(f"{r['metrics'][key] * scale:.{decimals}f}" for key, _, scale, decimals in TRANSLATION_METRICS)]
                for r in results]

@@ -1,9 +1,12 @@
 """The report's paper checks and regime check on hand-made summaries: agreeing, disagreeing, within the spread."""
 
+import json
+
 import numpy as np
 import pytest
 
-from hf_maxsup.report import FIT_ACCURACY, regime_lines, paper_checks, regime_check, summarize_runs, write_report
+from hf_maxsup.report import (FIT_ACCURACY, paper_checks, regime_check, regime_lines, summarize_runs,
+                              training_time_line, write_report)
 
 
 def runs(label, **metrics):
@@ -112,3 +115,12 @@ def test_the_report_shows_the_warning_and_the_regime_table(tmp_path):
     assert content["regime"]["in_regime"] is False
     assert "- Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024): ls 19.00 ± 0.00 vs ls "\
            "20.00 ± 0.00 (aurc_logit_norm vs aurc) — agrees" in report
+
+
+def test_training_time_line(tmp_path):
+    for name, seconds in (("a", 120.0), ("b", 240.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train_results.json").write_text(json.dumps({"train_runtime": seconds}))
+    line = training_time_line([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert line.startswith("Training time: 6.0 min for the 2 runs") and "2.0–4.0 min each" in line
+    assert training_time_line([str(tmp_path / "a"), "org/hub-model"]) is None
