@@ -61,8 +61,11 @@ class MaxSupLossFunc(TrainerCallback):
 
     It is also a `TrainerCallback`: registered in `callbacks`, it follows the training progress so that alpha follows
     its schedule (a pure function of `global_step / max_steps`, hence reproduced on resume). It accumulates the loss
-    components (`ce`, `reg`, `alpha` and the LS decomposition) for logging; [`MaxSupTrainer`] logs them averaged over
-    each logging window (a mean of per-micro-batch, per-process means: a diagnostic, not re-weighted by item counts).
+    components (`ce`, `reg`, `alpha` and the LS decomposition) for logging, averaged over each logging window (a mean
+    of per-micro-batch means: a diagnostic, not re-weighted by item counts). [`MaxSupTrainer`] logs them averaged
+    over processes, everywhere the Trainer logs; under another Trainer this callback adds the main process's to the
+    log history and to what the callbacks registered after it see (the Trainer's own printer and `report_to`
+    integrations come before it).
 
     Args:
         loss (`str`, *optional*, defaults to `"maxsup"`): `"ce"`, `"ls"` or `"maxsup"`.
@@ -113,6 +116,19 @@ class MaxSupLossFunc(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         # Called once per optimizer step, so alpha is the same for every micro-batch of an accumulated batch.
         self.progress = state.global_step / max(state.max_steps, 1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # MaxSupTrainer adds the components to its logs itself, averaged over processes, and leaves nothing to pop
+        # here. Under any other Trainer (trl's, a plain one) they join the logs here: the log history (hence
+        # trainer_state.json and the model card), the metrics `evaluate` returns and the callbacks after this one.
+        if logs is None:
+            return
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        values = {prefix + name: round(value.item(), 6) for name, value in self.pop_metrics(mode).items()}
+        logs.update(values)
+        if state.log_history:
+            state.log_history[-1].update(values)
 
     def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         """The loss of the model `outputs` (their `logits`) for `labels`, or of [`~hf_maxsup.heads.LinearHeadInputs`]
