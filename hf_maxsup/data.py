@@ -421,7 +421,7 @@ def image_transform(
     Build an on-the-fly transform for `Dataset.with_transform`, so decoded images are never stored.
 
     Images are converted to the number of channels the processor normalises (one mean value -> grayscale `"L"`,
-    otherwise `"RGB"`), optionally augmented (random horizontal flip and a shift of up to 10 % of the image side),
+    otherwise, and for timm's processors, `"RGB"`), optionally augmented (random horizontal flip and a shift of up to 10 % of the image side),
     then passed through `image_processor` (resize, rescale, normalise).
 
     Example:
@@ -445,7 +445,9 @@ def image_transform(
     Returns:
         `Callable[[dict], dict]`: batch -> `{"pixel_values": [...], "labels": [...]}`.
     """
-    mode = "L" if np.size(image_processor.image_mean) == 1 else "RGB"
+    # timm's processor (TimmWrapperImageProcessor) keeps its mean in `data_config`; timm models read RGB.
+    mean = getattr(image_processor, "image_mean", None)
+    mode = "L" if mean is not None and np.size(mean) == 1 else "RGB"
 
     def convert(image: Image.Image) -> Image.Image:
         try:
