@@ -31,6 +31,7 @@ __all__ = [
     "LabelSmoothingLoss",
     "MaxSupLoss",
     "cross_entropy",
+    "distillation_loss",
     "get_loss_fn",
     "label_smoothing_cross_entropy",
     "maxsup_cross_entropy",
@@ -118,14 +119,58 @@ def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: 
 
 
 def _loss(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-          return_components, mass="all"):
+          return_components, mass="all", **distill):
     _check_inputs(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch)
     alpha = 0.0 if kind == "ce" else smoothing_weight(float(alpha), input.shape[-1], mass)
     return kernels.fused_loss(
         input, target, kind=kind, alpha=alpha, ignore_index=ignore_index,
         reduction=reduction, num_items_in_batch=num_items_in_batch, inplace_backward=inplace_backward,
-        return_components=return_components,
+        return_components=return_components, **distill,
     )
+
+
+def distillation_loss(input, teacher_logits, target, alpha: float = 0.1, *, loss: str = "maxsup",
+                      distill_alpha: float = 0.5, distill_temperature: float = 2.0, ignore_index: int = -100,
+                      reduction: str = "mean", num_items_in_batch=None, inplace_backward: bool = False,
+                      return_components: bool = False):
+    """A student's loss on the labels plus knowledge distillation from a teacher's logits (Hinton et al., 2015):
+    per kept item, `loss(input, target, alpha) + distill_alpha * T**2 * KL(softmax(teacher / T) || softmax(input / T))`
+    with `T = distill_temperature` (the `T**2` keeps the term's gradient on the scale of the labels' term).
+
+    Computed by the engine like the other losses: the gradient of both terms in the forward, no logits-sized
+    temporaries beyond it (teacher logits in float32 or the student's dtype are read as they are). Items with
+    `ignore_index` are out of both terms. On a CPU the `torch` backend serves it (the C kernel has no distillation
+    term); on a GPU the `triton` backend.
+
+    Args:
+        input (`torch.Tensor` of shape `(N, K)` or `(B, T, V)`): the student's logits.
+        teacher_logits (`torch.Tensor`, same shape as `input`): the teacher's logits; no gradient flows to them.
+        target (`torch.Tensor`): class indices (or soft targets), as for the other losses.
+        alpha (`float`, *optional*, defaults to 0.1): the weight of `loss`'s regulariser (unused for `"ce"`).
+        loss (`str`, *optional*, defaults to `"maxsup"`): the labels' term: `"ce"`, `"ls"` or `"maxsup"`.
+        distill_alpha (`float`, *optional*, defaults to 0.5): the weight of the distillation term, >= 0.
+        distill_temperature (`float`, *optional*, defaults to 2.0): the temperature T, > 0.
+        ignore_index, reduction, num_items_in_batch, inplace_backward: as for the other losses.
+        return_components (`bool`, *optional*, defaults to `False`): also return the components of `loss` and
+            `"distill"`, the KL before its weight `distill_alpha * T**2`, means over kept items.
+
+    Returns:
+        `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}.")
+    if not isinstance(teacher_logits, torch.Tensor) or not teacher_logits.is_floating_point() or (
+            isinstance(input, torch.Tensor) and teacher_logits.shape != input.shape):
+        raise ValueError(f"teacher_logits must be a floating-point tensor of the student's logits' shape "
+                         f"{tuple(getattr(input, 'shape', ()))}; got {type(teacher_logits).__name__} "
+                         f"{tuple(getattr(teacher_logits, 'shape', ()))}. Teacher and student must share the classes.")
+    if not float(distill_alpha) >= 0:
+        raise ValueError(f"distill_alpha must be >= 0; got {distill_alpha}.")
+    if not float(distill_temperature) > 0:
+        raise ValueError(f"distill_temperature must be > 0; got {distill_temperature}.")
+    return _loss(loss, input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
+                 return_components, teacher=teacher_logits, distill_alpha=float(distill_alpha),
+                 temperature=float(distill_temperature))
 
 
 _SHARED_ARGS_DOC = """

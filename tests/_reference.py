@@ -130,3 +130,15 @@ def assert_grad_close(grad, ref, size, rtol, what=""):
     row_sums = grad.reshape(-1, grad.shape[-1]).sum(-1).abs()
     row_size = size.reshape(-1, grad.shape[-1]).sum(-1)
     assert bool((row_sums <= rtol * row_size + 1e-30).all()), f"{what}: a gradient row does not sum to 0"
+
+
+def distill_per_item(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
+                     ignore_index: int = IGN) -> torch.Tensor:
+    """Per-item `KL(softmax(teacher / T) || softmax(student / T))` in float64 (0 where ignored), from
+    `F.kl_div`, differentiable w.r.t. `student`."""
+    num_classes = student.shape[-1]
+    s = torch.log_softmax(student.double().reshape(-1, num_classes) / temperature, -1)
+    t = torch.log_softmax(teacher.double().reshape(-1, num_classes) / temperature, -1)
+    kl = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
+    keep = target.reshape(-1) != ignore_index if not target.is_floating_point() else torch.ones_like(kl, dtype=bool)
+    return torch.where(keep, kl, torch.zeros_like(kl))

@@ -69,8 +69,9 @@ def _warn_once(message: str) -> None:
         logger.warning(message)
 
 
-def select_backend(device: torch.device, dtype: torch.dtype):
-    """The backend module that serves `dtype` logits on `device`: the forced one, or the fastest that can.
+def select_backend(device: torch.device, dtype: torch.dtype, distill: bool = False):
+    """The backend module that serves `dtype` logits on `device` (with a distillation term when `distill`): the
+    forced one, or the fastest that can.
 
     A faster backend that should serve this device but cannot (no compiler, Triton not installed, an unusable
     cache) is reported once, as a warning with its reason; float64 simply goes to `torch`.
@@ -81,6 +82,8 @@ def select_backend(device: torch.device, dtype: torch.dtype):
     forced = _forced()
     if forced != "auto":
         reason = _why_not(forced, device, dtype)
+        if reason is None and distill and not _module(forced).DISTILLS:
+            reason = "it has no distillation term"
         if reason is not None:
             raise RuntimeError(f"HF_MAXSUP_BACKEND={forced} cannot serve {str(dtype).removeprefix('torch.')} logits "
                                f"on {device.type}: {reason}. Unset HF_MAXSUP_BACKEND (or set it to auto) to let "
@@ -88,6 +91,8 @@ def select_backend(device: torch.device, dtype: torch.dtype):
         return _module(forced)
     for name in _PREFERENCE.get(device.type, _GPU_PREFERENCE):
         module = _module(name)
+        if distill and not module.DISTILLS:
+            continue
         reason = module.unavailable(device, dtype)
         if reason is None:
             note = getattr(module, "build_info", dict)().get("note")
@@ -132,6 +137,9 @@ class _Call:
     reduction: str
     num_items_in_batch: object
     want_components: bool
+    teacher: torch.Tensor | None = None
+    distill_alpha: float = 0.0
+    temperature: float = 1.0
     components: dict = field(default_factory=dict)
 
 
@@ -146,14 +154,19 @@ def _rows_of(logits: torch.Tensor, writable: bool):
     return z, layout
 
 
+def _rows_like(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """`(N, K)` contiguous rows of soft targets or teacher logits, in float32 or the logits' dtype."""
+    rows = x.detach().reshape(-1, z.shape[-1])
+    if rows.dtype not in (torch.float32, z.dtype):
+        rows = rows.float()
+    return rows.to(z.device).contiguous()
+
+
 def _targets(target: torch.Tensor, z: torch.Tensor):
     """`(labels, soft)`: int64 labels `(N,)` or soft targets `(N, K)` in float32 or the logits' dtype."""
     if not target.is_floating_point():
         return target.reshape(-1).to(device=z.device, dtype=torch.int64).contiguous(), None
-    soft = target.detach().reshape(-1, z.shape[-1])
-    if soft.dtype not in (torch.float32, z.dtype):
-        soft = soft.float()
-    return None, soft.to(z.device).contiguous()
+    return None, _rows_like(target, z)
 
 
 def _denominator(call: _Call, n_kept: torch.Tensor) -> torch.Tensor | None:
@@ -198,8 +211,9 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
             torch.empty(z.shape, dtype=z.dtype, device=device), (layout[1] * num_classes, num_classes))
     out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     row_loss = torch.empty(n_rows, dtype=out_dtype, device=device) if call.reduction == "none" else None
+    teacher = _rows_like(call.teacher, z) if call.teacher is not None else None
     job = LossJob(call.kind, call.alpha, call.ignore_index, z, layout, labels, soft, grad, grad_strides, grad_scale,
-                  row_loss, call.want_components)
+                  row_loss, call.want_components, teacher, call.distill_alpha, call.temperature)
     sums = call.backend.forward(job) if n_rows else torch.zeros(len(SUMS), dtype=torch.float64, device=device)
     if call.want_components:
         call.components.update(_components(call, sums, n_kept, labels is not None))
@@ -216,6 +230,8 @@ def _components(call: _Call, sums: torch.Tensor, n_kept: torch.Tensor, hard: boo
     names = ["ce"] + (["reg"] if call.kind != "ce" else [])
     if call.kind == "ls" and hard:
         names += ["ls_regularization", "ls_error_amplification"]
+    if call.teacher is not None:
+        names.append("distill")
     return {name: means[SUMS.index(name)] for name in names}
 
 
@@ -247,17 +263,21 @@ class _FusedLoss(torch.autograd.Function):
 
 def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str, alpha: float = 0.0,
                ignore_index: int = -100, reduction: str = "mean", num_items_in_batch=None,
-               inplace_backward: bool = False, return_components: bool = False):
+               inplace_backward: bool = False, return_components: bool = False,
+               teacher: torch.Tensor | None = None, distill_alpha: float = 0.0, temperature: float = 1.0):
     """CE / LS / MaxSup of `logits` `(..., K)` against `target`, loss and gradient in one pass of the selected
-    backend. Arguments as in `hf_maxsup.losses` (which validates them); `alpha` is 0 for `"ce"`.
+    backend. Arguments as in `hf_maxsup.losses` (which validates them); `alpha` is 0 for `"ce"`. With `teacher`
+    logits of the same shape, the distillation term of `_args.py` is added (weight `distill_alpha`, temperature
+    `temperature`) by a backend that has it.
 
     With `inplace_backward=True` the gradient is written into the logits' storage: the logits are destroyed (they
     hold the gradient afterwards). Their autograd version counter is bumped, so that a node that saved them for its
     own backward raises instead of using destroyed values. Without a gradient to compute (no grad mode, or logits
     that do not require grad) the logits are never written.
     """
-    call = _Call(select_backend(logits.device, logits.dtype), kind, float(alpha), ignore_index, reduction,
-                 num_items_in_batch, return_components)
+    call = _Call(select_backend(logits.device, logits.dtype, distill=teacher is not None), kind, float(alpha),
+                 ignore_index, reduction, num_items_in_batch, return_components, teacher, float(distill_alpha),
+                 float(temperature))
     if torch.is_grad_enabled() and logits.requires_grad:
         loss = _FusedLoss.apply(logits, target, call, bool(inplace_backward))
     else:

@@ -18,6 +18,13 @@ Per kept row `z` (K logits), with `t` the one-hot label (or the soft target row)
     ls_regularization     = sum_k max(z_y - z_k, 0) / K     (ls with hard labels, want_components only)
     ls_error_amplification = sum_k min(z_y - z_k, 0) / K
 
+With teacher logits `u` (distillation; temperature `T`, weight `b`), with `q = softmax(u / T)` and
+`s = softmax(z / T)`, the row also gets
+
+    distill = KL(q || s) = sum_k q_k (u_k - z_k) / T - logsumexp(u / T) + logsumexp(z / T)
+    loss   += b * T**2 * distill
+    grad   += b * T * (s - q) * grad_scale
+
 A row whose label is `ignore_index` contributes 0 to every sum, gets a zero gradient row and a 0 in `row_loss`.
 Ties in the max go to the first index (torch.max's rule). A row holding NaN gives NaN terms and a NaN gradient.
 """
@@ -32,7 +39,7 @@ __all__ = ["KINDS", "SUMS", "LossJob"]
 
 KINDS = ("ce", "ls", "maxsup")
 # The order of the sums every backend returns.
-SUMS = ("loss", "ce", "reg", "ls_regularization", "ls_error_amplification")
+SUMS = ("loss", "ce", "reg", "ls_regularization", "ls_error_amplification", "distill")
 
 
 @dataclass
@@ -61,6 +68,10 @@ class LossJob:
         row_loss (`torch.Tensor` or `None`): `(N,)` float32 (float64 for float64 logits) to receive each row's loss
             (0 for ignored rows), for `reduction="none"`.
         want_components (`bool`): also compute the LS decomposition (only used for kind `"ls"` with labels).
+        teacher (`torch.Tensor` or `None`): `(N, K)` contiguous teacher logits (float32, or the logits' dtype) for
+            distillation; `None` without.
+        distill_alpha (`float`): the weight `b` of the distillation term.
+        temperature (`float`): the temperature `T` of the distillation term.
     """
 
     kind: str
@@ -75,6 +86,9 @@ class LossJob:
     grad_scale: torch.Tensor
     row_loss: torch.Tensor | None
     want_components: bool
+    teacher: torch.Tensor | None = None
+    distill_alpha: float = 0.0
+    temperature: float = 1.0
 
     @property
     def num_rows(self) -> int:

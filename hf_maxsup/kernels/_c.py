@@ -37,6 +37,8 @@ from ._args import LossJob
 __all__ = ["NAME", "build_info", "forward", "scale_", "unavailable"]
 
 NAME = "c"
+# Whether `forward` computes the distillation term of a job with teacher logits.
+DISTILLS = False
 _KINDS = {"ce": 0, "ls": 1, "maxsup": 2}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _ABI_VERSION = 3
@@ -284,7 +286,8 @@ def _num_threads(n_elems: int) -> int:
 
 
 def forward(job: LossJob) -> torch.Tensor:
-    """Runs the kernel over `job`'s rows; returns the sums of `SUMS` (float64, CPU)."""
+    """Runs the kernel over `job`'s rows; returns the sums of `SUMS` (float64, CPU). It has no distillation term:
+    the dispatcher sends jobs with a teacher elsewhere ([`DISTILLS`])."""
     a = _Args()
     a.logits = job.logits.data_ptr()
     a.grad = job.grad.data_ptr() if job.grad is not None else None
@@ -306,7 +309,7 @@ def forward(job: LossJob) -> torch.Tensor:
         raise MemoryError("hf_maxsup kernel: could not allocate its per-thread row buffers")
     if rc != 0:
         raise RuntimeError(f"hf_maxsup kernel failed ({rc})")
-    return torch.tensor(a.out[:5], dtype=torch.float64)
+    return torch.tensor([*a.out[:5], 0.0], dtype=torch.float64)  # no distillation term: the dispatcher knows
 
 
 def scale_(grad: torch.Tensor, factor: torch.Tensor) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from ._args import LossJob
+from ._args import SUMS, LossJob
 
 __all__ = ["NAME", "forward", "scale_", "unavailable"]
 
 NAME = "torch"
+DISTILLS = True
 # Rows per chunk hold about this many logits: enough to amortise per-op (and, on a GPU, per-launch) overhead, few
 # enough that the chunk's float32 temporaries stay small beside the logits (a CPU's cache holds them).
 _CHUNK_ELEMS = {"cpu": 1 << 20}
@@ -31,12 +32,20 @@ def _rows(x: torch.Tensor, layout, num_classes: int) -> torch.Tensor:
     return x.as_strided((n_outer, n_inner, num_classes), (s_outer, s_inner, 1), x.storage_offset())
 
 
-def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None):
-    """Per-row terms of one chunk (float32/float64 `z`): stats `(rows, 5)`, argmax, lse and the kept mask."""
+def _distill_terms(job: LossJob, z: torch.Tensor, u: torch.Tensor):
+    """Per row `KL(softmax(u / T) || softmax(z / T))`, and the tempered student and teacher distributions."""
+    student = torch.log_softmax(z / job.temperature, -1)
+    teacher = torch.log_softmax(u / job.temperature, -1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1)
+    return kl, student.exp_(), teacher.exp_()
+
+
+def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None, distill):
+    """Per-row terms of one chunk (float32/float64 `z`): stats `(rows, 6)`, argmax, lse and the kept mask."""
     top, argmax = z.max(-1, keepdim=True)  # the first index of the max, as torch.max defines it
     lse = (z - top).exp_().sum(-1).log_().add_(top.squeeze(-1))
     mean = z.mean(-1)
-    stats = torch.zeros(z.shape[0], 5, dtype=z.dtype, device=z.device)
+    stats = torch.zeros(z.shape[0], 6, dtype=z.dtype, device=z.device)
     keep = None
     if y is not None:
         keep = y != job.ignore_index
@@ -54,14 +63,18 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
     elif job.kind == "ls":
         stats[:, 2] = z_target - mean
     stats[:, 0] = stats[:, 1] + job.alpha * stats[:, 2]
+    if distill is not None:
+        stats[:, 5] = distill[0]
+        stats[:, 0] += job.distill_alpha * job.temperature ** 2 * stats[:, 5]
     if keep is not None:
         # masked_fill, not a product: NaN/inf of ignored rows must not leak into the sums.
         stats.masked_fill_(~keep.unsqueeze(-1), 0.0)
     return stats, argmax, lse, keep
 
 
-def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, argmax, lse, keep, scale: torch.Tensor) -> None:
-    """`out = (softmax(z) - c1 t - c0 + alpha onehot(argmax)) * scale`, written into `out` (maybe z's own rows)."""
+def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, distill, argmax, lse, keep, scale: torch.Tensor) -> None:
+    """`out = (softmax(z) - c1 t - c0 + alpha onehot(argmax) [+ b T (s - q)]) * scale`, written into `out` (maybe z's
+    own rows)."""
     c0 = job.alpha / job.num_classes if job.kind != "ce" else 0.0
     c1 = 1.0 - job.alpha if job.kind == "ls" else 1.0
     grad = z.sub(lse.unsqueeze(-1)).exp_()  # every read of z is done before `out` (maybe z itself) is written
@@ -73,6 +86,9 @@ def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, argmax, lse, keep, sca
         grad.add_(t, alpha=-c1)
     if job.kind == "maxsup" and job.alpha:
         grad.scatter_add_(-1, argmax, torch.full_like(lse, job.alpha).unsqueeze(-1))
+    if distill is not None:
+        _, student, teacher = distill
+        grad.add_(student.sub_(teacher), alpha=job.distill_alpha * job.temperature)
     if keep is not None:
         grad.masked_fill_(~keep.unsqueeze(-1), 0.0)
     out.copy_(grad.mul_(scale))
@@ -90,7 +106,7 @@ def forward(job: LossJob) -> torch.Tensor:
         n_outer, n_inner = job.layout[:2]
         grad = _rows(job.grad, (n_outer, n_inner, *job.grad_strides), num_classes)
     scale = job.grad_scale.to(compute)
-    sums = torch.zeros(5, dtype=acc, device=device)
+    sums = torch.zeros(len(SUMS), dtype=acc, device=device)
     n_inner = job.layout[1]
     step = max(1, _CHUNK_ELEMS.get(device.type, _CHUNK_ELEMS_ELSEWHERE) // max(num_classes, 1))
     for o in range(job.layout[0]):
@@ -99,12 +115,14 @@ def forward(job: LossJob) -> torch.Tensor:
             z = logits[o, i:i + step].to(compute)  # an alias for float32/float64, a chunk-sized copy otherwise
             y = job.labels[rows] if job.labels is not None else None
             t = job.soft[rows].to(compute) if job.soft is not None else None
-            stats, argmax, lse, keep = _chunk_terms(job, z, y, t)
+            u = job.teacher[rows].to(compute) if job.teacher is not None else None
+            distill = _distill_terms(job, z, u) if u is not None else None  # before z is overwritten (in place)
+            stats, argmax, lse, keep = _chunk_terms(job, z, y, t, distill)
             sums += stats.sum(0, dtype=acc)
             if job.row_loss is not None:
                 job.row_loss[rows] = stats[:, 0]
             if grad is not None:
-                _write_grad(job, grad[o, i:i + step], z, y, t, argmax, lse, keep, scale)
+                _write_grad(job, grad[o, i:i + step], z, y, t, distill, argmax, lse, keep, scale)
     return sums
 
 

@@ -16,12 +16,13 @@ how the tests check the numerics.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 
 import torch
 
-from ._args import KINDS, LossJob
+from ._args import KINDS, SUMS, LossJob
 
 try:  # triton is optional ("hf_maxsup[gpu]"): without it this module still imports and reports itself unavailable
     import triton
@@ -36,6 +37,7 @@ except Exception as exc:  # ImportError, or a broken install failing at import t
 __all__ = ["NAME", "forward", "scale_", "specialisations", "unavailable"]
 
 NAME = "triton"
+DISTILLS = True
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}  # "ce": 0, "ls": 1, "maxsup": 2 (the constexpr KIND)
@@ -146,10 +148,11 @@ if triton is not None:
 
     @triton.jit
     def _row_grad(
-        z_row, g_row, t_row, y, K, lse, arg, alpha, scale,
-        KIND: tl.constexpr, HARD: tl.constexpr, BLOCK: tl.constexpr,
+        z_row, g_row, t_row, u_row, y, K, lse, arg, alpha, scale, beta_t, inv_t, lse_s, lse_t,
+        KIND: tl.constexpr, HARD: tl.constexpr, DISTILL: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """Sweep 2 over one row: grad = (softmax(z) - c0 - c1 * t + alpha * [k == argmax]) * scale."""
+        """Sweep 2 over one row: grad = (softmax(z) - c0 - c1 * t + alpha * [k == argmax]
+        [+ b T (softmax(z / T) - softmax(u / T))]) * scale."""
         cols = tl.arange(0, BLOCK)
         if KIND == 0:  # ce
             c0 = 0.0
@@ -171,7 +174,42 @@ if triton is not None:
             g = tl.exp(x - lse) - c0 - c1 * t
             if KIND == 2:
                 g += tl.where(k == arg, alpha, 0.0)
+            if DISTILL:
+                u = tl.load(u_row + k, mask=mask, other=float("-inf")).to(tl.float32)
+                g += beta_t * (tl.exp(x * inv_t - lse_s) - tl.exp(u * inv_t - lse_t))
             tl.store(g_row + k, (g * scale).to(g_row.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _distill_stats(z_row, u_row, K, inv_t, BLOCK: tl.constexpr):
+        """The tempered student and teacher over one row: running max and sum-exp of z / T and u / T, and
+        sum_k exp(u_k / T - mu) (u_k - z_k) / T, rescaled like the sum when the teacher's max grows."""
+        cols = tl.arange(0, BLOCK)
+        ms = tl.full([], float("-inf"), tl.float32)
+        ss = tl.zeros([], tl.float32)
+        mt = tl.full([], float("-inf"), tl.float32)
+        st = tl.zeros([], tl.float32)
+        a = tl.zeros([], tl.float32)
+        for k0 in range(0, K, BLOCK):
+            k = k0 + cols
+            mask = k < K
+            x = tl.load(z_row + k, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+            u = tl.load(u_row + k, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+            ms_new = tl.maximum(ms, tl.max(x, axis=0))
+            ms_safe = tl.where(ms_new == float("-inf"), 0.0, ms_new)
+            ss = ss * tl.exp(ms - ms_safe) + tl.sum(tl.exp(x - ms_safe), axis=0)
+            ms = ms_new
+            mt_new = tl.maximum(mt, tl.max(u, axis=0))
+            mt_safe = tl.where(mt_new == float("-inf"), 0.0, mt_new)
+            rescale = tl.exp(mt - mt_safe)
+            e = tl.exp(u - mt_safe)  # 0 on the masked tail
+            st = st * rescale + tl.sum(e, axis=0)
+            # the tail's difference taken on zeros: -inf - -inf would be NaN (times the 0 of e, still NaN)
+            a = a * rescale + tl.sum(e * (tl.where(mask, u, 0.0) - tl.where(mask, x, 0.0)), axis=0)
+            mt = mt_new
+        lse_s = ms + tl.log(ss)
+        lse_t = mt + tl.log(st)
+        kl = a / st - lse_t + lse_s
+        return kl, lse_s, lse_t
 
     @triton.jit
     def _zero_row(g_row, K, BLOCK: tl.constexpr):
@@ -183,10 +221,10 @@ if triton is not None:
 
     @triton.jit
     def _loss_row_kernel(
-        z_ptr, g_ptr, y_ptr, t_ptr, stats_ptr, scale_ptr,
-        n_inner, s_outer, s_inner, gs_outer, gs_inner, K, ignore_index, alpha,
+        z_ptr, g_ptr, y_ptr, t_ptr, u_ptr, stats_ptr, scale_ptr,
+        n_inner, s_outer, s_inner, gs_outer, gs_inner, K, ignore_index, alpha, beta, temperature,
         KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr,
-        BLOCK: tl.constexpr,
+        DISTILL: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         """One program per row `r = o * n_inner + i`: the row's 5 terms into `stats_ptr[r]`, its gradient (opt.)."""
         r = tl.program_id(0).to(tl.int64)  # int64 offsets: N * K may exceed 2**31
@@ -195,7 +233,8 @@ if triton is not None:
         z_row = z_ptr + (o * s_outer + i * s_inner)
         g_row = g_ptr + (o * gs_outer + i * gs_inner)
         t_row = t_ptr + r * K
-        stats_row = stats_ptr + r * 5
+        u_row = u_ptr + r * K
+        stats_row = stats_ptr + r * 6
         y = 0
         zy = 0.0
         if HARD:
@@ -203,7 +242,7 @@ if triton is not None:
             if label == ignore_index:
                 if WRITE_GRAD:
                     _zero_row(g_row, K, BLOCK)
-                for j in tl.static_range(5):
+                for j in tl.static_range(6):
                     tl.store(stats_row + j, 0.0)
                 return
             y = label.to(tl.int32)  # in [0, K) once ignored rows are out (checked by the dispatcher)
@@ -219,14 +258,24 @@ if triton is not None:
             reg = target_z - sum_z / K
         else:
             reg = m - sum_z / K
-        tl.store(stats_row + 0, ce + alpha * reg)
+        loss = ce + alpha * reg
+        inv_t = 1.0 / temperature
+        kl = 0.0
+        lse_s = 0.0
+        lse_t = 0.0
+        if DISTILL:
+            kl, lse_s, lse_t = _distill_stats(z_row, u_row, K, inv_t, BLOCK)
+            loss += beta * temperature * temperature * kl
+        tl.store(stats_row + 0, loss)
+        tl.store(stats_row + 5, kl)
         tl.store(stats_row + 1, ce)
         tl.store(stats_row + 2, reg)
         tl.store(stats_row + 3, pos / K)
         tl.store(stats_row + 4, neg / K)
         if WRITE_GRAD:
             scale = tl.load(scale_ptr)  # a device scalar: no host synchronisation to learn it
-            _row_grad(z_row, g_row, t_row, y, K, lse, arg, alpha, scale, KIND, HARD, BLOCK)
+            _row_grad(z_row, g_row, t_row, u_row, y, K, lse, arg, alpha, scale, beta * temperature, inv_t, lse_s,
+                      lse_t, KIND, HARD, DISTILL, BLOCK)
 
     @triton.jit
     def _scale_kernel(g_ptr, factor_ptr, n, BLOCK: tl.constexpr):
@@ -258,36 +307,40 @@ class Specialisation:
     num_warps: int
 
 
-def _row_specialisation(kind, logits_dtype, soft_dtype, write_grad, split, block, num_warps) -> Specialisation:
-    """The row kernel's variant for these choices (`soft_dtype` `None` for class indices)."""
+def _row_specialisation(kind, logits_dtype, soft_dtype, teacher_dtype, write_grad, split, block,
+                        num_warps) -> Specialisation:
+    """The row kernel's variant for these choices (`soft_dtype` `None` for class indices, `teacher_dtype` `None`
+    without distillation)."""
     zt = _TL_NAMES[logits_dtype]
     tt = _TL_NAMES[soft_dtype] if soft_dtype is not None else zt  # hard labels: the logits stand in for t_ptr
+    ut = _TL_NAMES[teacher_dtype] if teacher_dtype is not None else zt  # no teacher: the logits stand in for u_ptr
     # Integers as int64, the wide case (the JIT picks int32 for small values, which needs no more registers).
-    signature = {"z_ptr": f"*{zt}", "g_ptr": f"*{zt}", "y_ptr": "*i64", "t_ptr": f"*{tt}", "stats_ptr": "*fp32",
-                 "scale_ptr": "*fp32", "n_inner": "i64", "s_outer": "i64", "s_inner": "i64", "gs_outer": "i64",
-                 "gs_inner": "i64", "K": "i32", "ignore_index": "i64", "alpha": "fp32"}  # fmt: skip
+    signature = {"z_ptr": f"*{zt}", "g_ptr": f"*{zt}", "y_ptr": "*i64", "t_ptr": f"*{tt}", "u_ptr": f"*{ut}",
+                 "stats_ptr": "*fp32", "scale_ptr": "*fp32", "n_inner": "i64", "s_outer": "i64", "s_inner": "i64",
+                 "gs_outer": "i64", "gs_inner": "i64", "K": "i32", "ignore_index": "i64", "alpha": "fp32",
+                 "beta": "fp32", "temperature": "fp32"}  # fmt: skip
     constexprs = {"KIND": _KIND_CODE[kind], "HARD": soft_dtype is None, "WRITE_GRAD": write_grad, "SPLIT": split,
-                  "BLOCK": block}  # fmt: skip
+                  "DISTILL": teacher_dtype is not None, "BLOCK": block}  # fmt: skip
     signature.update({name: "constexpr" for name in constexprs})
     target = "labels" if soft_dtype is None else f"soft-{_TL_NAMES[soft_dtype]}"
-    name = f"loss_row[{kind},{zt},{target},{'grad' if write_grad else 'value'}{',split' if split else ''},B{block}]"
+    teacher = f",teacher-{ut}" if teacher_dtype is not None else ""
+    name = (f"loss_row[{kind},{zt},{target}{teacher},{'grad' if write_grad else 'value'}{',split' if split else ''},"
+            f"B{block}]")
     return Specialisation(name, "_loss_row_kernel", signature, constexprs, num_warps)
 
 
 def specialisations() -> list[Specialisation]:
-    """Every kernel variant `forward` and `scale_` can launch (kinds x targets x gradient x dtypes x block sizes)."""
+    """Every kernel variant `forward` and `scale_` can launch (kinds x targets x teacher x gradient x dtypes x block
+    sizes); soft targets and teacher logits come in float32 or the logits' dtype."""
     out = []
     for kind in KINDS:
         for dtype in _DTYPES:
-            soft_dtypes = [None, torch.float32] + ([dtype] if dtype != torch.float32 else [])
-            for soft_dtype in soft_dtypes:
+            extra_dtypes = [None, torch.float32] + ([dtype] if dtype != torch.float32 else [])
+            for soft_dtype, teacher_dtype in itertools.product(extra_dtypes, extra_dtypes):
                 splits = (False, True) if kind == "ls" and soft_dtype is None else (False,)
-                for write_grad in (False, True):
-                    for split in splits:
-                        for block, num_warps in _ROW_CONFIGS:
-                            out.append(
-                                _row_specialisation(kind, dtype, soft_dtype, write_grad, split, block, num_warps)
-                            )
+                for write_grad, split, (block, num_warps) in itertools.product((False, True), splits, _ROW_CONFIGS):
+                    out.append(_row_specialisation(kind, dtype, soft_dtype, teacher_dtype, write_grad, split, block,
+                                                   num_warps))
     block, num_warps = _SCALE_CONFIG
     for dtype in _DTYPES:
         signature = {"g_ptr": f"*{_TL_NAMES[dtype]}", "factor_ptr": "*fp32", "n": "i64", "BLOCK": "constexpr"}
@@ -310,7 +363,7 @@ def forward(job: LossJob) -> torch.Tensor:
     device = logits.device
     n_outer, n_inner, s_outer, s_inner = job.layout
     num_rows, num_classes = job.num_rows, job.num_classes
-    stats = torch.empty((num_rows, 5), dtype=torch.float32, device=device)
+    stats = torch.empty((num_rows, len(SUMS)), dtype=torch.float32, device=device)
     if num_rows > 0:
         hard = job.labels is not None
         # Arguments a variant does not read still get a tensor of the dtype `specialisations()` lists for them.
@@ -319,11 +372,13 @@ def forward(job: LossJob) -> torch.Tensor:
         grad = job.grad if job.grad is not None else logits
         gs_outer, gs_inner = job.grad_strides if job.grad is not None else (0, 0)
         block, num_warps = _row_config(num_classes)
+        teacher = job.teacher if job.teacher is not None else logits
         _loss_row_kernel[(num_rows,)](
-            logits, grad, labels, soft, stats, job.grad_scale,
+            logits, grad, labels, soft, teacher, stats, job.grad_scale,
             n_inner, s_outer, s_inner, gs_outer, gs_inner, num_classes, job.ignore_index, float(job.alpha),
+            float(job.distill_alpha), float(job.temperature),
             KIND=_KIND_CODE[job.kind], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
-            BLOCK=block, num_warps=num_warps,
+            DISTILL=job.teacher is not None, BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
     if job.row_loss is not None:
         job.row_loss.copy_(stats[:, 0])
