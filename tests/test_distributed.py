@@ -15,6 +15,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from _env import subprocess_env
 import torch
 from accelerate.utils import DistributedType
 from huggingface_hub import ModelCard
@@ -51,7 +52,7 @@ ENGINES = {
 def launch(config, script, *args, timeout=600):
     """`accelerate launch` with one of our configs on 2 CPU processes, in full precision (the configs' bf16 is for
     GPUs, and the comparison is with a float32 run)."""
-    env = {**os.environ, "PYTHONPATH": TESTS, "DS_ACCELERATOR": "cpu"}
+    env = subprocess_env(DS_ACCELERATOR="cpu")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, config),
                "--num_processes", "2", "--mixed_precision", "no", *script, *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -71,7 +72,7 @@ def one_process(tmp_path_factory):
     """The reference: 1 process, batch 8."""
     output_dir = tmp_path_factory.mktemp("one")
     result = subprocess.run([sys.executable, TINY_RUN, "--output_dir", str(output_dir), "--save",
-                             "--per_device_train_batch_size", "8"], env={**os.environ, "PYTHONPATH": TESTS},
+                             "--per_device_train_batch_size", "8"], env=subprocess_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
@@ -115,7 +116,7 @@ def test_text_recipe_end_to_end(engine, tmp_path):
 def test_fsdp_on_a_machine_without_gpus_stops_with_a_message(tmp_path):
     """Without the test-only relabelling, accelerate would run the FSDP config as plain DDP: the recipe refuses."""
     recipe = os.path.join(ROOT, "recipes", "image_classification.py")
-    env = {**os.environ, "PYTHONPATH": TESTS}
+    env = subprocess_env()
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, "fsdp.yaml"),
                "--num_processes", "2", "--mixed_precision", "no", recipe, "--output_dir", str(tmp_path),
                *RECIPE_ARGS]

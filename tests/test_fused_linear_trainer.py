@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from _env import subprocess_env
 import torch
 from datasets import Dataset
 from test_trainer import COMMON, GradCapture, max_relative_error
@@ -151,7 +152,7 @@ def test_two_processes_match_one(tmp_path):
     script = tmp_path / "run.py"
     script.write_text("import sys\nfrom test_fused_linear_trainer import train_two_steps\n"
                       "train_two_steps(sys.argv[1], int(sys.argv[2]))\n")
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     # `accelerate launch --multi_gpu` is the torchrun launcher, which runs on CPU too (see test_trainer.py).
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                              "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from _env import subprocess_env
 import torch
 from _reference import per_item
 from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
@@ -73,7 +74,7 @@ def test_gradient_accumulation_is_exact(task, loss, tmp_path):
 def test_two_processes_match_one(tmp_path):
     """Same global batch on 1 process and on 2 (DDP on CPU, gloo): same losses and parameters after 3 steps."""
     script = os.path.join(TESTS, "tiny_run.py")
-    env = {**os.environ, "PYTHONPATH": TESTS}
+    env = subprocess_env()
     # `accelerate launch --cpu` picks the MPI launcher; --multi_gpu is the torchrun launcher, which runs on CPU too.
     commands = {
         "one": [sys.executable, script, "--per_device_train_batch_size", "8"],
