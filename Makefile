@@ -1,0 +1,42 @@
+# The README's two commands, on a fresh machine with Python >= 3.10:
+#   make demo   installs what is needed and trains the README's main model (MaxSup on the embedded Fashion-MNIST)
+#   make test   installs what is needed and runs the test suite (what CI runs: .ci/run calls it)
+# Each installs into the active virtual environment ($VIRTUAL_ENV), or creates .venv and installs there when none is
+# active. `make -n demo` prints the steps without running them.
+
+PYTHON ?= python3
+VENV ?= .venv
+ifdef VIRTUAL_ENV
+PY := $(VIRTUAL_ENV)/bin/python
+else
+PY := $(VENV)/bin/python
+endif
+# The one DeepSpeed op every run on CPU compiles on first use, kept between runs.
+TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+
+.PHONY: demo test install install-deepspeed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned: it comes from the local CPU wheel; an unpinned torch would pull several GB of CUDA packages.
+install: $(PY)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,analysis,gpu]"
+
+# DeepSpeed as a pure-Python wheel (building all its ops at install would take many minutes and need CUDA for most),
+# and its shm_comm op built once here rather than inside a test's time-out (1-2.5 min on 2 cores); torch reuses it
+# from TORCH_EXTENSIONS_DIR while its sources are unchanged.
+install-deepspeed: install
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[deepspeed]"
+	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) -c \
+	    "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+
+demo: install
+	$(PY) recipes/image_classification.py --loss maxsup --do_train --do_eval --do_predict \
+	    --output_dir runs/fmnist-maxsup --num_train_epochs 4 --learning_rate 2e-3 --per_device_train_batch_size 64 \
+	    --per_device_eval_batch_size 256 --weight_decay 0.05 --lr_scheduler_type cosine --warmup_steps 0.05 \
+	    --augment false --save_strategy epoch --save_total_limit 1
+
+test: install-deepspeed
+	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) -m pytest -q
