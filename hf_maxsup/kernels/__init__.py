@@ -58,11 +58,6 @@ def _forced() -> str:
     return value
 
 
-def _why_not(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why backend `name` cannot serve `dtype` logits on `device` (None when it can)."""
-    return _module(name).unavailable(device, dtype)
-
-
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
@@ -81,7 +76,7 @@ def select_backend(device: torch.device, dtype: torch.dtype, distill: bool = Fal
     """
     forced = _forced()
     if forced != "auto":
-        reason = _why_not(forced, device, dtype)
+        reason = _module(forced).unavailable(device, dtype)
         if reason is None and distill and not _module(forced).DISTILLS:
             reason = "it has no distillation term"
         if reason is not None:
@@ -115,7 +110,7 @@ def kernel_info(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
     """
     device = torch.device(device)
     info = {"device": str(device), "dtype": str(dtype), "forced": _forced(),
-            "reasons": {name: _why_not(name, device, dtype) for name in BACKENDS}}
+            "reasons": {name: _module(name).unavailable(device, dtype) for name in BACKENDS}}
     try:
         info["backend"], info["error"] = select_backend(device, dtype).NAME, None
     except RuntimeError as err:
