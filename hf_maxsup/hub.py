@@ -103,6 +103,22 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
+def _dataset_type(dataset_name: str | None) -> str:
+    """The `model-index` `dataset.type` of data without a Hub id: the name before its description, as an id,
+    e.g. `fashion_mnist` for `"fashion_mnist (hf_maxsup embedded subset)"`, `local_data` for local files."""
+    if not dataset_name:
+        return "unknown"
+    return "_".join(dataset_name.split(" (")[0].split())
+
+
+def _local_path(output_dir: str) -> str:
+    """How the card's "How to use" loads the folder from disk: the path the run wrote to, made explicitly local (a
+    bare `name` or `runs/name` that is not there would be looked up on the Hub); for an absolute path, only the
+    folder's name, since a path on the training machine means nothing to a reader of the card."""
+    path = Path(output_dir).name if os.path.isabs(output_dir) else os.path.normpath(output_dir)
+    return path if path.startswith(".") else f"./{path}"
+
+
 def loss_metadata(loss: str, alpha: float, alpha_end: float | None, schedule: str, ls_mass: str = "all") -> dict:
     """The machine-readable loss settings of a model card (its `hf_maxsup` metadata), for tools that compare runs
     and for checking that a resumed run trains with the loss of its checkpoint. `ls_mass` is recorded only when it
@@ -226,7 +242,8 @@ def write_model_card(
     eval_results = [
         EvalResult(
             task_type=task or "other", task_name=TASK_TAG_TO_NAME_MAPPING.get(task),
-            dataset_type=dataset_id or "unknown", dataset_name=dataset_name or dataset_id or "Unknown",
+            dataset_type=dataset_id or _dataset_type(dataset_name),
+            dataset_name=dataset_name or dataset_id or "Unknown",
             dataset_config=next(iter(_as_list(dataset_args)), None),
             dataset_split=str(eval_split) if eval_split else None,
             metric_type=result["type"], metric_name=result["name"], metric_value=result["value"],
@@ -289,7 +306,8 @@ def write_model_card(
         hyperparameters=hyperparameters,
         versions=versions,
         auto_class=_AUTO_CLASSES.get(model_task),
-        repo_id=hub_model_id or model_name,
+        local_path=_local_path(output_dir),
+        repo_id=hub_model_id or f"<your-username>/{model_name}",
     )
     card.save(path)
     return card

@@ -193,8 +193,8 @@ def test_seq2seq_card_names_the_task_and_translation_metrics(tmp_path):
     trainer.create_model_card(tasks="translation", dataset="Tiny en-fr")
     card = ModelCard.load(tmp_path / "README.md")
     assert {(r.task_type, r.dataset_type, r.dataset_name, r.metric_type, r.metric_value)
-            for r in card.data.eval_results} == {("translation", "unknown", "Tiny en-fr", "bleu", 12.5),
-                                                 ("translation", "unknown", "Tiny en-fr", "chrf", 30.25)}
+            for r in card.data.eval_results} == {("translation", "Tiny_en-fr", "Tiny en-fr", "bleu", 12.5),
+                                                 ("translation", "Tiny_en-fr", "Tiny en-fr", "chrf", 30.25)}
     assert card.data.pipeline_tag == "translation" and "AutoModelForSeq2SeqLM" in card.text
     assert "ECE variants" not in card.text  # the note on calibration metrics only comes with them
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 from test_recipes import TINY, run_recipe
+from huggingface_hub import ModelCard
 from transformers import AutoConfig
 
 
@@ -71,6 +72,10 @@ def test_translation_recipe_with_run_translation_flags(tmp_path):
     assert {"eval_bleu", "eval_chrf"} <= set(json.load(open(out / "all_results.json")))
     args = torch.load(out / "training_args.bin", weights_only=False)
     assert (args.generation_num_beams, args.generation_max_length) == (2, 6)
+    card = (out / "README.md").read_text()
+    assert "ECE variants" not in card and "BLEU and chrF are sacreBLEU's scores" in card  # no classifier paragraph
+    # "How to use": the folder on disk (an absolute output_dir: its name only) and the Hub id
+    assert 'from_pretrained("./run")' in card and 'from_pretrained("<your-username>/run")' in card
 
 
 def test_tensorboard_gets_the_loss_components(tmp_path):
@@ -89,3 +94,6 @@ def test_tensorboard_gets_the_loss_components(tmp_path):
         tags |= set(accumulator.Tags()["scalars"])
     assert {"train/ce", "train/reg", "train/alpha", "train/loss"} <= tags, tags
     assert {"eval/ce", "eval/reg"} <= tags, tags
+    # the embedded data gets a dataset type in the model-index, not "unknown"
+    results = ModelCard.load(out / "README.md").data.eval_results
+    assert results and {result.dataset_type for result in results} == {"fashion_mnist"}
