@@ -49,7 +49,7 @@ _LOSS_TAGS = {"ce": [], "ls": ["label-smoothing"], "maxsup": ["maxsup"]}
 _NOT_METRICS = {
     "loss", "runtime", "samples", "samples_per_second", "steps_per_second", "model_preparation_time",
     "jit_compilation_time",
-    "ce", "reg", "alpha", "ls_regularization", "ls_error_amplification",
+    "ce", "reg", "alpha", "ls_regularization", "ls_error_amplification", "distill",
 }
 _METRIC_NAMES = {
     "accuracy": "Accuracy", "top5_accuracy": "Top-5 accuracy", "ece": "ECE", "adaptive_ece": "Adaptive ECE",
@@ -160,9 +160,10 @@ def write_model_card(
     [`MaxSupTrainer`] builds, or one given to a plain `Trainer` as `compute_loss_func`), the evaluation metrics from
     the last evaluation in `trainer.state.log_history` (every `eval_<name>` except the loss and its logged
     components; with `predict_with_generate`, `eval_loss` is the token-level NLL and is recorded as `nll`), the
-    hyper-parameters from `trainer.args`. The keyword arguments are those of
-    `Trainer.create_model_card` and override what is inferred. For a PEFT model, the card keeps the fields `peft`
-    writes (`library_name`, `base_model`, its tags) and adds ours.
+    hyper-parameters from `trainer.args`, the teacher and its settings of a distilled run from
+    `trainer.distillation` (the hyper-parameters and the `hf_maxsup_distillation` metadata). The keyword arguments
+    are those of `Trainer.create_model_card` and override what is inferred. For a PEFT model, the card keeps the
+    fields `peft` writes (`library_name`, `base_model`, its tags) and adds ours.
 
     Args:
         trainer (`transformers.Trainer`):
@@ -257,7 +258,13 @@ def write_model_card(
         + ({"all": ", smoothing mass on all classes", "others": ", smoothing mass on the other classes"}[loss_fn.ls_mass]
            if loss_fn.loss == "ls" else "")
     )
-    all_tags = ["hf_maxsup", *_LOSS_TAGS[loss_fn.loss], "generated_from_trainer"]
+    # MaxSupTrainer's teacher and settings; a plain Trainer has none.
+    distillation = getattr(trainer, "distillation", None)
+    if distillation:
+        hyperparameters["distillation"] = (f"from {distillation['teacher']}, distill_alpha {distillation['alpha']}, "
+                                           f"temperature {distillation['temperature']}")
+    all_tags = ["hf_maxsup", *_LOSS_TAGS[loss_fn.loss], "generated_from_trainer",
+                *(["knowledge-distillation"] if distillation else [])]
     for tag in [*_as_list(tags), *(getattr(model, "model_tags", None) or [])]:
         if tag not in all_tags:
             all_tags.append(tag)
@@ -269,6 +276,8 @@ def write_model_card(
         hf_maxsup={**loss_metadata(loss_fn.loss, loss_fn.alpha, loss_fn.alpha_end, loss_fn.schedule,
                                    loss_fn.ls_mass),
                    **({"history": loss_history} if loss_history else {})},
+        # Beside hf_maxsup, whose settings a resumed run must match: a teacher is not part of the loss's identity.
+        hf_maxsup_distillation=distillation or None,
     )
     versions = {"hf_maxsup": __version__}
     versions |= {name: importlib.metadata.version(name) for name in ("transformers", "torch", "datasets", "tokenizers")}

@@ -7,12 +7,17 @@ loss_alpha=...)`. Users of other `Trainer` subclasses (trl's, their own) get the
 loss_fn = MaxSupLossFunc("maxsup", alpha=0.1, alpha_end=0.2)
 trainer = Trainer(model, args, compute_loss_func=loss_fn, callbacks=[loss_fn], ...)
 ```
+
+Distillation: `MaxSupTrainingArguments(teacher_model_name_or_path=..., distill_alpha=..., distill_temperature=...)`,
+or `MaxSupTrainer(..., teacher=model)`, adds the teacher's soft targets to that loss (see [`MaxSupTrainer`]).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -20,12 +25,13 @@ import torch
 import transformers.trainer
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.models import auto as transformers_auto
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from . import heads, hub
 from .heads import LinearHeadInputs
 from .linear import fused_linear_loss
-from .losses import LOSSES, LS_MASSES, get_loss_fn
+from .losses import LOSSES, LS_MASSES, distillation_loss, get_loss_fn, smoothing_weight
 from .schedules import SCHEDULES, alpha_at
 
 __all__ = [
@@ -56,6 +62,21 @@ def _check_loss_config(loss: str, alpha: float, alpha_end: float | None, schedul
                          "set loss_alpha_end explicitly.")
 
 
+# The weight of the distillation term when a teacher is given without one.
+DEFAULT_DISTILL_ALPHA = 0.5
+
+
+def _check_distill_config(distill_alpha: float | None, temperature: float) -> None:
+    # beta is the weight of a term added to the label loss (which keeps weight 1), as in Hinton et al.'s sum form,
+    # not the share of a convex combination: any beta >= 0 is meaningful, 0 trains on the labels alone.
+    if distill_alpha is not None and not (math.isfinite(distill_alpha) and distill_alpha >= 0):
+        raise ValueError(f"distill_alpha (the weight of the distillation term) must be a number >= 0; got "
+                         f"{distill_alpha}.")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"distill_temperature must be > 0 (1 keeps the teacher's probabilities, larger values "
+                         f"soften them); got {temperature}.")
+
+
 class MaxSupLossFunc(TrainerCallback):
     """The MaxSup / LS / CE loss as a `compute_loss_func` for any `transformers.Trainer`.
 
@@ -80,13 +101,21 @@ class MaxSupLossFunc(TrainerCallback):
             spreads it over every class, the target included (torch, transformers, timm); `"others"` gives the target
             `1 - alpha` and each other class `alpha / (K - 1)` (fairseq, tensor2tensor). See
             [`~hf_maxsup.losses.smoothing_weight`].
+        distill_alpha (`float`, *optional*): distil from a teacher: the loss becomes that loss plus
+            `distill_alpha * T**2 * KL(softmax(teacher / T) || softmax(logits / T))` (see
+            [`~hf_maxsup.losses.distillation_loss`]), the teacher's logits given by [`with_teacher_logits`], and
+            the KL is logged as `distill`. `None` (the default) trains on the labels alone.
+        distill_temperature (`float`, *optional*, defaults to 2.0): the temperature `T` of the distillation term.
     """
 
     def __init__(self, loss: str = "maxsup", alpha: float = 0.1, alpha_end: float | None = None,
                  schedule: str | None = None, shift_labels: bool = False, ignore_index: int = -100,
-                 ls_mass: str = "all"):
+                 ls_mass: str = "all", distill_alpha: float | None = None, distill_temperature: float = 2.0):
         schedule = schedule or ("linear" if loss == "maxsup" else "constant")
         _check_loss_config(loss, alpha, alpha_end, schedule, ls_mass)
+        _check_distill_config(distill_alpha, distill_temperature)
+        self.distill_alpha, self.distill_temperature = distill_alpha, distill_temperature
+        self._teacher_logits: torch.Tensor | None = None
         self.loss, self.alpha, self.alpha_end, self.schedule = loss, alpha, alpha_end, schedule
         self.ls_mass = ls_mass
         # Only the LS loss takes a mass; CE and MaxSup keep their shared signature.
@@ -146,14 +175,43 @@ class MaxSupLossFunc(TrainerCallback):
             )
         labels = self._target(labels)
         alpha = self.current_alpha()
-        loss, components = self.loss_fn(
-            logits, labels.to(logits.device), alpha, ignore_index=self.ignore_index,
-            num_items_in_batch=num_items_in_batch,
+        kwargs = dict(
+            ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
             inplace_backward=self.inplace_backward and torch.is_grad_enabled() and not _saved_for_backward(logits),
-            return_components=True, **self._loss_kwargs,
+            return_components=True,
         )
+        if self.distill_alpha is None:
+            loss, components = self.loss_fn(logits, labels.to(logits.device), alpha, **kwargs, **self._loss_kwargs)
+        else:
+            # distillation_loss takes no smoothing mass: LS with mass 'others' is LS 'all' at this weight.
+            weight = smoothing_weight(alpha, logits.shape[-1], self.ls_mass) if self.loss == "ls" else alpha
+            loss, components = distillation_loss(
+                logits, self._teacher_logits_for(logits), labels.to(logits.device), weight, loss=self.loss,
+                distill_alpha=self.distill_alpha, distill_temperature=self.distill_temperature, **kwargs,
+            )
         self._record(components, alpha)
         return loss
+
+    @contextlib.contextmanager
+    def with_teacher_logits(self, teacher_logits: torch.Tensor | None):
+        """Within this context, the loss distils towards `teacher_logits` (the teacher's logits for the batch the
+        next calls see, of the same shape as the student's); `None` leaves the loss unchanged. [`MaxSupTrainer`]
+        wraps each `compute_loss` in it; a custom `Trainer` does the same with its own teacher's logits.
+        """
+        self._teacher_logits = teacher_logits
+        try:
+            yield self
+        finally:
+            self._teacher_logits = None
+
+    def _teacher_logits_for(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._teacher_logits is None:
+            raise ValueError(
+                f"distill_alpha={self.distill_alpha}: distillation needs the teacher's logits of the batch. Use "
+                "MaxSupTrainer(..., teacher=model) or teacher_model_name_or_path, or call the loss within "
+                "`with loss_fn.with_teacher_logits(teacher_logits):`."
+            )
+        return self._teacher_logits.to(logits.device)
 
     def linear_loss(self, head_inputs: LinearHeadInputs, labels: torch.Tensor, num_items_in_batch=None):
         """The same loss (same labels shift, alpha and logged components) from what the output head reads and its
@@ -165,6 +223,9 @@ class MaxSupLossFunc(TrainerCallback):
             labels (`torch.Tensor` of shape `(B, T)`): class indices, `ignore_index` where there is nothing to learn.
             num_items_in_batch (`int` or `torch.Tensor`, *optional*): divides the summed loss, as in `__call__`.
         """
+        if self.distill_alpha is not None:
+            raise ValueError("distillation needs the student's logits: it cannot be combined with the fused linear "
+                             "loss, which never materialises them. Set fused_linear_loss=False.")
         hidden = head_inputs.hidden_states
         labels = self._target(labels)
         alpha = self.current_alpha()
@@ -242,12 +303,38 @@ class _LossArguments:
             "the logits (prediction_loss_only=False) computes them as usual."
         },
     )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Distil from this teacher (local folder or Hub id, safetensors weights): a model of the "
+            "student's kind (e.g. an image classifier for an image classifier) with the same classes. It runs "
+            "without gradients, in evaluation mode, beside the student, and is not saved with it."
+        },
+    )
+    distill_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": f"Weight beta >= 0 of the distillation term beta * T^2 * KL(teacher || student) added to the "
+            f"loss on the labels (default {DEFAULT_DISTILL_ALPHA} when there is a teacher)."
+        },
+    )
+    distill_temperature: float = field(
+        default=2.0,
+        metadata={"help": "Temperature T > 0 of both softmaxes of the distillation term."},
+    )
 
     def __post_init__(self):
         if self.loss_alpha_schedule is None:
             self.loss_alpha_schedule = "linear" if self.loss == "maxsup" else "constant"
         _check_loss_config(self.loss, self.loss_alpha, self.loss_alpha_end, self.loss_alpha_schedule,
                            self.loss_ls_mass)
+        _check_distill_config(self.distill_alpha, self.distill_temperature)
+        if self.teacher_model_name_or_path is not None:
+            if self.distill_alpha is None:
+                self.distill_alpha = DEFAULT_DISTILL_ALPHA
+            if self.fused_linear_loss:
+                raise ValueError("teacher_model_name_or_path: distillation needs the student's logits, which "
+                                 "fused_linear_loss never materialises. Set fused_linear_loss=False.")
         if self.label_smoothing_factor > 0:
             raise ValueError(
                 f"label_smoothing_factor={self.label_smoothing_factor} would smooth the labels a second time: "
@@ -261,8 +348,10 @@ class _LossArguments:
 class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
     """`TrainingArguments` plus the loss: `loss` (`"ce"`, `"ls"`, `"maxsup"`), `loss_alpha`, `loss_alpha_end`,
     `loss_alpha_schedule` (`"linear"` or `"constant"`) and `loss_ls_mass` (`"all"` or `"others"`, label smoothing
-    only), checked when the arguments are created, and
-    `fused_linear_loss` (compute the loss of a language model's head without its logits, see [`hf_maxsup.heads`]).
+    only), checked when the arguments are created,
+    `fused_linear_loss` (compute the loss of a language model's head without its logits, see [`hf_maxsup.heads`]),
+    and distillation: `teacher_model_name_or_path`, `distill_alpha` (the weight beta >= 0 of the distillation term,
+    0.5 by default with a teacher) and `distill_temperature` (T > 0, default 2.0).
     """
 
 
@@ -336,6 +425,79 @@ def _check_classifier_config(model) -> None:
         )
 
 
+# The Auto class that loads a teacher for a student of each kind, by the class names it maps configs to.
+_TEACHER_AUTO_CLASSES = {
+    "AutoModelForImageClassification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForAudioClassification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+}
+
+
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrappers
+
+
+def _load_teacher(name_or_path: str, student):
+    """The teacher at `name_or_path`, loaded with the Auto class of the student's kind (safetensors only, no remote
+    code)."""
+    student_class = type(_base_model(student)).__name__
+    auto_class = next((name for name, mapping in _TEACHER_AUTO_CLASSES.items()
+                       if student_class in set(getattr(transformers_auto.modeling_auto, mapping).values())), None)
+    if auto_class is None:
+        raise ValueError(f"teacher_model_name_or_path: no Auto class loads a teacher for a {student_class} student; "
+                         "load the teacher yourself and pass it as MaxSupTrainer(..., teacher=model).")
+    try:
+        return getattr(transformers_auto, auto_class).from_pretrained(
+            name_or_path, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:  # no such folder or id, no safetensors weights, another kind of model
+        raise ValueError(f"teacher_model_name_or_path {name_or_path!r}: could not load it with {auto_class} (the "
+                         f"student is a {student_class}): {err}") from err
+
+
+def _num_classes(model) -> int:
+    """The size of the model's logits' last dimension: its labels, or its vocabulary for a generative model."""
+    base = _base_model(model)
+    if getattr(base.config, "is_encoder_decoder", False) or _is_causal_lm(base):
+        return base.get_output_embeddings().weight.shape[0]
+    return base.config.num_labels
+
+
+def _check_teacher(teacher, student) -> None:
+    teacher_classes, student_classes = _num_classes(teacher), _num_classes(student)
+    if teacher_classes != student_classes:
+        raise ValueError(f"the teacher has {teacher_classes} classes (logits per item) and the student "
+                         f"{student_classes}: distillation compares their distributions class by class, so both "
+                         "must predict the same classes.")
+    names = [getattr(_base_model(model).config, "id2label", None) or {} for model in (teacher, student)]
+    # Default names (LABEL_i) say nothing; named classes in another order would be distilled into the wrong ones.
+    named = all(not all(str(name).startswith("LABEL_") for name in labels.values()) for labels in names)
+    if named and {int(k): v for k, v in names[0].items()} != {int(k): v for k, v in names[1].items()}:
+        raise ValueError(f"the teacher's classes {names[0]} are not the student's {names[1]} (same ids, same "
+                         "names): train the student on the teacher's label set.")
+
+
+def _resolve_teacher(teacher, training_args, student):
+    """The teacher given (`teacher=`) or named (`teacher_model_name_or_path`), checked against the student; `None`
+    without one."""
+    name = training_args.teacher_model_name_or_path
+    if teacher is not None and name is not None:
+        raise ValueError(f"both teacher= and teacher_model_name_or_path={name!r} were given: pass one of them.")
+    if teacher is None and name is None:
+        if training_args.distill_alpha is not None:
+            raise ValueError(f"distill_alpha={training_args.distill_alpha} but no teacher: set "
+                             "teacher_model_name_or_path (--teacher_model_name_or_path) or pass teacher=.")
+        return None
+    if student is None:
+        raise ValueError("distillation needs the student model (model=...) to check the teacher against; "
+                         "model_init is not supported with a teacher.")
+    teacher = _load_teacher(name, student) if teacher is None else teacher
+    _check_teacher(teacher, student)
+    return teacher
+
+
 class _MaxSupMixin:
     """Shared by both trainers: builds the loss from the arguments, overwrites the logits with their gradient when
     nothing reads them afterwards, and logs the loss components.
@@ -357,16 +519,26 @@ class _MaxSupMixin:
         _check_classifier_config(model)
         if training_args.fused_linear_loss and model is not None:
             heads.output_head(model)  # an unsupported model fails here, not at the first step
+        teacher = _resolve_teacher(kwargs.pop("teacher", None), training_args, model)
+        if teacher is not None and training_args.fused_linear_loss:
+            raise ValueError("teacher=: distillation needs the student's logits, which fused_linear_loss never "
+                             "materialises. Set fused_linear_loss=False.")
+        distill_alpha = training_args.distill_alpha if training_args.distill_alpha is not None else (
+            DEFAULT_DISTILL_ALPHA if teacher is not None else None)
         self.loss_func = MaxSupLossFunc(
             training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
             training_args.loss_alpha_schedule, shift_labels=model is not None and _is_causal_lm(model),
-            ls_mass=training_args.loss_ls_mass,
+            ls_mass=training_args.loss_ls_mass, distill_alpha=distill_alpha,
+            distill_temperature=training_args.distill_temperature,
         )
         # Passing the loss as compute_loss_func makes the Trainer count num_items_in_batch over the whole
         # accumulated batch and treat the returned loss as already scaled for gradient accumulation.
         kwargs["compute_loss_func"] = self.loss_func
         kwargs["callbacks"] = [self.loss_func, *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
+        # An attribute of the trainer, not of the model: accelerate never wraps it (DDP, FSDP), the optimizer never
+        # sees it, and the student's checkpoints never hold it. Each process keeps its own copy.
+        self.teacher = teacher.to(self.args.device).eval() if teacher is not None else None
         if training_args.fused_linear_loss and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
             raise ValueError(
                 "fused_linear_loss reads the output head's weight after the head's forward, when FSDP and DeepSpeed "
@@ -387,6 +559,18 @@ class _MaxSupMixin:
             unwrapped = self.accelerator.unwrap_model(model)
             inputs = {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(
                 labels=inputs["labels"])}
+        with self.loss_func.with_teacher_logits(self.teacher_logits(inputs)):
+            return self._student_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def teacher_logits(self, inputs: dict) -> torch.Tensor | None:
+        """The teacher's logits for a batch (the student's inputs, labels removed), without gradients; `None`
+        without a teacher or without labels (nothing to distil)."""
+        if self.teacher is None or "labels" not in inputs:
+            return None
+        with torch.no_grad():
+            return self.teacher(**{key: value for key, value in inputs.items() if key != "labels"}).logits
+
+    def _student_loss(self, model, inputs, return_outputs, num_items_in_batch):
         if self.args.fused_linear_loss and not (return_outputs and self._outputs_needed):
             # Trainer.compute_loss pops the labels, calls this forward, passes what it returns (the head's inputs,
             # no logits) to self.loss_func with num_items_in_batch, and scales for average_tokens_across_devices.
@@ -418,6 +602,19 @@ class _MaxSupMixin:
             prefix = "eval_" if mode == "eval" else ""
             logs.update({prefix + name: round(value, 6) for name, value in zip(names, values)})
         super().log(logs, *args, **kwargs)
+
+    @property
+    def distillation(self) -> dict | None:
+        """The teacher (its Hub id, or the folder name of a local one) and the distillation settings (`alpha`,
+        `temperature`), as the model card records them; `None` without a teacher."""
+        if self.teacher is None:
+            return None
+        name = self.args.teacher_model_name_or_path or getattr(self.teacher.config, "_name_or_path", "") or \
+            type(self.teacher).__name__
+        # A local path means nothing to a reader of the card, and may say more than intended.
+        name = os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name
+        return {"teacher": name, "alpha": self.loss_func.distill_alpha,
+                "temperature": self.loss_func.distill_temperature}
 
     # The arguments given to create_model_card so far, reused for the card written on every later save.
     _model_card_kwargs: dict | None = None
@@ -485,6 +682,13 @@ class MaxSupTrainer(_MaxSupMixin, Trainer):
     With `fused_linear_loss=True` (the model families of [`hf_maxsup.heads.HEADS`]) the training and evaluation loss
     come from the output head's input and weight by [`~hf_maxsup.linear.fused_linear_loss`]: the `(tokens, V)`
     logits and their gradient never exist. The loss, gradients and logged components are those of the logits path.
+
+    Distillation: given `teacher=` (a model) or `args.teacher_model_name_or_path` (loaded with the Auto class of the
+    student's kind), the teacher runs on each batch's inputs under `no_grad`, in evaluation mode, on the student's
+    device, and the loss adds `distill_alpha * T**2 * KL(softmax(teacher / T) || softmax(student / T))` over the
+    kept items (see [`~hf_maxsup.losses.distillation_loss`]), logged as `distill` (the KL before its weight). The
+    teacher is an attribute of the trainer, not of the model: it is never saved with the student nor wrapped for
+    DDP; gradient accumulation and data parallelism stay exact. The model card records it.
     """
 
 

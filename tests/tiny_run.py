@@ -83,13 +83,14 @@ def main():
     parser.add_argument("--deepspeed", help="DeepSpeed JSON config, as the recipes take it.")
     parser.add_argument("--accelerator_config", help="JSON file of accelerate settings (see tests/fsdp_on_cpu.py).")
     parser.add_argument("--save", action="store_true", help="Save the model and its card, not params.pt.")
+    parser.add_argument("--teacher", help="Distil from the token classifier saved in this folder.")
     # SGD: Adam would amplify rounding noise in parameters whose true gradient is 0 (e.g. attention key biases).
     args = parser.parse_args()
     training_args = MaxSupTrainingArguments(
         output_dir=args.output_dir, loss=args.loss, per_device_train_batch_size=args.per_device_train_batch_size,
         max_steps=args.max_steps, learning_rate=0.5, optim="sgd", logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=True, seed=0, max_grad_norm=0.0, dataloader_drop_last=True, deepspeed=args.deepspeed,
-        accelerator_config=args.accelerator_config,
+        accelerator_config=args.accelerator_config, teacher_model_name_or_path=args.teacher,
     )
     trainer = MaxSupTrainer(model=tiny_bert(token_level=True), args=training_args,
                             train_dataset=tiny_dataset(64, task="token"), data_collator=collate)
