@@ -2,12 +2,14 @@
 
     hf-maxsup compare --output_dir report/ --seeds 0 1 2 [recipe arguments ...]
     hf-maxsup analyze runs/ce runs/ls runs/maxsup --output_dir report/
+    hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --output_dir distill/ [recipe args]
 
 `compare` runs the recipe (default: `recipes/image_classification.py` of this checkout) once per loss and seed, every
 argument it does not know itself going to the recipe, then writes the report of [`hf_maxsup.report`] (classifiers)
 or [`hf_maxsup.translation_report`] (translation models). Rerunning an
 interrupted comparison skips the finished members and resumes the interrupted one from its last checkpoint.
-`analyze` writes the same report for checkpoints that exist already (local folders or Hub ids).
+`analyze` writes the same report for checkpoints that exist already (local folders or Hub ids). `distill` trains
+one student per teacher and seed and reports which teachers distil well ([`hf_maxsup.distill_study`]).
 """
 
 from __future__ import annotations
@@ -137,7 +139,55 @@ def build_parser() -> argparse.ArgumentParser:
                        ("token", "Hub token.")):
         data.add_argument(f"--{flag}", default=None, help=text)
     data.add_argument("--max_seq_length", type=int, default=None, help="Truncation of texts (default: 128).")
+    _add_distill_parser(commands)
     return parser
+
+
+def _add_distill_parser(commands) -> None:
+    distill = commands.add_parser(
+        "distill", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="Distil CE, LS and MaxSup teachers into the same student over seeds, then report which distil well.",
+        description="Train the same student from each teacher (e.g. the members of hf-maxsup compare) and seed "
+        "through a recipe, with --teacher_model_name_or_path, and on the labels alone; then report the students' "
+        "accuracy, NLL and ECE per teacher beside the teachers' own accuracy and the entropy of their non-target "
+        "distribution (hf_maxsup.distill_study). Every argument not listed here is passed to the recipe (the "
+        "student: e.g. --model_architecture resnet-small --num_train_epochs 8). Rerun the same command to resume.",
+        epilog="example:\n  hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --seeds 0 1 2 "
+        "--output_dir distill/ --model_architecture resnet-small",
+    )
+    distill.add_argument("--teachers", nargs="+", required=True, help="Output folders of the teachers.")
+    distill.add_argument("--teacher_labels", nargs="+", default=None,
+                         help="A name per teacher (default: the loss in its model card).")
+    distill.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Students' seeds (default: 0 1 2).")
+    distill.add_argument("--student_loss", default="ce", choices=["ce", "ls", "maxsup"],
+                         help="The students' loss on the labels (default: ce).")
+    distill.add_argument("--distill_alpha", type=float, default=1.0,
+                         help="Weight beta of the distillation term (default: 1.0).")
+    distill.add_argument("--distill_temperature", type=float, default=4.0, help="Temperature T (default: 4.0).")
+    distill.add_argument("--no_baseline", action="store_true", help="Skip the student trained on the labels alone.")
+    distill.add_argument("--recipe", default=None, help="Recipe script (default: recipes/image_classification.py).")
+    distill.add_argument("--runs_dir", default=None, help="Where the students go (default: OUTPUT_DIR/runs).")
+    distill.add_argument("--python", default=sys.executable, help="Python interpreter that runs the recipe.")
+    _add_report_options(distill)
+
+
+def run_distill(args, passthrough, argv) -> dict:
+    from .distill_study import run_study
+
+    data_args, _ = _data_parser().parse_known_args(passthrough)
+    # The teachers' non-target entropy at T is measured on the training examples the students see.
+    limit = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    limit.add_argument("--max_train_samples", type=int, default=None)
+    content = run_study(
+        args.teachers, args.output_dir, seeds=args.seeds, runs_dir=args.runs_dir, teacher_labels=args.teacher_labels,
+        baseline=not args.no_baseline, student_loss=args.student_loss, distill_alpha=args.distill_alpha,
+        temperature=args.distill_temperature, recipe=args.recipe, passthrough=passthrough, python=args.python,
+        data=_data_options(args, vars(data_args)),
+        max_train_samples=limit.parse_known_args(passthrough)[0].max_train_samples,
+        command="hf-maxsup " + shlex.join(argv), log=log,
+    )
+    log(f"[hf-maxsup distill] report written to {os.path.join(args.output_dir, 'report.md')}")
+    return content
 
 
 def _card_loss_and_seed(path: str) -> tuple[str | None, int | None]:
@@ -239,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args, passthrough = parser.parse_known_args(argv)
     try:
-        if args.command == "analyze":
+        if args.command == "distill":
+            run_distill(args, passthrough, argv)
+        elif args.command == "analyze":
             if passthrough:
                 parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
             run_analyze(args, argv)
