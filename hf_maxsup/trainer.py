@@ -493,6 +493,10 @@ def _resolve_teacher(teacher, training_args, student):
     if student is None:
         raise ValueError("distillation needs the student model (model=...) to check the teacher against; "
                          "model_init is not supported with a teacher.")
+    if is_deepspeed_zero3_enabled():
+        # from_pretrained would partition the teacher's weights for an engine that never gathers them.
+        raise ValueError("distillation under DeepSpeed ZeRO-3 is not supported: the teacher runs outside the "
+                         "DeepSpeed engine. Train with ZeRO-1/2, DDP or FSDP.")
     teacher = _load_teacher(name, student) if teacher is None else teacher
     _check_teacher(teacher, student)
     return teacher

@@ -166,3 +166,12 @@ def test_bad_teachers(tmp_path):
         trainer(teacher_model_name_or_path=str(tmp_path / "three_classes"))
     with pytest.raises(ValueError, match="both teacher= and teacher_model_name_or_path"):
         trainer(teacher=tiny_bert(), teacher_model_name_or_path=str(tmp_path / "three_classes"))
+
+
+def test_zero3_is_refused(tmp_path):
+    pytest.importorskip("deepspeed")
+    config = os.path.join(TESTS, "..", "recipes", "configs", "ds_zero3.json")
+    args = MaxSupTrainingArguments(output_dir=str(tmp_path), deepspeed=config, **COMMON)
+    with pytest.raises(ValueError, match="ZeRO-3 is not supported"):
+        MaxSupTrainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(8), data_collator=collate,
+                      teacher=tiny_bert(seed=1))
