@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 # The Hub is unreachable on CI: fail fast instead of waiting for network time-outs.
@@ -9,3 +10,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter; it must be chosen before triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(params=["c", "torch", "triton"])
+def backend(request, monkeypatch):
+    """Forces each backend of the loss engine in turn (triton in its interpreter without a GPU); `auto` when a test
+    parametrizes it so (indirectly)."""
+    if request.param != "auto":
+        from hf_maxsup.kernels import select_backend
+
+        monkeypatch.setenv("HF_MAXSUP_BACKEND", request.param)
+        try:
+            select_backend(torch.device("cpu"), torch.float32)
+        except RuntimeError as err:
+            pytest.skip(f"{request.param} backend unavailable: {err}")
+    monkeypatch.setenv("HF_MAXSUP_BACKEND", request.param)
+    return request.param

@@ -21,14 +21,6 @@ TOL = 1e-5
 KINDS = ["ce", "ls", "maxsup"]
 
 
-@pytest.fixture(params=["c", "torch", "triton"])
-def backend(request, monkeypatch):
-    """Force each backend in turn; triton runs on CPU tensors under TRITON_INTERPRET=1 (set by conftest)."""
-    reason = kernels._module(request.param).unavailable(torch.device("cpu"), torch.float32)
-    if reason is not None:
-        pytest.skip(f"{request.param} backend unavailable: {reason}")
-    monkeypatch.setenv("HF_MAXSUP_BACKEND", request.param)
-    return request.param
 
 
 def labels_for(shape, num_classes, gen, frac_ignored=0.2):

@@ -22,13 +22,6 @@ ALPHA = 0.1
 KINDS = ["ce", "ls", "maxsup"]
 
 
-@pytest.fixture(params=["c", "torch", "triton"])
-def backend(request, monkeypatch):
-    reason = kernels._module(request.param).unavailable(torch.device("cpu"), torch.float32)
-    if reason is not None:
-        pytest.skip(f"{request.param} backend unavailable: {reason}")
-    monkeypatch.setenv("HF_MAXSUP_BACKEND", request.param)
-    return request.param
 
 
 def make(shape=(2, 25), hidden_size=16, vocab=300, dtype=torch.float32, ties=False, seed=0):
