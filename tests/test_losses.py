@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from _reference import loss_and_grad
 
-from hf_maxsup import LOSSES, LabelSmoothingLoss, MaxSupLoss, get_loss_fn, kernels
+from hf_maxsup import LOSSES, LabelSmoothingLoss, MaxSupLoss, get_loss_fn
 
 KINDS = ["ce", "ls", "maxsup"]
 SHAPES = [(7, 5), (2, 3, 11)]
