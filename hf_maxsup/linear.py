@@ -35,14 +35,20 @@ _REDUCTIONS = ("none", "sum", "mean")
 # The smallest chunk of logits worth a matmul: fewer rows than this make every chunk re-read the whole weight for
 # too little work (measured on a CPU: 32-row chunks of a 32k x 512 head ran 1.5x slower than 64-row ones).
 _MIN_CHUNK_ELEMS = 1 << 21
+# Chunks of at least 1/16 of the rows (each chunk re-reads the weight three times: forward, grad of the hidden
+# states, grad of the weight), and at most this many logits (256 MiB of float16 logits).
+_MIN_CHUNKS_FRACTION = 16
+_MAX_CHUNK_ELEMS = 1 << 27
 
 
 def default_chunk_size(num_rows: int, hidden_size: int, vocab_size: int) -> int:
-    """Rows per chunk: a chunk of logits about as large as the hidden states (Liger-Kernel's rule), and at least
-    `_MIN_CHUNK_ELEMS` logits; a power of two, at most `num_rows` rounded up to one."""
-    budget = max(num_rows * hidden_size, _MIN_CHUNK_ELEMS)
-    rows = max(1, budget // max(vocab_size, 1))
-    rows = 1 << (rows.bit_length() - 1)  # a power of two, rounded down: the chunk stays within the budget
+    """Rows per chunk: a chunk of logits about as large as the hidden states (Liger-Kernel's rule) and at least
+    `_MIN_CHUNK_ELEMS` logits, or 1/16 of the rows when that is more, at most `_MAX_CHUNK_ELEMS` logits; a power of
+    two, rounded down so that a chunk stays within its budget, and no more than `num_rows` rounded up to one."""
+    vocab_size = max(vocab_size, 1)
+    rows = max(max(num_rows * hidden_size, _MIN_CHUNK_ELEMS) // vocab_size, num_rows // _MIN_CHUNKS_FRACTION)
+    rows = max(1, min(rows, _MAX_CHUNK_ELEMS // vocab_size))
+    rows = 1 << (rows.bit_length() - 1)
     return min(rows, 1 << max(num_rows - 1, 0).bit_length())
 
 

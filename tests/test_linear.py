@@ -141,8 +141,8 @@ def test_named_functions_and_no_bias():
         loss = fn(hidden, weight, labels) if kind == "ce" else fn(hidden, weight, labels, ALPHA)
         items, keep = per_item(kind, hidden.double() @ weight.double().t(), labels, ALPHA)
         torch.testing.assert_close(loss.double(), items.sum() / keep.sum(), rtol=1e-5, atol=1e-6)
-    assert default_chunk_size(1024, 512, 32000) == 64 and default_chunk_size(16384, 4096, 128256) == 512
-    assert default_chunk_size(3, 64, 100) == 4
+    assert default_chunk_size(1024, 512, 32000) == 64 and default_chunk_size(4096, 512, 32000) == 256
+    assert default_chunk_size(16384, 4096, 128256) == 1024 and default_chunk_size(3, 64, 100) == 4
 
 
 def test_never_materialises_the_logits(backend, monkeypatch):
