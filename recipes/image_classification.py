@@ -36,7 +36,8 @@ from hf_maxsup.recipes import (
 class ImageModelArguments(ModelArguments):
     model_architecture: str = field(
         default="convnext",
-        metadata={"help": "Default model without --model_name_or_path: convnext, or resnet (about 6x the steps/s)."},
+        metadata={"help": "Default model without --model_name_or_path: convnext, or resnet (about 6x the steps/s), "
+                  "or resnet-small (half its widths, e.g. a distillation student)."},
     )
 
 
