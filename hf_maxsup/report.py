@@ -633,9 +633,9 @@ def regime_lines(summary: dict, regime: dict | None) -> list[str]:
     text = (f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
             f"{100 * ce['accuracy']['mean']:.1f} % (confidence − accuracy {format_summary(gap, 1.0, 3)}, {spread})"
             + (f"; mean confidence of {others}" if others else "")
-            + (f". CE's training accuracy: {format_summary(train, 100.0, 2)} %" if train["n"] else "") + ". ")
+            + (f". CE's training accuracy: {format_summary(train, 100.0, 2)} %" if train["n"] else "") + ".")
     if regime["in_regime"]:
-        text += ("CE is over-confident and fits its training set: the regime in which the papers measured their "
+        text += (" CE is over-confident and fits its training set: the regime in which the papers measured their "
                  "effects, where label smoothing improves calibration by lowering the confidence.")
         return ["## Regime check", "", text, ""]
     return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
