@@ -36,6 +36,7 @@ TEACHER_COLUMNS = (
     ("teacher_accuracy", "teacher accuracy (%)", 100.0, 2),
     ("teacher_nll", "teacher NLL", 1.0, 3),
     ("teacher_ece", "teacher ECE (%)", 100.0, 2),
+    ("teacher_confidence_minus_accuracy", "teacher confidence − accuracy", 1.0, 3),
     ("teacher_non_target_entropy", "teacher non-target entropy, T = 1", 1.0, 3),
     ("teacher_non_target_entropy_at_t", "teacher non-target entropy at T, students' training data", 1.0, 3),
 )
@@ -43,6 +44,8 @@ STUDENT_COLUMNS = (
     ("accuracy", "student accuracy (%)", 100.0, 2),
     ("nll", "student NLL", 1.0, 3),
     ("ece", "student ECE (%)", 100.0, 2),
+    # The sign ECE lacks: > 0 over-confident, < 0 under-confident.
+    ("confidence_minus_accuracy", "student confidence − accuracy", 1.0, 3),
 )
 
 # (claim, metric, group a, relation, group b, metric of b), as hf_maxsup.report.paper_checks takes them.
@@ -135,18 +138,19 @@ def _evaluate(path: str, label: str, seed: int | None, data) -> dict:
 
 
 def _teacher_metrics(path: str, data, train_data, temperature: float) -> dict[str, float]:
-    """The teacher's accuracy, NLL, ECE and non-target entropy on the evaluated split, and its non-target entropy at
-    the distillation temperature on the training examples the students see."""
+    """The teacher's accuracy, NLL, ECE, confidence − accuracy and non-target entropy on the evaluated split, and its
+    non-target entropy at the distillation temperature on the training examples the students see."""
     result = _evaluate(path, "teacher", None, data)
     on_train = _evaluate(path, "teacher", None, train_data)
     return {"teacher_accuracy": result["metrics"]["accuracy"], "teacher_nll": result["metrics"]["nll"],
             "teacher_ece": result["metrics"]["ece"],
+            "teacher_confidence_minus_accuracy": result["metrics"]["confidence_minus_accuracy"],
             "teacher_non_target_entropy": non_target_entropy(result["logits"], result["labels"]),
             "teacher_non_target_entropy_at_t": non_target_entropy(on_train["logits"], on_train["labels"],
                                                                   temperature)}
 
 
-def _table(summary: dict, teachers: dict) -> str:
+def _table(summary: dict, teachers: dict, temperature: float) -> str:
     from .report import format_summary, markdown_table
 
     rows = []
@@ -156,8 +160,9 @@ def _table(summary: dict, teachers: dict) -> str:
         students = [format_summary(metrics[key], scale, decimals) for key, _, scale, decimals in STUDENT_COLUMNS]
         rows.append([label, f"`{os.path.basename(os.path.normpath(teachers[label]))}`" if teachers[label] else "—",
                      *teacher, str(metrics["accuracy"]["n"]), *students])
-    return markdown_table(["teacher", "checkpoint", *(name for _, name, _, _ in TEACHER_COLUMNS), "students",
-                           *(name for _, name, _, _ in STUDENT_COLUMNS)], rows)
+    names = [name.replace("at T", f"at T = {temperature:g}") for _, name, _, _ in TEACHER_COLUMNS]
+    return markdown_table(["teacher", "checkpoint", *names, "students", *(name for _, name, _, _ in STUDENT_COLUMNS)],
+                          rows)
 
 
 def write_study_report(output_dir: str, results: Sequence[dict], teachers: dict, teacher_metrics: dict, *,
@@ -165,8 +170,15 @@ def write_study_report(output_dir: str, results: Sequence[dict], teachers: dict,
     """Writes `report.md` and `results.json` of the study; returns the content of `results.json`."""
     import json
 
-    from .report import (check_line, json_safe, markdown_table, paper_checks, summarize, summarize_runs,
-                         training_time_line)
+    from .report import (
+        check_line,
+        json_safe,
+        markdown_table,
+        paper_checks,
+        summarize,
+        summarize_runs,
+        training_time_line,
+    )
 
     summary = summarize_runs(results)
     for label, metrics in teacher_metrics.items():
@@ -176,8 +188,10 @@ def write_study_report(output_dir: str, results: Sequence[dict], teachers: dict,
     lines = ["# Distillation: students of CE, LS and MaxSup teachers", "", "```", command, "```", "",
              "Students: mean ± sample standard deviation (ddof=1) over their seeds; one teacher per row (no spread). "
              "The non-target entropy is the mean normalised entropy of the teacher's distribution over the classes "
-             "other than the label (1 = uniform: no class-resemblance information).", "",
-             _table(summary, teachers), "", "## What the papers report, and what these runs show", "",
+             "other than the label (1 = uniform: no class-resemblance information); confidence − accuracy > 0 is "
+             "over-confidence, < 0 under-confidence.", "",
+             _table(summary, teachers, extra["distill_temperature"]), "",
+             "## What the papers report, and what these runs show", "",
              *(check_line(check, columns) for check in checks), "", *notes, ""]
     time_line = training_time_line([result["path"] for result in results])
     lines += [time_line.replace("runs", "students"), ""] if time_line else []
@@ -230,7 +244,7 @@ def run_study(teachers: Sequence[str], output_dir: str, *, seeds: Sequence[int],
         raise ValueError(f"--teacher_labels names {len(labels)} teachers for {len(teachers)} --teachers.")
     _check_teachers(teachers, labels, passthrough)
     check_passthrough(passthrough)
-    groups = {**dict(zip(labels, teachers)), **({NO_TEACHER: None} if baseline else {})}
+    groups = {**dict(zip(labels, teachers, strict=True)), **({NO_TEACHER: None} if baseline else {})}
     start = time.monotonic()
     members = train_students(groups, runs_dir or os.path.join(output_dir, "runs"), seeds, recipe, passthrough,
                              student_loss=student_loss, distill_alpha=distill_alpha, temperature=temperature,
@@ -243,7 +257,7 @@ def run_study(teachers: Sequence[str], output_dir: str, *, seeds: Sequence[int],
     results = [_evaluate(member.output_dir, label, member.seed, data)
                for label, group in members.items() for member in group]
     teacher_metrics = {label: _teacher_metrics(path, data, train_data, temperature)
-                       for label, path in zip(labels, teachers)}
+                       for label, path in zip(labels, teachers, strict=True)}
     evaluated = time.monotonic() - start - trained
     notes = [f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`; "
              f"students: `--loss {student_loss}`, distillation `--distill_alpha {distill_alpha} "
