@@ -33,7 +33,7 @@ from transformers.utils import find_adapter_config_file
 
 from .schedules import alpha_at
 
-__all__ = ["HubPushError", "describe_loss", "load_for_analysis", "loss_metadata", "write_model_card"]
+__all__ = ["HubPushError", "describe_loss", "load_for_analysis", "loss_metadata", "task_of", "write_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class HubPushError(OSError):
     to push it later."""
 
 
-def _task_of(model_class_name: str) -> str | None:
+def task_of(model_class_name: str) -> str | None:
     for task, mapping in TASK_MAPPING.items():
         for names in mapping.values():
             if model_class_name in ((names,) if isinstance(names, str) else names):
@@ -197,12 +197,12 @@ def write_model_card(
     Returns:
         [`~huggingface_hub.ModelCard`]: the card written.
     """
-    # Imported here: the package's __init__ and trainer.py import this module.
     from . import __version__
-    from .trainer import MaxSupLossFunc
 
-    loss_fn = trainer.compute_loss_func
-    if not isinstance(loss_fn, MaxSupLossFunc):
+    # What the card reads from the loss function (a MaxSupLossFunc); asked for by name, so that this module does not
+    # import trainer.py, which imports it.
+    loss_fn = getattr(trainer, "compute_loss_func", None)
+    if not all(hasattr(loss_fn, name) for name in ("loss", "alpha", "alpha_end", "schedule", "ls_mass")):
         raise TypeError(
             "write_model_card needs a MaxSupTrainer, or a Trainer given a MaxSupLossFunc as compute_loss_func; "
             f"got a {type(trainer).__name__} whose compute_loss_func is {type(loss_fn).__name__}."
@@ -217,7 +217,7 @@ def write_model_card(
         name_or_path = getattr(getattr(base, "config", None), "_name_or_path", "")
         # A local path means nothing on the Hub; models built from a config have an empty one.
         finetuned_from = name_or_path if name_or_path and not os.path.isdir(name_or_path) else None
-    model_task = _task_of(type(base).__name__)
+    model_task = task_of(type(base).__name__)
     task = next(iter(_as_list(tasks)), model_task)
     hub_model_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
     model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name)
@@ -392,7 +392,7 @@ def load_for_analysis(name_or_path: str, *, revision: str | None = None, token: 
             base = json.load(f)["base_model_name_or_path"]
         config = AutoConfig.from_pretrained(base, token=token, trust_remote_code=False)
     architecture = (config.architectures or [""])[0]
-    auto_class = _AUTO_CLASSES.get(_task_of(architecture))
+    auto_class = _AUTO_CLASSES.get(task_of(architecture))
     if auto_class is None:
         raise ValueError(
             f"{name_or_path!r} holds a {architecture or 'model without a recorded architecture'}, not a model for one "

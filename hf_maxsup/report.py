@@ -396,12 +396,12 @@ def _load(path: str, token=None):
     """(model, processor, task) of a checkpoint; PEFT adapters are merged into their base model."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from .hub import _task_of, load_for_analysis
+    from .hub import load_for_analysis, task_of
 
     model = load_for_analysis(path, token=token)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload().eval()
-    task = _task_of(type(model).__name__)
+    task = task_of(type(model).__name__)
     if task == "image-classification":
         processor = AutoImageProcessor.from_pretrained(path, token=token)
     elif task == "text-classification":
@@ -477,7 +477,7 @@ def analyze_run(run: Run, data: DataOptions, source: Callable | None = None, pro
     """
     import torch
 
-    from .analysis.features import _find_feature_layer
+    from .analysis.features import find_feature_layer
     from .analysis.transfer import digits_probe_dataset, linear_probe
 
     model, processor, task = _load(run.path, data.token)
@@ -509,7 +509,7 @@ def analyze_run(run: Run, data: DataOptions, source: Callable | None = None, pro
                 features[name] = _collect(model, task, probe_split, processor, data)
         metrics["linear_probe_digits"] = linear_probe(features["train"]["features"], features["train"]["labels"],
                                                       features["test"]["features"], features["test"]["labels"])
-    weights = _find_feature_layer(model, None).weight.detach().float().cpu().numpy()
+    weights = find_feature_layer(model, None).weight.detach().float().cpu().numpy()
     names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     return {"label": run.label, "seed": run.seed, "path": run.path, "task": task, "split": split,
             "num_examples": len(raw), "metrics": metrics, "logits": collected["logits"],

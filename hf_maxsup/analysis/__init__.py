@@ -14,7 +14,7 @@ from .calibration import (
     reliability_bins,
     reliability_diagram,
 )
-from .features import collect_features
+from .features import collect_features, find_feature_layer
 from .geometry import feature_geometry, penultimate_projection, projection_plot
 from .logits import confidence_stats, ls_decomposition
 from .selective import (
@@ -33,6 +33,7 @@ __all__ = [
     "brier_score",
     "classwise_ece",
     "collect_features",
+    "find_feature_layer",
     "confidence_stats",
     "digits_probe_dataset",
     "e_aurc",

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 
-__all__ = ["collect_features"]
+__all__ = ["collect_features", "find_feature_layer"]
 
 _HEAD_NAMES = ("classifier", "score")
 
@@ -30,7 +30,18 @@ def _final_linear(root: nn.Module, num_labels: int) -> nn.Module | None:
     return found
 
 
-def _find_feature_layer(model: nn.Module, feature_layer) -> nn.Module:
+def find_feature_layer(model: nn.Module, feature_layer=None) -> nn.Module:
+    """The classifier's final linear layer, whose input is the penultimate feature (and whose weight rows are the
+    class templates of the projection plots).
+
+    Args:
+        model (`nn.Module`): an HF classifier (PEFT-wrapped too).
+        feature_layer (`nn.Module` or `str`, *optional*): the layer itself, or its name in `model.named_modules()`;
+            by default the linear layer with `config.num_labels` outputs in the shallowest `classifier` / `score`.
+
+    Returns:
+        `nn.Module`: the layer.
+    """
     if isinstance(feature_layer, nn.Module):
         return feature_layer
     if isinstance(feature_layer, str):
@@ -98,7 +109,7 @@ def collect_features(model: nn.Module, dataloader, device=None, feature_layer=No
         `dict[str, np.ndarray]` with keys `"features"` (`(N, D)`, float32), `"logits"` (`(N, K)`, float32) and
         `"labels"` (`(N,)`, int64).
     """
-    layer = _find_feature_layer(model, feature_layer)
+    layer = find_feature_layer(model, feature_layer)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     captured = {}
 
