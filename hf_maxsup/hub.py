@@ -199,48 +199,117 @@ def write_model_card(
     """
     from . import __version__
 
-    # What the card reads from the loss function (a MaxSupLossFunc); asked for by name, so that this module does not
-    # import trainer.py, which imports it.
-    loss_fn = getattr(trainer, "compute_loss_func", None)
-    if not all(hasattr(loss_fn, name) for name in ("loss", "alpha", "alpha_end", "schedule", "ls_mass")):
-        raise TypeError(
-            "write_model_card needs a MaxSupTrainer, or a Trainer given a MaxSupLossFunc as compute_loss_func; "
-            f"got a {type(trainer).__name__} whose compute_loss_func is {type(loss_fn).__name__}."
-        )
+    loss_fn = _loss_func_of(trainer)
     args, state = trainer.args, trainer.state
     output_dir = output_dir or args.output_dir
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_adapter = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
     base = model.get_base_model() if is_adapter else model
 
-    if finetuned_from is None:
-        name_or_path = getattr(getattr(base, "config", None), "_name_or_path", "")
-        # A local path means nothing on the Hub; models built from a config have an empty one.
-        finetuned_from = name_or_path if name_or_path and not os.path.isdir(name_or_path) else None
+    finetuned_from = finetuned_from if finetuned_from is not None else _hub_base_model(base)
     model_task = task_of(type(base).__name__)
     task = next(iter(_as_list(tasks)), model_task)
     hub_model_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
     model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name)
-    dataset_ids = _as_list(dataset_tags)
-    dataset_name, dataset_id = next(iter(_as_list(dataset)), None), next(iter(dataset_ids), None)
     eval_split = getattr(trainer.eval_dataset, "split", None)
+    loss = _loss_summary(loss_fn, state)
+    evaluations = [entry for entry in state.log_history if _metrics(entry)]
+    results = _final_results(evaluations, getattr(args, "predict_with_generate", False))
+    hyperparameters = extract_hyperparameters_from_trainer(trainer)
+    hyperparameters["loss"] = _describe_settings(loss)
+    # MaxSupTrainer's teacher and settings; a plain Trainer has none.
+    distillation = getattr(trainer, "distillation", None)
+    if distillation:
+        hyperparameters["distillation"] = (f"from {distillation['teacher']}, distill_alpha {distillation['alpha']}, "
+                                           f"temperature {distillation['temperature']}")
+    card_data = ModelCardData(
+        model_name=model_name, base_model=finetuned_from, library_name="transformers", language=language,
+        license=license, tags=_card_tags(loss["name"], tags, model, distillation), datasets=_as_list(dataset_tags) or None,
+        pipeline_tag=task if task in _PIPELINE_TAGS else None,
+        eval_results=_eval_results(results, task, dataset, dataset_tags, dataset_args, eval_split) or None,
+        # Machine-readable loss settings, for tools that compare runs.
+        hf_maxsup={**loss_metadata(loss["name"], loss["alpha"], loss_fn.alpha_end, loss["schedule"], loss["ls_mass"]),
+                   **({"history": loss_history} if loss_history else {})},
+        # Beside hf_maxsup, whose settings a resumed run must match: a teacher is not part of the loss's identity.
+        hf_maxsup_distillation=distillation or None,
+    )
+    versions = {"hf_maxsup": __version__}
+    versions |= {name: importlib.metadata.version(name) for name in ("transformers", "torch", "datasets", "tokenizers")}
+    path = os.path.join(output_dir, "README.md")
+    os.makedirs(output_dir, exist_ok=True)
+    if is_adapter:
+        _merge_peft_card_fields(model, output_dir, card_data)
+        versions["peft"] = importlib.metadata.version("peft")
+    card = ModelCard.from_template(
+        card_data, template_str=_template(), model_name=model_name, finetuned_from=finetuned_from,
+        is_adapter=is_adapter, task_name=TASK_TAG_TO_NAME_MAPPING.get(task, task or "classification"),
+        dataset=next(iter(_as_list(dataset) or _as_list(dataset_tags)), None), loss=loss,
+        global_step=state.global_step, max_steps=state.max_steps, results=results,
+        results_step=evaluations[-1].get("step") if evaluations else None,
+        eval_split=str(eval_split) if eval_split else None,
+        history=[{"epoch": e.get("epoch"), "step": e.get("step"), "values": _metrics(e)} for e in evaluations],
+        history_columns=results, reliability_diagram=RELIABILITY_DIAGRAM if os.path.isfile(
+            os.path.join(output_dir, RELIABILITY_DIAGRAM)) else None,
+        hyperparameters=hyperparameters, versions=versions, auto_class=_AUTO_CLASSES.get(model_task),
+        local_path=_local_path(output_dir), repo_id=hub_model_id or f"<your-username>/{model_name}",
+    )
+    card.save(path)
+    return card
 
+
+def _hub_base_model(model) -> str | None:
+    """The Hub id the model was fine-tuned from: its `_name_or_path`, unless that is a local path (which means nothing
+    on the Hub) or empty (a model built from a config)."""
+    name_or_path = getattr(getattr(model, "config", None), "_name_or_path", "")
+    return name_or_path if name_or_path and not os.path.isdir(name_or_path) else None
+
+
+def _loss_func_of(trainer):
+    """The trainer's loss function (a MaxSupLossFunc), checked by the settings the card reads: by name, so that this
+    module does not import trainer.py, which imports it."""
+    loss_fn = getattr(trainer, "compute_loss_func", None)
+    if not all(hasattr(loss_fn, name) for name in ("loss", "alpha", "alpha_end", "schedule", "ls_mass")):
+        raise TypeError(
+            "write_model_card needs a MaxSupTrainer, or a Trainer given a MaxSupLossFunc as compute_loss_func; "
+            f"got a {type(trainer).__name__} whose compute_loss_func is {type(loss_fn).__name__}."
+        )
+    return loss_fn
+
+
+def _loss_summary(loss_fn, state) -> dict:
+    """The loss settings and alpha at the start, at the end and at this checkpoint, as plain values."""
     progress = state.global_step / state.max_steps if state.max_steps else 0.0
-    loss = {
+    return {
         "name": loss_fn.loss, "schedule": loss_fn.schedule, "alpha": loss_fn.alpha,
         "alpha_end": alpha_at(1.0, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
         "alpha_now": alpha_at(progress, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
         "ls_mass": loss_fn.ls_mass,
     }
 
-    evaluations = [entry for entry in state.log_history if _metrics(entry)]
+
+def _describe_settings(loss: dict) -> str:
+    """The loss line of the card's hyper-parameters."""
+    if loss["name"] == "ce":
+        return "ce"
+    mass = {"all": ", smoothing mass on all classes", "others": ", smoothing mass on the other classes"}
+    return (f"{loss['name']}, alpha {loss['alpha']} to {loss['alpha_end']} ({loss['schedule']})"
+            + (mass[loss["ls_mass"]] if loss["name"] == "ls" else ""))
+
+
+def _final_results(evaluations: list[dict], predict_with_generate: bool) -> list[dict]:
+    """The metrics of the last evaluation, named for the card."""
     final = _metrics(evaluations[-1]) if evaluations else {}
     # With predict_with_generate the Seq2SeqTrainer evaluates the model's own cross-entropy: `eval_loss` is then the
     # token-level NLL of the references, which does compare across training losses.
-    if evaluations and getattr(args, "predict_with_generate", False) and "eval_loss" in evaluations[-1]:
+    if evaluations and predict_with_generate and "eval_loss" in evaluations[-1]:
         final.setdefault("nll", float(evaluations[-1]["eval_loss"]))
-    results = [{"type": key, "name": _METRIC_NAMES.get(key, key), "value": value} for key, value in final.items()]
-    eval_results = [
+    return [{"type": key, "name": _METRIC_NAMES.get(key, key), "value": value} for key, value in final.items()]
+
+
+def _eval_results(results, task, dataset, dataset_tags, dataset_args, eval_split) -> list[EvalResult]:
+    """The `model-index` entries of the results."""
+    dataset_name, dataset_id = next(iter(_as_list(dataset)), None), next(iter(_as_list(dataset_tags)), None)
+    return [
         EvalResult(
             task_type=task or "other", task_name=TASK_TAG_TO_NAME_MAPPING.get(task),
             dataset_type=dataset_id or _dataset_type(dataset_name),
@@ -252,74 +321,25 @@ def write_model_card(
         for result in results
     ]
 
-    hyperparameters = extract_hyperparameters_from_trainer(trainer)
-    hyperparameters["loss"] = loss_fn.loss if loss_fn.loss == "ce" else (
-        f"{loss_fn.loss}, alpha {loss['alpha']} to {loss['alpha_end']} ({loss_fn.schedule})"
-        + ({"all": ", smoothing mass on all classes", "others": ", smoothing mass on the other classes"}[loss_fn.ls_mass]
-           if loss_fn.loss == "ls" else "")
-    )
-    # MaxSupTrainer's teacher and settings; a plain Trainer has none.
-    distillation = getattr(trainer, "distillation", None)
-    if distillation:
-        hyperparameters["distillation"] = (f"from {distillation['teacher']}, distill_alpha {distillation['alpha']}, "
-                                           f"temperature {distillation['temperature']}")
-    all_tags = ["hf_maxsup", *_LOSS_TAGS[loss_fn.loss], "generated_from_trainer",
+
+def _card_tags(loss_name: str, tags, model, distillation) -> list[str]:
+    """hf_maxsup's tags, the loss's, the user's and the model's own, each once."""
+    all_tags = ["hf_maxsup", *_LOSS_TAGS[loss_name], "generated_from_trainer",
                 *(["knowledge-distillation"] if distillation else [])]
     for tag in [*_as_list(tags), *(getattr(model, "model_tags", None) or [])]:
         if tag not in all_tags:
             all_tags.append(tag)
-    card_data = ModelCardData(
-        model_name=model_name, base_model=finetuned_from, library_name="transformers", language=language,
-        license=license, tags=all_tags, datasets=dataset_ids or None,
-        pipeline_tag=task if task in _PIPELINE_TAGS else None, eval_results=eval_results or None,
-        # Machine-readable loss settings, for tools that compare runs.
-        hf_maxsup={**loss_metadata(loss_fn.loss, loss_fn.alpha, loss_fn.alpha_end, loss_fn.schedule,
-                                   loss_fn.ls_mass),
-                   **({"history": loss_history} if loss_history else {})},
-        # Beside hf_maxsup, whose settings a resumed run must match: a teacher is not part of the loss's identity.
-        hf_maxsup_distillation=distillation or None,
-    )
-    versions = {"hf_maxsup": __version__}
-    versions |= {name: importlib.metadata.version(name) for name in ("transformers", "torch", "datasets", "tokenizers")}
+    return all_tags
 
-    path = os.path.join(output_dir, "README.md")
-    os.makedirs(output_dir, exist_ok=True)
-    if is_adapter:
-        # peft's own card fields (library_name "peft", the base model, its tags) are authoritative for an adapter.
-        model.create_or_update_model_card(output_dir)
-        peft_data = ModelCard.load(path).data
-        card_data.library_name = peft_data.library_name
-        card_data.base_model = peft_data.base_model
-        card_data.tags += [tag for tag in peft_data.tags or [] if tag not in card_data.tags]
-        card_data.pipeline_tag = peft_data.pipeline_tag or card_data.pipeline_tag
-        versions["peft"] = importlib.metadata.version("peft")
 
-    card = ModelCard.from_template(
-        card_data,
-        template_str=_template(),
-        model_name=model_name,
-        finetuned_from=finetuned_from,
-        is_adapter=is_adapter,
-        task_name=TASK_TAG_TO_NAME_MAPPING.get(task, task or "classification"),
-        dataset=dataset_name or dataset_id,
-        loss=loss,
-        global_step=state.global_step,
-        max_steps=state.max_steps,
-        results=results,
-        results_step=evaluations[-1].get("step") if evaluations else None,
-        eval_split=str(eval_split) if eval_split else None,
-        history=[{"epoch": e.get("epoch"), "step": e.get("step"), "values": _metrics(e)} for e in evaluations],
-        history_columns=results,
-        reliability_diagram=RELIABILITY_DIAGRAM if os.path.isfile(os.path.join(output_dir, RELIABILITY_DIAGRAM))
-        else None,
-        hyperparameters=hyperparameters,
-        versions=versions,
-        auto_class=_AUTO_CLASSES.get(model_task),
-        local_path=_local_path(output_dir),
-        repo_id=hub_model_id or f"<your-username>/{model_name}",
-    )
-    card.save(path)
-    return card
+def _merge_peft_card_fields(model, output_dir: str, card_data: ModelCardData) -> None:
+    """peft's own card fields (library_name "peft", the base model, its tags) are authoritative for an adapter."""
+    model.create_or_update_model_card(output_dir)
+    peft_data = ModelCard.load(os.path.join(output_dir, "README.md")).data
+    card_data.library_name = peft_data.library_name
+    card_data.base_model = peft_data.base_model
+    card_data.tags += [tag for tag in peft_data.tags or [] if tag not in card_data.tags]
+    card_data.pipeline_tag = peft_data.pipeline_tag or card_data.pipeline_tag
 
 
 def failure_message(err: Exception, trainer, token: str | None = None, *, saved: bool = True) -> str:
