@@ -202,6 +202,39 @@ def _check_no_empty_cells(dataset: DatasetDict, columns, data_files: dict[str, s
                                      "remove those rows.")
 
 
+def _load_hub_dataset(task: str, dataset_name: str, config_name: str | None, cache_dir, token) -> DatasetDict:
+    try:
+        return load_dataset(dataset_name, config_name, cache_dir=cache_dir, token=token)
+    except Exception as err:
+        # Offline, `datasets` fails with a message about the Hub that does not say how to train without it.
+        config = f" (config {config_name!r})" if config_name else ""
+        hint = " or image folders with --train_dir/--validation_dir" if task == "image-classification" else ""
+        raise RuntimeError(
+            f"Could not load dataset {dataset_name!r}{config}: {err}\n"
+            "If you are offline or the Hub is unreachable, pass local data files with "
+            f"--train_file/--validation_file/--test_file (csv, json, jsonl or parquet){hint}, "
+            f"or leave out --dataset_name to use the embedded {task} data shipped with hf_maxsup."
+        ) from err
+
+
+def _load_image_folders(task: str, data_dirs: dict[str, str], cache_dir) -> DatasetDict:
+    if task != "image-classification":
+        raise ValueError("--train_dir/--validation_dir (image folders) are only supported for image-classification.")
+    for split, path in data_dirs.items():
+        _check_image_folder(split, path)
+    # "**" lets `imagefolder` take the class name from each image's parent folder.
+    dataset = load_dataset(
+        "imagefolder", data_files={split: os.path.join(path, "**") for split, path in data_dirs.items()},
+        cache_dir=cache_dir,
+    )
+    if "label" not in dataset["train" if "train" in dataset else next(iter(dataset))].column_names:
+        # imagefolder labels images by their parent folder only when there are several.
+        raise ValueError(f"{', '.join(f'--{split}_dir {path}' for split, path in data_dirs.items())}: the images "
+                         "are in only one class folder (or none). Lay them out as <dir>/<label>/<image> with at "
+                         "least two labels.")
+    return dataset
+
+
 def load_task_dataset(
     task: str,
     dataset_name: str | None = None,
@@ -277,36 +310,9 @@ def load_task_dataset(
         )
 
     if dataset_name is not None:
-        try:
-            dataset = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, token=token)
-        except Exception as err:
-            # Offline, `datasets` fails with a message about the Hub that does not say how to train without it.
-            config = f" (config {dataset_config_name!r})" if dataset_config_name else ""
-            hint = " or image folders with --train_dir/--validation_dir" if task == "image-classification" else ""
-            raise RuntimeError(
-                f"Could not load dataset {dataset_name!r}{config}: {err}\n"
-                "If you are offline or the Hub is unreachable, pass local data files with "
-                f"--train_file/--validation_file/--test_file (csv, json, jsonl or parquet){hint}, "
-                f"or leave out --dataset_name to use the embedded {task} data shipped with hf_maxsup."
-            ) from err
+        dataset = _load_hub_dataset(task, dataset_name, dataset_config_name, cache_dir, token)
     elif data_dirs:
-        if task != "image-classification":
-            raise ValueError(
-                "--train_dir/--validation_dir (image folders) are only supported for image-classification."
-            )
-        for split, path in data_dirs.items():
-            _check_image_folder(split, path)
-        # "**" lets `imagefolder` take the class name from each image's parent folder.
-        dataset = load_dataset(
-            "imagefolder",
-            data_files={split: os.path.join(path, "**") for split, path in data_dirs.items()},
-            cache_dir=cache_dir,
-        )
-        if "label" not in dataset["train" if "train" in dataset else next(iter(dataset))].column_names:
-            # imagefolder labels images by their parent folder only when there are several.
-            raise ValueError(f"{', '.join(f'--{split}_dir {path}' for split, path in data_dirs.items())}: the images "
-                             "are in only one class folder (or none). Lay them out as <dir>/<label>/<image> with at "
-                             "least two labels.")
+        dataset = _load_image_folders(task, data_dirs, cache_dir)
     elif data_files:
         dataset = _load_data_files(data_files, cache_dir)
     else:
