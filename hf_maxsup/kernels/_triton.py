@@ -47,16 +47,21 @@ _TL_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16
 # 4096 fp32 columns over 8 warps are 16 per thread, which keeps a row's sweep at full bandwidth without spilling;
 # small class counts (classification heads) get small blocks so that few lanes sit masked.
 _ROW_CONFIGS = ((128, 1), (1024, 4), (4096, 8))
+# With a teacher a block holds twice the live values (student and teacher, plain and tempered): half the columns per
+# block keep the largest one within the registers (blocks of 4096 and 2048 columns spilled a few bytes).
+_DISTILL_ROW_CONFIGS = ((128, 1), (1024, 4))
 # One program scales this many gradient elements in `scale_`.
 _SCALE_CONFIG = (4096, 8)
 
 
-def _row_config(num_classes: int) -> tuple[int, int]:
-    """`(BLOCK, num_warps)` of the row kernel for `num_classes` columns; always one of `_ROW_CONFIGS`."""
-    for block, num_warps in _ROW_CONFIGS:
+def _row_config(num_classes: int, distill: bool = False) -> tuple[int, int]:
+    """`(BLOCK, num_warps)` of the row kernel for `num_classes` columns; always one of `_ROW_CONFIGS` (or of
+    `_DISTILL_ROW_CONFIGS` with a teacher)."""
+    configs = _DISTILL_ROW_CONFIGS if distill else _ROW_CONFIGS
+    for block, num_warps in configs:
         if num_classes <= block:
             return block, num_warps
-    return _ROW_CONFIGS[-1]
+    return configs[-1]
 
 
 def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -338,7 +343,8 @@ def specialisations() -> list[Specialisation]:
             extra_dtypes = [None, torch.float32] + ([dtype] if dtype != torch.float32 else [])
             for soft_dtype, teacher_dtype in itertools.product(extra_dtypes, extra_dtypes):
                 splits = (False, True) if kind == "ls" and soft_dtype is None else (False,)
-                for write_grad, split, (block, num_warps) in itertools.product((False, True), splits, _ROW_CONFIGS):
+                configs = _DISTILL_ROW_CONFIGS if teacher_dtype is not None else _ROW_CONFIGS
+                for write_grad, split, (block, num_warps) in itertools.product((False, True), splits, configs):
                     out.append(_row_specialisation(kind, dtype, soft_dtype, teacher_dtype, write_grad, split, block,
                                                    num_warps))
     block, num_warps = _SCALE_CONFIG
@@ -371,7 +377,7 @@ def forward(job: LossJob) -> torch.Tensor:
         soft = logits if hard else job.soft
         grad = job.grad if job.grad is not None else logits
         gs_outer, gs_inner = job.grad_strides if job.grad is not None else (0, 0)
-        block, num_warps = _row_config(num_classes)
+        block, num_warps = _row_config(num_classes, distill=job.teacher is not None)
         teacher = job.teacher if job.teacher is not None else logits
         _loss_row_kernel[(num_rows,)](
             logits, grad, labels, soft, teacher, stats, job.grad_scale,
