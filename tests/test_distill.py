@@ -3,13 +3,11 @@ a float64 formula, a student checkpoint without the teacher, the model card, and
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from _env import subprocess_env
+from _env import run_one_and_two_processes
 from _reference import per_item
 from huggingface_hub import ModelCard
 from safetensors import safe_open
@@ -85,23 +83,13 @@ def test_gradient_accumulation_with_teacher_is_exact(task, tmp_path):
 def test_two_processes_match_one_with_teacher(tmp_path):
     """A teacher loaded from teacher_model_name_or_path in each process: same losses and parameters on 1 and 2."""
     tiny_bert(token_level=True, seed=1).save_pretrained(tmp_path / "teacher")
-    script = os.path.join(TESTS, "tiny_run.py")
-    common = ["--teacher", str(tmp_path / "teacher"), "--max_steps", "2"]
-    commands = {
-        "one": [sys.executable, script, "--per_device_train_batch_size", "8"],
-        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script,
-                "--per_device_train_batch_size", "4"],
-    }
-    for name, command in commands.items():
-        result = subprocess.run([*command, *common, "--output_dir", str(tmp_path / name)], env=subprocess_env(),
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-    logs = {name: json.load(open(tmp_path / name / "logs.json")) for name in commands}
+    outputs = run_one_and_two_processes(os.path.join(TESTS, "tiny_run.py"), tmp_path, "--teacher",
+                                        str(tmp_path / "teacher"), "--max_steps", "2")
+    logs = {name: json.load(open(output / "logs.json")) for name, output in outputs.items()}
     assert all("distill" in entry for entry in logs["one"])
     torch.testing.assert_close(torch.tensor([e["loss"] for e in logs["two"]]),
                                torch.tensor([e["loss"] for e in logs["one"]]), rtol=1e-5, atol=1e-6)
-    one, two = (torch.load(tmp_path / name / "params.pt") for name in commands)
+    one, two = (torch.load(outputs[name] / "params.pt") for name in ("one", "two"))
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
 

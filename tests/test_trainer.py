@@ -2,11 +2,9 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from _env import subprocess_env
+from _env import run_one_and_two_processes
 import torch
 from _reference import per_item
 from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
@@ -73,26 +71,14 @@ def test_gradient_accumulation_is_exact(task, loss, tmp_path):
 
 def test_two_processes_match_one(tmp_path):
     """Same global batch on 1 process and on 2 (DDP on CPU, gloo): same losses and parameters after 3 steps."""
-    script = os.path.join(TESTS, "tiny_run.py")
-    env = subprocess_env()
-    # `accelerate launch --cpu` picks the MPI launcher; --multi_gpu is the torchrun launcher, which runs on CPU too.
-    commands = {
-        "one": [sys.executable, script, "--per_device_train_batch_size", "8"],
-        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script,
-                "--per_device_train_batch_size", "4"],
-    }
-    for name, command in commands.items():
-        result = subprocess.run([*command, "--output_dir", str(tmp_path / name)], env=env, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-    logs = {name: json.load(open(tmp_path / name / "logs.json")) for name in commands}
+    outputs = run_one_and_two_processes(os.path.join(TESTS, "tiny_run.py"), tmp_path)
+    logs = {name: json.load(open(output / "logs.json")) for name, output in outputs.items()}
     assert [entry["epoch"] for entry in logs["one"]] == [entry["epoch"] for entry in logs["two"]]
     # ce and reg are logged as averages of per-process means, which differ from the global mean: only diagnostics.
     for key in ("loss", "alpha"):
         torch.testing.assert_close(torch.tensor([e[key] for e in logs["two"]]),
                                    torch.tensor([e[key] for e in logs["one"]]), rtol=1e-5, atol=1e-6)
-    one, two = (torch.load(tmp_path / name / "params.pt") for name in commands)
+    one, two = (torch.load(outputs[name] / "params.pt") for name in ("one", "two"))
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
 
