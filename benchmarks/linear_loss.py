@@ -123,8 +123,9 @@ def _make_fn(name):
         # options=None is torch's reference path (the full logits): the chunked path has to be asked for
         options = torch.nn.LinearCrossEntropyOptions()
         smoothing = ALPHA if name == "torch_linear_ce_ls" else 0.0
-        return lambda h, w, y: F.linear_cross_entropy(h, w, y, ignore_index=IGN, label_smoothing=smoothing,
-                                                      options=options)
+        return lambda h, w, y: F.linear_cross_entropy(
+            h, w, y, ignore_index=IGN, label_smoothing=smoothing, options=options
+        )
     if name == "liger_flce_ls":
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -198,8 +199,14 @@ def child_cpu(args, fn, shape, dtype):
         step(hidden, weight, labels)
     faults.clear()
     times = [step(hidden, weight, labels) for _ in range(args.repeats)]
-    return {"times": times, "first": t_first, "extra_bytes": extra, "extra_exact": exact,
-            "logits_bytes": shape[0] * shape[2] * hidden.element_size(), "faults": statistics.median(faults)}
+    return {
+        "times": times,
+        "first": t_first,
+        "extra_bytes": extra,
+        "extra_exact": exact,
+        "logits_bytes": shape[0] * shape[2] * hidden.element_size(),
+        "faults": statistics.median(faults),
+    }
 
 
 def child_cuda(args, fn, shape, dtype):
@@ -233,9 +240,14 @@ def child_cuda(args, fn, shape, dtype):
     extra = torch.cuda.max_memory_allocated() - allocated - _grad_bytes(hidden, weight)
 
     times = [step(hidden, weight, labels) for _ in range(args.repeats)]
-    return {"times": times, "first": t_first, "extra_bytes": extra, "extra_exact": True,
-            "logits_bytes": shape[0] * shape[2] * hidden.element_size(),
-            "device_name": torch.cuda.get_device_name(device)}
+    return {
+        "times": times,
+        "first": t_first,
+        "extra_bytes": extra,
+        "extra_exact": True,
+        "logits_bytes": shape[0] * shape[2] * hidden.element_size(),
+        "device_name": torch.cuda.get_device_name(device),
+    }
 
 
 def child(args):
@@ -256,7 +268,6 @@ def child(args):
     if args.child in OURS:
         # asked after the runs, so that a backend chosen lazily at the first call is the one reported
         from hf_maxsup import kernels
-
         from hf_maxsup.linear import default_chunk_size
 
         info = kernels.kernel_info(torch.device(args.device), dtype)
@@ -277,9 +288,26 @@ def run_job(cand, shape, dtype, args):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     if cand in OURS:
         env["HF_MAXSUP_BACKEND"] = "auto"
-    cmd = [sys.executable, __file__, "--child", cand, "--device", args.device, "--shape", shape, "--dtype", dtype,
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--seed", str(args.seed),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        cand,
+        "--device",
+        args.device,
+        "--shape",
+        shape,
+        "--dtype",
+        dtype,
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout, check=False)
     if p.returncode != 0:
         print(f"[{cand} {shape} {dtype}] failed:\n{p.stderr[-3000:]}", file=sys.stderr)
@@ -305,18 +333,24 @@ def run_rounds(jobs, args):
 
 def _preamble(args, summary):
     first = summary[next(iter(summary))] if summary else {}
-    where = f"GPU ({first.get('device_name', '?')})" if args.device == "cuda" else \
-        f"CPU, torch threads: {first.get('threads', '?')}"
+    where = (
+        f"GPU ({first.get('device_name', '?')})"
+        if args.device == "cuda"
+        else f"CPU, torch threads: {first.get('threads', '?')}"
+    )
     print(f"\n## Fused linear loss forward + backward, {where}\n")
     timer = "CUDA events" if args.device == "cuda" else "perf_counter"
     probe = "`torch.cuda.max_memory_allocated`" if args.device == "cuda" else "RSS"
-    print(f"hidden (N, H) and weight (V, H) both require grad; alpha = {ALPHA}, 10 % ignored labels, {args.rounds} "
-          f"rounds x {args.repeats} repeats, fresh process per measurement, medians. Backend: the hf_maxsup backend "
-          "that served the row (`kernels.kernel_info` in that process), — for the other implementations. Time: ms "
-          f"({timer}) and × `F.linear` + `F.cross_entropy` of the same shape/dtype in this run. Memory: peak {probe} "
-          "during forward + backward beyond the inputs and beyond `hidden.grad` + `weight.grad` (which every "
-          "candidate returns), × one N×V logits tensor in the input dtype."
-          + (" Page faults: minor faults per timed iteration (median)." if args.device == "cpu" else "") + "\n")
+    print(
+        f"hidden (N, H) and weight (V, H) both require grad; alpha = {ALPHA}, 10 % ignored labels, {args.rounds} "
+        f"rounds x {args.repeats} repeats, fresh process per measurement, medians. Backend: the hf_maxsup backend "
+        "that served the row (`kernels.kernel_info` in that process), — for the other implementations. Time: ms "
+        f"({timer}) and × `F.linear` + `F.cross_entropy` of the same shape/dtype in this run. Memory: peak {probe} "
+        "during forward + backward beyond the inputs and beyond `hidden.grad` + `weight.grad` (which every "
+        "candidate returns), × one N×V logits tensor in the input dtype."
+        + (" Page faults: minor faults per timed iteration (median)." if args.device == "cpu" else "")
+        + "\n"
+    )
 
 
 def _row(device, c, m, ref):
@@ -357,27 +391,42 @@ def print_tables(args, shapes, dtypes, cands, skipped, summary, results):
         print(f"warning raised by {', '.join(sorted(names))}: {w}\n")
     # per shape, every value seen: two would mean the code under test changed during the run
     for s in shapes:
-        rows = sorted({run["chunk_rows"] for (c, js, _), runs in results.items() if js == s for run in runs
-                       if "chunk_rows" in run})
+        rows = sorted(
+            {
+                run["chunk_rows"]
+                for (c, js, _), runs in results.items()
+                if js == s
+                for run in runs
+                if "chunk_rows" in run
+            }
+        )
         if rows:
             print(f"ours at {s}: {' and '.join(map(str, rows))} rows per chunk (`default_chunk_size`)\n")
     reasons = next((m["reasons"] for m in summary.values() if m["reasons"]), None)
     if reasons:
-        print("hf_maxsup backends on this device (auto): "
-              + "; ".join(f"{b}: {why or 'usable'}" for b, why in reasons.items()) + "\n")
+        print(
+            "hf_maxsup backends on this device (auto): "
+            + "; ".join(f"{b}: {why or 'usable'}" for b, why in reasons.items())
+            + "\n"
+        )
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--shapes", help="comma separated NxHxV, e.g. 1024x512x32000 (default: per device, see above)")
     ap.add_argument("--dtypes", help="float32,bfloat16,float16 (default: per device)")
     ap.add_argument("--candidates", default=",".join(CANDIDATES), help=",".join(CANDIDATES))
     ap.add_argument("--rounds", type=int, default=3, help="shuffled rounds (one fresh process per job per round)")
     ap.add_argument("--repeats", type=int, default=5, help="timed iterations per process")
-    ap.add_argument("--warmup", type=int, default=1,
-                    help="untimed full-size iterations per process, after the (untimed) memory iteration")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed full-size iterations per process, after the (untimed) memory iteration",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each process (0: default)")
     ap.add_argument("--timeout", type=int, default=1800)
@@ -418,9 +467,16 @@ def main(argv=None):
     print_tables(args, shapes, dtypes, cands, skipped, summary, results)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "skipped": skipped,
-                       "results": {"|".join(j): v for j, v in results.items()},
-                       "summary": {"|".join(j): v for j, v in summary.items()}}, f, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "skipped": skipped,
+                    "results": {"|".join(j): v for j, v in results.items()},
+                    "summary": {"|".join(j): v for j, v in summary.items()},
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -121,8 +121,10 @@ STEADY_ENV = {
 }
 # 512 MiB per buffer: far beyond any GPU's L2, so the copy streams through device memory
 BANDWIDTH_BYTES = 1 << 29
-NO_GPU = ("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False); run it on a machine with "
-          "a GPU, or drop --device for the CPU benchmark.")
+NO_GPU = (
+    "--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False); run it on a machine with "
+    "a GPU, or drop --device for the CPU benchmark."
+)
 
 
 def floor_ms(read_bytes: int, write_bytes: int, bandwidth_gb_s: float) -> float:
@@ -277,8 +279,14 @@ def child_cpu(args, fn, shape, dtype):
         step(x, x0, y)
     faults.clear()
     times = [step(x, x0, y) for _ in range(args.repeats)]
-    return {"times": times, "first": t_first, "extra_bytes": extra, "extra_exact": exact,
-            "logits_bytes": x0.numel() * x0.element_size(), "faults": statistics.median(faults)}
+    return {
+        "times": times,
+        "first": t_first,
+        "extra_bytes": extra,
+        "extra_exact": exact,
+        "logits_bytes": x0.numel() * x0.element_size(),
+        "faults": statistics.median(faults),
+    }
 
 
 def copy_bandwidth_gb_s(device, nbytes=BANDWIDTH_BYTES, repeats=10):
@@ -341,9 +349,15 @@ def child_cuda(args, fn, shape, dtype):
     extra = torch.cuda.max_memory_allocated() - allocated
 
     times = [step(x, x0, y) for _ in range(args.repeats)]
-    return {"times": times, "first": t_first, "extra_bytes": extra, "extra_exact": True,
-            "logits_bytes": x0.numel() * x0.element_size(), "bandwidth_gb_s": bandwidth,
-            "device_name": torch.cuda.get_device_name(device)}
+    return {
+        "times": times,
+        "first": t_first,
+        "extra_bytes": extra,
+        "extra_exact": True,
+        "logits_bytes": x0.numel() * x0.element_size(),
+        "bandwidth_gb_s": bandwidth,
+        "device_name": torch.cuda.get_device_name(device),
+    }
 
 
 def child(args):
@@ -376,9 +390,26 @@ def run_job(cand, shape, dtype, args):
         env.update(STEADY_ENV)
     if cand in OURS:
         env["HF_MAXSUP_BACKEND"] = OURS[cand][2]
-    cmd = [sys.executable, __file__, "--child", cand, "--device", args.device, "--shape", shape, "--dtype", dtype,
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--seed", str(args.seed),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        cand,
+        "--device",
+        args.device,
+        "--shape",
+        shape,
+        "--dtype",
+        dtype,
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout, check=False)
     if p.returncode != 0:
         print(f"[{cand} {shape} {dtype}] failed:\n{p.stderr[-3000:]}", file=sys.stderr)
@@ -410,22 +441,28 @@ def summarise(rs):
 
 def _preamble(args, summary):
     first = summary[next(iter(summary))] if summary else {}
-    common = (f"alpha = {ALPHA}, 10 % ignored labels, {args.rounds} rounds x {args.repeats} repeats, fresh process "
-              "per measurement, medians. Backend: the hf_maxsup backend that served the row "
-              "(`kernels.kernel_info` in that process), — for the other implementations. ")
+    common = (
+        f"alpha = {ALPHA}, 10 % ignored labels, {args.rounds} rounds x {args.repeats} repeats, fresh process "
+        "per measurement, medians. Backend: the hf_maxsup backend that served the row "
+        "(`kernels.kernel_info` in that process), — for the other implementations. "
+    )
     if args.device == "cuda":
         print(f"\n## Loss forward + backward, GPU ({first.get('device_name', '?')})\n")
-        print(common + "Time: ms (CUDA events), × plain `F.cross_entropy` of the same shape/dtype in this run, and × "
-              "the memory-bandwidth floor (read the logits once + write the gradient once at the device copy "
-              "bandwidth measured in the same process). Memory: peak `torch.cuda.max_memory_allocated` beyond "
-              "the inputs during forward + backward, × one logits tensor (includes the logits' gradient).\n")
+        print(
+            common + "Time: ms (CUDA events), × plain `F.cross_entropy` of the same shape/dtype in this run, and × "
+            "the memory-bandwidth floor (read the logits once + write the gradient once at the device copy "
+            "bandwidth measured in the same process). Memory: peak `torch.cuda.max_memory_allocated` beyond "
+            "the inputs during forward + backward, × one logits tensor (includes the logits' gradient).\n"
+        )
         return
     regime = "steady (THP_MEM_ALLOC_ENABLE=1, freed memory kept)" if args.steady else "default (glibc, page faults)"
     print(f"\n## Loss forward + backward, CPU, {regime}\n")
-    print(common + f"{first.get('threads', '?')} threads. Time: ms and × plain `F.cross_entropy` of the same "
-          "shape/dtype in this run. Memory: peak RSS beyond the inputs during forward + backward, × one logits "
-          "tensor (includes the logits' gradient). Page faults: minor faults per timed iteration (median); a "
-          "logits-sized fp32 buffer of 4·512·32000 is 64k 4-KiB pages.\n")
+    print(
+        common + f"{first.get('threads', '?')} threads. Time: ms and × plain `F.cross_entropy` of the same "
+        "shape/dtype in this run. Memory: peak RSS beyond the inputs during forward + backward, × one logits "
+        "tensor (includes the logits' gradient). Page faults: minor faults per timed iteration (median); a "
+        "logits-sized fp32 buffer of 4·512·32000 is 64k 4-KiB pages.\n"
+    )
 
 
 COLUMNS = {
@@ -462,8 +499,9 @@ def print_tables(args, shapes, dtypes, cands, skipped, summary):
                 # each row's × floor uses its own process's bandwidth; the title gives the typical floor
                 gb_s = statistics.median(m["bandwidth_gb_s"] for m in measured)
                 nbytes = measured[0]["logits_bytes"]
-                title += f" (floor {floor_ms(nbytes, nbytes, gb_s):.3f} ms at the median copy bandwidth, " \
-                         f"{gb_s:.0f} GB/s)"
+                title += (
+                    f" (floor {floor_ms(nbytes, nbytes, gb_s):.3f} ms at the median copy bandwidth, {gb_s:.0f} GB/s)"
+                )
             print(f"{title}\n\n| " + " | ".join(columns) + " |")
             print("|---|---|" + "---:|" * (len(columns) - 2))
             ref = summary.get(("ce", s, d))
@@ -475,13 +513,17 @@ def print_tables(args, shapes, dtypes, cands, skipped, summary):
     # why the automatic choice fell where it did (a forced backend's reasons would only say it was forced)
     reasons = next((m["reasons"] for (c, _, _), m in summary.items() if c in OURS and OURS[c][2] == "auto"), None)
     if reasons:
-        print("hf_maxsup backends on this device (auto): "
-              + "; ".join(f"{b}: {why or 'usable'}" for b, why in reasons.items()) + "\n")
+        print(
+            "hf_maxsup backends on this device (auto): "
+            + "; ".join(f"{b}: {why or 'usable'}" for b, why in reasons.items())
+            + "\n"
+        )
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--shapes", help="comma separated, e.g. 256x1000,4x512x32000 (default: per device, see above)")
     ap.add_argument("--dtypes", help="float32,bfloat16,float16 (default: per device)")
@@ -489,8 +531,11 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=int, default=3, help="shuffled rounds (one fresh process per job per round)")
     ap.add_argument("--repeats", type=int, default=5, help="timed iterations per process")
     ap.add_argument("--warmup", type=int, default=2, help="untimed full-size iterations per process")
-    ap.add_argument("--steady", action="store_true",
-                    help="CPU only: page-fault-free regime, THP_MEM_ALLOC_ENABLE=1 and glibc keeps freed memory")
+    ap.add_argument(
+        "--steady",
+        action="store_true",
+        help="CPU only: page-fault-free regime, THP_MEM_ALLOC_ENABLE=1 and glibc keeps freed memory",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each process (0: default)")
     ap.add_argument("--timeout", type=int, default=900)
@@ -548,9 +593,16 @@ def main(argv=None):
     print_tables(args, shapes, dtypes, cands, skipped, summary)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "skipped": skipped,
-                       "results": {"|".join(j): v for j, v in results.items()},
-                       "summary": {"|".join(j): v for j, v in summary.items()}}, f, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "skipped": skipped,
+                    "results": {"|".join(j): v for j, v in results.items()},
+                    "summary": {"|".join(j): v for j, v in summary.items()},
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

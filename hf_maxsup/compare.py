@@ -20,8 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Member", "check_reportable", "default_recipe", "is_finished", "member_task", "plan_members",
-           "train_members"]
+__all__ = [
+    "Member",
+    "check_reportable",
+    "default_recipe",
+    "is_finished",
+    "member_task",
+    "plan_members",
+    "train_members",
+]
 
 # The tasks of the models the comparison reports on: classifiers (hf_maxsup.report) and translation models
 # (hf_maxsup.translation_report).
@@ -30,9 +37,13 @@ REPORTED_TASKS = ("image-classification", "text-classification", "text2text-gene
 MEMBER_FILE = "hf_maxsup_compare.json"
 FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 # Set by compare for every member; the recipe must not get them from the passthrough arguments as well.
-RESERVED = {"--loss": "--losses", "--seed": "--seeds", "--output_dir": "--output_dir / --runs_dir",
-            "--resume_from_checkpoint": "(resuming is automatic)",
-            "--overwrite_output_dir": "(an unfinished member without a checkpoint is retrained)"}
+RESERVED = {
+    "--loss": "--losses",
+    "--seed": "--seeds",
+    "--output_dir": "--output_dir / --runs_dir",
+    "--resume_from_checkpoint": "(resuming is automatic)",
+    "--overwrite_output_dir": "(an unfinished member without a checkpoint is retrained)",
+}
 # Defaults that keep the run folders small; the passthrough arguments override them.
 DEFAULT_ARGS = ("--save_total_limit", "2")
 
@@ -79,10 +90,28 @@ def plan_members(runs_dir: str, losses: Sequence[str], seeds: Sequence[int]) -> 
     return [Member(loss, seed, os.path.join(runs_dir, f"{loss}-seed{seed}")) for seed in seeds for loss in losses]
 
 
-def member_command(recipe: str, member: Member, passthrough: Sequence[str], python: str = sys.executable,
-                   resume: bool = False, overwrite: bool = False) -> list[str]:
-    command = [python, recipe, *DEFAULT_ARGS, *passthrough, "--loss", member.loss, "--seed", str(member.seed),
-               "--output_dir", member.output_dir, "--do_train", "--do_eval"]
+def member_command(
+    recipe: str,
+    member: Member,
+    passthrough: Sequence[str],
+    python: str = sys.executable,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> list[str]:
+    command = [
+        python,
+        recipe,
+        *DEFAULT_ARGS,
+        *passthrough,
+        "--loss",
+        member.loss,
+        "--seed",
+        str(member.seed),
+        "--output_dir",
+        member.output_dir,
+        "--do_train",
+        "--do_eval",
+    ]
     if resume:
         return command + ["--resume_from_checkpoint", "last"]
     # Without a checkpoint to resume, what an interrupted member left is replaced (the recipe refuses otherwise).
@@ -92,13 +121,15 @@ def member_command(recipe: str, member: Member, passthrough: Sequence[str], pyth
 def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
     """Refuses to reuse a member directory trained with other arguments; records them on first use."""
     path = os.path.join(member.output_dir, MEMBER_FILE)
-    settings = {"recipe": os.path.abspath(recipe), "loss": member.loss, "seed": member.seed,
-                "args": list(passthrough)}
+    settings = {"recipe": os.path.abspath(recipe), "loss": member.loss, "seed": member.seed, "args": list(passthrough)}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             recorded = json.load(f)
-        if recorded.get("args") != settings["args"] or recorded.get("loss") != member.loss or \
-                recorded.get("seed") != member.seed:
+        if (
+            recorded.get("args") != settings["args"]
+            or recorded.get("loss") != member.loss
+            or recorded.get("seed") != member.seed
+        ):
             raise ValueError(
                 f"{member.output_dir} was trained with other arguments ({shlex.join(recorded.get('args', []))}) than "
                 f"this comparison ({shlex.join(passthrough)}): give another --output_dir (or --runs_dir), or delete "
@@ -130,9 +161,16 @@ def check_reportable(output_dir: str) -> None:
         )
 
 
-def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[str], *, python: str = sys.executable,
-                  log: Callable[[str], None] = print, env: dict | None = None,
-                  check: Callable[[str], None] | None = check_reportable) -> None:
+def train_members(
+    members: Sequence[Member],
+    recipe: str,
+    passthrough: Sequence[str],
+    *,
+    python: str = sys.executable,
+    log: Callable[[str], None] = print,
+    env: dict | None = None,
+    check: Callable[[str], None] | None = check_reportable,
+) -> None:
     """Trains every unfinished member in turn (see the module docstring), printing which member of how many.
 
     `check` is called on the output directory of the first member once it is finished, so that a model the report
@@ -152,13 +190,21 @@ def train_members(members: Sequence[Member], recipe: str, passthrough: Sequence[
             if check is not None and i == 1:
                 check(member.output_dir)
             continue
-        checkpoint = last_complete_checkpoint(member.output_dir, log=lambda message: log(f"{prefix}: {message}"))
+        checkpoint = last_complete_checkpoint(
+            member.output_dir, log=lambda message, prefix=prefix: log(f"{prefix}: {message}")
+        )
         if checkpoint is not None:
             log(f"{prefix}: resuming from {checkpoint}")
         else:
             log(f"{prefix}: training into {member.output_dir}")
-        command = member_command(recipe, member, passthrough, python, resume=checkpoint is not None,
-                                 overwrite=checkpoint is None and bool(earlier_run_files(member.output_dir)))
+        command = member_command(
+            recipe,
+            member,
+            passthrough,
+            python,
+            resume=checkpoint is not None,
+            overwrite=checkpoint is None and bool(earlier_run_files(member.output_dir)),
+        )
         log(f"  $ {shlex.join(command)}")
         completed = subprocess.run(command, env=env, check=False)
         if completed.returncode != 0 or not is_finished(member.output_dir):

@@ -6,21 +6,18 @@ run offline out of the box. The `*_transform` / `*_preprocess_function` helpers 
 map over (or attach to) the data, mirroring the official `transformers` examples.
 """
 
+import codecs
+import itertools
 import os
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import codecs
-import itertools
 
 import datasets
 import numpy as np
 import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from PIL import Image, ImageOps
-
-
 
 __all__ = [
     "TASKS",
@@ -104,8 +101,9 @@ def _check_data_file(split: str, path: str) -> None:
         with open(path, encoding="utf-8") as f:
             lines = list(itertools.islice((line for line in f if line.strip()), 2))
         if len(lines) < 2:
-            raise ValueError(f"{flag} {path} has no rows (only a header?): give a file with a header and at least "
-                             "one row.")
+            raise ValueError(
+                f"{flag} {path} has no rows (only a header?): give a file with a header and at least one row."
+            )
 
 
 def _check_utf8(flag: str, path: str) -> None:
@@ -124,8 +122,9 @@ def _check_utf8(flag: str, path: str) -> None:
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        raise ValueError(f"{flag} {path} is not UTF-8 (it ends inside a character). Convert it to UTF-8 and pass "
-                         "the converted file.") from None
+        raise ValueError(
+            f"{flag} {path} is not UTF-8 (it ends inside a character). Convert it to UTF-8 and pass the converted file."
+        ) from None
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -144,19 +143,26 @@ def _load_data_files(data_files: dict[str, str], cache_dir: str | None) -> Datas
     except Exception as err:
         cause = _root_cause(err)
         listed = ", ".join(f"--{split}_file {path}" for split, path in data_files.items())
-        raise ValueError(f"could not read {listed}: {type(cause).__name__}: {cause}. Check that the file is valid "
-                         f"{builder} (one header row for csv, one object per line for "
-                         "jsonl).") from err
+        raise ValueError(
+            f"could not read {listed}: {type(cause).__name__}: {cause}. Check that the file is valid "
+            f"{builder} (one header row for csv, one object per line for "
+            "jsonl)."
+        ) from err
     for split, data in dataset.items():
         if len(data) == 0:
-            raise ValueError(f"--{split}_file {data_files[split]} has no rows (only a header?): give a file with at "
-                             "least one row.")
+            raise ValueError(
+                f"--{split}_file {data_files[split]} has no rows (only a header?): give a file with at least one row."
+            )
     return dataset
 
 
 def _image_files(folder: str) -> list[str]:
-    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                  if name.lower().endswith(_IMAGE_EXTENSIONS))
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(_IMAGE_EXTENSIONS)
+    )
 
 
 def _check_image_folder(split: str, folder: str) -> None:
@@ -170,8 +176,9 @@ def _check_image_folder(split: str, folder: str) -> None:
         raise ValueError(f"{flag} {folder}: no such directory. Give a folder laid out as <dir>/<label>/<image>.")
     files = _image_files(folder)
     if not files:
-        raise ValueError(f"{flag} {folder} holds no images ({', '.join(_IMAGE_EXTENSIONS)}): lay it out as "
-                         "<dir>/<label>/<image>.")
+        raise ValueError(
+            f"{flag} {folder} holds no images ({', '.join(_IMAGE_EXTENSIONS)}): lay it out as <dir>/<label>/<image>."
+        )
     bad = []
     for path in files:
         try:
@@ -182,8 +189,10 @@ def _check_image_folder(split: str, folder: str) -> None:
     if bad:
         listed = "".join(f"\n  {entry}" for entry in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise ValueError(f"{flag} {folder}: {len(bad)} of {len(files)} images cannot be read:{listed}{more}\n"
-                         "Delete or replace them, then run again.")
+        raise ValueError(
+            f"{flag} {folder}: {len(bad)} of {len(files)} images cannot be read:{listed}{more}\n"
+            "Delete or replace them, then run again."
+        )
 
 
 def _check_no_empty_cells(dataset: DatasetDict, columns, data_files: dict[str, str]) -> None:
@@ -197,9 +206,11 @@ def _check_no_empty_cells(dataset: DatasetDict, columns, data_files: dict[str, s
             for name, values in zip(table.column_names, table.columns):
                 if values.null_count:
                     row = pc.index(pc.is_null(values), True).as_py()
-                    raise ValueError(f"{where}: column {name!r} is empty in row {row + 1} (data rows counted from "
-                                     f"1, without the header), and in {values.null_count} rows in all. Fill in or "
-                                     "remove those rows.")
+                    raise ValueError(
+                        f"{where}: column {name!r} is empty in row {row + 1} (data rows counted from "
+                        f"1, without the header), and in {values.null_count} rows in all. Fill in or "
+                        "remove those rows."
+                    )
 
 
 def _load_hub_dataset(task: str, dataset_name: str, config_name: str | None, cache_dir, token) -> DatasetDict:
@@ -224,14 +235,17 @@ def _load_image_folders(task: str, data_dirs: dict[str, str], cache_dir) -> Data
         _check_image_folder(split, path)
     # "**" lets `imagefolder` take the class name from each image's parent folder.
     dataset = load_dataset(
-        "imagefolder", data_files={split: os.path.join(path, "**") for split, path in data_dirs.items()},
+        "imagefolder",
+        data_files={split: os.path.join(path, "**") for split, path in data_dirs.items()},
         cache_dir=cache_dir,
     )
     if "label" not in dataset["train" if "train" in dataset else next(iter(dataset))].column_names:
         # imagefolder labels images by their parent folder only when there are several.
-        raise ValueError(f"{', '.join(f'--{split}_dir {path}' for split, path in data_dirs.items())}: the images "
-                         "are in only one class folder (or none). Lay them out as <dir>/<label>/<image> with at "
-                         "least two labels.")
+        raise ValueError(
+            f"{', '.join(f'--{split}_dir {path}' for split, path in data_dirs.items())}: the images "
+            "are in only one class folder (or none). Lay them out as <dir>/<label>/<image> with at "
+            "least two labels."
+        )
     return dataset
 
 
@@ -427,8 +441,8 @@ def image_transform(
     Build an on-the-fly transform for `Dataset.with_transform`, so decoded images are never stored.
 
     Images are converted to the number of channels the processor normalises (one mean value -> grayscale `"L"`,
-    otherwise, and for timm's processors, `"RGB"`), optionally augmented (random horizontal flip and a shift of up to 10 % of the image side),
-    then passed through `image_processor` (resize, rescale, normalise).
+    otherwise, and for timm's processors, `"RGB"`), optionally augmented (random horizontal flip and a shift of up to
+    10 % of the image side), then passed through `image_processor` (resize, rescale, normalise).
 
     Example:
 
@@ -509,8 +523,13 @@ def text_preprocess_function(
 
     def preprocess(batch: dict) -> dict:
         pairs = batch[text_pair_column] if text_pair_column is not None else None
-        outputs = tokenizer(batch[text_column], pairs, truncation=True, max_length=max_seq_length,
-                            padding="max_length" if pad_to_max_length else False)
+        outputs = tokenizer(
+            batch[text_column],
+            pairs,
+            truncation=True,
+            max_length=max_seq_length,
+            padding="max_length" if pad_to_max_length else False,
+        )
         if label_column in batch:
             outputs["labels"] = batch[label_column]
         return outputs
@@ -562,8 +581,11 @@ def translation_preprocess_function(
         padding = "max_length" if pad_to_max_length else False
         outputs = tokenizer(sources, max_length=max_source_length, truncation=True, padding=padding)
         labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True, padding=padding)
-        outputs["labels"] = [[token if token != tokenizer.pad_token_id else -100 for token in row]
-                             for row in labels["input_ids"]] if pad_to_max_length else labels["input_ids"]
+        outputs["labels"] = (
+            [[token if token != tokenizer.pad_token_id else -100 for token in row] for row in labels["input_ids"]]
+            if pad_to_max_length
+            else labels["input_ids"]
+        )
         return outputs
 
     return preprocess

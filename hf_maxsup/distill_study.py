@@ -50,16 +50,49 @@ STUDENT_COLUMNS = (
 
 # (claim, metric, group a, relation, group b, metric of b), as hf_maxsup.report.paper_checks takes them.
 CLAIMS = (
-    ("The student of the LS teacher is less accurate than the student of the CE teacher (Müller et al. 2019)",
-     "accuracy", "ls", "<", "ce", None),
-    ("The student of the MaxSup teacher is at least as accurate as the student of the LS teacher (MaxSup paper's "
-     "argument: MaxSup keeps the class structure)", "accuracy", "maxsup", ">=", "ls", None),
-    ("The LS teacher's non-target distribution is flatter than the CE teacher's, i.e. it keeps less class "
-     "resemblance (Müller et al. 2019)", "teacher_non_target_entropy", "ls", ">", "ce", None),
-    ("The MaxSup teacher's non-target distribution is less flat than the LS teacher's (MaxSup paper)",
-     "teacher_non_target_entropy", "maxsup", "<", "ls", None),
-    ("The student of the CE teacher is more accurate than the student trained on the labels alone (distillation "
-     "helps)", "accuracy", "ce", ">", NO_TEACHER, None),
+    (
+        "The student of the LS teacher is less accurate than the student of the CE teacher (Müller et al. 2019)",
+        "accuracy",
+        "ls",
+        "<",
+        "ce",
+        None,
+    ),
+    (
+        "The student of the MaxSup teacher is at least as accurate as the student of the LS teacher (MaxSup paper's "
+        "argument: MaxSup keeps the class structure)",
+        "accuracy",
+        "maxsup",
+        ">=",
+        "ls",
+        None,
+    ),
+    (
+        "The LS teacher's non-target distribution is flatter than the CE teacher's, i.e. it keeps less class "
+        "resemblance (Müller et al. 2019)",
+        "teacher_non_target_entropy",
+        "ls",
+        ">",
+        "ce",
+        None,
+    ),
+    (
+        "The MaxSup teacher's non-target distribution is less flat than the LS teacher's (MaxSup paper)",
+        "teacher_non_target_entropy",
+        "maxsup",
+        "<",
+        "ls",
+        None,
+    ),
+    (
+        "The student of the CE teacher is more accurate than the student trained on the labels alone (distillation "
+        "helps)",
+        "accuracy",
+        "ce",
+        ">",
+        NO_TEACHER,
+        None,
+    ),
 )
 
 
@@ -101,33 +134,66 @@ def teacher_label(path: str) -> str:
 def _check_teachers(teachers: Sequence[str], labels: Sequence[str], passthrough: Sequence[str]) -> None:
     for flag in STUDY_FLAGS:
         if any(arg.split("=", 1)[0] == flag for arg in passthrough):
-            raise ValueError(f"{flag} is set by the study for each student: use --teachers, --distill_alpha and "
-                             "--distill_temperature of hf-maxsup distill.")
+            raise ValueError(
+                f"{flag} is set by the study for each student: use --teachers, --distill_alpha and "
+                "--distill_temperature of hf-maxsup distill."
+            )
     for path in teachers:
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"teacher {path}: no config.json there. Give the output folder of a finished run (e.g. "
-                             "a member of hf-maxsup compare) or a checkpoint-* folder.")
+            raise ValueError(
+                f"teacher {path}: no config.json there. Give the output folder of a finished run (e.g. "
+                "a member of hf-maxsup compare) or a checkpoint-* folder."
+            )
     if len(set(labels)) != len(labels) or NO_TEACHER in labels:
-        raise ValueError(f"the teachers' labels {list(labels)} must be distinct (one teacher per loss) and not "
-                         f"{NO_TEACHER!r}; pass --teacher_labels.")
+        raise ValueError(
+            f"the teachers' labels {list(labels)} must be distinct (one teacher per loss) and not "
+            f"{NO_TEACHER!r}; pass --teacher_labels."
+        )
 
 
-def train_students(groups: dict[str, str | None], runs_dir: str, seeds: Sequence[int], recipe: str,
-                   passthrough: Sequence[str], *, student_loss: str, distill_alpha: float, temperature: float,
-                   python: str, log: Callable[[str], None]) -> dict[str, list]:
+def train_students(
+    groups: dict[str, str | None],
+    runs_dir: str,
+    seeds: Sequence[int],
+    recipe: str,
+    passthrough: Sequence[str],
+    *,
+    student_loss: str,
+    distill_alpha: float,
+    temperature: float,
+    python: str,
+    log: Callable[[str], None],
+) -> dict[str, list]:
     """Trains one student per (teacher label, seed) into `runs_dir/<label>-seed<S>` (a `None` teacher: labels
     only); returns the members of each label."""
     from .compare import Member, train_members
 
     members = {}
     for label, teacher in groups.items():
-        members[label] = [Member(student_loss, seed, os.path.join(runs_dir, f"{label.replace(' ', '_')}-seed{seed}"))
-                          for seed in seeds]
-        extra = [] if teacher is None else ["--teacher_model_name_or_path", os.path.abspath(teacher),
-                                            "--distill_alpha", str(distill_alpha),
-                                            "--distill_temperature", str(temperature)]
-        train_members(members[label], recipe, [*passthrough, *extra], python=python, check=None,
-                      log=lambda message, label=label: log(f"[{label}] {message}"))
+        members[label] = [
+            Member(student_loss, seed, os.path.join(runs_dir, f"{label.replace(' ', '_')}-seed{seed}"))
+            for seed in seeds
+        ]
+        extra = (
+            []
+            if teacher is None
+            else [
+                "--teacher_model_name_or_path",
+                os.path.abspath(teacher),
+                "--distill_alpha",
+                str(distill_alpha),
+                "--distill_temperature",
+                str(temperature),
+            ]
+        )
+        train_members(
+            members[label],
+            recipe,
+            [*passthrough, *extra],
+            python=python,
+            check=None,
+            log=lambda message, label=label: log(f"[{label}] {message}"),
+        )
     return members
 
 
@@ -142,12 +208,14 @@ def _teacher_metrics(path: str, data, train_data, temperature: float) -> dict[st
     non-target entropy at the distillation temperature on the training examples the students see."""
     result = _evaluate(path, "teacher", None, data)
     on_train = _evaluate(path, "teacher", None, train_data)
-    return {"teacher_accuracy": result["metrics"]["accuracy"], "teacher_nll": result["metrics"]["nll"],
-            "teacher_ece": result["metrics"]["ece"],
-            "teacher_confidence_minus_accuracy": result["metrics"]["confidence_minus_accuracy"],
-            "teacher_non_target_entropy": non_target_entropy(result["logits"], result["labels"]),
-            "teacher_non_target_entropy_at_t": non_target_entropy(on_train["logits"], on_train["labels"],
-                                                                  temperature)}
+    return {
+        "teacher_accuracy": result["metrics"]["accuracy"],
+        "teacher_nll": result["metrics"]["nll"],
+        "teacher_ece": result["metrics"]["ece"],
+        "teacher_confidence_minus_accuracy": result["metrics"]["confidence_minus_accuracy"],
+        "teacher_non_target_entropy": non_target_entropy(result["logits"], result["labels"]),
+        "teacher_non_target_entropy_at_t": non_target_entropy(on_train["logits"], on_train["labels"], temperature),
+    }
 
 
 def _table(summary: dict, teachers: dict, temperature: float) -> str:
@@ -155,18 +223,36 @@ def _table(summary: dict, teachers: dict, temperature: float) -> str:
 
     rows = []
     for label, metrics in summary.items():
-        teacher = [format_summary(metrics[key], scale, decimals) if key in metrics else "—"
-                   for key, _, scale, decimals in TEACHER_COLUMNS]
+        teacher = [
+            format_summary(metrics[key], scale, decimals) if key in metrics else "—"
+            for key, _, scale, decimals in TEACHER_COLUMNS
+        ]
         students = [format_summary(metrics[key], scale, decimals) for key, _, scale, decimals in STUDENT_COLUMNS]
-        rows.append([label, f"`{os.path.basename(os.path.normpath(teachers[label]))}`" if teachers[label] else "—",
-                     *teacher, str(metrics["accuracy"]["n"]), *students])
+        rows.append(
+            [
+                label,
+                f"`{os.path.basename(os.path.normpath(teachers[label]))}`" if teachers[label] else "—",
+                *teacher,
+                str(metrics["accuracy"]["n"]),
+                *students,
+            ]
+        )
     names = [name.replace("at T", f"at T = {temperature:g}") for _, name, _, _ in TEACHER_COLUMNS]
-    return markdown_table(["teacher", "checkpoint", *names, "students", *(name for _, name, _, _ in STUDENT_COLUMNS)],
-                          rows)
+    return markdown_table(
+        ["teacher", "checkpoint", *names, "students", *(name for _, name, _, _ in STUDENT_COLUMNS)], rows
+    )
 
 
-def write_study_report(output_dir: str, results: Sequence[dict], teachers: dict, teacher_metrics: dict, *,
-                       command: str, notes: Sequence[str], extra: dict) -> dict:
+def write_study_report(
+    output_dir: str,
+    results: Sequence[dict],
+    teachers: dict,
+    teacher_metrics: dict,
+    *,
+    command: str,
+    notes: Sequence[str],
+    extra: dict,
+) -> dict:
     """Writes `report.md` and `results.json` of the study; returns the content of `results.json`."""
     import json
 
@@ -185,36 +271,82 @@ def write_study_report(output_dir: str, results: Sequence[dict], teachers: dict,
         summary[label].update({key: summarize([value]) for key, value in metrics.items()})
     checks = paper_checks(summary, CLAIMS)
     columns = (*TEACHER_COLUMNS, *STUDENT_COLUMNS)
-    lines = ["# Distillation: students of CE, LS and MaxSup teachers", "", "```", command, "```", "",
-             "Students: mean ± sample standard deviation (ddof=1) over their seeds; one teacher per row (no spread). "
-             "The non-target entropy is the mean normalised entropy of the teacher's distribution over the classes "
-             "other than the label (1 = uniform: no class-resemblance information); confidence − accuracy > 0 is "
-             "over-confidence, < 0 under-confidence.", "",
-             _table(summary, teachers, extra["distill_temperature"]), "",
-             "## What the papers report, and what these runs show", "",
-             *(check_line(check, columns) for check in checks), "", *notes, ""]
+    lines = [
+        "# Distillation: students of CE, LS and MaxSup teachers",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Students: mean ± sample standard deviation (ddof=1) over their seeds; one teacher per row (no spread). "
+        "The non-target entropy is the mean normalised entropy of the teacher's distribution over the classes "
+        "other than the label (1 = uniform: no class-resemblance information); confidence − accuracy > 0 is "
+        "over-confidence, < 0 under-confidence.",
+        "",
+        _table(summary, teachers, extra["distill_temperature"]),
+        "",
+        "## What the papers report, and what these runs show",
+        "",
+        *(check_line(check, columns) for check in checks),
+        "",
+        *notes,
+        "",
+    ]
     time_line = training_time_line([result["path"] for result in results])
     lines += [time_line.replace("runs", "students"), ""] if time_line else []
-    per_run = [[result["label"], str(result["seed"]), f"`{result['path']}`",
-                *(f"{result['metrics'][key] * scale:.{decimals}f}" for key, _, scale, decimals in STUDENT_COLUMNS)]
-               for result in results]
-    lines += ["## Every student", "", markdown_table(["teacher", "seed", "checkpoint",
-                                                      *(name for _, name, _, _ in STUDENT_COLUMNS)], per_run), ""]
+    per_run = [
+        [
+            result["label"],
+            str(result["seed"]),
+            f"`{result['path']}`",
+            *(f"{result['metrics'][key] * scale:.{decimals}f}" for key, _, scale, decimals in STUDENT_COLUMNS),
+        ]
+        for result in results
+    ]
+    lines += [
+        "## Every student",
+        "",
+        markdown_table(["teacher", "seed", "checkpoint", *(name for _, name, _, _ in STUDENT_COLUMNS)], per_run),
+        "",
+    ]
     os.makedirs(output_dir, exist_ok=True)
     Path(output_dir, "report.md").write_text("\n".join(lines), encoding="utf-8")
-    content = {"command": command, **extra, "teachers": teachers, "teacher_metrics": teacher_metrics,
-               "students": [{key: result[key] for key in ("label", "seed", "path", "split", "num_examples", "metrics")}
-                            for result in results], "summary": summary, "checks": checks}
+    content = {
+        "command": command,
+        **extra,
+        "teachers": teachers,
+        "teacher_metrics": teacher_metrics,
+        "students": [
+            {key: result[key] for key in ("label", "seed", "path", "split", "num_examples", "metrics")}
+            for result in results
+        ],
+        "summary": summary,
+        "checks": checks,
+    }
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(content), f, indent=2)
     return content
 
 
-def run_study(teachers: Sequence[str], output_dir: str, *, seeds: Sequence[int], runs_dir: str | None = None,
-              teacher_labels: Sequence[str] | None = None, baseline: bool = True, student_loss: str = "ce",
-              distill_alpha: float = 1.0, temperature: float = 4.0, recipe: str | None = None,
-              passthrough: Sequence[str] = (), python: str = sys.executable, data=None,
-              max_train_samples: int | None = None, command: str = "", log: Callable[[str], None] = print) -> dict:
+def run_study(
+    teachers: Sequence[str],
+    output_dir: str,
+    *,
+    seeds: Sequence[int],
+    runs_dir: str | None = None,
+    teacher_labels: Sequence[str] | None = None,
+    baseline: bool = True,
+    student_loss: str = "ce",
+    distill_alpha: float = 1.0,
+    temperature: float = 4.0,
+    recipe: str | None = None,
+    passthrough: Sequence[str] = (),
+    python: str = sys.executable,
+    data=None,
+    max_train_samples: int | None = None,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> dict:
     """Trains the students (see the module docstring), evaluates them and the teachers, writes the report.
 
     Args:
@@ -246,28 +378,50 @@ def run_study(teachers: Sequence[str], output_dir: str, *, seeds: Sequence[int],
     check_passthrough(passthrough)
     groups = {**dict(zip(labels, teachers, strict=True)), **({NO_TEACHER: None} if baseline else {})}
     start = time.monotonic()
-    members = train_students(groups, runs_dir or os.path.join(output_dir, "runs"), seeds, recipe, passthrough,
-                             student_loss=student_loss, distill_alpha=distill_alpha, temperature=temperature,
-                             python=python, log=log)
+    members = train_students(
+        groups,
+        runs_dir or os.path.join(output_dir, "runs"),
+        seeds,
+        recipe,
+        passthrough,
+        student_loss=student_loss,
+        distill_alpha=distill_alpha,
+        temperature=temperature,
+        python=python,
+        log=log,
+    )
     trained = time.monotonic() - start
     # The regime check and the digits probe belong to the loss comparison, not to this study.
     data = dataclasses.replace(data or DataOptions(), probe=False, train_samples=0)
     train_data = dataclasses.replace(data, split="train", max_samples=max_train_samples)
     log(f"[hf-maxsup distill] evaluating {sum(map(len, members.values()))} students and {len(teachers)} teachers")
-    results = [_evaluate(member.output_dir, label, member.seed, data)
-               for label, group in members.items() for member in group]
-    teacher_metrics = {label: _teacher_metrics(path, data, train_data, temperature)
-                       for label, path in zip(labels, teachers, strict=True)}
+    results = [
+        _evaluate(member.output_dir, label, member.seed, data) for label, group in members.items() for member in group
+    ]
+    teacher_metrics = {
+        label: _teacher_metrics(path, data, train_data, temperature)
+        for label, path in zip(labels, teachers, strict=True)
+    }
     evaluated = time.monotonic() - start - trained
-    notes = [f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`; "
-             f"students: `--loss {student_loss}`, distillation `--distill_alpha {distill_alpha} "
-             f"--distill_temperature {temperature}` (loss = {student_loss} + β·T²·KL(teacher_T ‖ student_T)), seeds "
-             f"{', '.join(map(str, seeds))}" + (f"; `{NO_TEACHER}`: the same student on the labels alone" if baseline
-                                                else "") + ".",
-             f"Evaluated on the {results[0]['split']} split ({results[0]['num_examples']} examples).",
-             f"This invocation: {trained / 60:.1f} min training (students trained earlier are skipped), "
-             f"{evaluated / 60:.1f} min evaluating."]
-    extra = {"recipe": recipe, "recipe_args": list(passthrough), "seeds": list(seeds), "student_loss": student_loss,
-             "distill_alpha": distill_alpha, "distill_temperature": temperature,
-             "train_seconds_this_invocation": round(trained, 1), "evaluate_seconds": round(evaluated, 1)}
+    notes = [
+        f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`; "
+        f"students: `--loss {student_loss}`, distillation `--distill_alpha {distill_alpha} "
+        f"--distill_temperature {temperature}` (loss = {student_loss} + β·T²·KL(teacher_T ‖ student_T)), seeds "
+        f"{', '.join(map(str, seeds))}"
+        + (f"; `{NO_TEACHER}`: the same student on the labels alone" if baseline else "")
+        + ".",
+        f"Evaluated on the {results[0]['split']} split ({results[0]['num_examples']} examples).",
+        f"This invocation: {trained / 60:.1f} min training (students trained earlier are skipped), "
+        f"{evaluated / 60:.1f} min evaluating.",
+    ]
+    extra = {
+        "recipe": recipe,
+        "recipe_args": list(passthrough),
+        "seeds": list(seeds),
+        "student_loss": student_loss,
+        "distill_alpha": distill_alpha,
+        "distill_temperature": temperature,
+        "train_seconds_this_invocation": round(trained, 1),
+        "evaluate_seconds": round(evaluated, 1),
+    }
     return write_study_report(output_dir, results, groups, teacher_metrics, command=command, notes=notes, extra=extra)

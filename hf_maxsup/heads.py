@@ -17,7 +17,6 @@ soft-capping (Gemma 2's `final_logit_softcapping`) is not a linear head, and is 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch

@@ -47,14 +47,32 @@ _LOSS_TAGS = {"ce": [], "ls": ["label-smoothing"], "maxsup": ["maxsup"]}
 # `eval_*` entries of the log history that are not metrics of the model: Trainer bookkeeping, and the loss and its
 # components that MaxSupTrainer logs (they depend on the training loss, so they do not compare across losses).
 _NOT_METRICS = {
-    "loss", "runtime", "samples", "samples_per_second", "steps_per_second", "model_preparation_time",
+    "loss",
+    "runtime",
+    "samples",
+    "samples_per_second",
+    "steps_per_second",
+    "model_preparation_time",
     "jit_compilation_time",
-    "ce", "reg", "alpha", "ls_regularization", "ls_error_amplification", "distill",
+    "ce",
+    "reg",
+    "alpha",
+    "ls_regularization",
+    "ls_error_amplification",
+    "distill",
 }
 _METRIC_NAMES = {
-    "accuracy": "Accuracy", "top5_accuracy": "Top-5 accuracy", "ece": "ECE", "adaptive_ece": "Adaptive ECE",
-    "classwise_ece": "Classwise ECE", "nll": "NLL", "brier": "Brier score", "aurc": "AURC", "e_aurc": "E-AURC",
-    "bleu": "BLEU", "chrf": "chrF",
+    "accuracy": "Accuracy",
+    "top5_accuracy": "Top-5 accuracy",
+    "ece": "ECE",
+    "adaptive_ece": "Adaptive ECE",
+    "classwise_ece": "Classwise ECE",
+    "nll": "NLL",
+    "brier": "Brier score",
+    "aurc": "AURC",
+    "e_aurc": "E-AURC",
+    "bleu": "BLEU",
+    "chrf": "chrF",
 }
 # Tasks whose models hf_maxsup trains, with the Auto class that loads them.
 _AUTO_CLASSES = {
@@ -94,8 +112,10 @@ def _metrics(entry: dict) -> dict[str, float]:
     return {
         key.removeprefix("eval_"): float(value)
         for key, value in entry.items()
-        if key.startswith("eval_") and key.removeprefix("eval_") not in _NOT_METRICS
-        and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key.startswith("eval_")
+        and key.removeprefix("eval_") not in _NOT_METRICS
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
     }
 
 
@@ -125,8 +145,12 @@ def loss_metadata(loss: str, alpha: float, alpha_end: float | None, schedule: st
     is not the default `"all"`, so that the cards written before it existed still match."""
     if loss == "ce":
         return {"loss": loss}
-    metadata = {"loss": loss, "alpha": alpha, "alpha_end": alpha_at(1.0, schedule, alpha, alpha_end),
-                "alpha_schedule": schedule}
+    metadata = {
+        "loss": loss,
+        "alpha": alpha,
+        "alpha_end": alpha_at(1.0, schedule, alpha, alpha_end),
+        "alpha_schedule": schedule,
+    }
     return {**metadata, "ls_mass": ls_mass} if ls_mass != "all" else metadata
 
 
@@ -135,8 +159,10 @@ def describe_loss(metadata: dict) -> str:
     if metadata.get("loss") == "ce":
         return "ce"
     mass = f", mass on the {metadata['ls_mass']}" if "ls_mass" in metadata else ""
-    return (f"{metadata.get('loss')} (alpha {metadata.get('alpha')} to {metadata.get('alpha_end')}, "
-            f"{metadata.get('alpha_schedule')}{mass})")
+    return (
+        f"{metadata.get('loss')} (alpha {metadata.get('alpha')} to {metadata.get('alpha_end')}, "
+        f"{metadata.get('alpha_schedule')}{mass})"
+    )
 
 
 def write_model_card(
@@ -220,16 +246,25 @@ def write_model_card(
     # MaxSupTrainer's teacher and settings; a plain Trainer has none.
     distillation = getattr(trainer, "distillation", None)
     if distillation:
-        hyperparameters["distillation"] = (f"from {distillation['teacher']}, distill_alpha {distillation['alpha']}, "
-                                           f"temperature {distillation['temperature']}")
+        hyperparameters["distillation"] = (
+            f"from {distillation['teacher']}, distill_alpha {distillation['alpha']}, "
+            f"temperature {distillation['temperature']}"
+        )
     card_data = ModelCardData(
-        model_name=model_name, base_model=finetuned_from, library_name="transformers", language=language,
-        license=license, tags=_card_tags(loss["name"], tags, model, distillation), datasets=_as_list(dataset_tags) or None,
+        model_name=model_name,
+        base_model=finetuned_from,
+        library_name="transformers",
+        language=language,
+        license=license,
+        tags=_card_tags(loss["name"], tags, model, distillation),
+        datasets=_as_list(dataset_tags) or None,
         pipeline_tag=task if task in _PIPELINE_TAGS else None,
         eval_results=_eval_results(results, task, dataset, dataset_tags, dataset_args, eval_split) or None,
         # Machine-readable loss settings, for tools that compare runs.
-        hf_maxsup={**loss_metadata(loss["name"], loss["alpha"], loss_fn.alpha_end, loss["schedule"], loss["ls_mass"]),
-                   **({"history": loss_history} if loss_history else {})},
+        hf_maxsup={
+            **loss_metadata(loss["name"], loss["alpha"], loss_fn.alpha_end, loss["schedule"], loss["ls_mass"]),
+            **({"history": loss_history} if loss_history else {}),
+        },
         # Beside hf_maxsup, whose settings a resumed run must match: a teacher is not part of the loss's identity.
         hf_maxsup_distillation=distillation or None,
     )
@@ -241,17 +276,29 @@ def write_model_card(
         _merge_peft_card_fields(model, output_dir, card_data)
         versions["peft"] = importlib.metadata.version("peft")
     card = ModelCard.from_template(
-        card_data, template_str=_template(), model_name=model_name, finetuned_from=finetuned_from,
-        is_adapter=is_adapter, task_name=TASK_TAG_TO_NAME_MAPPING.get(task, task or "classification"),
-        dataset=next(iter(_as_list(dataset) or _as_list(dataset_tags)), None), loss=loss,
-        global_step=state.global_step, max_steps=state.max_steps, results=results,
+        card_data,
+        template_str=_template(),
+        model_name=model_name,
+        finetuned_from=finetuned_from,
+        is_adapter=is_adapter,
+        task_name=TASK_TAG_TO_NAME_MAPPING.get(task, task or "classification"),
+        dataset=next(iter(_as_list(dataset) or _as_list(dataset_tags)), None),
+        loss=loss,
+        global_step=state.global_step,
+        max_steps=state.max_steps,
+        results=results,
         results_step=evaluations[-1].get("step") if evaluations else None,
         eval_split=str(eval_split) if eval_split else None,
         history=[{"epoch": e.get("epoch"), "step": e.get("step"), "values": _metrics(e)} for e in evaluations],
-        history_columns=results, reliability_diagram=RELIABILITY_DIAGRAM if os.path.isfile(
-            os.path.join(output_dir, RELIABILITY_DIAGRAM)) else None,
-        hyperparameters=hyperparameters, versions=versions, auto_class=_AUTO_CLASSES.get(model_task),
-        local_path=_local_path(output_dir), repo_id=hub_model_id or f"<your-username>/{model_name}",
+        history_columns=results,
+        reliability_diagram=RELIABILITY_DIAGRAM
+        if os.path.isfile(os.path.join(output_dir, RELIABILITY_DIAGRAM))
+        else None,
+        hyperparameters=hyperparameters,
+        versions=versions,
+        auto_class=_AUTO_CLASSES.get(model_task),
+        local_path=_local_path(output_dir),
+        repo_id=hub_model_id or f"<your-username>/{model_name}",
     )
     card.save(path)
     return card
@@ -280,7 +327,9 @@ def _loss_summary(loss_fn, state) -> dict:
     """The loss settings and alpha at the start, at the end and at this checkpoint, as plain values."""
     progress = state.global_step / state.max_steps if state.max_steps else 0.0
     return {
-        "name": loss_fn.loss, "schedule": loss_fn.schedule, "alpha": loss_fn.alpha,
+        "name": loss_fn.loss,
+        "schedule": loss_fn.schedule,
+        "alpha": loss_fn.alpha,
         "alpha_end": alpha_at(1.0, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
         "alpha_now": alpha_at(progress, loss_fn.schedule, loss_fn.alpha, loss_fn.alpha_end),
         "ls_mass": loss_fn.ls_mass,
@@ -292,8 +341,9 @@ def _describe_settings(loss: dict) -> str:
     if loss["name"] == "ce":
         return "ce"
     mass = {"all": ", smoothing mass on all classes", "others": ", smoothing mass on the other classes"}
-    return (f"{loss['name']}, alpha {loss['alpha']} to {loss['alpha_end']} ({loss['schedule']})"
-            + (mass[loss["ls_mass"]] if loss["name"] == "ls" else ""))
+    return f"{loss['name']}, alpha {loss['alpha']} to {loss['alpha_end']} ({loss['schedule']})" + (
+        mass[loss["ls_mass"]] if loss["name"] == "ls" else ""
+    )
 
 
 def _final_results(evaluations: list[dict], predict_with_generate: bool) -> list[dict]:
@@ -311,12 +361,15 @@ def _eval_results(results, task, dataset, dataset_tags, dataset_args, eval_split
     dataset_name, dataset_id = next(iter(_as_list(dataset)), None), next(iter(_as_list(dataset_tags)), None)
     return [
         EvalResult(
-            task_type=task or "other", task_name=TASK_TAG_TO_NAME_MAPPING.get(task),
+            task_type=task or "other",
+            task_name=TASK_TAG_TO_NAME_MAPPING.get(task),
             dataset_type=dataset_id or _dataset_type(dataset_name),
             dataset_name=dataset_name or dataset_id or "Unknown",
             dataset_config=next(iter(_as_list(dataset_args)), None),
             dataset_split=str(eval_split) if eval_split else None,
-            metric_type=result["type"], metric_name=result["name"], metric_value=result["value"],
+            metric_type=result["type"],
+            metric_name=result["name"],
+            metric_value=result["value"],
         )
         for result in results
     ]
@@ -324,8 +377,12 @@ def _eval_results(results, task, dataset, dataset_tags, dataset_args, eval_split
 
 def _card_tags(loss_name: str, tags, model, distillation) -> list[str]:
     """hf_maxsup's tags, the loss's, the user's and the model's own, each once."""
-    all_tags = ["hf_maxsup", *_LOSS_TAGS[loss_name], "generated_from_trainer",
-                *(["knowledge-distillation"] if distillation else [])]
+    all_tags = [
+        "hf_maxsup",
+        *_LOSS_TAGS[loss_name],
+        "generated_from_trainer",
+        *(["knowledge-distillation"] if distillation else []),
+    ]
     for tag in [*_as_list(tags), *(getattr(model, "model_tags", None) or [])]:
         if tag not in all_tags:
             all_tags.append(tag)
@@ -359,11 +416,14 @@ def failure_message(err: Exception, trainer, token: str | None = None, *, saved:
     if isinstance(err, OfflineModeIsEnabled):
         todo.append("HF_HUB_OFFLINE is set: unset it, on a machine that can reach the Hub")
     elif isinstance(err, httpx.TransportError):
-        todo.append("the Hub could not be reached: check the network connection, the proxy (HTTPS_PROXY) or "
-                    "HF_ENDPOINT")
+        todo.append(
+            "the Hub could not be reached: check the network connection, the proxy (HTTPS_PROXY) or HF_ENDPOINT"
+        )
     if not (token or args.hub_token or get_token()):
-        todo.append("no Hugging Face token was found: log in with `hf auth login` (formerly `huggingface-cli "
-                    "login`), or set HF_TOKEN, or pass --hub_token, with a token that has write access")
+        todo.append(
+            "no Hugging Face token was found: log in with `hf auth login` (formerly `huggingface-cli "
+            "login`), or set HF_TOKEN, or pass --hub_token, with a token that has write access"
+        )
     elif isinstance(err, HfHubHTTPError) and err.response is not None and err.response.status_code in (401, 403):
         todo.append(f"the token was refused: check that it has write access to {repo_id} (`hf auth whoami`)")
     if not todo:

@@ -54,22 +54,32 @@ def default_chunk_size(num_rows: int, hidden_size: int, vocab_size: int) -> int:
 
 def _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_batch, ignore_index) -> None:
     if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point() or hidden.dim() < 2:
-        raise ValueError(f"hidden must be a floating-point tensor of shape (N, H) or (B, T, H); got "
-                         f"{type(hidden).__name__} {tuple(getattr(hidden, 'shape', ()))}.")
+        raise ValueError(
+            f"hidden must be a floating-point tensor of shape (N, H) or (B, T, H); got "
+            f"{type(hidden).__name__} {tuple(getattr(hidden, 'shape', ()))}."
+        )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must have shape (V, H) = (V, {hidden.shape[-1]}), the output layer's "
-                         f"`nn.Linear.weight`; got {tuple(weight.shape)}.")
+        raise ValueError(
+            f"weight must have shape (V, H) = (V, {hidden.shape[-1]}), the output layer's "
+            f"`nn.Linear.weight`; got {tuple(weight.shape)}."
+        )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape (V,) = ({weight.shape[0]},); got {tuple(bias.shape)}.")
     if weight.dtype != hidden.dtype or weight.device != hidden.device:
-        raise ValueError(f"hidden ({hidden.dtype}, {hidden.device}) and weight ({weight.dtype}, {weight.device}) "
-                         "must share dtype and device, as for F.linear.")
+        raise ValueError(
+            f"hidden ({hidden.dtype}, {hidden.device}) and weight ({weight.dtype}, {weight.device}) "
+            "must share dtype and device, as for F.linear."
+        )
     if target.is_floating_point():
-        raise ValueError("the fused linear losses take class indices, not soft targets: for soft targets "
-                         "(mixup, cutmix) compute the logits and use hf_maxsup.losses.")
+        raise ValueError(
+            "the fused linear losses take class indices, not soft targets: for soft targets "
+            "(mixup, cutmix) compute the logits and use hf_maxsup.losses."
+        )
     if target.shape != hidden.shape[:-1]:
-        raise ValueError(f"labels of shape {tuple(target.shape)} do not match hidden states of shape "
-                         f"{tuple(hidden.shape)}: they need shape {tuple(hidden.shape[:-1])}.")
+        raise ValueError(
+            f"labels of shape {tuple(target.shape)} do not match hidden states of shape "
+            f"{tuple(hidden.shape)}: they need shape {tuple(hidden.shape[:-1])}."
+        )
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
     if num_items_in_batch is not None and reduction == "none":
@@ -81,8 +91,10 @@ def _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_ba
     vocab_size = weight.shape[0]
     bad = (target != ignore_index) & ((target < 0) | (target >= vocab_size))
     if bool(bad.any()):
-        raise ValueError(f"label value {target[bad][0].item()} is outside [0, {vocab_size}): the head has "
-                         f"V={vocab_size} outputs. Mark positions to skip with ignore_index={ignore_index}.")
+        raise ValueError(
+            f"label value {target[bad][0].item()} is outside [0, {vocab_size}): the head has "
+            f"V={vocab_size} outputs. Mark positions to skip with ignore_index={ignore_index}."
+        )
 
 
 def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool, row_scale=None, row_loss=None):
@@ -99,8 +111,13 @@ def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool
         h_chunk = h[rows]
         logits = torch.addmm(bias, h_chunk, weight.t()) if bias is not None else h_chunk @ weight.t()
         sums += kernels.rows_loss_and_grad_(
-            logits, labels[rows], kind=call["kind"], alpha=call["alpha"], ignore_index=call["ignore_index"],
-            want_grad=want_grad, want_components=call["want_components"],
+            logits,
+            labels[rows],
+            kind=call["kind"],
+            alpha=call["alpha"],
+            ignore_index=call["ignore_index"],
+            want_grad=want_grad,
+            want_components=call["want_components"],
             row_loss=row_loss[rows] if row_loss is not None else None,
         ).to(sums.dtype)
         if not want_grad:
@@ -152,12 +169,15 @@ class _FusedLinearLoss(torch.autograd.Function):
         if ctx.call["reduction"] == "none":
             h_kept, weight, bias, y_kept, kept = ctx.saved_tensors
             row_scale = grad_output.reshape(-1).index_select(0, kept).float()
-            _, (grad_h, grad_w, grad_b) = _sweep(h_kept, weight, bias, y_kept, ctx.call, ctx.call["chunk_size"],
-                                                 True, row_scale=row_scale)
+            _, (grad_h, grad_w, grad_b) = _sweep(
+                h_kept, weight, bias, y_kept, ctx.call, ctx.call["chunk_size"], True, row_scale=row_scale
+            )
         else:
             if getattr(ctx, "grads", None) is None:
-                raise RuntimeError("hf_maxsup fused linear loss: backward twice through the same loss is not "
-                                   "supported (the gradients were handed over). Recompute the loss.")
+                raise RuntimeError(
+                    "hf_maxsup fused linear loss: backward twice through the same loss is not "
+                    "supported (the gradients were handed over). Recompute the loss."
+                )
             (grad_h, grad_w, grad_b), ctx.grads = ctx.grads, None
             factor = grad_output.float()
             for grad in (grad_h, grad_w, grad_b):  # our own buffers: scaled in place, no second copy
@@ -180,10 +200,21 @@ def _components(call: dict, sums: torch.Tensor, n_kept: int) -> dict[str, torch.
     return {name: means[SUMS.index(name)] for name in names}
 
 
-def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, kind: str = "maxsup",
-                      alpha: float = 0.1, bias: torch.Tensor | None = None, ignore_index: int = -100,
-                      reduction: str = "mean", num_items_in_batch=None, return_components: bool = False,
-                      chunk_size: int | None = None, mass: str = "all"):
+def fused_linear_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kind: str = "maxsup",
+    alpha: float = 0.1,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    return_components: bool = False,
+    chunk_size: int | None = None,
+    mass: str = "all",
+):
     """CE / LS / MaxSup of the logits `hidden @ weight.T + bias`, computed chunk by chunk without the full logits.
 
     Args:
@@ -212,25 +243,52 @@ def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.
     """
     _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_batch, ignore_index)
     n_rows = hidden.numel() // hidden.shape[-1]
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     alpha = 0.0 if kind == "ce" else smoothing_weight(float(alpha), weight.shape[0], mass if kind == "ls" else "all")
-    call = {"kind": kind, "alpha": alpha, "ignore_index": ignore_index,
-            "reduction": reduction, "num_items_in_batch": num_items_in_batch, "needs_grad": needs_grad,
-            "want_components": return_components, "components": {},
-            "chunk_size": chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0])}
+    call = {
+        "kind": kind,
+        "alpha": alpha,
+        "ignore_index": ignore_index,
+        "reduction": reduction,
+        "num_items_in_batch": num_items_in_batch,
+        "needs_grad": needs_grad,
+        "want_components": return_components,
+        "components": {},
+        "chunk_size": chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0]),
+    }
     loss = _FusedLinearLoss.apply(hidden, weight, bias, target, call)
     return (loss, call["components"]) if return_components else loss
 
 
 def _named(kind: str, doc: str):
-    def loss(hidden, weight, target, alpha: float = 0.1 if kind != "ce" else 0.0, *, bias=None,
-             ignore_index: int = -100, reduction: str = "mean", num_items_in_batch=None,
-             return_components: bool = False, chunk_size: int | None = None, **options):
-        return fused_linear_loss(hidden, weight, target, kind=kind, alpha=alpha, bias=bias,
-                                 ignore_index=ignore_index, reduction=reduction,
-                                 num_items_in_batch=num_items_in_batch, return_components=return_components,
-                                 chunk_size=chunk_size, **options)
+    def loss(
+        hidden,
+        weight,
+        target,
+        alpha: float = 0.1 if kind != "ce" else 0.0,
+        *,
+        bias=None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        num_items_in_batch=None,
+        return_components: bool = False,
+        chunk_size: int | None = None,
+        **options,
+    ):
+        return fused_linear_loss(
+            hidden,
+            weight,
+            target,
+            kind=kind,
+            alpha=alpha,
+            bias=bias,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            num_items_in_batch=num_items_in_batch,
+            return_components=return_components,
+            chunk_size=chunk_size,
+            **options,
+        )
 
     loss.__doc__ = doc + "\n\n    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."
     return loss
@@ -238,10 +296,14 @@ def _named(kind: str, doc: str):
 
 linear_cross_entropy = _named("ce", "Cross-entropy of `hidden @ weight.T + bias` without materialising the logits.")
 label_smoothing_linear_cross_entropy = _named(
-    "ls", "Label smoothing of `hidden @ weight.T + bias` without materialising the logits (torch's "
-    "`F.linear_cross_entropy` falls back to the full logits when `label_smoothing != 0`).")
+    "ls",
+    "Label smoothing of `hidden @ weight.T + bias` without materialising the logits (torch's "
+    "`F.linear_cross_entropy` falls back to the full logits when `label_smoothing != 0`).",
+)
 maxsup_linear_cross_entropy = _named("maxsup", "MaxSup of `hidden @ weight.T + bias` without materialising the logits.")
-for _fn, _name in ((linear_cross_entropy, "linear_cross_entropy"),
-                   (label_smoothing_linear_cross_entropy, "label_smoothing_linear_cross_entropy"),
-                   (maxsup_linear_cross_entropy, "maxsup_linear_cross_entropy")):
+for _fn, _name in (
+    (linear_cross_entropy, "linear_cross_entropy"),
+    (label_smoothing_linear_cross_entropy, "label_smoothing_linear_cross_entropy"),
+    (maxsup_linear_cross_entropy, "maxsup_linear_cross_entropy"),
+):
     _fn.__name__ = _fn.__qualname__ = _name

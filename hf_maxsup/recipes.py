@@ -27,10 +27,24 @@ from .data import check_columns, load_task_dataset
 from .models import apply_lora, check_model_name_or_path
 
 __all__ = [
-    "DataArguments", "ModelArguments", "RunArguments", "build_with_shared_tokenizer", "checkpoint_problems",
-    "data_source", "describe_engine", "describe_model", "earlier_run_files", "fsdp_layers_to_wrap",
-    "last_complete_checkpoint", "load_data", "parse_args", "prepare_engine", "preflight", "recipe_defaults",
-    "reliability_diagram_writer", "run",
+    "DataArguments",
+    "ModelArguments",
+    "RunArguments",
+    "build_with_shared_tokenizer",
+    "checkpoint_problems",
+    "data_source",
+    "describe_engine",
+    "describe_model",
+    "earlier_run_files",
+    "fsdp_layers_to_wrap",
+    "last_complete_checkpoint",
+    "load_data",
+    "parse_args",
+    "prepare_engine",
+    "preflight",
+    "recipe_defaults",
+    "reliability_diagram_writer",
+    "run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,8 +96,9 @@ class DataArguments:
 
     def __post_init__(self):
         if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(f"--validation_split_percentage must be in [0, 100); got "
-                             f"{self.validation_split_percentage}.")
+            raise ValueError(
+                f"--validation_split_percentage must be in [0, 100); got {self.validation_split_percentage}."
+            )
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "preprocessing_num_workers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}. Leave it out for no limit.")
@@ -97,11 +112,17 @@ def data_source(data_args: DataArguments, embedded: str) -> dict:
         embedded (`str`): the name of the embedded data, used when no source was given.
     """
     if data_args.dataset_name is not None:
-        return {"dataset": data_args.dataset_name, "dataset_tags": data_args.dataset_name,
-                "dataset_args": data_args.dataset_config_name}
+        return {
+            "dataset": data_args.dataset_name,
+            "dataset_tags": data_args.dataset_name,
+            "dataset_args": data_args.dataset_config_name,
+        }
     # File names only: a local path means nothing to a reader of the card, and may say more than intended.
-    sources = [(split, getattr(data_args, f"{split}_{kind}", None)) for kind in ("file", "dir")
-               for split in ("train", "validation", "test")]
+    sources = [
+        (split, getattr(data_args, f"{split}_{kind}", None))
+        for kind in ("file", "dir")
+        for split in ("train", "validation", "test")
+    ]
     given = [f"{split}: {os.path.basename(os.path.normpath(path))}" for split, path in sources if path]
     return {"dataset": f"local data ({', '.join(given)})" if given else embedded}
 
@@ -112,13 +133,17 @@ class RunArguments:
 
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Train into an --output_dir that holds a finished run or checkpoints, replacing them "
-                  "(their checkpoint-* folders are deleted). Without it such a run is refused."},
+        metadata={
+            "help": "Train into an --output_dir that holds a finished run or checkpoints, replacing them "
+            "(their checkpoint-* folders are deleted). Without it such a run is refused."
+        },
     )
     allow_loss_change: bool = field(
         default=False,
-        metadata={"help": "Resume a checkpoint with other loss settings (--loss, --loss_alpha*) than it was trained "
-                  "with; the model card then records both. Without it such a resume is refused."},
+        metadata={
+            "help": "Resume a checkpoint with other loss settings (--loss, --loss_alpha*) than it was trained "
+            "with; the model card then records both. Without it such a resume is refused."
+        },
     )
 
 
@@ -140,8 +165,11 @@ def parse_args(*dataclass_types):
         extra = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
         parsed = parser.parse_args_into_dataclasses(args=[*sys.argv[1:], *extra])
     training_args = next(args for args in parsed if isinstance(args, TrainingArguments))
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     level = training_args.get_process_log_level()
     logger.setLevel(level)
     datasets.utils.logging.set_verbosity(level)
@@ -172,8 +200,9 @@ def _own_options_first(parser: HfArgumentParser) -> None:
     # The usage line would list every option once more (some 350 lines).
     parser.usage = "%(prog)s [options] | %(prog)s CONFIG.json|CONFIG.yaml"
     inherited = {item.name for item in fields(Seq2SeqTrainingArguments)}
-    group = parser.add_argument_group("transformers TrainingArguments",
-                                      "The options of transformers' (Seq2Seq)TrainingArguments, as in its examples.")
+    group = parser.add_argument_group(
+        "transformers TrainingArguments", "The options of transformers' (Seq2Seq)TrainingArguments, as in its examples."
+    )
     for action in [action for action in parser._optionals._group_actions if action.dest in inherited]:
         parser._optionals._group_actions.remove(action)
         group._group_actions.append(action)
@@ -202,25 +231,31 @@ def _check_launch(training_args) -> None:
     """
     launched = _launched_processes()
     if training_args.world_size != launched:
-        raise RuntimeError(f"the launcher started {launched} processes, but each sees a run of "
-                           f"{training_args.world_size}: they would train separately into one --output_dir. Check "
-                           "the launcher's settings (accelerate config, --num_processes, --use_cpu).")
+        raise RuntimeError(
+            f"the launcher started {launched} processes, but each sees a run of "
+            f"{training_args.world_size}: they would train separately into one --output_dir. Check "
+            "the launcher's settings (accelerate config, --num_processes, --use_cpu)."
+        )
     fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     on_gpus = training_args.distributed_state.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU)
     if fsdp_asked and launched > 1 and not on_gpus:
         # accelerate turns FSDP on only for GPU-type backends; on CPU it would silently run plain DDP.
-        raise RuntimeError(f"FSDP was asked for (accelerate config with distributed_type: FSDP), but this machine "
-                           "has no GPUs and accelerate runs FSDP only on GPUs: the run would be plain DDP. Launch "
-                           "with recipes/configs/cpu_2proc.yaml (DDP) or recipes/configs/deepspeed.yaml (ZeRO) "
-                           "instead, or on a machine with GPUs.")
+        raise RuntimeError(
+            "FSDP was asked for (accelerate config with distributed_type: FSDP), but this machine "
+            "has no GPUs and accelerate runs FSDP only on GPUs: the run would be plain DDP. Launch "
+            "with recipes/configs/cpu_2proc.yaml (DDP) or recipes/configs/deepspeed.yaml (ZeRO) "
+            "instead, or on a machine with GPUs."
+        )
 
 
 def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, defaults: dict):
     """Parse a `.json` / `.yaml` config file, over `defaults` and with `overrides` on top, with errors that name the
     file and the fix rather than a traceback from the parser."""
     if not os.path.isfile(path):
-        raise ValueError(f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
-                         "arguments, or pass them on the command line.")
+        raise ValueError(
+            f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
+            "arguments, or pass them on the command line."
+        )
     try:
         with open(path, encoding="utf-8") as f:
             values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
@@ -231,8 +266,7 @@ def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, def
         raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
 
 
-def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, columns: dict, seed: int = 42,
-              **source):
+def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, columns: dict, seed: int = 42, **source):
     """Load the task's data (see [`hf_maxsup.data.load_task_dataset`]), check the named columns and truncate splits.
 
     Args:
@@ -245,19 +279,31 @@ def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, c
         `datasets.DatasetDict` with `train`, `validation` and possibly `test`.
     """
     raw = load_task_dataset(
-        task, dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file, validation_file=data_args.validation_file, test_file=data_args.test_file,
-        cache_dir=model_args.cache_dir, token=model_args.token,
-        validation_split_percentage=data_args.validation_split_percentage, seed=seed,
-        non_empty_columns=[column for column in columns if column is not None], **source,
+        task,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+        validation_split_percentage=data_args.validation_split_percentage,
+        seed=seed,
+        non_empty_columns=[column for column in columns if column is not None],
+        **source,
     )
     check_columns(raw, columns)
-    for split, fix in (("train", "--train_file (or --train_dir, --dataset_name)"),
-                       ("validation", "--validation_file, or --validation_split_percentage above 0")):
+    for split, fix in (
+        ("train", "--train_file (or --train_dir, --dataset_name)"),
+        ("validation", "--validation_file, or --validation_split_percentage above 0"),
+    ):
         if split not in raw:
             raise ValueError(f"the data has no {split} split (it has: {', '.join(raw) or 'none'}); pass {fix}.")
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
-              "test": data_args.max_predict_samples}
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_predict_samples,
+    }
     for split, limit in limits.items():
         if split in raw and limit is not None:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
@@ -268,8 +314,9 @@ def maybe_lora(model, model_args: ModelArguments, task_type: str):
     """Wrap the model with LoRA adapters when `--use_peft` is set."""
     if not model_args.use_peft:
         return model
-    return apply_lora(model, task_type, r=model_args.lora_r, alpha=model_args.lora_alpha,
-                      dropout=model_args.lora_dropout)
+    return apply_lora(
+        model, task_type, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout
+    )
 
 
 def reliability_diagram_writer(output_dir: str):
@@ -307,8 +354,11 @@ def _checkpoints(output_dir: str) -> list[str]:
     """The `checkpoint-<step>` folders of `output_dir`, oldest step first."""
     if not os.path.isdir(output_dir):
         return []
-    found = [(int(match.group(1)), name) for name in os.listdir(output_dir)
-             if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))]
+    found = [
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    ]
     return [os.path.join(output_dir, name) for _, name in sorted(found)]
 
 
@@ -326,8 +376,10 @@ def last_complete_checkpoint(output_dir: str, log=logger.warning) -> str | None:
         problems = checkpoint_problems(path)
         if not problems:
             return path
-        log(f"skipping {path}: it is incomplete (no {', '.join(problems)}), probably because the run was stopped "
-            "while saving it; an earlier checkpoint is used.")
+        log(
+            f"skipping {path}: it is incomplete (no {', '.join(problems)}), probably because the run was stopped "
+            "while saving it; an earlier checkpoint is used."
+        )
     return None
 
 
@@ -335,17 +387,23 @@ def _resume_checkpoint(training_args) -> str | None:
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "True", "true"):
         if not os.path.isdir(training_args.output_dir):
-            raise ValueError(f"--resume_from_checkpoint {resume}: --output_dir {training_args.output_dir} does not "
-                             "exist, so there is no run to resume. Check --output_dir, or leave out "
-                             "--resume_from_checkpoint to start a new run.")
+            raise ValueError(
+                f"--resume_from_checkpoint {resume}: --output_dir {training_args.output_dir} does not "
+                "exist, so there is no run to resume. Check --output_dir, or leave out "
+                "--resume_from_checkpoint to start a new run."
+            )
         resume = last_complete_checkpoint(training_args.output_dir)
         if resume is None:
-            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete "
-                             f"checkpoint-* folder in {training_args.output_dir}. Start the run again without "
-                             "--resume_from_checkpoint (add --overwrite_output_dir to replace what is there).")
+            raise ValueError(
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no complete "
+                f"checkpoint-* folder in {training_args.output_dir}. Start the run again without "
+                "--resume_from_checkpoint (add --overwrite_output_dir to replace what is there)."
+            )
     elif resume is not None and not os.path.isdir(resume):
-        raise ValueError(f"--resume_from_checkpoint {resume}: no such directory. Give a checkpoint-* folder of an "
-                         "earlier run, or 'last' for the newest one in --output_dir.")
+        raise ValueError(
+            f"--resume_from_checkpoint {resume}: no such directory. Give a checkpoint-* folder of an "
+            "earlier run, or 'last' for the newest one in --output_dir."
+        )
     return resume
 
 
@@ -363,8 +421,10 @@ def _lock_output_dir(output_dir: str) -> None:
     except OSError:
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise RuntimeError(f"--output_dir {output_dir} is in use by {holder}: two runs into one directory would mix "
-                           "their files. Wait for that run to end, or give this one another --output_dir.") from None
+        raise RuntimeError(
+            f"--output_dir {output_dir} is in use by {holder}: two runs into one directory would mix "
+            "their files. Wait for that run to end, or give this one another --output_dir."
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
     _HELD_LOCKS[path] = fd
@@ -390,15 +450,19 @@ def _refuse_to_overwrite(training_args, overwrite: bool) -> None:
     if not found:
         return
     if not overwrite:
-        raise ValueError(f"--output_dir {output_dir} holds an earlier run ({', '.join(found)}), which this run would "
-                         "overwrite. Pass --resume_from_checkpoint last to continue it, --overwrite_output_dir to "
-                         "replace it, or give another --output_dir.")
+        raise ValueError(
+            f"--output_dir {output_dir} holds an earlier run ({', '.join(found)}), which this run would "
+            "overwrite. Pass --resume_from_checkpoint last to continue it, --overwrite_output_dir to "
+            "replace it, or give another --output_dir."
+        )
     if training_args.process_index == 0:
         # Stale checkpoints would be taken for this run's by a later --resume_from_checkpoint last.
         for path in checkpoints:
             shutil.rmtree(path)
-        logger.warning(f"--overwrite_output_dir: replacing the run in {output_dir} (deleted {len(checkpoints)} "
-                       "checkpoint folders).")
+        logger.warning(
+            f"--overwrite_output_dir: replacing the run in {output_dir} (deleted {len(checkpoints)} "
+            "checkpoint folders)."
+        )
 
 
 def _recorded_loss(checkpoint: str) -> dict | None:
@@ -424,20 +488,29 @@ def loss_history(checkpoint: str, training_args, allow_change: bool = False) -> 
         return []
     history = recorded.get("history") or [{**recorded, "from_step": 0}]
     last = {key: value for key, value in history[-1].items() if key != "from_step"}
-    current = hub.loss_metadata(training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
-                                training_args.loss_alpha_schedule, training_args.loss_ls_mass)
+    current = hub.loss_metadata(
+        training_args.loss,
+        training_args.loss_alpha,
+        training_args.loss_alpha_end,
+        training_args.loss_alpha_schedule,
+        training_args.loss_ls_mass,
+    )
     if last == current:
         return history if len(history) > 1 else []
     if not allow_change:
-        raise ValueError(f"{checkpoint} was trained with {hub.describe_loss(last)}, but this run asks for "
-                         f"{hub.describe_loss(current)}. Pass the checkpoint's settings (--loss, --loss_alpha, "
-                         "--loss_alpha_end, --loss_alpha_schedule, --loss_ls_mass) to resume it, or "
-                         "--allow_loss_change to go on with the new ones (the model card records both), or start a "
-                         "new run with another --output_dir.")
+        raise ValueError(
+            f"{checkpoint} was trained with {hub.describe_loss(last)}, but this run asks for "
+            f"{hub.describe_loss(current)}. Pass the checkpoint's settings (--loss, --loss_alpha, "
+            "--loss_alpha_end, --loss_alpha_schedule, --loss_ls_mass) to resume it, or "
+            "--allow_loss_change to go on with the new ones (the model card records both), or start a "
+            "new run with another --output_dir."
+        )
     with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
         step = json.load(f)["global_step"]
-    logger.warning(f"--allow_loss_change: {hub.describe_loss(last)} until step {step}, {hub.describe_loss(current)} "
-                   "from there; the model card records both.")
+    logger.warning(
+        f"--allow_loss_change: {hub.describe_loss(last)} until step {step}, {hub.describe_loss(current)} "
+        "from there; the model card records both."
+    )
     return [*history, {**current, "from_step": step}]
 
 
@@ -463,9 +536,11 @@ def preflight(model_args: ModelArguments, training_args, run_args: RunArguments 
     if resume is not None:
         problems = checkpoint_problems(resume)
         if problems:
-            raise ValueError(f"--resume_from_checkpoint {resume}: the checkpoint is incomplete (no "
-                             f"{', '.join(problems)}), probably because its run was stopped while saving it. Give "
-                             "an earlier checkpoint, or 'last' for the newest complete one.")
+            raise ValueError(
+                f"--resume_from_checkpoint {resume}: the checkpoint is incomplete (no "
+                f"{', '.join(problems)}), probably because its run was stopped while saving it. Give "
+                "an earlier checkpoint, or 'last' for the newest complete one."
+            )
         training_args.loss_history = loss_history(resume, training_args, run_args.allow_loss_change)
         if training_args.process_index == 0:
             # Left by a crash while saving; the resumed run saves those steps again.
@@ -515,14 +590,19 @@ def _check_checkpoint_fits(model, checkpoint: str) -> None:
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     with safe_open(path, framework="pt") as f:
         saved = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    wrong = [f"{name} is {list(shape)} there, {list(expected[name])} here" for name, shape in saved.items()
-             if name in expected and expected[name] != shape]
+    wrong = [
+        f"{name} is {list(shape)} there, {list(expected[name])} here"
+        for name, shape in saved.items()
+        if name in expected and expected[name] != shape
+    ]
     missing = sorted(set(expected) - set(saved))
     if wrong or len(missing) > len(expected) // 2:
         detail = "; ".join(wrong[:3]) or f"{len(missing)} of this model's {len(expected)} weights are missing"
-        raise ValueError(f"--resume_from_checkpoint {checkpoint} holds another model than this run builds ({detail}). "
-                         "Resume it with the --model_name_or_path and data (labels) it was trained with, or start "
-                         "a new run with another --output_dir.")
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint} holds another model than this run builds ({detail}). "
+            "Resume it with the --model_name_or_path and data (labels) it was trained with, or start "
+            "a new run with another --output_dir."
+        )
 
 
 def describe_engine(state) -> str:
@@ -560,12 +640,22 @@ def fsdp_layers_to_wrap(model) -> list[str]:
     `BertEmbeddings`) would shard them a second time, which fails in `fully_shard`.
     """
     embeddings = _input_embeddings(model)
-    holders = {type(module).__name__ for module in model.modules()
-               if embeddings is not None and any(sub is embeddings for sub in module.modules())}
+    holders = {
+        type(module).__name__
+        for module in model.modules()
+        if embeddings is not None and any(sub is embeddings for sub in module.modules())
+    }
     layers = sorted(set(getattr(model, "_no_split_modules", None) or ()) - holders)
     if not layers:
-        layers = sorted({type(block).__name__ for module in model.modules() if isinstance(module, torch.nn.ModuleList)
-                         for block in module} - holders)
+        layers = sorted(
+            {
+                type(block).__name__
+                for module in model.modules()
+                if isinstance(module, torch.nn.ModuleList)
+                for block in module
+            }
+            - holders
+        )
     return layers
 
 
@@ -583,10 +673,12 @@ def _check_fsdp2_ties(model) -> None:
             holders.setdefault(id(param), []).append((name, id(module)))
     for owners in holders.values():
         if len(owners) > 1 and any(module not in embeddings for _, module in owners):
-            raise RuntimeError(f"FSDP2 cannot shard this model: one weight is tied across "
-                               f"{', '.join(name for name, _ in owners)}, which accelerate puts in different FSDP "
-                               "groups. Launch with recipes/configs/deepspeed.yaml and --deepspeed "
-                               "recipes/configs/ds_zero3.json (ZeRO-3 shards it too), or with ddp.yaml.")
+            raise RuntimeError(
+                f"FSDP2 cannot shard this model: one weight is tied across "
+                f"{', '.join(name for name, _ in owners)}, which accelerate puts in different FSDP "
+                "groups. Launch with recipes/configs/deepspeed.yaml and --deepspeed "
+                "recipes/configs/ds_zero3.json (ZeRO-3 shards it too), or with ddp.yaml."
+            )
 
 
 def prepare_engine(trainer) -> None:
@@ -640,8 +732,11 @@ def describe_model(model) -> str:
 
 def _log_start(trainer, card_kwargs: dict) -> None:
     """Say which model and data the run uses, before any work."""
-    sizes = ", ".join(f"{name} {len(data)}" for name, data in (("train", trainer.train_dataset),
-                                                                 ("validation", trainer.eval_dataset)) if data)
+    sizes = ", ".join(
+        f"{name} {len(data)}"
+        for name, data in (("train", trainer.train_dataset), ("validation", trainer.eval_dataset))
+        if data
+    )
     # Warnings, as the engine line: the recipes log at the warning level unless --log_level says otherwise.
     logger.warning(f"model: {describe_model(trainer.accelerator.unwrap_model(trainer.model))}")
     logger.warning(f"data: {card_kwargs.get('dataset')} ({sizes} examples)")
@@ -649,11 +744,16 @@ def _log_start(trainer, card_kwargs: dict) -> None:
 
 def _log_outputs(output_dir: str) -> None:
     """Say where the run left what a user looks for: the model, the metrics, the card and the figures."""
-    found = {what: [name for name in names if os.path.isfile(os.path.join(output_dir, name))]
-             for what, names in (("model", WEIGHTS), ("metrics", ("all_results.json",)),
-                                 ("model card", ("README.md",)),
-                                 ("figures", (hub.RELIABILITY_DIAGRAM,)),
-                                 ("sacreBLEU signatures", ("sacrebleu_signatures.json",)))}
+    found = {
+        what: [name for name in names if os.path.isfile(os.path.join(output_dir, name))]
+        for what, names in (
+            ("model", WEIGHTS),
+            ("metrics", ("all_results.json",)),
+            ("model card", ("README.md",)),
+            ("figures", (hub.RELIABILITY_DIAGRAM,)),
+            ("sacreBLEU signatures", ("sacrebleu_signatures.json",)),
+        )
+    }
     listed = "; ".join(f"{what}: {', '.join(names)}" for what, names in found.items() if names)
     logger.warning(f"outputs in {os.path.abspath(output_dir)}: {listed or 'none'}")
 
@@ -663,8 +763,10 @@ def _push_last(trainer, training_args, card_kwargs: dict) -> None:
     try:
         trainer.push_to_hub(**card_kwargs)
     except hub.HubPushError as err:
-        raise hub.HubPushError(f"{err}\nTraining, evaluation and prediction finished: their metrics "
-                               f"(all_results.json, ...) are in {training_args.output_dir}.") from err.__cause__
+        raise hub.HubPushError(
+            f"{err}\nTraining, evaluation and prediction finished: their metrics "
+            f"(all_results.json, ...) are in {training_args.output_dir}."
+        ) from err.__cause__
 
 
 def run(trainer, training_args, eval_dataset=None, predict_dataset=None, card_kwargs=None, on_eval=None) -> dict:

@@ -75,13 +75,31 @@ PAPER_CLAIMS = (
     ("MaxSup keeps d_within above LS (MaxSup paper)", "d_within", "maxsup", ">", "ls", None),
     ("MaxSup accuracy is at least LS's (MaxSup paper)", "accuracy", "maxsup", ">=", "ls", None),
     ("LS makes AURC worse than CE (Xia et al. 2024)", "aurc", "ls", ">", "ce", None),
-    ("LS loses linear-probe transfer accuracy; MaxSup keeps it (MaxSup paper)", "linear_probe_digits", "maxsup", ">",
-     "ls", None),
+    (
+        "LS loses linear-probe transfer accuracy; MaxSup keeps it (MaxSup paper)",
+        "linear_probe_digits",
+        "maxsup",
+        ">",
+        "ls",
+        None,
+    ),
     ("Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024)", "aurc_logit_norm", "ls", "<", "ls", "aurc"),
-    ("MaxSup's inter-class separability R² is at least LS's (MaxSup paper: CE 0.445, LS 0.461, MaxSup 0.497)", "r2",
-     "maxsup", ">=", "ls", None),
-    ("MaxSup is less confident than LS on misclassified examples: no error-amplification term (MaxSup paper)",
-     "mean_confidence_wrong", "maxsup", "<", "ls", None),
+    (
+        "MaxSup's inter-class separability R² is at least LS's (MaxSup paper: CE 0.445, LS 0.461, MaxSup 0.497)",
+        "r2",
+        "maxsup",
+        ">=",
+        "ls",
+        None,
+    ),
+    (
+        "MaxSup is less confident than LS on misclassified examples: no error-amplification term (MaxSup paper)",
+        "mean_confidence_wrong",
+        "maxsup",
+        "<",
+        "ls",
+        None,
+    ),
 )
 # CE is taken to fit its training set from this training accuracy on (the report says "near 100 %").
 FIT_ACCURACY = 0.98
@@ -226,10 +244,25 @@ def paper_checks(summary: dict, claims: Sequence[tuple] = PAPER_CLAIMS) -> list[
         agrees = {"<": diff < 0, ">": diff > 0, ">=": diff >= 0}[relation]
         spread = sa["std"] + sb["std"] if sa["n"] > 1 and sb["n"] > 1 else float("nan")
         beyond = bool(abs(diff) > spread) if math.isfinite(spread) else None
-        checks.append({"claim": claim, "metric": metric, "a": a, "relation": relation, "b": b, "metric_b": metric_b,
-                       "mean_a": sa["mean"], "mean_b": sb["mean"], "std_a": sa["std"], "std_b": sb["std"],
-                       "difference": diff, "spread": spread, "agrees": bool(agrees), "beyond_spread": beyond,
-                       "note": _claim_note(summary, metric)})
+        checks.append(
+            {
+                "claim": claim,
+                "metric": metric,
+                "a": a,
+                "relation": relation,
+                "b": b,
+                "metric_b": metric_b,
+                "mean_a": sa["mean"],
+                "mean_b": sb["mean"],
+                "std_a": sa["std"],
+                "std_b": sb["std"],
+                "difference": diff,
+                "spread": spread,
+                "agrees": bool(agrees),
+                "beyond_spread": beyond,
+                "note": _claim_note(summary, metric),
+            }
+        )
     return checks
 
 
@@ -241,8 +274,10 @@ def _claim_note(summary: dict, metric: str) -> str | None:
         return f"p = {format_summary(ls['logit_norm_p'], 1.0, 1)}, chosen per run on held-out data from 1..10"
     logged = ls.get("train_ls_error_amplification", {})
     if metric == "mean_confidence_wrong" and logged.get("n"):
-        return (f"the LS runs logged an error-amplification term (1/K)Σ_(z_n>z_y)(z_y − z_n) of "
-                f"{format_summary(logged, 1.0, 4)} per example (mean over training), which MaxSup does not have")
+        return (
+            f"the LS runs logged an error-amplification term (1/K)Σ_(z_n>z_y)(z_y − z_n) of "
+            f"{format_summary(logged, 1.0, 4)} per example (mean over training), which MaxSup does not have"
+        )
     return None
 
 
@@ -273,11 +308,20 @@ def regime_check(summary: dict) -> dict | None:
         problems.append(f"CE does not fit its training set (training accuracy {100 * train['mean']:.1f} %)")
     warning = None
     if problems:
-        warning = ("; ".join(problems) + ": the run is too short (or the model too small) for the papers' regime, so "
-                   "the claims below are not expected to hold. Train longer (more epochs) until CE's training "
-                   "accuracy is near 100 % and its confidence exceeds its accuracy.")
-    return {"confidence_minus_accuracy": gap, "train_accuracy": train, "over_confident": bool(over),
-            "beyond_spread": beyond, "fits_training_set": fits, "in_regime": not problems, "warning": warning}
+        warning = (
+            "; ".join(problems) + ": the run is too short (or the model too small) for the papers' regime, so "
+            "the claims below are not expected to hold. Train longer (more epochs) until CE's training "
+            "accuracy is near 100 % and its confidence exceeds its accuracy."
+        )
+    return {
+        "confidence_minus_accuracy": gap,
+        "train_accuracy": train,
+        "over_confident": bool(over),
+        "beyond_spread": beyond,
+        "fits_training_set": fits,
+        "in_regime": not problems,
+        "warning": warning,
+    }
 
 
 # --- data ------------------------------------------------------------------------------------------------------------
@@ -292,9 +336,17 @@ def _load_source(task: str, data: DataOptions, seed: int = 42):
     if task == "image-classification":
         source = {"train_dir": data.train_dir, "validation_dir": data.validation_dir}
     return load_task_dataset(
-        task, dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name, train_file=data.train_file,
-        validation_file=data.validation_file, test_file=data.test_file, cache_dir=data.cache_dir, token=data.token,
-        validation_split_percentage=data.validation_split_percentage, seed=seed, **source,
+        task,
+        dataset_name=data.dataset_name,
+        dataset_config_name=data.dataset_config_name,
+        train_file=data.train_file,
+        validation_file=data.validation_file,
+        test_file=data.test_file,
+        cache_dir=data.cache_dir,
+        token=data.token,
+        validation_split_percentage=data.validation_split_percentage,
+        seed=seed,
+        **source,
     )
 
 
@@ -302,8 +354,10 @@ def _eval_split(raw, data: DataOptions):
     """(name, split) to evaluate on: `data.split`, else the source's `test` split, else its `validation` split."""
     split = data.split or next((name for name in ("test", "validation") if name in raw), None)
     if split not in raw:
-        raise ValueError(f"the data has no {split or 'test or validation'} split (it has {', '.join(raw)}); pass "
-                         "--split, or --test_file with held-out examples.")
+        raise ValueError(
+            f"the data has no {split or 'test or validation'} split (it has {', '.join(raw)}); pass "
+            "--split, or --test_file with held-out examples."
+        )
     evaluation = raw[split]
     if data.max_samples is not None:
         evaluation = evaluation.select(range(min(data.max_samples, len(evaluation))))
@@ -324,8 +378,10 @@ def _label_lookup(dataset, label_column: str, config) -> dict | None:
     from datasets import ClassLabel
 
     if label_column not in dataset.column_names:
-        raise ValueError(f"label column {label_column!r} not found; available columns: "
-                         f"{', '.join(dataset.column_names)}. Pass --label_column_name.")
+        raise ValueError(
+            f"label column {label_column!r} not found; available columns: "
+            f"{', '.join(dataset.column_names)}. Pass --label_column_name."
+        )
     model_names = [str(config.id2label[i]) for i in range(config.num_labels)]
     label2id = {name: i for i, name in enumerate(model_names)}
     feature = dataset.features[label_column]
@@ -344,8 +400,9 @@ def _label_lookup(dataset, label_column: str, config) -> dict | None:
         return {value: label2id[str(value)] for value in values}
     if all(isinstance(value, (int, np.integer)) and 0 <= value < config.num_labels for value in values):
         return None
-    raise ValueError(f"labels {values[:10]} of column {label_column!r} do not match the model's classes "
-                     f"({', '.join(model_names)}).")
+    raise ValueError(
+        f"labels {values[:10]} of column {label_column!r} do not match the model's classes ({', '.join(model_names)})."
+    )
 
 
 def _relabel(dataset, label_column: str, label_map: dict):
@@ -354,8 +411,12 @@ def _relabel(dataset, label_column: str, label_map: dict):
 
     features = dataset.features.copy()
     features[label_column] = Value("int64")
-    return dataset.map(lambda labels: {label_column: [label_map[label] for label in labels]},
-                       input_columns=[label_column], batched=True, features=features)
+    return dataset.map(
+        lambda labels: {label_column: [label_map[label] for label in labels]},
+        input_columns=[label_column],
+        batched=True,
+        features=features,
+    )
 
 
 def _batches(dataset, batch_size: int, collate: Callable):
@@ -372,8 +433,10 @@ def _prepare(task: str, dataset, processor, data: DataOptions, label_column: str
         from .data import image_transform
 
         if data.image_column_name not in dataset.column_names:
-            raise ValueError(f"image column {data.image_column_name!r} not found; available columns: "
-                             f"{', '.join(dataset.column_names)}. Pass --image_column_name.")
+            raise ValueError(
+                f"image column {data.image_column_name!r} not found; available columns: "
+                f"{', '.join(dataset.column_names)}. Pass --image_column_name."
+            )
         transform = image_transform(processor, data.image_column_name, label_column, augment=False)
         return dataset.with_transform(transform), default_data_collator
     if task == "text-classification":
@@ -381,12 +444,16 @@ def _prepare(task: str, dataset, processor, data: DataOptions, label_column: str
 
         for column in (data.text_column_name, data.text_pair_column_name):
             if column is not None and column not in dataset.column_names:
-                raise ValueError(f"text column {column!r} not found; available columns: "
-                                 f"{', '.join(dataset.column_names)}. Pass --text_column_name.")
+                raise ValueError(
+                    f"text column {column!r} not found; available columns: "
+                    f"{', '.join(dataset.column_names)}. Pass --text_column_name."
+                )
         encoded = dataset.map(
-            text_preprocess_function(processor, data.text_column_name, data.text_pair_column_name, label_column,
-                                     data.max_seq_length),
-            batched=True, remove_columns=dataset.column_names,
+            text_preprocess_function(
+                processor, data.text_column_name, data.text_pair_column_name, label_column, data.max_seq_length
+            ),
+            batched=True,
+            remove_columns=dataset.column_names,
         )
         return encoded, DataCollatorWithPadding(processor)
     raise ValueError(f"cannot analyze a {task} model: the report covers image and text classification.")
@@ -459,8 +526,9 @@ def _regime_and_selective_metrics(collect: Callable, raw, split: str, logits, la
     return metrics
 
 
-def analyze_run(run: Run, data: DataOptions, source: Callable | None = None, probe_data=None,
-                log: Callable = print) -> dict:
+def analyze_run(
+    run: Run, data: DataOptions, source: Callable | None = None, probe_data=None, log: Callable = print
+) -> dict:
     """Evaluates one checkpoint: metrics, and the arrays the figures need.
 
     Args:
@@ -495,26 +563,44 @@ def analyze_run(run: Run, data: DataOptions, source: Callable | None = None, pro
 
     collected = collect(raw)
     metrics = compute_metrics(collected["logits"], collected["labels"], collected["features"])
-    metrics.update(_regime_and_selective_metrics(collect, splits, split, collected["logits"], collected["labels"],
-                                                 data))
+    metrics.update(
+        _regime_and_selective_metrics(collect, splits, split, collected["logits"], collected["labels"], data)
+    )
     metrics.update(_logged_ls_terms(run.path) if os.path.isdir(run.path) else {})
     metrics["linear_probe_digits"] = float("nan")
     if data.probe and task == "image-classification":
         probe = probe_data if probe_data is not None else digits_probe_dataset(max_samples=data.probe_samples)
         features = {}
         for name in ("train", "test"):
-            probe_split = probe[name].rename_column("image", data.image_column_name) \
-                if data.image_column_name != "image" else probe[name]
+            probe_split = (
+                probe[name].rename_column("image", data.image_column_name)
+                if data.image_column_name != "image"
+                else probe[name]
+            )
             with torch.inference_mode():
                 features[name] = _collect(model, task, probe_split, processor, data)
-        metrics["linear_probe_digits"] = linear_probe(features["train"]["features"], features["train"]["labels"],
-                                                      features["test"]["features"], features["test"]["labels"])
+        metrics["linear_probe_digits"] = linear_probe(
+            features["train"]["features"],
+            features["train"]["labels"],
+            features["test"]["features"],
+            features["test"]["labels"],
+        )
     weights = find_feature_layer(model, None).weight.detach().float().cpu().numpy()
     names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-    return {"label": run.label, "seed": run.seed, "path": run.path, "task": task, "split": split,
-            "num_examples": len(raw), "metrics": metrics, "logits": collected["logits"],
-            "labels": collected["labels"], "features": collected["features"], "class_weights": weights,
-            "class_names": names}
+    return {
+        "label": run.label,
+        "seed": run.seed,
+        "path": run.path,
+        "task": task,
+        "split": split,
+        "num_examples": len(raw),
+        "metrics": metrics,
+        "logits": collected["logits"],
+        "labels": collected["labels"],
+        "features": collected["features"],
+        "class_weights": weights,
+        "class_names": names,
+    }
 
 
 # --- figures ---------------------------------------------------------------------------------------------------------
@@ -569,10 +655,12 @@ def save_figures(results: Sequence[dict], output_dir: str, projection_classes: S
     if all(len(result["class_names"]) > max(classes) for result in results) and len(set(classes)) == 3:
         fig, axes = _grid(results)
         for result, ax in zip(results, axes, strict=True):
-            coords, labels = penultimate_projection(result["features"], result["labels"], result["class_weights"],
-                                                    classes)
-            projection_plot(coords, labels, class_names=dict(enumerate(result["class_names"])), title=_title(result),
-                            ax=ax)
+            coords, labels = penultimate_projection(
+                result["features"], result["labels"], result["class_weights"], classes
+            )
+            projection_plot(
+                coords, labels, class_names=dict(enumerate(result["class_names"])), title=_title(result), ax=ax
+            )
         fig.savefig(os.path.join(output_dir, "projections.png"), dpi=90)
         written["projections"] = "projections.png"
     else:
@@ -612,12 +700,15 @@ def check_line(check: dict, columns: Sequence[tuple] = (*TABLE_METRICS, *REGIME_
     if check["beyond_spread"] is None:
         spread = "one run per loss: spread unknown"
     else:
-        spread = ("difference beyond the seeds' spread" if check["beyond_spread"]
-                  else "difference within the seeds' spread")
+        spread = (
+            "difference beyond the seeds' spread" if check["beyond_spread"] else "difference within the seeds' spread"
+        )
     metrics = check["metric"] if check["metric_b"] == check["metric"] else f"{check['metric']} vs {check['metric_b']}"
     note = f" ({check['note']})" if check.get("note") else ""
-    return (f"- {check['claim']}: {check['a']} {value(check['mean_a'], check['std_a'])} vs {check['b']} "
-            f"{value(check['mean_b'], check['std_b'])} ({metrics}) — {verdict}; {spread}{note}.")
+    return (
+        f"- {check['claim']}: {check['a']} {value(check['mean_a'], check['std_a'])} vs {check['b']} "
+        f"{value(check['mean_b'], check['std_b'])} ({metrics}) — {verdict}; {spread}{note}."
+    )
 
 
 def regime_lines(summary: dict, regime: dict | None) -> list[str]:
@@ -626,17 +717,28 @@ def regime_lines(summary: dict, regime: dict | None) -> list[str]:
     if regime is None:
         return []
     ce, gap, train = summary["ce"], regime["confidence_minus_accuracy"], regime["train_accuracy"]
-    others = ", ".join(f"{label} {100 * metrics['mean_confidence']['mean']:.1f} %" for label, metrics in summary.items()
-                       if label != "ce" and metrics.get("mean_confidence", {}).get("n"))
-    spread = {None: "one run: spread unknown", True: "beyond its spread over seeds",
-              False: "within its spread over seeds"}[regime["beyond_spread"]]
-    text = (f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
-            f"{100 * ce['accuracy']['mean']:.1f} % (confidence − accuracy {format_summary(gap, 1.0, 3)}, {spread})"
-            + (f"; mean confidence of {others}" if others else "")
-            + (f". CE's training accuracy: {format_summary(train, 100.0, 2)} %" if train["n"] else "") + ".")
+    others = ", ".join(
+        f"{label} {100 * metrics['mean_confidence']['mean']:.1f} %"
+        for label, metrics in summary.items()
+        if label != "ce" and metrics.get("mean_confidence", {}).get("n")
+    )
+    spread = {
+        None: "one run: spread unknown",
+        True: "beyond its spread over seeds",
+        False: "within its spread over seeds",
+    }[regime["beyond_spread"]]
+    text = (
+        f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
+        f"{100 * ce['accuracy']['mean']:.1f} % (confidence − accuracy {format_summary(gap, 1.0, 3)}, {spread})"
+        + (f"; mean confidence of {others}" if others else "")
+        + (f". CE's training accuracy: {format_summary(train, 100.0, 2)} %" if train["n"] else "")
+        + "."
+    )
     if regime["in_regime"]:
-        text += (" CE is over-confident and fits its training set: the regime in which the papers measured their "
-                 "effects, where label smoothing improves calibration by lowering the confidence.")
+        text += (
+            " CE is over-confident and fits its training set: the regime in which the papers measured their "
+            "effects, where label smoothing improves calibration by lowering the confidence."
+        )
         return ["## Regime check", "", text, ""]
     return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
 
@@ -653,15 +755,22 @@ def training_time_line(paths: Sequence[str]) -> str | None:
             seconds.append(float(json.load(f).get("train_runtime", float("nan"))))
     if not seconds or not all(math.isfinite(s) for s in seconds):
         return None
-    return (f"Training time: {sum(seconds) / 60:.1f} min for the {len(seconds)} runs (sum of their `train_runtime`; "
-            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min each).")
+    return (
+        f"Training time: {sum(seconds) / 60:.1f} min for the {len(seconds)} runs (sum of their `train_runtime`; "
+        f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min each)."
+    )
 
 
 def summary_table(summary: dict, first: str, columns: Sequence[tuple]) -> str:
     """One row per group: its number of runs and the mean ± std of each (key, header, scale, decimals) column."""
-    rows = [[label, str(max(s["n"] for s in metrics.values())),
-             *(format_summary(metrics.get(key, summarize([])), scale, decimals) for key, _, scale, decimals in columns)]
-            for label, metrics in summary.items()]
+    rows = [
+        [
+            label,
+            str(max(s["n"] for s in metrics.values())),
+            *(format_summary(metrics.get(key, summarize([])), scale, decimals) for key, _, scale, decimals in columns),
+        ]
+        for label, metrics in summary.items()
+    ]
     return markdown_table([first, "runs", *(name for _, name, _, _ in columns)], rows)
 
 
@@ -677,9 +786,17 @@ def json_safe(value):
     return value
 
 
-def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE / LS / MaxSup side by side",
-                 command: str | None = None, data_note: str | None = None, notes: Sequence[str] = (),
-                 projection_classes: Sequence[int] = (0, 1, 2), extra: dict | None = None) -> dict:
+def write_report(
+    results: Sequence[dict],
+    output_dir: str,
+    *,
+    title: str = "CE / LS / MaxSup side by side",
+    command: str | None = None,
+    data_note: str | None = None,
+    notes: Sequence[str] = (),
+    projection_classes: Sequence[int] = (0, 1, 2),
+    extra: dict | None = None,
+) -> dict:
     """Writes `report.md`, `results.json` and the figures of analysed runs (as returned by [`analyze_run`]).
 
     Returns:
@@ -693,10 +810,17 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
 
     first = "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model"
     header = [first, "runs", *(name for _, name, _, _ in TABLE_METRICS)]
-    per_run = [[_title(result), f"`{result['path']}`",
-                *(format_summary(summarize([result["metrics"].get(key, float("nan"))]), scale, decimals)
-                  for key, _, scale, decimals in TABLE_METRICS)]
-               for result in results]
+    per_run = [
+        [
+            _title(result),
+            f"`{result['path']}`",
+            *(
+                format_summary(summarize([result["metrics"].get(key, float("nan"))]), scale, decimals)
+                for key, _, scale, decimals in TABLE_METRICS
+            ),
+        ]
+        for result in results
+    ]
     several = any(max(s["n"] for s in metrics.values()) > 1 for metrics in summary.values())
     lines = [f"# {title}", ""]
     if command:
@@ -704,19 +828,26 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
     if data_note:
         lines += [data_note, ""]
     lines += [
-        ("Mean ± sample standard deviation (ddof=1) over the runs of each row." if several
-         else "One run per row: no spread over seeds."),
-        ("Lower is better for NLL, ECE, AURC and the confidence on errors; d_within is the intra-class cosine "
-         "distance of the normalised penultimate features, R² = 1 − d_within/d_total their inter-class "
-         "separability; the linear probe is a logistic regression on the frozen penultimate features of "
-         "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits."),
+        (
+            "Mean ± sample standard deviation (ddof=1) over the runs of each row."
+            if several
+            else "One run per row: no spread over seeds."
+        ),
+        (
+            "Lower is better for NLL, ECE, AURC and the confidence on errors; d_within is the intra-class cosine "
+            "distance of the normalised penultimate features, R² = 1 − d_within/d_total their inter-class "
+            "separability; the linear probe is a logistic regression on the frozen penultimate features of "
+            "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits."
+        ),
         "",
         summary_table(summary, first, TABLE_METRICS),
         "",
-        ("The regime and the numbers behind the last checks: confidence − accuracy > 0 is over-confidence; the "
-         "training accuracy is measured on training examples; the logit-normalised AURC ranks by "
-         "max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen on held-out data; the LS error amplification is "
-         "the term the LS run logged during training (mean over its logging windows)."),
+        (
+            "The regime and the numbers behind the last checks: confidence − accuracy > 0 is over-confidence; the "
+            "training accuracy is measured on training examples; the logit-normalised AURC ranks by "
+            "max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen on held-out data; the LS error amplification is "
+            "the term the LS run logged during training (mean over its logging windows)."
+        ),
         "",
         summary_table(summary, first, REGIME_METRICS),
         "",
@@ -725,36 +856,72 @@ def write_report(results: Sequence[dict], output_dir: str, *, title: str = "CE /
     if checks:
         lines += ["## What the papers report, and what these runs show", ""]
         lines += [check_line(check) for check in checks]
-        lines += ["", ("For scale: MaxSup paper, ResNet-50 on ImageNet: d_within / R² CE 0.331 / 0.445, LS 0.254 / "
-                       "0.461, MaxSup 0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller "
-                       "et al.: ECE 0.071 → 0.035 with LS (Inception-v4, ImageNet)."), ""]
+        lines += [
+            "",
+            (
+                "For scale: MaxSup paper, ResNet-50 on ImageNet: d_within / R² CE 0.331 / 0.445, LS 0.254 / "
+                "0.461, MaxSup 0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller "
+                "et al.: ECE 0.071 → 0.035 with LS (Inception-v4, ImageNet)."
+            ),
+            "",
+        ]
     lines += [*notes, ""] if notes else []
     time_line = training_time_line([result["path"] for result in results])
     lines += [time_line, ""] if time_line else []
-    lines += ["## Figures", "", "Reliability diagrams (15 equal-width bins; counts on top of the bars):", "",
-              f"![reliability diagrams]({figures['reliability']})", ""]
+    lines += [
+        "## Figures",
+        "",
+        "Reliability diagrams (15 equal-width bins; counts on top of the bars):",
+        "",
+        f"![reliability diagrams]({figures['reliability']})",
+        "",
+    ]
     if "projections" in figures:
         classes = ", ".join(results[0]["class_names"][c] for c in projection_classes)
-        lines += [(f"Penultimate features of the classes {classes} projected on the plane through their templates "
-                   "(Müller et al. 2019):"), "", f"![projections]({figures['projections']})", ""]
-    lines += ["Risk-coverage curves:", "", f"![risk-coverage]({figures['risk_coverage']})", "",
-              "## Every run", "", markdown_table(["run", "checkpoint", *header[2:]], per_run), ""]
+        lines += [
+            (
+                f"Penultimate features of the classes {classes} projected on the plane through their templates "
+                "(Müller et al. 2019):"
+            ),
+            "",
+            f"![projections]({figures['projections']})",
+            "",
+        ]
+    lines += [
+        "Risk-coverage curves:",
+        "",
+        f"![risk-coverage]({figures['risk_coverage']})",
+        "",
+        "## Every run",
+        "",
+        markdown_table(["run", "checkpoint", *header[2:]], per_run),
+        "",
+    ]
     Path(output_dir, "report.md").write_text("\n".join(lines), encoding="utf-8")
 
     content = {
-        "title": title, "command": command, "data": data_note, **(extra or {}),
+        "title": title,
+        "command": command,
+        "data": data_note,
+        **(extra or {}),
         "table_metrics": [{"key": key, "header": name} for key, name, _, _ in TABLE_METRICS],
-        "runs": [{key: result[key] for key in ("label", "seed", "path", "task", "split", "num_examples", "metrics")}
-                 for result in results],
-        "summary": summary, "checks": checks, "regime": regime, "figures": figures,
+        "runs": [
+            {key: result[key] for key in ("label", "seed", "path", "task", "split", "num_examples", "metrics")}
+            for result in results
+        ],
+        "summary": summary,
+        "checks": checks,
+        "regime": regime,
+        "figures": figures,
     }
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(content), f, indent=2)
     return content
 
 
-def analyze_checkpoints(runs: Sequence[Run], output_dir: str, data: DataOptions | None = None, *,
-                        log: Callable = print, **report_kwargs) -> dict:
+def analyze_checkpoints(
+    runs: Sequence[Run], output_dir: str, data: DataOptions | None = None, *, log: Callable = print, **report_kwargs
+) -> dict:
     """Evaluates every run on the same data and writes the report (see the module docstring).
 
     Returns:

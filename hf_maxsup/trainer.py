@@ -49,8 +49,10 @@ def _check_loss_config(loss: str, alpha: float, alpha_end: float | None, schedul
         raise ValueError(f"unknown loss_ls_mass {ls_mass!r}; valid values: {', '.join(LS_MASSES)}.")
     if ls_mass != "all" and loss != "ls":
         # Only label smoothing has a smoothing mass; accepting it elsewhere would silently do nothing.
-        raise ValueError(f"loss_ls_mass={ls_mass!r} applies to loss='ls' only (this run trains with {loss!r}): "
-                         "leave it at 'all' or train with --loss ls.")
+        raise ValueError(
+            f"loss_ls_mass={ls_mass!r} applies to loss='ls' only (this run trains with {loss!r}): "
+            "leave it at 'all' or train with --loss ls."
+        )
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown loss_alpha_schedule {schedule!r}; valid names: {', '.join(SCHEDULES)}.")
     for name, value in (("loss_alpha", alpha), ("loss_alpha_end", alpha_end)):
@@ -58,8 +60,10 @@ def _check_loss_config(loss: str, alpha: float, alpha_end: float | None, schedul
             raise ValueError(f"{name} must be in [0, 1); got {value}.")
     alpha_at(0.0, schedule, alpha, alpha_end)  # rejects a constant schedule given a different alpha_end
     if schedule == "linear" and alpha_end is None and not alpha + 0.1 < 1.0:
-        raise ValueError(f"the linear schedule rises from loss_alpha={alpha} to {alpha + 0.1:.2f} >= 1: "
-                         "set loss_alpha_end explicitly.")
+        raise ValueError(
+            f"the linear schedule rises from loss_alpha={alpha} to {alpha + 0.1:.2f} >= 1: "
+            "set loss_alpha_end explicitly."
+        )
 
 
 # The weight of the distillation term when a teacher is given without one.
@@ -70,11 +74,14 @@ def _check_distill_config(distill_alpha: float | None, temperature: float) -> No
     # beta is the weight of a term added to the label loss (which keeps weight 1), as in Hinton et al.'s sum form,
     # not the share of a convex combination: any beta >= 0 is meaningful, 0 trains on the labels alone.
     if distill_alpha is not None and not (math.isfinite(distill_alpha) and distill_alpha >= 0):
-        raise ValueError(f"distill_alpha (the weight of the distillation term) must be a number >= 0; got "
-                         f"{distill_alpha}.")
+        raise ValueError(
+            f"distill_alpha (the weight of the distillation term) must be a number >= 0; got {distill_alpha}."
+        )
     if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"distill_temperature must be > 0 (1 keeps the teacher's probabilities, larger values "
-                         f"soften them); got {temperature}.")
+        raise ValueError(
+            f"distill_temperature must be > 0 (1 keeps the teacher's probabilities, larger values "
+            f"soften them); got {temperature}."
+        )
 
 
 class MaxSupLossFunc(TrainerCallback):
@@ -108,9 +115,18 @@ class MaxSupLossFunc(TrainerCallback):
         distill_temperature (`float`, *optional*, defaults to 2.0): the temperature `T` of the distillation term.
     """
 
-    def __init__(self, loss: str = "maxsup", alpha: float = 0.1, alpha_end: float | None = None,
-                 schedule: str | None = None, shift_labels: bool = False, ignore_index: int = -100,
-                 ls_mass: str = "all", distill_alpha: float | None = None, distill_temperature: float = 2.0):
+    def __init__(
+        self,
+        loss: str = "maxsup",
+        alpha: float = 0.1,
+        alpha_end: float | None = None,
+        schedule: str | None = None,
+        shift_labels: bool = False,
+        ignore_index: int = -100,
+        ls_mass: str = "all",
+        distill_alpha: float | None = None,
+        distill_temperature: float = 2.0,
+    ):
         schedule = schedule or ("linear" if loss == "maxsup" else "constant")
         _check_loss_config(loss, alpha, alpha_end, schedule, ls_mass)
         _check_distill_config(distill_alpha, distill_temperature)
@@ -176,7 +192,8 @@ class MaxSupLossFunc(TrainerCallback):
         labels = self._target(labels)
         alpha = self.current_alpha()
         kwargs = dict(
-            ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
+            ignore_index=self.ignore_index,
+            num_items_in_batch=num_items_in_batch,
             inplace_backward=self.inplace_backward and torch.is_grad_enabled() and not _saved_for_backward(logits),
             return_components=True,
         )
@@ -186,8 +203,14 @@ class MaxSupLossFunc(TrainerCallback):
             # distillation_loss takes no smoothing mass: LS with mass 'others' is LS 'all' at this weight.
             weight = smoothing_weight(alpha, logits.shape[-1], self.ls_mass) if self.loss == "ls" else alpha
             loss, components = distillation_loss(
-                logits, self._teacher_logits_for(logits), labels.to(logits.device), weight, loss=self.loss,
-                distill_alpha=self.distill_alpha, distill_temperature=self.distill_temperature, **kwargs,
+                logits,
+                self._teacher_logits_for(logits),
+                labels.to(logits.device),
+                weight,
+                loss=self.loss,
+                distill_alpha=self.distill_alpha,
+                distill_temperature=self.distill_temperature,
+                **kwargs,
             )
         self._record(components, alpha)
         return loss
@@ -224,15 +247,24 @@ class MaxSupLossFunc(TrainerCallback):
             num_items_in_batch (`int` or `torch.Tensor`, *optional*): divides the summed loss, as in `__call__`.
         """
         if self.distill_alpha is not None:
-            raise ValueError("distillation needs the student's logits: it cannot be combined with the fused linear "
-                             "loss, which never materialises them. Set fused_linear_loss=False.")
+            raise ValueError(
+                "distillation needs the student's logits: it cannot be combined with the fused linear "
+                "loss, which never materialises them. Set fused_linear_loss=False."
+            )
         hidden = head_inputs.hidden_states
         labels = self._target(labels)
         alpha = self.current_alpha()
         loss, components = fused_linear_loss(
-            hidden, head_inputs.weight, labels.to(hidden.device), kind=self.loss, alpha=alpha,
-            bias=head_inputs.bias, ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
-            return_components=True, mass=self.ls_mass,
+            hidden,
+            head_inputs.weight,
+            labels.to(hidden.device),
+            kind=self.loss,
+            alpha=alpha,
+            bias=head_inputs.bias,
+            ignore_index=self.ignore_index,
+            num_items_in_batch=num_items_in_batch,
+            return_components=True,
+            mass=self.ls_mass,
         )
         self._record(components, alpha)
         return loss
@@ -258,7 +290,9 @@ class MaxSupLossFunc(TrainerCallback):
     def pop_metrics(self, mode: str = "train") -> dict[str, torch.Tensor]:
         """Averages of the components accumulated in `mode` since the last call (0-dim tensors), then reset."""
         count, sums = self._counts[mode], self._sums[mode]
-        metrics = {name: torch.as_tensor(value, dtype=torch.float32, device="cpu") / count for name, value in sums.items()}
+        metrics = {
+            name: torch.as_tensor(value, dtype=torch.float32, device="cpu") / count for name, value in sums.items()
+        }
         self._sums[mode], self._counts[mode] = defaultdict(float), 0
         return metrics
 
@@ -326,15 +360,16 @@ class _LossArguments:
     def __post_init__(self):
         if self.loss_alpha_schedule is None:
             self.loss_alpha_schedule = "linear" if self.loss == "maxsup" else "constant"
-        _check_loss_config(self.loss, self.loss_alpha, self.loss_alpha_end, self.loss_alpha_schedule,
-                           self.loss_ls_mass)
+        _check_loss_config(self.loss, self.loss_alpha, self.loss_alpha_end, self.loss_alpha_schedule, self.loss_ls_mass)
         _check_distill_config(self.distill_alpha, self.distill_temperature)
         if self.teacher_model_name_or_path is not None:
             if self.distill_alpha is None:
                 self.distill_alpha = DEFAULT_DISTILL_ALPHA
             if self.fused_linear_loss:
-                raise ValueError("teacher_model_name_or_path: distillation needs the student's logits, which "
-                                 "fused_linear_loss never materialises. Set fused_linear_loss=False.")
+                raise ValueError(
+                    "teacher_model_name_or_path: distillation needs the student's logits, which "
+                    "fused_linear_loss never materialises. Set fused_linear_loss=False."
+                )
         if self.label_smoothing_factor > 0:
             raise ValueError(
                 f"label_smoothing_factor={self.label_smoothing_factor} would smooth the labels a second time: "
@@ -444,17 +479,28 @@ def _load_teacher(name_or_path: str, student):
     """The teacher at `name_or_path`, loaded with the Auto class of the student's kind (safetensors only, no remote
     code)."""
     student_class = type(_base_model(student)).__name__
-    auto_class = next((name for name, mapping in _TEACHER_AUTO_CLASSES.items()
-                       if student_class in set(getattr(transformers_auto.modeling_auto, mapping).values())), None)
+    auto_class = next(
+        (
+            name
+            for name, mapping in _TEACHER_AUTO_CLASSES.items()
+            if student_class in set(getattr(transformers_auto.modeling_auto, mapping).values())
+        ),
+        None,
+    )
     if auto_class is None:
-        raise ValueError(f"teacher_model_name_or_path: no Auto class loads a teacher for a {student_class} student; "
-                         "load the teacher yourself and pass it as MaxSupTrainer(..., teacher=model).")
+        raise ValueError(
+            f"teacher_model_name_or_path: no Auto class loads a teacher for a {student_class} student; "
+            "load the teacher yourself and pass it as MaxSupTrainer(..., teacher=model)."
+        )
     try:
         return getattr(transformers_auto, auto_class).from_pretrained(
-            name_or_path, use_safetensors=True, trust_remote_code=False)
+            name_or_path, use_safetensors=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as err:  # no such folder or id, no safetensors weights, another kind of model
-        raise ValueError(f"teacher_model_name_or_path {name_or_path!r}: could not load it with {auto_class} (the "
-                         f"student is a {student_class}): {err}") from err
+        raise ValueError(
+            f"teacher_model_name_or_path {name_or_path!r}: could not load it with {auto_class} (the "
+            f"student is a {student_class}): {err}"
+        ) from err
 
 
 def _num_classes(model) -> int:
@@ -468,15 +514,19 @@ def _num_classes(model) -> int:
 def _check_teacher(teacher, student) -> None:
     teacher_classes, student_classes = _num_classes(teacher), _num_classes(student)
     if teacher_classes != student_classes:
-        raise ValueError(f"the teacher has {teacher_classes} classes (logits per item) and the student "
-                         f"{student_classes}: distillation compares their distributions class by class, so both "
-                         "must predict the same classes.")
+        raise ValueError(
+            f"the teacher has {teacher_classes} classes (logits per item) and the student "
+            f"{student_classes}: distillation compares their distributions class by class, so both "
+            "must predict the same classes."
+        )
     names = [getattr(_base_model(model).config, "id2label", None) or {} for model in (teacher, student)]
     # Default names (LABEL_i) say nothing; named classes in another order would be distilled into the wrong ones.
     named = all(not all(str(name).startswith("LABEL_") for name in labels.values()) for labels in names)
     if named and {int(k): v for k, v in names[0].items()} != {int(k): v for k, v in names[1].items()}:
-        raise ValueError(f"the teacher's classes {names[0]} are not the student's {names[1]} (same ids, same "
-                         "names): train the student on the teacher's label set.")
+        raise ValueError(
+            f"the teacher's classes {names[0]} are not the student's {names[1]} (same ids, same "
+            "names): train the student on the teacher's label set."
+        )
 
 
 def _resolve_teacher(teacher, training_args, student):
@@ -487,16 +537,22 @@ def _resolve_teacher(teacher, training_args, student):
         raise ValueError(f"both teacher= and teacher_model_name_or_path={name!r} were given: pass one of them.")
     if teacher is None and name is None:
         if training_args.distill_alpha is not None:
-            raise ValueError(f"distill_alpha={training_args.distill_alpha} but no teacher: set "
-                             "teacher_model_name_or_path (--teacher_model_name_or_path) or pass teacher=.")
+            raise ValueError(
+                f"distill_alpha={training_args.distill_alpha} but no teacher: set "
+                "teacher_model_name_or_path (--teacher_model_name_or_path) or pass teacher=."
+            )
         return None
     if student is None:
-        raise ValueError("distillation needs the student model (model=...) to check the teacher against; "
-                         "model_init is not supported with a teacher.")
+        raise ValueError(
+            "distillation needs the student model (model=...) to check the teacher against; "
+            "model_init is not supported with a teacher."
+        )
     if is_deepspeed_zero3_enabled():
         # from_pretrained would partition the teacher's weights for an engine that never gathers them.
-        raise ValueError("distillation under DeepSpeed ZeRO-3 is not supported: the teacher runs outside the "
-                         "DeepSpeed engine. Train with ZeRO-1/2, DDP or FSDP.")
+        raise ValueError(
+            "distillation under DeepSpeed ZeRO-3 is not supported: the teacher runs outside the "
+            "DeepSpeed engine. Train with ZeRO-1/2, DDP or FSDP."
+        )
     teacher = _load_teacher(name, student) if teacher is None else teacher
     _check_teacher(teacher, student)
     return teacher
@@ -525,14 +581,23 @@ class _MaxSupMixin:
             heads.output_head(model)  # an unsupported model fails here, not at the first step
         teacher = _resolve_teacher(kwargs.pop("teacher", None), training_args, model)
         if teacher is not None and training_args.fused_linear_loss:
-            raise ValueError("teacher=: distillation needs the student's logits, which fused_linear_loss never "
-                             "materialises. Set fused_linear_loss=False.")
-        distill_alpha = training_args.distill_alpha if training_args.distill_alpha is not None else (
-            DEFAULT_DISTILL_ALPHA if teacher is not None else None)
+            raise ValueError(
+                "teacher=: distillation needs the student's logits, which fused_linear_loss never "
+                "materialises. Set fused_linear_loss=False."
+            )
+        distill_alpha = (
+            training_args.distill_alpha
+            if training_args.distill_alpha is not None
+            else (DEFAULT_DISTILL_ALPHA if teacher is not None else None)
+        )
         self.loss_func = MaxSupLossFunc(
-            training_args.loss, training_args.loss_alpha, training_args.loss_alpha_end,
-            training_args.loss_alpha_schedule, shift_labels=model is not None and _is_causal_lm(model),
-            ls_mass=training_args.loss_ls_mass, distill_alpha=distill_alpha,
+            training_args.loss,
+            training_args.loss_alpha,
+            training_args.loss_alpha_end,
+            training_args.loss_alpha_schedule,
+            shift_labels=model is not None and _is_causal_lm(model),
+            ls_mass=training_args.loss_ls_mass,
+            distill_alpha=distill_alpha,
             distill_temperature=training_args.distill_temperature,
         )
         # Passing the loss as compute_loss_func makes the Trainer count num_items_in_batch over the whole
@@ -561,8 +626,10 @@ class _MaxSupMixin:
             # The labels are popped before the forward pass, so an encoder-decoder cannot derive its decoder inputs
             # from them; DataCollatorForSeq2Seq(model=...) provides them, other collators may not.
             unwrapped = self.accelerator.unwrap_model(model)
-            inputs = {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(
-                labels=inputs["labels"])}
+            inputs = {
+                **inputs,
+                "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(labels=inputs["labels"]),
+            }
         with self.loss_func.with_teacher_logits(self.teacher_logits(inputs)):
             return self._student_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -584,8 +651,7 @@ class _MaxSupMixin:
             return (loss, {}) if return_outputs else loss
         # Evaluation that keeps the logits (prediction_loss_only=False) takes the usual path, logits included.
         self.loss_func.inplace_backward = not return_outputs
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):
         # Seq2SeqTrainer generates (predict_with_generate) without compute_loss: only the loss path is affected.
@@ -613,12 +679,18 @@ class _MaxSupMixin:
         `temperature`), as the model card records them; `None` without a teacher."""
         if self.teacher is None:
             return None
-        name = self.args.teacher_model_name_or_path or getattr(self.teacher.config, "_name_or_path", "") or \
-            type(self.teacher).__name__
+        name = (
+            self.args.teacher_model_name_or_path
+            or getattr(self.teacher.config, "_name_or_path", "")
+            or type(self.teacher).__name__
+        )
         # A local path means nothing to a reader of the card, and may say more than intended.
         name = os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name
-        return {"teacher": name, "alpha": self.loss_func.distill_alpha,
-                "temperature": self.loss_func.distill_temperature}
+        return {
+            "teacher": name,
+            "alpha": self.loss_func.distill_alpha,
+            "temperature": self.loss_func.distill_temperature,
+        }
 
     # The arguments given to create_model_card so far, reused for the card written on every later save.
     _model_card_kwargs: dict | None = None
@@ -655,8 +727,15 @@ class _MaxSupMixin:
         with _uploads_without_pickles():
             super()._push_from_checkpoint(checkpoint_folder)
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
-                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
         """`Trainer.push_to_hub` (model, processor, model card, metric files of `args.output_dir`) that leaves the
         model saved on disk and raises [`~hf_maxsup.hub.HubPushError`], saying what to do, when the Hub cannot be
         reached or refuses the push. Pickles (`training_args.bin`) are not uploaded. The arguments are those of

@@ -22,11 +22,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import (Run, check_line, json_safe, markdown_table, paper_checks, regime_check, regime_lines,
-                     summarize_runs, summary_table, training_time_line)
+from .report import (
+    Run,
+    check_line,
+    json_safe,
+    markdown_table,
+    paper_checks,
+    regime_check,
+    regime_lines,
+    summarize_runs,
+    summary_table,
+    training_time_line,
+)
 
-__all__ = ["TRANSLATION_CLAIMS", "TRANSLATION_METRICS", "TranslationDataOptions", "analyze_translation_checkpoints",
-           "token_calibration", "write_translation_report"]
+__all__ = [
+    "TRANSLATION_CLAIMS",
+    "TRANSLATION_METRICS",
+    "TranslationDataOptions",
+    "analyze_translation_checkpoints",
+    "token_calibration",
+    "write_translation_report",
+]
 
 # (key, column header, scale, decimals) of the Markdown table, in order.
 TRANSLATION_METRICS = (
@@ -43,8 +59,15 @@ TRANSLATION_METRICS = (
 TRANSLATION_CLAIMS = (
     ("LS improves BLEU over CE (Müller et al. 2019)", "bleu", "ls", ">", "ce", None),
     ("LS makes the references' NLL worse than CE's (Müller et al. 2019)", "nll", "ls", ">", "ce", None),
-    ("LS improves token-level calibration: lower ECE of the next-token predictions (Müller et al. 2019: 0.056 → "
-     "0.019)", "token_ece", "ls", "<", "ce", None),
+    (
+        "LS improves token-level calibration: lower ECE of the next-token predictions (Müller et al. 2019: 0.056 → "
+        "0.019)",
+        "token_ece",
+        "ls",
+        "<",
+        "ce",
+        None,
+    ),
 )
 
 
@@ -85,26 +108,38 @@ def token_calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
         raise ValueError(f"confidence {confidence.shape} and correct {correct.shape} must be the same non-empty 1-D.")
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
     counts = np.bincount(bins, minlength=n_bins)
-    gaps = np.abs(np.bincount(bins, weights=correct, minlength=n_bins)
-                  - np.bincount(bins, weights=confidence, minlength=n_bins))
-    return {"accuracy": float(correct.mean()), "mean_confidence": float(confidence.mean()),
-            "token_ece": float(gaps.sum() / counts.sum()),
-            "confidence_minus_accuracy": float(confidence.mean() - correct.mean())}
+    gaps = np.abs(
+        np.bincount(bins, weights=correct, minlength=n_bins) - np.bincount(bins, weights=confidence, minlength=n_bins)
+    )
+    return {
+        "accuracy": float(correct.mean()),
+        "mean_confidence": float(confidence.mean()),
+        "token_ece": float(gaps.sum() / counts.sum()),
+        "confidence_minus_accuracy": float(confidence.mean() - correct.mean()),
+    }
 
 
 def _eval_split(data: TranslationDataOptions, seed: int):
     from .data import load_task_dataset
 
     raw = load_task_dataset(
-        "translation", dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
-        train_file=data.train_file, validation_file=data.validation_file, test_file=data.test_file,
-        cache_dir=data.cache_dir, token=data.token, validation_split_percentage=data.validation_split_percentage,
+        "translation",
+        dataset_name=data.dataset_name,
+        dataset_config_name=data.dataset_config_name,
+        train_file=data.train_file,
+        validation_file=data.validation_file,
+        test_file=data.test_file,
+        cache_dir=data.cache_dir,
+        token=data.token,
+        validation_split_percentage=data.validation_split_percentage,
         seed=seed,
     )
     split = data.split or next((name for name in ("test", "validation") if name in raw), None)
     if split not in raw:
-        raise ValueError(f"the data has no {split or 'test or validation'} split (it has {', '.join(raw)}); pass "
-                         "--split, or --test_file with held-out pairs.")
+        raise ValueError(
+            f"the data has no {split or 'test or validation'} split (it has {', '.join(raw)}); pass "
+            "--split, or --test_file with held-out pairs."
+        )
     evaluation = raw[split]
     if data.max_samples is not None:
         evaluation = evaluation.select(range(min(data.max_samples, len(evaluation))))
@@ -118,9 +153,17 @@ def _batches(model, tokenizer, raw, data: TranslationDataOptions):
     from .data import translation_preprocess_function
 
     encoded = raw.map(
-        translation_preprocess_function(tokenizer, data.source_lang, data.target_lang, data.source_prefix,
-                                        data.max_source_length, data.max_target_length, data.translation_column_name),
-        batched=True, remove_columns=raw.column_names,
+        translation_preprocess_function(
+            tokenizer,
+            data.source_lang,
+            data.target_lang,
+            data.source_prefix,
+            data.max_source_length,
+            data.max_target_length,
+            data.translation_column_name,
+        ),
+        batched=True,
+        remove_columns=raw.column_names,
     )
     collate = DataCollatorForSeq2Seq(tokenizer, model=model)
     for start in range(0, len(encoded), data.batch_size):
@@ -146,8 +189,14 @@ def _score_batches(model, tokenizer, batches, data: TranslationDataOptions) -> d
         top_log_prob, top = log_probs.max(dim=-1)
         confidence.append(top_log_prob.exp())
         correct.append(top == targets)
-        generated += list(model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         num_beams=data.num_beams, max_new_tokens=data.max_target_length))
+        generated += list(
+            model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                num_beams=data.num_beams,
+                max_new_tokens=data.max_target_length,
+            )
+        )
         references += list(labels)
     metrics = token_calibration(torch.cat(confidence).numpy(), torch.cat(correct).numpy())
     metrics["nll"] = float(torch.cat(nll).mean())
@@ -156,8 +205,9 @@ def _score_batches(model, tokenizer, batches, data: TranslationDataOptions) -> d
     def padded(rows):
         return np.stack([np.pad(row.numpy(), (0, width - len(row)), constant_values=-100) for row in rows])
 
-    scores = translation_compute_metrics(tokenizer)(EvalPrediction(predictions=padded(generated),
-                                                                   label_ids=padded(references)))
+    scores = translation_compute_metrics(tokenizer)(
+        EvalPrediction(predictions=padded(generated), label_ids=padded(references))
+    )
     metrics.update(bleu=float(scores["bleu"]), chrf=float(scores["chrf"]))
     return metrics
 
@@ -174,13 +224,27 @@ def analyze_translation_run(run: Run, data: TranslationDataOptions, eval_data: C
     log(f"  evaluating {run.path} on the {split} split ({len(raw)} pairs, beam {data.num_beams})")
     with torch.inference_mode():
         metrics = _score_batches(model, tokenizer, _batches(model, tokenizer, raw, data), data)
-    return {"label": run.label, "seed": run.seed, "path": run.path, "task": "translation", "split": split,
-            "num_examples": len(raw), "metrics": metrics}
+    return {
+        "label": run.label,
+        "seed": run.seed,
+        "path": run.path,
+        "task": "translation",
+        "split": split,
+        "num_examples": len(raw),
+        "metrics": metrics,
+    }
 
 
-def write_translation_report(results: Sequence[dict], output_dir: str, *, title: str = "CE / LS / MaxSup "
-                             "translation side by side", command: str | None = None, data_note: str | None = None,
-                             notes: Sequence[str] = (), extra: dict | None = None) -> dict:
+def write_translation_report(
+    results: Sequence[dict],
+    output_dir: str,
+    *,
+    title: str = "CE / LS / MaxSup translation side by side",
+    command: str | None = None,
+    data_note: str | None = None,
+    notes: Sequence[str] = (),
+    extra: dict | None = None,
+) -> dict:
     """Writes `report.md` and `results.json` of analysed translation runs; returns the content of `results.json`."""
     os.makedirs(output_dir, exist_ok=True)
     summary = summarize_runs(results)
@@ -191,12 +255,19 @@ def write_translation_report(results: Sequence[dict], output_dir: str, *, title:
     lines += ["```", command, "```", ""] if command else []
     lines += [data_note, ""] if data_note else []
     lines += [
-        ("Mean ± sample standard deviation (ddof=1) over the runs of each row." if several
-         else "One run per row: no spread over seeds."),
-        ("BLEU and chrF: sacreBLEU defaults on the generations. The NLL, next-token accuracy, confidence and ECE "
-         "are of the model run teacher-forced on the references (every kept target token; ECE over 15 equal-width "
-         "bins of the top-1 probability). Lower is better for the NLL and the ECE."),
-        "", summary_table(summary, "loss", TRANSLATION_METRICS), "",
+        (
+            "Mean ± sample standard deviation (ddof=1) over the runs of each row."
+            if several
+            else "One run per row: no spread over seeds."
+        ),
+        (
+            "BLEU and chrF: sacreBLEU defaults on the generations. The NLL, next-token accuracy, confidence and ECE "
+            "are of the model run teacher-forced on the references (every kept target token; ECE over 15 equal-width "
+            "bins of the top-1 probability). Lower is better for the NLL and the ECE."
+        ),
+        "",
+        summary_table(summary, "loss", TRANSLATION_METRICS),
+        "",
         *regime_lines(summary, regime),
     ]
     if checks:
@@ -206,24 +277,44 @@ def write_translation_report(results: Sequence[dict], output_dir: str, *, title:
     lines += [*notes, ""] if notes else []
     time_line = training_time_line([r["path"] for r in results])
     lines += [time_line, ""] if time_line else []
-    per_run = [[f"{r['label']} (seed {r['seed']})", f"`{r['path']}`",
-                *(f"{r['metrics'][key] * scale:.{decimals}f}" for key, _, scale, decimals in TRANSLATION_METRICS)]
-               for r in results]
+    per_run = [
+        [
+            f"{r['label']} (seed {r['seed']})",
+            f"`{r['path']}`",
+            *(f"{r['metrics'][key] * scale:.{decimals}f}" for key, _, scale, decimals in TRANSLATION_METRICS),
+        ]
+        for r in results
+    ]
     header = ["run", "checkpoint", *(name for _, name, _, _ in TRANSLATION_METRICS)]
     lines += ["## Every run", "", markdown_table(header, per_run), ""]
     Path(output_dir, "report.md").write_text("\n".join(lines), encoding="utf-8")
-    content = {"title": title, "command": command, "data": data_note, **(extra or {}),
-               "table_metrics": [{"key": key, "header": name} for key, name, _, _ in TRANSLATION_METRICS],
-               "runs": [{key: r[key] for key in ("label", "seed", "path", "task", "split", "num_examples", "metrics")}
-                        for r in results],
-               "summary": summary, "checks": checks, "regime": regime}
+    content = {
+        "title": title,
+        "command": command,
+        "data": data_note,
+        **(extra or {}),
+        "table_metrics": [{"key": key, "header": name} for key, name, _, _ in TRANSLATION_METRICS],
+        "runs": [
+            {key: r[key] for key in ("label", "seed", "path", "task", "split", "num_examples", "metrics")}
+            for r in results
+        ],
+        "summary": summary,
+        "checks": checks,
+        "regime": regime,
+    }
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(content), f, indent=2)
     return content
 
 
-def analyze_translation_checkpoints(runs: Sequence[Run], output_dir: str, data: TranslationDataOptions | None = None,
-                                    *, log: Callable = print, **report_kwargs) -> dict:
+def analyze_translation_checkpoints(
+    runs: Sequence[Run],
+    output_dir: str,
+    data: TranslationDataOptions | None = None,
+    *,
+    log: Callable = print,
+    **report_kwargs,
+) -> dict:
     """Evaluates every translation checkpoint on the same data and writes the report (see the module docstring)."""
     data = data or TranslationDataOptions()
     if not runs:
@@ -242,9 +333,15 @@ def analyze_translation_checkpoints(runs: Sequence[Run], output_dir: str, data: 
         results.append(analyze_translation_run(run, data, eval_data, log))
     splits = sorted({(r["split"], r["num_examples"]) for r in results})
     origin = data.dataset_name or data.test_file or data.validation_file or "the embedded Bible en→fr pairs"
-    report_kwargs.setdefault("data_note", "Evaluated on " + "; ".join(
-        f"{origin}, {split} split ({n} pairs, {data.source_lang}→{data.target_lang}), beam {data.num_beams}"
-        for split, n in splits) + ".")
+    report_kwargs.setdefault(
+        "data_note",
+        "Evaluated on "
+        + "; ".join(
+            f"{origin}, {split} split ({n} pairs, {data.source_lang}→{data.target_lang}), beam {data.num_beams}"
+            for split, n in splits
+        )
+        + ".",
+    )
     extra = {"data_options": {k: v for k, v in asdict(data).items() if k != "token"}}
     extra.update(report_kwargs.pop("extra", None) or {})
     return write_translation_report(results, output_dir, extra=extra, **report_kwargs)

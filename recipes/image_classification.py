@@ -36,8 +36,10 @@ from hf_maxsup.recipes import (
 class ImageModelArguments(ModelArguments):
     model_architecture: str = field(
         default="convnext",
-        metadata={"help": "Default model without --model_name_or_path: convnext, or resnet (about 6x the steps/s), "
-                  "or resnet-small (half its widths, e.g. a distillation student)."},
+        metadata={
+            "help": "Default model without --model_name_or_path: convnext, or resnet (about 6x the steps/s), "
+            "or resnet-small (half its widths, e.g. a distillation student)."
+        },
     )
 
 
@@ -50,8 +52,10 @@ class ImageDataArguments(DataArguments):
     augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
     train_val_split: float | None = field(
         default=None,
-        metadata={"help": "Share of train held out for validation when there is no validation split, as a fraction "
-                  "(run_image_classification.py's name); sets --validation_split_percentage."},
+        metadata={
+            "help": "Share of train held out for validation when there is no validation split, as a fraction "
+            "(run_image_classification.py's name); sets --validation_split_percentage."
+        },
     )
 
     def __post_init__(self):
@@ -63,19 +67,31 @@ class ImageDataArguments(DataArguments):
 
 
 def main():
-    model_args, data_args, training_args, run_args = parse_args(ImageModelArguments, ImageDataArguments,
-                                                                MaxSupTrainingArguments, RunArguments)
+    model_args, data_args, training_args, run_args = parse_args(
+        ImageModelArguments, ImageDataArguments, MaxSupTrainingArguments, RunArguments
+    )
     preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(
-        "image-classification", data_args, model_args, seed=training_args.seed,
-        columns={data_args.image_column_name: "--image_column_name", data_args.label_column_name:
-                 "--label_column_name"},
-        train_dir=data_args.train_dir, validation_dir=data_args.validation_dir,
+        "image-classification",
+        data_args,
+        model_args,
+        seed=training_args.seed,
+        columns={
+            data_args.image_column_name: "--image_column_name",
+            data_args.label_column_name: "--label_column_name",
+        },
+        train_dir=data_args.train_dir,
+        validation_dir=data_args.validation_dir,
     )
     raw, labels = encode_labels(raw, data_args.label_column_name)
-    model, image_processor = build_image_model(labels, model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-                                               token=model_args.token, architecture=model_args.model_architecture)
+    model, image_processor = build_image_model(
+        labels,
+        model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+        architecture=model_args.model_architecture,
+    )
     model = maybe_lora(model, model_args, "image-classification")
 
     def transform(augment):
@@ -86,14 +102,26 @@ def main():
     test = raw["test"].with_transform(transform(False)) if "test" in raw else None
     training_args.remove_unused_columns = False  # the transforms need the raw image column
     trainer = MaxSupTrainer(
-        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-        data_collator=default_data_collator, processing_class=image_processor,
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=default_data_collator,
+        processing_class=image_processor,
         compute_metrics=classification_compute_metrics(),
     )
-    run(trainer, training_args, eval_dataset=evaluation, predict_dataset=test,
-        card_kwargs={**data_source(data_args, "fashion_mnist (hf_maxsup embedded subset)"),
-                     "finetuned_from": model_args.model_name_or_path, "tasks": "image-classification"},
-        on_eval=reliability_diagram_writer(training_args.output_dir))
+    run(
+        trainer,
+        training_args,
+        eval_dataset=evaluation,
+        predict_dataset=test,
+        card_kwargs={
+            **data_source(data_args, "fashion_mnist (hf_maxsup embedded subset)"),
+            "finetuned_from": model_args.model_name_or_path,
+            "tasks": "image-classification",
+        },
+        on_eval=reliability_diagram_writer(training_args.output_dir),
+    )
 
 
 if __name__ == "__main__":

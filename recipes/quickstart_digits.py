@@ -28,8 +28,16 @@ def digits_datasets(seed: int = 0):
 
 def build_model(seed: int = 0):
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, intermediate_size=128, num_labels=10)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=10,
+    )
     return ViTForImageClassification(config)
 
 
@@ -37,16 +45,32 @@ def train(output_dir: str, loss: str = "maxsup", epochs: float = 10, seed: int =
     """Train and evaluate; returns the trainer and its evaluation metrics."""
     splits = digits_datasets(seed)
     args = MaxSupTrainingArguments(
-        output_dir=output_dir, loss=loss, num_train_epochs=epochs, per_device_train_batch_size=64,
-        learning_rate=3e-3, warmup_steps=10, weight_decay=0.05, eval_strategy="epoch", logging_strategy="epoch",
-        save_strategy="no", report_to=[], seed=seed, use_cpu=True, **overrides,
+        output_dir=output_dir,
+        loss=loss,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=64,
+        learning_rate=3e-3,
+        warmup_steps=10,
+        weight_decay=0.05,
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        use_cpu=True,
+        **overrides,
     )
 
     def accuracy(prediction):
         return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
-    trainer = MaxSupTrainer(model=build_model(seed), args=args, train_dataset=splits["train"],
-                            eval_dataset=splits["test"], compute_metrics=accuracy)
+    trainer = MaxSupTrainer(
+        model=build_model(seed),
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["test"],
+        compute_metrics=accuracy,
+    )
     trainer.train()
     return trainer, trainer.evaluate()
 

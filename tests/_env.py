@@ -24,14 +24,33 @@ def run_one_and_two_processes(script: str, output_root, *args: str, batch_size: 
     """
     commands = {
         "one": [sys.executable, script, "--per_device_train_batch_size", str(batch_size)],
-        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script,
-                "--per_device_train_batch_size", str(batch_size // 2)],
+        "two": [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            script,
+            "--per_device_train_batch_size",
+            str(batch_size // 2),
+        ],
     }
     outputs = {}
     for name, command in commands.items():
         outputs[name] = Path(output_root) / name
-        result = subprocess.run([*command, *args, "--output_dir", str(outputs[name])], env=subprocess_env(),
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [*command, *args, "--output_dir", str(outputs[name])],
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     return outputs

@@ -65,8 +65,7 @@ def per_item(kind: str, logits: torch.Tensor, target: torch.Tensor, alpha: float
     return terms["loss"], keep
 
 
-def loss_and_grad(kind, logits, target, alpha, reduction="mean", num_items=None, weight=None,
-                  ignore_index: int = IGN):
+def loss_and_grad(kind, logits, target, alpha, reduction="mean", num_items=None, weight=None, ignore_index: int = IGN):
     """`(loss, grad)` in float64; `weight` multiplies the loss before backward (a non-trivial `grad_output`)."""
     x = logits.detach().double().requires_grad_(True)
     items, keep = per_item(kind, x, target, alpha, ignore_index)
@@ -132,8 +131,9 @@ def assert_grad_close(grad, ref, size, rtol, what=""):
     assert bool((row_sums <= rtol * row_size + 1e-30).all()), f"{what}: a gradient row does not sum to 0"
 
 
-def distill_per_item(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
-                     ignore_index: int = IGN) -> torch.Tensor:
+def distill_per_item(
+    student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float, ignore_index: int = IGN
+) -> torch.Tensor:
     """Per-item `KL(softmax(teacher / T) || softmax(student / T))` in float64 (0 where ignored), from
     `F.kl_div`, differentiable w.r.t. `student`."""
     num_classes = student.shape[-1]

@@ -134,8 +134,9 @@ def test_ece_puts_a_bin_edge_in_the_lower_bin():
     assert expected_calibration_error(logits, labels, n_bins=4) == pytest.approx(0.55)
     # 0.25 exactly (4 equal logits) is in the first bin of 4, with the 0.1 below it
     quarter = np.concatenate([np.zeros((1, 4)), np.log([[0.1, 0.9 / 3, 0.9 / 3, 0.9 / 3]])[:, [1, 0, 2, 3]]])
-    assert expected_calibration_error(quarter, np.array([1, 0]), n_bins=4) == pytest.approx(abs(0.0 - 0.25) / 2
-                                                                                             + abs(1 - 0.3) / 2)
+    assert expected_calibration_error(quarter, np.array([1, 0]), n_bins=4) == pytest.approx(
+        abs(0.0 - 0.25) / 2 + abs(1 - 0.3) / 2
+    )
 
 
 def test_reliability_bins_and_diagram():

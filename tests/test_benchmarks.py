@@ -13,8 +13,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], check=False, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], check=False, capture_output=True, text=True, timeout=600
+    )
     if ok:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -28,12 +29,29 @@ def _load_loss_benchmark():
 
 
 def test_loss_benchmark_tiny(tmp_path):
-    out = _run("loss.py", "--shapes", "64x100", "--dtypes", "float32", "--candidates",
-               "ce,hf_label_smoother,ours_maxsup,ours_maxsup_torch,liger_ls", "--rounds", "1", "--repeats", "1",
-               "--warmup", "1", "--threads", "1", "--json", str(tmp_path / "r.json")).stdout
+    out = _run(
+        "loss.py",
+        "--shapes",
+        "64x100",
+        "--dtypes",
+        "float32",
+        "--candidates",
+        "ce,hf_label_smoother,ours_maxsup,ours_maxsup_torch,liger_ls",
+        "--rounds",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(tmp_path / "r.json"),
+    ).stdout
     assert "### logits 64×100 float32" in out, out
-    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
-             if line.startswith("| ")]
+    cells = [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")
+    ]
     rows = {row[0]: row for row in cells}
     for name in ("`F.cross_entropy`", "transformers `LabelSmoother(0.1)`", "**ours MaxSup**"):
         assert name in rows, out
@@ -43,8 +61,12 @@ def test_loss_benchmark_tiny(tmp_path):
     assert rows["`F.cross_entropy`"][1] == "—" and rows["`F.cross_entropy`"][3] == "1.00", out
     assert "skipped: GPU only" in rows["Liger `LigerCrossEntropyLoss(label_smoothing=0.1)`"][2], out
     report = json.loads((tmp_path / "r.json").read_text())
-    assert sorted(report["results"]) == ["ce|64x100|float32", "hf_label_smoother|64x100|float32",
-                                         "ours_maxsup_torch|64x100|float32", "ours_maxsup|64x100|float32"]
+    assert sorted(report["results"]) == [
+        "ce|64x100|float32",
+        "hf_label_smoother|64x100|float32",
+        "ours_maxsup_torch|64x100|float32",
+        "ours_maxsup|64x100|float32",
+    ]
     assert all(run["times"][0] > 0 for runs in report["results"].values() for run in runs)
     assert report["summary"]["ours_maxsup_torch|64x100|float32"]["backend"] == "torch"
 
@@ -73,13 +95,24 @@ def test_loss_benchmark_gpu_table(capsys):
     nbytes = 8 * 1024 * 32000 * 2
 
     def child(ms, gb_s, backend):
-        return {"times": [ms / 1e3], "first": ms / 1e3, "extra_bytes": nbytes, "extra_exact": True,
-                "logits_bytes": nbytes, "bandwidth_gb_s": gb_s, "device_name": "GPU", "backend": backend,
-                "reasons": None, "threads": 1}
+        return {
+            "times": [ms / 1e3],
+            "first": ms / 1e3,
+            "extra_bytes": nbytes,
+            "extra_exact": True,
+            "logits_bytes": nbytes,
+            "bandwidth_gb_s": gb_s,
+            "device_name": "GPU",
+            "backend": backend,
+            "reasons": None,
+            "threads": 1,
+        }
 
     job = ("8x1024x32000", "bfloat16")
-    summary = {("ce", *job): bench.summarise([child(1.0, 4000.0, None)]),
-               ("ours_maxsup", *job): bench.summarise([child(0.5, 4000.0, "triton")])}
+    summary = {
+        ("ce", *job): bench.summarise([child(1.0, 4000.0, None)]),
+        ("ours_maxsup", *job): bench.summarise([child(0.5, 4000.0, "triton")]),
+    }
     args = bench.parse_args(["--device", "cuda"])
     bench.print_tables(args, [job[0]], [job[1]], ["ce", "ours_maxsup"], {}, summary)
     out = capsys.readouterr().out
@@ -89,12 +122,25 @@ def test_loss_benchmark_gpu_table(capsys):
 
 
 def test_linear_loss_benchmark_tiny(tmp_path):
-    out = _run("linear_loss.py", "--shapes", "64x16x200", "--candidates",
-               "torch_linear_ce_ls,ours_linear_maxsup,liger_flce_ls", "--rounds", "1", "--repeats", "1",
-               "--threads", "1", "--json", str(tmp_path / "r.json")).stdout
+    out = _run(
+        "linear_loss.py",
+        "--shapes",
+        "64x16x200",
+        "--candidates",
+        "torch_linear_ce_ls,ours_linear_maxsup,liger_flce_ls",
+        "--rounds",
+        "1",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(tmp_path / "r.json"),
+    ).stdout
     assert "### N×H×V = 64×16×200 float32 (logits 64×200)" in out, out
-    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
-             if line.startswith("| ")]
+    cells = [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")
+    ]
     rows = {row[0]: row for row in cells}
     # the baseline of the ratios runs even when not asked for
     baseline = rows["`F.linear` + `F.cross_entropy`"]
@@ -106,16 +152,20 @@ def test_linear_loss_benchmark_tiny(tmp_path):
     assert "warning raised by torch_linear_ce_ls: UserWarning: linear_cross_entropy: ``options`` ignored" in out, out
     assert "ours at 64x16x200: 64 rows per chunk (`default_chunk_size`)" in out, out
     report = json.loads((tmp_path / "r.json").read_text())
-    assert sorted(report["results"]) == ["linear_ce|64x16x200|float32", "ours_linear_maxsup|64x16x200|float32",
-                                         "torch_linear_ce_ls|64x16x200|float32"]
+    assert sorted(report["results"]) == [
+        "linear_ce|64x16x200|float32",
+        "ours_linear_maxsup|64x16x200|float32",
+        "torch_linear_ce_ls|64x16x200|float32",
+    ]
     assert all(run["times"][0] > 0 for runs in report["results"].values() for run in runs)
     assert report["summary"]["ours_linear_maxsup|64x16x200|float32"]["backend"] in ("c", "triton", "torch")
     assert report["skipped"] == {"liger_flce_ls": "GPU only (Liger's kernels are Triton)"}
 
 
 def test_trainer_benchmark_tiny():
-    out = _run("trainer.py", "--vocab", "64", "--d_model", "16", "--layers", "1", "--steps", "1",
-               "--shapes", "2x8").stdout
+    out = _run(
+        "trainer.py", "--vocab", "64", "--d_model", "16", "--layers", "1", "--steps", "1", "--shapes", "2x8"
+    ).stdout
     tables = out.split("| trainer |")[1:]
     assert len(tables) == 2, out  # the Marian and the causal-LM tables
     for table, n_rows, stock_name in ((tables[0], 4, "stock Seq2SeqTrainer"), (tables[1], 3, "stock Trainer")):

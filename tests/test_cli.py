@@ -17,8 +17,20 @@ from hf_maxsup.report import REPORT_FILES
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "image_classification.py")
 # A few optimizer steps on a few images: the point is the plumbing, not the numbers.
-RECIPE_ARGS = ["--max_train_samples", "32", "--max_eval_samples", "32", "--num_train_epochs", "1",
-               "--per_device_train_batch_size", "16", "--save_strategy", "epoch", "--disable_tqdm", "true"]
+RECIPE_ARGS = [
+    "--max_train_samples",
+    "32",
+    "--max_eval_samples",
+    "32",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "16",
+    "--save_strategy",
+    "epoch",
+    "--disable_tqdm",
+    "true",
+]
 REPORT_ARGS = ["--max_analysis_samples", "64", "--probe_samples", "100"]
 
 
@@ -46,8 +58,10 @@ def test_compare_writes_the_report(compared):
     for name in REPORT_FILES:
         assert (report / name).stat().st_size > 0, name
     text = (report / "report.md").read_text()
-    assert "| loss | runs | accuracy (%) | NLL | ECE (%) | adaptive ECE (%) | AURC (%) | d_within | R² | " \
-           "mean confidence on errors | linear probe (digits) (%) |" in text
+    assert (
+        "| loss | runs | accuracy (%) | NLL | ECE (%) | adaptive ECE (%) | AURC (%) | d_within | R² | "
+        "mean confidence on errors | linear probe (digits) (%) |" in text
+    )
     for loss in ("ce", "ls", "maxsup"):
         assert f"| {loss} | 1 |" in text
     assert "![reliability diagrams](reliability_diagrams.png)" in text
@@ -91,8 +105,17 @@ def test_analyze_saved_checkpoints(compared, tmp_path):
     card_only = tmp_path / "ls-copy"
     shutil.copytree(runs / "ls-seed0", card_only, ignore=shutil.ignore_patterns("checkpoint-*", MEMBER_FILE))
     out = tmp_path / "analysis"
-    code, log = run_cli(["analyze", str(runs / "ce-seed0"), str(card_only), str(runs / "ce-seed0" / "checkpoint-2"),
-                         "--output_dir", str(out), *REPORT_ARGS])
+    code, log = run_cli(
+        [
+            "analyze",
+            str(runs / "ce-seed0"),
+            str(card_only),
+            str(runs / "ce-seed0" / "checkpoint-2"),
+            "--output_dir",
+            str(out),
+            *REPORT_ARGS,
+        ]
+    )
     assert code == 0, log
     for name in REPORT_FILES:
         assert (out / name).stat().st_size > 0, name
@@ -124,10 +147,24 @@ def test_member_trained_with_other_arguments_is_not_reused(tmp_path):
 def test_recipe_compare_flag(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
-    assert cli.compare_from_recipe("recipes/image_classification.py", ["--compare", "--seeds", "0", "1",
-                                                                        "--num_train_epochs", "1"]) == 0
-    assert seen == [["compare", "--recipe", os.path.abspath("recipes/image_classification.py"), "--seeds", "0", "1",
-                     "--num_train_epochs", "1"]]
+    assert (
+        cli.compare_from_recipe(
+            "recipes/image_classification.py", ["--compare", "--seeds", "0", "1", "--num_train_epochs", "1"]
+        )
+        == 0
+    )
+    assert seen == [
+        [
+            "compare",
+            "--recipe",
+            os.path.abspath("recipes/image_classification.py"),
+            "--seeds",
+            "0",
+            "1",
+            "--num_train_epochs",
+            "1",
+        ]
+    ]
 
 
 def test_models_the_report_cannot_analyse_stop_the_comparison_early(tmp_path):

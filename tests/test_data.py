@@ -21,7 +21,6 @@ from hf_maxsup.data import (
     translation_preprocess_function,
 )
 
-
 FASHION_MNIST_NAMES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
 ]  # fmt: skip

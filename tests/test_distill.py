@@ -36,14 +36,28 @@ def models(task):
 def one_step_gradients(task, batch_size, accumulation, tmp_path):
     seq2seq = task == "seq2seq"
     student, teacher = models(task)
-    args_cls, trainer_cls = ((MaxSupSeq2SeqTrainingArguments, MaxSupSeq2SeqTrainer) if seq2seq
-                             else (MaxSupTrainingArguments, MaxSupTrainer))
-    args = args_cls(output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), loss="maxsup", max_steps=1,
-                    per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                    distill_alpha=BETA, distill_temperature=T, **COMMON)
+    args_cls, trainer_cls = (
+        (MaxSupSeq2SeqTrainingArguments, MaxSupSeq2SeqTrainer) if seq2seq else (MaxSupTrainingArguments, MaxSupTrainer)
+    )
+    args = args_cls(
+        output_dir=str(tmp_path / f"{batch_size}x{accumulation}"),
+        loss="maxsup",
+        max_steps=1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        distill_alpha=BETA,
+        distill_temperature=T,
+        **COMMON,
+    )
     capture = GradCapture()
-    trainer = trainer_cls(model=student, args=args, train_dataset=tiny_dataset(8, task=task), data_collator=collate,
-                          callbacks=[capture], teacher=teacher)
+    trainer = trainer_cls(
+        model=student,
+        args=args,
+        train_dataset=tiny_dataset(8, task=task),
+        data_collator=collate,
+        callbacks=[capture],
+        teacher=teacher,
+    )
     trainer.train()
     assert not trainer.teacher.training and all(p.grad is None for p in trainer.teacher.parameters())
     return capture.grads
@@ -83,12 +97,17 @@ def test_gradient_accumulation_with_teacher_is_exact(task, tmp_path):
 def test_two_processes_match_one_with_teacher(tmp_path):
     """A teacher loaded from teacher_model_name_or_path in each process: same losses and parameters on 1 and 2."""
     tiny_bert(token_level=True, seed=1).save_pretrained(tmp_path / "teacher")
-    outputs = run_one_and_two_processes(os.path.join(TESTS, "tiny_run.py"), tmp_path, "--teacher",
-                                        str(tmp_path / "teacher"), "--max_steps", "2")
+    outputs = run_one_and_two_processes(
+        os.path.join(TESTS, "tiny_run.py"), tmp_path, "--teacher", str(tmp_path / "teacher"), "--max_steps", "2"
+    )
     logs = {name: json.load(open(output / "logs.json")) for name, output in outputs.items()}
     assert all("distill" in entry for entry in logs["one"])
-    torch.testing.assert_close(torch.tensor([e["loss"] for e in logs["two"]]),
-                               torch.tensor([e["loss"] for e in logs["one"]]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor([e["loss"] for e in logs["two"]]),
+        torch.tensor([e["loss"] for e in logs["one"]]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     one, two = (torch.load(outputs[name] / "params.pt") for name in ("one", "two"))
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
@@ -96,13 +115,23 @@ def test_two_processes_match_one_with_teacher(tmp_path):
 
 def test_checkpoint_holds_no_teacher_and_card_records_it(tmp_path):
     tiny_bert(seed=1).save_pretrained(tmp_path / "teacher")
-    args = MaxSupTrainingArguments(output_dir=str(tmp_path / "student"), loss="ls", max_steps=2, logging_steps=1,
-                                   per_device_train_batch_size=8, eval_strategy="steps", eval_steps=2,
-                                   teacher_model_name_or_path=str(tmp_path / "teacher"), distill_temperature=4.0,
-                                   **{**COMMON, "save_strategy": "steps"}, save_steps=2)
+    args = MaxSupTrainingArguments(
+        output_dir=str(tmp_path / "student"),
+        loss="ls",
+        max_steps=2,
+        logging_steps=1,
+        per_device_train_batch_size=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        teacher_model_name_or_path=str(tmp_path / "teacher"),
+        distill_temperature=4.0,
+        **{**COMMON, "save_strategy": "steps"},
+        save_steps=2,
+    )
     student = tiny_bert(seed=0)
-    trainer = MaxSupTrainer(model=student, args=args, train_dataset=tiny_dataset(16), eval_dataset=tiny_dataset(8),
-                            data_collator=collate)
+    trainer = MaxSupTrainer(
+        model=student, args=args, train_dataset=tiny_dataset(16), eval_dataset=tiny_dataset(8), data_collator=collate
+    )
     trainer.train()
     trainer.save_model()
     expected = set(student.state_dict())
@@ -121,15 +150,19 @@ def test_checkpoint_holds_no_teacher_and_card_records_it(tmp_path):
 
 def test_recipe_flags():
     (args,) = HfArgumentParser(MaxSupTrainingArguments).parse_args_into_dataclasses(
-        ["--output_dir", "x", "--teacher_model_name_or_path", "runs/ce", "--distill_temperature", "3"])
+        ["--output_dir", "x", "--teacher_model_name_or_path", "runs/ce", "--distill_temperature", "3"]
+    )
     assert (args.teacher_model_name_or_path, args.distill_alpha, args.distill_temperature) == ("runs/ce", 0.5, 3.0)
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(distill_alpha=-0.1), "distill_alpha .* must be a number >= 0"),
-    (dict(distill_temperature=0.0), "distill_temperature must be > 0"),
-    (dict(teacher_model_name_or_path="t", fused_linear_loss=True), "fused_linear_loss"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(distill_alpha=-0.1), "distill_alpha .* must be a number >= 0"),
+        (dict(distill_temperature=0.0), "distill_temperature must be > 0"),
+        (dict(teacher_model_name_or_path="t", fused_linear_loss=True), "fused_linear_loss"),
+    ],
+)
 def test_bad_arguments(settings, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         MaxSupTrainingArguments(output_dir=str(tmp_path), **settings, **COMMON)
@@ -141,8 +174,9 @@ def test_bad_teachers(tmp_path):
 
     def trainer(teacher=None, **settings):
         args = MaxSupTrainingArguments(output_dir=str(tmp_path / "run"), **settings, **COMMON)
-        return MaxSupTrainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(8), data_collator=collate,
-                             teacher=teacher)
+        return MaxSupTrainer(
+            model=tiny_bert(), args=args, train_dataset=tiny_dataset(8), data_collator=collate, teacher=teacher
+        )
 
     with pytest.raises(ValueError, match="distill_alpha=0.3 but no teacher"):
         trainer(distill_alpha=0.3)
@@ -161,5 +195,10 @@ def test_zero3_is_refused(tmp_path):
     config = os.path.join(TESTS, "..", "recipes", "configs", "ds_zero3.json")
     args = MaxSupTrainingArguments(output_dir=str(tmp_path), deepspeed=config, **COMMON)
     with pytest.raises(ValueError, match="ZeRO-3 is not supported"):
-        MaxSupTrainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(8), data_collator=collate,
-                      teacher=tiny_bert(seed=1))
+        MaxSupTrainer(
+            model=tiny_bert(),
+            args=args,
+            train_dataset=tiny_dataset(8),
+            data_collator=collate,
+            teacher=tiny_bert(seed=1),
+        )

@@ -15,8 +15,6 @@ ALPHA, BETA, T = 0.1, 0.7, 2.5
 DISTILL_BACKENDS = pytest.mark.parametrize("backend", ["torch", "triton", "auto"], indirect=True)
 
 
-
-
 def make(shape=(3, 7, 301), dtype=torch.float32, seed=0):
     gen = torch.Generator().manual_seed(seed)
     student = (torch.randn(shape, generator=gen) * 3).to(dtype)
@@ -31,8 +29,13 @@ def reference(kind, student, teacher, labels, reduction="mean", num_items=None):
     items, keep = per_item(kind, x, labels, ALPHA)
     kl = distill_per_item(x, teacher, labels, T)
     total = items + BETA * T**2 * kl
-    loss = (total.sum() / (num_items or keep.sum().clamp_min(1)) if reduction == "mean" or num_items
-            else total.sum() if reduction == "sum" else total.view(labels.shape))
+    loss = (
+        total.sum() / (num_items or keep.sum().clamp_min(1))
+        if reduction == "mean" or num_items
+        else total.sum()
+        if reduction == "sum"
+        else total.view(labels.shape)
+    )
     loss.sum().backward()
     return loss.detach(), x.grad, float(kl.detach()[keep].mean())
 
@@ -43,8 +46,17 @@ def reference(kind, student, teacher, labels, reduction="mean", num_items=None):
 def test_loss_and_gradient_match_the_reference(backend, kind, reduction):
     student, teacher, labels = make(seed=len(kind))
     x = student.clone().requires_grad_(True)
-    loss, comps = distillation_loss(x, teacher, labels, ALPHA, loss=kind, distill_alpha=BETA, distill_temperature=T,
-                                    reduction=reduction, return_components=True)
+    loss, comps = distillation_loss(
+        x,
+        teacher,
+        labels,
+        ALPHA,
+        loss=kind,
+        distill_alpha=BETA,
+        distill_temperature=T,
+        reduction=reduction,
+        return_components=True,
+    )
     loss.sum().backward()
     ref_loss, ref_grad, ref_kl = reference(kind, student, teacher, labels, reduction)
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
@@ -59,9 +71,17 @@ def test_loss_and_gradient_match_the_reference(backend, kind, reduction):
 def test_num_items_in_batch_half_precision_and_in_place(backend, inplace):
     student, teacher, labels = make(shape=(2, 9, 2500), dtype=torch.bfloat16, seed=4)  # several column blocks
     x = student.clone().requires_grad_(True)
-    loss = distillation_loss(x * 1.0, teacher, labels, ALPHA, loss="maxsup", distill_alpha=BETA,
-                             distill_temperature=T, num_items_in_batch=torch.tensor(40),
-                             inplace_backward=inplace)
+    loss = distillation_loss(
+        x * 1.0,
+        teacher,
+        labels,
+        ALPHA,
+        loss="maxsup",
+        distill_alpha=BETA,
+        distill_temperature=T,
+        num_items_in_batch=torch.tensor(40),
+        inplace_backward=inplace,
+    )
     loss.backward()
     ref_loss, ref_grad, _ = reference("maxsup", student.float(), teacher.float(), labels, num_items=40)
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
@@ -72,8 +92,16 @@ def test_num_items_in_batch_half_precision_and_in_place(backend, inplace):
 def test_a_teacher_equal_to_the_student_adds_nothing(backend):
     student, _, labels = make(seed=5)
     with torch.no_grad():
-        loss, comps = distillation_loss(student, student.clone(), labels, ALPHA, loss="ls", distill_alpha=BETA,
-                                        distill_temperature=T, return_components=True)
+        loss, comps = distillation_loss(
+            student,
+            student.clone(),
+            labels,
+            ALPHA,
+            loss="ls",
+            distill_alpha=BETA,
+            distill_temperature=T,
+            return_components=True,
+        )
         alone = kernels.fused_loss(student, labels, kind="ls", alpha=ALPHA)
     assert abs(float(comps["distill"])) < 1e-6
     torch.testing.assert_close(loss, alone, rtol=1e-6, atol=1e-6)

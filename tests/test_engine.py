@@ -21,8 +21,6 @@ TOL = 1e-5
 KINDS = ["ce", "ls", "maxsup"]
 
 
-
-
 def labels_for(shape, num_classes, gen, frac_ignored=0.2):
     y = torch.randint(0, num_classes, shape, generator=gen)
     return torch.where(torch.rand(shape, generator=gen) < frac_ignored, torch.full_like(y, IGN), y)
@@ -37,15 +35,19 @@ def run(x, target, kind, weight=None, **kwargs):
 
 
 def check(x, target, kind, gtol=TOL, weight=None, reduction="mean", num_items=None, **kwargs):
-    loss, comps, grad = run(x, target, kind, weight=weight, reduction=reduction, num_items_in_batch=num_items,
-                            **kwargs)
+    loss, comps, grad = run(x, target, kind, weight=weight, reduction=reduction, num_items_in_batch=num_items, **kwargs)
     ref_loss, ref_grad = loss_and_grad(kind, x.float(), target, ALPHA, reduction, num_items, weight)
     assert loss.dtype == torch.float32 and loss.shape == ref_loss.shape
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
     assert grad.dtype == x.dtype and grad.shape == x.shape
     n_kept = (target != IGN).sum() if not target.is_floating_point() else target.numel() // x.shape[-1]
-    scale = (1.0 / max(float(num_items), 1.0) if num_items is not None else
-             1.0 if reduction in ("sum", "none") else 1.0 / max(int(n_kept), 1))
+    scale = (
+        1.0 / max(float(num_items), 1.0)
+        if num_items is not None
+        else 1.0
+        if reduction in ("sum", "none")
+        else 1.0 / max(int(n_kept), 1)
+    )
     scale = scale * (weight.double() if isinstance(weight, torch.Tensor) else (weight or 1.0))
     assert_grad_close(grad, ref_grad, grad_terms_magnitude(kind, x.float(), target, ALPHA, scale), gtol, kind)
     expected = components(kind, x.float(), target, ALPHA)
@@ -96,8 +98,16 @@ def test_exact_ties_go_to_the_first_index(backend):
     gen = torch.Generator().manual_seed(3)
     num_classes = 5003  # blocks of 2048 (C) / powers of two (triton), and a tail
     x = torch.randn(8, num_classes, generator=gen)
-    tie_sets = [[3, 7], [7, 3000], [2047, 2048, 4096], [17, 4999, 5002], [4995, 5002], [0, 1, 2, 16],
-                [5002, 5001], [100]]
+    tie_sets = [
+        [3, 7],
+        [7, 3000],
+        [2047, 2048, 4096],
+        [17, 4999, 5002],
+        [4995, 5002],
+        [0, 1, 2, 16],
+        [5002, 5001],
+        [100],
+    ]
     for row, idx in enumerate(tie_sets):
         x[row, idx] = 9.0
     y = torch.tensor([7, 3, 4096, 5002, IGN, 1, 5001, 0])
@@ -132,7 +142,7 @@ def test_soft_targets(backend, kind, target_dtype):
 def test_all_rows_ignored(backend, kind, reduction):
     x = torch.randn(3, 4, 50)
     y = torch.full((3, 4), IGN)
-    for num_items in ([None, 5] if reduction != "none" else [None]):
+    for num_items in [None, 5] if reduction != "none" else [None]:
         loss, comps, grad = run(x, y, kind, reduction=reduction, num_items_in_batch=num_items)
         assert torch.all(loss == 0) and not torch.isnan(loss).any()
         assert torch.all(grad == 0)
@@ -240,8 +250,9 @@ def test_views_and_non_contiguous_logits(backend):
     for kind in ("ls", "maxsup"):
         for inplace in (False, True):
             b = base.clone().requires_grad_(True)  # causal-LM style logits[:, :-1]: rows not uniformly strided
-            loss = get_loss_fn(kind)((b * 1.0)[:, :-1, :] if inplace else b[:, :-1, :], y, ALPHA,
-                                     inplace_backward=inplace)
+            loss = get_loss_fn(kind)(
+                (b * 1.0)[:, :-1, :] if inplace else b[:, :-1, :], y, ALPHA, inplace_backward=inplace
+            )
             loss.backward()
             ref_loss, ref_grad = loss_and_grad(kind, base[:, :-1, :], y, ALPHA)
             torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
@@ -396,8 +407,13 @@ def test_a_large_cpu_input_reaches_the_intended_backend(monkeypatch):
     seen = []
     for module in (_c, _torch):
         forward = module.forward
-        monkeypatch.setattr(module, "forward", lambda job, forward=forward, name=module.NAME: (
-            seen.append((name, job.num_rows, job.in_place)) or forward(job)))
+        monkeypatch.setattr(
+            module,
+            "forward",
+            lambda job, forward=forward, name=module.NAME: (
+                seen.append((name, job.num_rows, job.in_place)) or forward(job)
+            ),
+        )
     x = torch.randn(256, 32000, requires_grad=True)
     y = torch.randint(0, 32000, (256,))
     expected = "c" if _c.unavailable(torch.device("cpu"), torch.float32) is None else "torch"
@@ -417,7 +433,9 @@ def test_backend_choice_and_its_errors(monkeypatch):
     with pytest.raises(ValueError, match="use one of auto, c, triton, torch"):
         get_loss_fn("maxsup")(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), ALPHA)
     monkeypatch.setenv("HF_MAXSUP_BACKEND", "c")
-    with pytest.raises(RuntimeError, match="HF_MAXSUP_BACKEND=c cannot serve float64 logits on cpu: the C kernel takes"):
+    with pytest.raises(
+        RuntimeError, match="HF_MAXSUP_BACKEND=c cannot serve float64 logits on cpu: the C kernel takes"
+    ):
         get_loss_fn("maxsup")(torch.randn(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long), ALPHA)
     assert kernels.kernel_info("cpu", torch.float64)["error"].startswith("HF_MAXSUP_BACKEND=c cannot")
 

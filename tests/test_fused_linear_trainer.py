@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from _env import subprocess_env
 import torch
+from _env import subprocess_env
 from datasets import Dataset
 from test_trainer import COMMON, GradCapture, max_relative_error
 from tiny_run import PAD, VOCAB, collate, tiny_bert, tiny_dataset, tiny_marian
@@ -39,29 +39,60 @@ def tiny_marian_with_bias():
 
 def tiny_t5():
     torch.manual_seed(0)
-    return T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=37, num_layers=1,
-                                               num_heads=2, dropout_rate=0.0, pad_token_id=PAD, eos_token_id=1,
-                                               decoder_start_token_id=PAD))
+    return T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=16,
+            d_ff=37,
+            num_layers=1,
+            num_heads=2,
+            dropout_rate=0.0,
+            pad_token_id=PAD,
+            eos_token_id=1,
+            decoder_start_token_id=PAD,
+        )
+    )
 
 
 def tiny_gpt2():
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=32,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1,
-                                      eos_token_id=1))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=32,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+    )
 
 
 def tiny_llama():
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=1, pad_token_id=PAD,
-                                        bos_token_id=1, eos_token_id=1))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            pad_token_id=PAD,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+    )
 
 
 def causal_dataset(n=8):
     """Sequences that are their own labels (the trainer shifts them); padding is -100 in the labels."""
-    return Dataset.from_list([{"input_ids": row["input_ids"], "labels": row["input_ids"]}
-                              for row in tiny_dataset(n)])
+    return Dataset.from_list([{"input_ids": row["input_ids"], "labels": row["input_ids"]} for row in tiny_dataset(n)])
 
 
 # family -> (model builder, seq2seq?, loss): every loss is covered by some family.
@@ -75,15 +106,28 @@ FAMILIES = {
 
 def train_one_step(family, fused, batch_size, accumulation, tmp_path, model=None):
     build, seq2seq, loss = FAMILIES[family]
-    args_cls, trainer_cls = ((MaxSupSeq2SeqTrainingArguments, MaxSupSeq2SeqTrainer) if seq2seq
-                             else (MaxSupTrainingArguments, MaxSupTrainer))
-    args = args_cls(output_dir=str(tmp_path / f"{fused}-{batch_size}x{accumulation}"), loss=loss, max_steps=1,
-                    logging_steps=1, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                    fused_linear_loss=fused, **COMMON)
+    args_cls, trainer_cls = (
+        (MaxSupSeq2SeqTrainingArguments, MaxSupSeq2SeqTrainer) if seq2seq else (MaxSupTrainingArguments, MaxSupTrainer)
+    )
+    args = args_cls(
+        output_dir=str(tmp_path / f"{fused}-{batch_size}x{accumulation}"),
+        loss=loss,
+        max_steps=1,
+        logging_steps=1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        fused_linear_loss=fused,
+        **COMMON,
+    )
     capture = GradCapture()
     data = tiny_dataset(8, task="seq2seq") if seq2seq else causal_dataset()
-    trainer = trainer_cls(model=model if model is not None else build(), args=args, train_dataset=data,
-                          data_collator=collate, callbacks=[capture])
+    trainer = trainer_cls(
+        model=model if model is not None else build(),
+        args=args,
+        train_dataset=data,
+        data_collator=collate,
+        callbacks=[capture],
+    )
     trainer.train()
     return capture.grads, next(e for e in trainer.state.log_history if "loss" in e)
 
@@ -122,9 +166,16 @@ def test_fused_step_matches_logits_step(family, tmp_path, fused_calls):
 
 def test_resume_reproduces_parameters(tmp_path):
     def run(resume=None):
-        args = MaxSupTrainingArguments(output_dir=str(tmp_path), loss="maxsup", fused_linear_loss=True, max_steps=4,
-                                       per_device_train_batch_size=2, learning_rate=1e-2,
-                                       **{**COMMON, "save_strategy": "steps"}, save_steps=2)
+        args = MaxSupTrainingArguments(
+            output_dir=str(tmp_path),
+            loss="maxsup",
+            fused_linear_loss=True,
+            max_steps=4,
+            per_device_train_batch_size=2,
+            learning_rate=1e-2,
+            **{**COMMON, "save_strategy": "steps"},
+            save_steps=2,
+        )
         trainer = MaxSupTrainer(model=tiny_gpt2(), args=args, train_dataset=causal_dataset(), data_collator=collate)
         trainer.train(resume_from_checkpoint=resume)
         return {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -138,8 +189,16 @@ def test_resume_reproduces_parameters(tmp_path):
 def train_two_steps(output_dir, batch_size):
     """Two SGD steps of a tiny GPT-2 with the fused loss; the parameters are saved by the main process."""
     args = MaxSupTrainingArguments(
-        output_dir=str(output_dir), loss="ls", fused_linear_loss=True, per_device_train_batch_size=batch_size,
-        max_steps=2, learning_rate=0.5, optim="sgd", dataloader_drop_last=True, **COMMON)
+        output_dir=str(output_dir),
+        loss="ls",
+        fused_linear_loss=True,
+        per_device_train_batch_size=batch_size,
+        max_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        dataloader_drop_last=True,
+        **COMMON,
+    )
     trainer = MaxSupTrainer(model=tiny_gpt2(), args=args, train_dataset=causal_dataset(16), data_collator=collate)
     trainer.train()
     if trainer.is_world_process_zero():
@@ -150,14 +209,35 @@ def test_two_processes_match_one(tmp_path):
     """DDP (gloo, CPU): the fused path runs the wrapped forward, so gradients are all-reduced as usual."""
     train_two_steps(tmp_path / "one", 8)
     script = tmp_path / "run.py"
-    script.write_text("import sys\nfrom test_fused_linear_trainer import train_two_steps\n"
-                      "train_two_steps(sys.argv[1], int(sys.argv[2]))\n")
+    script.write_text(
+        "import sys\nfrom test_fused_linear_trainer import train_two_steps\n"
+        "train_two_steps(sys.argv[1], int(sys.argv[2]))\n"
+    )
     env = subprocess_env(OMP_NUM_THREADS="1")
     # `accelerate launch --multi_gpu` is the torchrun launcher, which runs on CPU too (see test_trainer.py).
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                             "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                             str(script), str(tmp_path / "two"), "4"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+            str(tmp_path / "two"),
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = (torch.load(tmp_path / name / "params.pt") for name in ("one", "two"))
     assert any(not torch.equal(one[name], value) for name, value in tiny_gpt2().state_dict().items())
@@ -169,9 +249,12 @@ def test_lora_model(tmp_path, fused_calls):
     peft = pytest.importorskip("peft")
 
     def lora(target_modules):
-        return peft.get_peft_model(tiny_llama(), peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_dropout=0.0,
-                                                                 init_lora_weights=False,
-                                                                 target_modules=target_modules))
+        return peft.get_peft_model(
+            tiny_llama(),
+            peft.LoraConfig(
+                task_type="CAUSAL_LM", r=4, lora_dropout=0.0, init_lora_weights=False, target_modules=target_modules
+            ),
+        )
 
     grads, log = train_one_step("llama", False, 8, 1, tmp_path, model=lora(["q_proj", "v_proj"]))
     fused_grads, fused_log = train_one_step("llama", True, 8, 1, tmp_path, model=lora(["q_proj", "v_proj"]))
@@ -185,13 +268,23 @@ def test_lora_model(tmp_path, fused_calls):
 def test_evaluation_loss_is_fused_and_generation_is_unchanged(tmp_path, fused_calls):
     def evaluate(fused, predict_with_generate):
         args = MaxSupSeq2SeqTrainingArguments(
-            output_dir=str(tmp_path / f"{fused}-{predict_with_generate}"), loss="maxsup", fused_linear_loss=fused,
-            per_device_eval_batch_size=4, predict_with_generate=predict_with_generate, generation_max_length=6,
-            **COMMON)
+            output_dir=str(tmp_path / f"{fused}-{predict_with_generate}"),
+            loss="maxsup",
+            fused_linear_loss=fused,
+            per_device_eval_batch_size=4,
+            predict_with_generate=predict_with_generate,
+            generation_max_length=6,
+            **COMMON,
+        )
         # With compute_metrics, evaluation keeps predictions: generated tokens, or the logits without generation.
         compute_metrics = (lambda p: {"mean_token": float(p.predictions.mean())}) if predict_with_generate else None
-        trainer = MaxSupSeq2SeqTrainer(model=tiny_marian(), args=args, eval_dataset=tiny_dataset(8, task="seq2seq"),
-                                       data_collator=collate, compute_metrics=compute_metrics)
+        trainer = MaxSupSeq2SeqTrainer(
+            model=tiny_marian(),
+            args=args,
+            eval_dataset=tiny_dataset(8, task="seq2seq"),
+            data_collator=collate,
+            compute_metrics=compute_metrics,
+        )
         timings = ("runtime", "per_second", "preparation_time")
         return {k: v for k, v in trainer.evaluate().items() if not any(t in k for t in timings)}
 
@@ -211,9 +304,18 @@ def test_unsupported_models_get_clear_errors(tmp_path):
     assert "does not know how BertForSequenceClassification computes its logits" in message
     assert "Marian (MarianMTModel)" in message and "Llama (LlamaForCausalLM)" in message
     assert "Set fused_linear_loss=False" in message
-    gemma2 = Gemma2ForCausalLM(Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=37,
-                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                            head_dim=16, final_logit_softcapping=30.0))
+    gemma2 = Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            final_logit_softcapping=30.0,
+        )
+    )
     with pytest.raises(ValueError, match=r"soft-caps its logits \(final_logit_softcapping=30.0\)"):
         MaxSupTrainer(model=gemma2, args=args)
 
@@ -223,19 +325,38 @@ def tiny_model(class_name):
     import transformers
 
     if class_name in ("MarianMTModel", "T5ForConditionalGeneration", "GPT2LMHeadModel", "LlamaForCausalLM"):
-        return {"MarianMTModel": tiny_marian_with_bias, "T5ForConditionalGeneration": tiny_t5,
-                "GPT2LMHeadModel": tiny_gpt2, "LlamaForCausalLM": tiny_llama}[class_name]()
+        return {
+            "MarianMTModel": tiny_marian_with_bias,
+            "T5ForConditionalGeneration": tiny_t5,
+            "GPT2LMHeadModel": tiny_gpt2,
+            "LlamaForCausalLM": tiny_llama,
+        }[class_name]()
     torch.manual_seed(0)
     model_class = getattr(transformers, class_name)
     sizes = dict(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD)
     if class_name == "MT5ForConditionalGeneration":
         sizes.update(d_model=32, d_kv=16, d_ff=37, num_layers=1, num_heads=2)
     elif model_class.config_class().is_encoder_decoder:
-        sizes.update(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                     decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64)
+        sizes.update(
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=37,
+            decoder_ffn_dim=37,
+            max_position_embeddings=64,
+        )
     else:
-        sizes.update(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                     num_key_value_heads=1, head_dim=16, bos_token_id=1)
+        sizes.update(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            bos_token_id=1,
+        )
     model = model_class(model_class.config_class(**sizes))
     if hasattr(model, "final_logits_bias"):
         torch.nn.init.normal_(model.final_logits_bias)  # zeros at initialisation: make the bias count

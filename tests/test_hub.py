@@ -62,11 +62,24 @@ def tiny_tokenizer():
 
 
 def make_trainer(output_dir, compute_metrics=None, model=None, **kwargs):
-    args = MaxSupTrainingArguments(output_dir=str(output_dir), max_steps=2, eval_strategy="steps", eval_steps=1,
-                                   save_strategy="steps", save_steps=2, **{**COMMON, **kwargs})
-    return MaxSupTrainer(model=model or tiny_bert(NUM_LABELS), args=args,
-                         train_dataset=tiny_dataset(16, NUM_LABELS), eval_dataset=tiny_dataset(8, NUM_LABELS, seed=1),
-                         data_collator=collate, compute_metrics=compute_metrics, processing_class=tiny_tokenizer())
+    args = MaxSupTrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        **{**COMMON, **kwargs},
+    )
+    return MaxSupTrainer(
+        model=model or tiny_bert(NUM_LABELS),
+        args=args,
+        train_dataset=tiny_dataset(16, NUM_LABELS),
+        eval_dataset=tiny_dataset(8, NUM_LABELS, seed=1),
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+        processing_class=tiny_tokenizer(),
+    )
 
 
 def logits_of(model):
@@ -104,17 +117,25 @@ class FakeHub:
             return httpx2.Response(200, json={})
         if path.endswith("/preupload/main"):
             files = json.loads(body)["files"]
-            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                                        for f in files]})
+            return httpx2.Response(
+                200,
+                json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+            )
         if path.endswith("/commit/main"):
             lines = [json.loads(line) for line in body.decode().splitlines()]
-            self.commits.append({
-                "summary": lines[0]["value"]["summary"],
-                "files": {line["value"]["path"]: base64.b64decode(line["value"]["content"])
-                          for line in lines if line["key"] == "file"},
-            })
-            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/user/model/commit/0",
-                                              "commitOid": "0" * 40})
+            self.commits.append(
+                {
+                    "summary": lines[0]["value"]["summary"],
+                    "files": {
+                        line["value"]["path"]: base64.b64decode(line["value"]["content"])
+                        for line in lines
+                        if line["key"] == "file"
+                    },
+                }
+            )
+            return httpx2.Response(
+                200, json={"commitUrl": "https://huggingface.co/user/model/commit/0", "commitOid": "0" * 40}
+            )
         return httpx2.Response(404, json={"error": f"{path} is not served by this test"})
 
 
@@ -144,8 +165,11 @@ def test_packaged_template_is_the_source_of_truth():
         ("ce", {}, None),
         ("ls", {"loss_alpha": 0.15}, {"alpha": 0.15, "alpha_end": 0.15, "alpha_schedule": "constant"}),
         ("maxsup", {}, {"alpha": 0.1, "alpha_end": 0.2, "alpha_schedule": "linear"}),
-        ("maxsup", {"loss_alpha": 0.05, "loss_alpha_end": 0.3},
-         {"alpha": 0.05, "alpha_end": 0.3, "alpha_schedule": "linear"}),
+        (
+            "maxsup",
+            {"loss_alpha": 0.05, "loss_alpha_end": 0.3},
+            {"alpha": 0.05, "alpha_end": 0.3, "alpha_schedule": "linear"},
+        ),
     ],
 )
 def test_card_round_trips_metrics_and_names_the_loss(loss, kwargs, expected, tmp_path, compute_metrics):
@@ -160,16 +184,18 @@ def test_card_round_trips_metrics_and_names_the_loss(loss, kwargs, expected, tmp
     card = ModelCard.load(tmp_path / "README.md")
     _, results = model_index_to_eval_results(metadata_load(tmp_path / "README.md")["model-index"])
     assert {result.metric_type: result.metric_value for result in results} == metrics
-    assert {(r.task_type, r.dataset_type, r.dataset_name) for r in results} == {("text-classification", "user/tiny",
-                                                                                "Tiny")}
+    assert {(r.task_type, r.dataset_type, r.dataset_name) for r in results} == {
+        ("text-classification", "user/tiny", "Tiny")
+    }
     data = card.data
     assert data.library_name == "transformers" and data.datasets == ["user/tiny"] and data.license == "apache-2.0"
     assert data.hf_maxsup == ({"loss": loss} if expected is None else {"loss": loss, **expected})
     tag = {"ce": None, "ls": "label-smoothing", "maxsup": "maxsup"}[loss]
     assert "hf_maxsup" in data.tags and ({"maxsup", "label-smoothing"} & set(data.tags)) == ({tag} - {None})
     if expected is not None:
-        assert (f"| `{loss}` | {expected['alpha']} | {expected['alpha_end']} | {expected['alpha_schedule']} |"
-                in card.text)
+        assert (
+            f"| `{loss}` | {expected['alpha']} | {expected['alpha_end']} | {expected['alpha_schedule']} |" in card.text
+        )
     assert "![Reliability diagram" in card.text and "(reliability_diagram.png)" in card.text
     assert "@inproceedings{zhou2025maxsup" in card.text and "2502.15798" in card.text
     assert "## Intended uses & limitations" in card.text and "AutoModelForSequenceClassification" in card.text
@@ -184,27 +210,55 @@ def test_seq2seq_card_names_the_task_and_translation_metrics(tmp_path):
     def translation_metrics(eval_pred):
         return {"bleu": 12.5, "chrf": 30.25}
 
-    args = MaxSupSeq2SeqTrainingArguments(output_dir=str(tmp_path), loss="ls", max_steps=1, eval_strategy="steps",
-                                          eval_steps=1, save_strategy="no", **COMMON)
-    trainer = MaxSupSeq2SeqTrainer(model=tiny_marian(), args=args, train_dataset=tiny_dataset(8, task="seq2seq"),
-                                   eval_dataset=tiny_dataset(4, task="seq2seq"), data_collator=collate,
-                                   compute_metrics=translation_metrics)
+    args = MaxSupSeq2SeqTrainingArguments(
+        output_dir=str(tmp_path),
+        loss="ls",
+        max_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="no",
+        **COMMON,
+    )
+    trainer = MaxSupSeq2SeqTrainer(
+        model=tiny_marian(),
+        args=args,
+        train_dataset=tiny_dataset(8, task="seq2seq"),
+        eval_dataset=tiny_dataset(4, task="seq2seq"),
+        data_collator=collate,
+        compute_metrics=translation_metrics,
+    )
     trainer.train()
     trainer.create_model_card(tasks="translation", dataset="Tiny en-fr")
     card = ModelCard.load(tmp_path / "README.md")
-    assert {(r.task_type, r.dataset_type, r.dataset_name, r.metric_type, r.metric_value)
-            for r in card.data.eval_results} == {("translation", "Tiny_en-fr", "Tiny en-fr", "bleu", 12.5),
-                                                 ("translation", "Tiny_en-fr", "Tiny en-fr", "chrf", 30.25)}
+    assert {
+        (r.task_type, r.dataset_type, r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results
+    } == {
+        ("translation", "Tiny_en-fr", "Tiny en-fr", "bleu", 12.5),
+        ("translation", "Tiny_en-fr", "Tiny en-fr", "chrf", 30.25),
+    }
     assert card.data.pipeline_tag == "translation" and "AutoModelForSeq2SeqLM" in card.text
     assert "ECE variants" not in card.text  # the note on calibration metrics only comes with them
 
     # Generating, the Seq2SeqTrainer's eval_loss is the model's own token NLL: a metric, recorded as such.
-    args = MaxSupSeq2SeqTrainingArguments(output_dir=str(tmp_path / "gen"), loss="ls", max_steps=1,
-                                          eval_strategy="steps", eval_steps=1, save_strategy="no",
-                                          predict_with_generate=True, generation_max_length=8, **COMMON)
-    trainer = MaxSupSeq2SeqTrainer(model=tiny_marian(), args=args, train_dataset=tiny_dataset(8, task="seq2seq"),
-                                   eval_dataset=tiny_dataset(4, task="seq2seq"), data_collator=collate,
-                                   compute_metrics=translation_metrics)
+    args = MaxSupSeq2SeqTrainingArguments(
+        output_dir=str(tmp_path / "gen"),
+        loss="ls",
+        max_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="no",
+        predict_with_generate=True,
+        generation_max_length=8,
+        **COMMON,
+    )
+    trainer = MaxSupSeq2SeqTrainer(
+        model=tiny_marian(),
+        args=args,
+        train_dataset=tiny_dataset(8, task="seq2seq"),
+        eval_dataset=tiny_dataset(4, task="seq2seq"),
+        data_collator=collate,
+        compute_metrics=translation_metrics,
+    )
     trainer.train()
     eval_loss = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
     trainer.create_model_card(tasks="translation", dataset="Tiny en-fr")
@@ -214,8 +268,9 @@ def test_seq2seq_card_names_the_task_and_translation_metrics(tmp_path):
 
 def test_push_uploads_model_processor_card_and_metrics(tmp_path, serve, compute_metrics):
     fake_hub = serve(FakeHub())
-    trainer = make_trainer(tmp_path, compute_metrics, loss="maxsup", push_to_hub=True, hub_model_id="user/model",
-                           hub_token="x")
+    trainer = make_trainer(
+        tmp_path, compute_metrics, loss="maxsup", push_to_hub=True, hub_model_id="user/model", hub_token="x"
+    )
     train_metrics = trainer.train().metrics
     trainer.save_metrics("train", train_metrics)
     trainer.save_metrics("eval", trainer.evaluate())
@@ -228,8 +283,15 @@ def test_push_uploads_model_processor_card_and_metrics(tmp_path, serve, compute_
     assert "README.md" in checkpoint_push["files"]  # the card is refreshed before each checkpoint push
     assert final_push["summary"] == "End of training"
     assert set(final_push["files"]) == {
-        "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-        "all_results.json", "eval_results.json", "train_results.json", "trainer_state.json",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "all_results.json",
+        "eval_results.json",
+        "train_results.json",
+        "trainer_state.json",
         "reliability_diagram.png",
     }
     assert (tmp_path / "training_args.bin").exists()  # written, but a pickle: not uploaded
@@ -237,7 +299,9 @@ def test_push_uploads_model_processor_card_and_metrics(tmp_path, serve, compute_
         assert content == (tmp_path / name).read_bytes(), name
     card = ModelCard(final_push["files"]["README.md"].decode())
     assert card.data.model_name == "model" and "maxsup" in card.data.tags
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == final_eval_metrics(trainer, compute_metrics)
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == final_eval_metrics(
+        trainer, compute_metrics
+    )
     assert '"user/model"' in card.text  # the how-to-use snippet names the repo
     assert fake_hub.authorizations == {"Bearer x"}
 
@@ -256,8 +320,13 @@ def test_push_without_hub_keeps_the_trained_model(failure, tmp_path, serve, monk
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     with caplog.at_level(logging.WARNING, logger="hf_maxsup.hub"):
-        trainer = make_trainer(tmp_path / "out", loss="maxsup", push_to_hub=True, hub_model_id="user/model",
-                               hub_token=None if failure == "no_token" else "x")
+        trainer = make_trainer(
+            tmp_path / "out",
+            loss="maxsup",
+            push_to_hub=True,
+            hub_model_id="user/model",
+            hub_token=None if failure == "no_token" else "x",
+        )
     assert "Could not create the Hugging Face Hub repository 'user/model'" in caplog.text
     trainer.train()
     with pytest.raises(HubPushError, match="Could not push") as error:
@@ -282,10 +351,16 @@ def test_checkpoint_reloads_with_auto_class_from_safetensors_only(tmp_path):
         assert "model.safetensors" in files
         # training_args.bin is the Trainer's pickled arguments, not weights; no weights are pickled.
         assert not {name for name in files if name.endswith((".bin", ".pt", ".pth"))} - {
-            "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
+            "training_args.bin",
+            "optimizer.pt",
+            "scheduler.pt",
+            "rng_state.pth",
+        }
         assert not any(name.startswith("pytorch_model") for name in files)
-        for model in (AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True),
-                      load_for_analysis(str(folder))):
+        for model in (
+            AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True),
+            load_for_analysis(str(folder)),
+        ):
             assert type(model).__name__ == "BertForSequenceClassification" and not model.training
             torch.testing.assert_close(logits_of(model), expected)
 
@@ -293,8 +368,10 @@ def test_checkpoint_reloads_with_auto_class_from_safetensors_only(tmp_path):
 def test_peft_adapter_card_keeps_peft_fields_and_reloads(tmp_path, compute_metrics):
     tiny_bert(NUM_LABELS).save_pretrained(tmp_path / "base")
     base = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")
-    model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query", "value"],
-                                            modules_to_save=["classifier"]))
+    model = get_peft_model(
+        base,
+        LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query", "value"], modules_to_save=["classifier"]),
+    )
     trainer = make_trainer(tmp_path / "adapter", compute_metrics, model=model, loss="maxsup", learning_rate=0.05)
     trainer.train()
     trainer.save_model()
@@ -302,14 +379,18 @@ def test_peft_adapter_card_keeps_peft_fields_and_reloads(tmp_path, compute_metri
     card = ModelCard.load(tmp_path / "adapter" / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == str(tmp_path / "base")
     assert {"lora", f"base_model:adapter:{tmp_path / 'base'}", "hf_maxsup", "maxsup"} <= set(card.data.tags)
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == final_eval_metrics(trainer, compute_metrics)
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == final_eval_metrics(
+        trainer, compute_metrics
+    )
     assert "PEFT adapter" in card.text and "- peft " in card.text
 
     expected = logits_of(trainer.model)
     untrained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")
     assert not torch.allclose(expected, logits_of(untrained))  # so that reloading the base alone would fail below
-    for reloaded in (AutoModelForSequenceClassification.from_pretrained(tmp_path / "adapter"),
-                     load_for_analysis(str(tmp_path / "adapter"))):
+    for reloaded in (
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "adapter"),
+        load_for_analysis(str(tmp_path / "adapter")),
+    ):
         torch.testing.assert_close(logits_of(reloaded), expected)
 
 

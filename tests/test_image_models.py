@@ -19,8 +19,16 @@ def _timm_or_skip():
 
 def train_image_recipe(checkpoint, tmp_path):
     out = tmp_path / "run"
-    run_recipe("image_classification", "--model_name_or_path", str(checkpoint), "--output_dir", str(out),
-               "--do_train", "--do_eval", *TINY)
+    run_recipe(
+        "image_classification",
+        "--model_name_or_path",
+        str(checkpoint),
+        "--output_dir",
+        str(out),
+        "--do_train",
+        "--do_eval",
+        *TINY,
+    )
     model = AutoModelForImageClassification.from_pretrained(out)
     results = json.load(open(out / "all_results.json"))
     assert results["eval_samples"] == 16 and "eval_accuracy" in results
@@ -31,8 +39,16 @@ def test_a_local_vit_checkpoint(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=37, num_labels=3)  # 3 labels: the head is replaced
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=3,
+    )  # 3 labels: the head is replaced
     ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
     model = train_image_recipe(tmp_path / "vit", tmp_path)
@@ -45,8 +61,13 @@ def test_a_local_timm_checkpoint_through_timm_wrapper(tmp_path):
 
     torch.manual_seed(0)
     # timm's smallest ResNet; pretrained_cfg is what a timm/... Hub checkpoint's config.json carries.
-    pretrained_cfg = {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                      "interpolation": "bilinear", "crop_pct": 1.0}
+    pretrained_cfg = {
+        "input_size": [3, 32, 32],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
     config = TimmWrapperConfig(architecture="test_resnet", num_labels=3, pretrained_cfg=pretrained_cfg)
     TimmWrapperForImageClassification(config).save_pretrained(tmp_path / "timm")
     TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg).save_pretrained(tmp_path / "timm")

@@ -65,8 +65,10 @@ def test_a_planted_library_is_never_loaded(cc, private_cache, tmp_path):
     replaced by a fresh build, and its constructor never runs."""
     marker = tmp_path / "constructor-ran"
     source = tmp_path / "planted.c"
-    source.write_text('#include <stdio.h>\n__attribute__((constructor)) static void run(void) '
-                      f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n')
+    source.write_text(
+        "#include <stdio.h>\n__attribute__((constructor)) static void run(void) "
+        f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
+    )
     target = private_cache / f"fused_loss-{_c._build_key(cc, _c._BASE_FLAGS + FAST)}.so"
     subprocess.run([cc, "-shared", "-fPIC", str(source), "-o", str(target)], check=True)
     (private_cache / (target.stem + ".sha256")).write_text("0" * 64)

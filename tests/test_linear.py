@@ -22,8 +22,6 @@ ALPHA = 0.1
 KINDS = ["ce", "ls", "maxsup"]
 
 
-
-
 def make(shape=(2, 25), hidden_size=16, vocab=300, dtype=torch.float32, ties=False, seed=0):
     gen = torch.Generator().manual_seed(seed)
     if ties:  # small integers: many exact ties among the logits
@@ -71,8 +69,9 @@ def assert_rel(actual, expected, tol, what):
 def test_loss_and_gradients_match_the_materialised_reference(backend, kind, reduction, ties):
     hidden, weight, bias, labels = make(ties=ties)
     weight_out = torch.rand(labels.shape) + 0.5 if reduction == "none" else None
-    loss, comps, grads = ours(kind, hidden, weight, bias, labels, weight_out=weight_out, reduction=reduction,
-                              chunk_size=7)
+    loss, comps, grads = ours(
+        kind, hidden, weight, bias, labels, weight_out=weight_out, reduction=reduction, chunk_size=7
+    )
     ref_loss, ref_grads = reference(kind, hidden, weight, bias, labels, reduction, weight_out=weight_out)
     assert loss.dtype == torch.float32 and loss.shape == ref_loss.shape
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
@@ -93,11 +92,16 @@ def test_num_items_in_batch_and_accumulation(backend, kind, as_tensor):
     hidden, weight, bias, labels = make(shape=(4, 9), seed=1)
     n = int((labels != IGN).sum())
     full, _, full_grads = ours(kind, hidden, weight, bias, labels)
-    parts = [ours(kind, hidden[part], weight, bias, labels[part], num_items_in_batch=torch.tensor(n) if as_tensor
-                  else n) for part in (slice(0, 2), slice(2, 4))]  # two micro-batches of an accumulated batch
+    parts = [
+        ours(kind, hidden[part], weight, bias, labels[part], num_items_in_batch=torch.tensor(n) if as_tensor else n)
+        for part in (slice(0, 2), slice(2, 4))
+    ]  # two micro-batches of an accumulated batch
     micro_loss = parts[0][0] + parts[1][0]
-    micro_grads = [torch.cat([parts[0][2][0], parts[1][2][0]]), parts[0][2][1] + parts[1][2][1],
-                   parts[0][2][2] + parts[1][2][2]]
+    micro_grads = [
+        torch.cat([parts[0][2][0], parts[1][2][0]]),
+        parts[0][2][1] + parts[1][2][1],
+        parts[0][2][2] + parts[1][2][2],
+    ]
     torch.testing.assert_close(micro_loss, full, rtol=1e-5, atol=1e-6)
     for a, b in zip(micro_grads, full_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
@@ -136,8 +140,11 @@ def test_chunk_sizes_agree_and_all_ignored_gives_zero(backend):
 
 def test_named_functions_and_no_bias():
     hidden, weight, _, labels = make(seed=4)
-    for fn, kind in ((linear_cross_entropy, "ce"), (label_smoothing_linear_cross_entropy, "ls"),
-                     (maxsup_linear_cross_entropy, "maxsup")):
+    for fn, kind in (
+        (linear_cross_entropy, "ce"),
+        (label_smoothing_linear_cross_entropy, "ls"),
+        (maxsup_linear_cross_entropy, "maxsup"),
+    ):
         loss = fn(hidden, weight, labels) if kind == "ce" else fn(hidden, weight, labels, ALPHA)
         items, keep = per_item(kind, hidden.double() @ weight.double().t(), labels, ALPHA)
         torch.testing.assert_close(loss.double(), items.sum() / keep.sum(), rtol=1e-5, atol=1e-6)
@@ -183,8 +190,9 @@ def test_ls_mass_others_matches_fairseq(backend):
     from test_losses import fairseq_label_smoothed_nll_loss
 
     hidden, weight, bias, labels = make(seed=6)
-    loss = label_smoothing_linear_cross_entropy(hidden, weight, labels, ALPHA, bias=bias, reduction="sum",
-                                                mass="others")
+    loss = label_smoothing_linear_cross_entropy(
+        hidden, weight, labels, ALPHA, bias=bias, reduction="sum", mass="others"
+    )
     logits = hidden.double() @ weight.double().t() + bias.double()
     expected = fairseq_label_smoothed_nll_loss(torch.log_softmax(logits, -1), labels, ALPHA)
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)

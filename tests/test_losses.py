@@ -12,8 +12,6 @@ SHAPES = [(7, 5), (2, 3, 11)]
 ALPHA = 0.15
 
 
-
-
 def make_inputs(shape, soft=False, ties=False, dtype=torch.float32, ignore_fraction=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     num_classes = shape[-1]
@@ -67,8 +65,10 @@ def test_accumulated_micro_batches_equal_the_full_batch(backend, kind):
     full = get_loss_fn(kind)(logits, target, ALPHA)
     (full_grad,) = torch.autograd.grad(full, logits)
     num_items = (target != -100).sum()
-    micro = sum(get_loss_fn(kind)(logits[i:i + 2], target[i:i + 2], ALPHA, num_items_in_batch=num_items)
-                for i in range(0, 8, 2))
+    micro = sum(
+        get_loss_fn(kind)(logits[i : i + 2], target[i : i + 2], ALPHA, num_items_in_batch=num_items)
+        for i in range(0, 8, 2)
+    )
     (micro_grad,) = torch.autograd.grad(micro, logits)
     assert_close(micro, full)
     assert_close(micro_grad, full_grad)
@@ -148,8 +148,10 @@ def test_modules_and_registry():
     logits, target = make_inputs((6, 5))
     assert set(LOSSES) == {"ce", "ls", "maxsup"}
     assert_close(MaxSupLoss(ALPHA)(logits, target), get_loss_fn("maxsup")(logits, target, ALPHA))
-    assert_close(LabelSmoothingLoss(ALPHA, reduction="sum")(logits, target),
-                 F.cross_entropy(logits, target, label_smoothing=ALPHA, reduction="sum"))
+    assert_close(
+        LabelSmoothingLoss(ALPHA, reduction="sum")(logits, target),
+        F.cross_entropy(logits, target, label_smoothing=ALPHA, reduction="sum"),
+    )
     assert "alpha=0.15" in repr(MaxSupLoss(ALPHA))
 
 

@@ -26,8 +26,16 @@ def fairseq_label_smoothed_nll(logits, target, epsilon, ignore_index=-100):
 
 
 def first_step_gradients(tmp_path, mass):
-    args = MaxSupTrainingArguments(output_dir=str(tmp_path / mass), loss="ls", loss_alpha=ALPHA, loss_ls_mass=mass,
-                                   max_steps=1, per_device_train_batch_size=8, learning_rate=0.0, **COMMON)
+    args = MaxSupTrainingArguments(
+        output_dir=str(tmp_path / mass),
+        loss="ls",
+        loss_alpha=ALPHA,
+        loss_ls_mass=mass,
+        max_steps=1,
+        per_device_train_batch_size=8,
+        learning_rate=0.0,
+        **COMMON,
+    )
     grads = {}
 
     def capture(module, *_):
@@ -69,11 +77,14 @@ def test_linear_loss_path_takes_the_mass_too():
     torch.testing.assert_close(fused.double(), reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(loss="ls", loss_ls_mass="target"), "unknown loss_ls_mass 'target'; valid values: all, others"),
-    (dict(loss="maxsup", loss_ls_mass="others"), "applies to loss='ls' only"),
-    (dict(loss="ce", loss_ls_mass="others"), "applies to loss='ls' only"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(loss="ls", loss_ls_mass="target"), "unknown loss_ls_mass 'target'; valid values: all, others"),
+        (dict(loss="maxsup", loss_ls_mass="others"), "applies to loss='ls' only"),
+        (dict(loss="ce", loss_ls_mass="others"), "applies to loss='ls' only"),
+    ],
+)
 def test_bad_mass_is_refused(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         MaxSupTrainingArguments(output_dir=str(tmp_path), **kwargs)

@@ -13,7 +13,6 @@ import hf_maxsup.metrics
 from hf_maxsup import analysis
 from hf_maxsup.metrics import classification_compute_metrics, path, translation_compute_metrics
 
-
 HYPOTHESES = ["the cat sat on the mat", "a dog runs in the park today", "hello world", "it is raining"]
 REFERENCES = ["the cat sat on a mat", "the dog runs in the park", "hello there world", "it is raining again"]
 
@@ -91,7 +90,7 @@ def hand_metrics(logits, labels, n_bins=15):
         return [ids == b for b in range(n_bins)]
 
     order = np.argsort(confidence, kind="stable")
-    mass_bins = [np.isin(np.arange(n), order[b * n // n_bins:(b + 1) * n // n_bins]) for b in range(n_bins)]
+    mass_bins = [np.isin(np.arange(n), order[b * n // n_bins : (b + 1) * n // n_bins]) for b in range(n_bins)]
     onehot = np.eye(k)[labels]
     errors = 1 - correct[np.argsort(-confidence, kind="stable")]
     aurc = np.mean(np.cumsum(errors) / np.arange(1, n + 1))

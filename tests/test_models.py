@@ -17,7 +17,6 @@ from transformers import (
 from hf_maxsup.data import image_transform, text_preprocess_function, translation_preprocess_function
 from hf_maxsup.models import apply_lora, build_image_model, build_text_model, build_translation_model
 
-
 LABELS = ["neg", "pos", "neutral"]
 TEXTS = [
     "the market rose sharply after the merger was announced",

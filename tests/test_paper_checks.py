@@ -5,8 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from hf_maxsup.report import (FIT_ACCURACY, paper_checks, regime_check, regime_lines, summarize_runs,
-                              training_time_line, write_report)
+from hf_maxsup.report import (
+    FIT_ACCURACY,
+    paper_checks,
+    regime_check,
+    regime_lines,
+    summarize_runs,
+    training_time_line,
+    write_report,
+)
 
 
 def runs(label, **metrics):
@@ -20,13 +27,21 @@ def checks_of(summary):
 
 
 def test_the_three_new_claims_agree_beyond_the_spread():
-    summary = summarize_runs([
-        *runs("ce", r2=[0.60, 0.61, 0.62], mean_confidence_wrong=[0.80, 0.81, 0.82]),
-        *runs("ls", r2=[0.66, 0.67, 0.68], mean_confidence_wrong=[0.70, 0.71, 0.72], aurc=[0.040, 0.041, 0.042],
-              aurc_logit_norm=[0.030, 0.031, 0.032], logit_norm_p=[2.0, 2.0, 3.0],
-              train_ls_error_amplification=[-0.010, -0.012, -0.011]),
-        *runs("maxsup", r2=[0.70, 0.71, 0.72], mean_confidence_wrong=[0.60, 0.61, 0.62]),
-    ])
+    summary = summarize_runs(
+        [
+            *runs("ce", r2=[0.60, 0.61, 0.62], mean_confidence_wrong=[0.80, 0.81, 0.82]),
+            *runs(
+                "ls",
+                r2=[0.66, 0.67, 0.68],
+                mean_confidence_wrong=[0.70, 0.71, 0.72],
+                aurc=[0.040, 0.041, 0.042],
+                aurc_logit_norm=[0.030, 0.031, 0.032],
+                logit_norm_p=[2.0, 2.0, 3.0],
+                train_ls_error_amplification=[-0.010, -0.012, -0.011],
+            ),
+            *runs("maxsup", r2=[0.70, 0.71, 0.72], mean_confidence_wrong=[0.60, 0.61, 0.62]),
+        ]
+    )
     checks = checks_of(summary)
     norm = checks[("aurc_logit_norm", "ls", "ls")]
     # 0.031 vs 0.041, spread 0.001 + 0.001.
@@ -39,11 +54,18 @@ def test_the_three_new_claims_agree_beyond_the_spread():
 
 
 def test_claims_that_disagree_and_differences_within_the_spread():
-    summary = summarize_runs([
-        *runs("ls", r2=[0.70, 0.74], mean_confidence_wrong=[0.60, 0.62], aurc=[0.040, 0.050],
-              aurc_logit_norm=[0.046, 0.048]),
-        *runs("maxsup", r2=[0.69, 0.73], mean_confidence_wrong=[0.70, 0.71]),
-    ])
+    summary = summarize_runs(
+        [
+            *runs(
+                "ls",
+                r2=[0.70, 0.74],
+                mean_confidence_wrong=[0.60, 0.62],
+                aurc=[0.040, 0.050],
+                aurc_logit_norm=[0.046, 0.048],
+            ),
+            *runs("maxsup", r2=[0.69, 0.73], mean_confidence_wrong=[0.70, 0.71]),
+        ]
+    )
     checks = checks_of(summary)
     # R²: 0.71 vs 0.72 disagrees, but by 0.01 within 0.028 + 0.028.
     assert not checks[("r2", "maxsup", "ls")]["agrees"] and checks[("r2", "maxsup", "ls")]["beyond_spread"] is False
@@ -61,11 +83,18 @@ def test_claims_that_disagree_and_differences_within_the_spread():
 
 
 def test_regime_check_over_confident_and_fitted():
-    summary = summarize_runs([
-        *runs("ce", accuracy=[0.89, 0.90, 0.91], mean_confidence=[0.94, 0.95, 0.96],
-              confidence_minus_accuracy=[0.05, 0.05, 0.05], train_accuracy=[0.999, 0.998, 0.997]),
-        *runs("ls", accuracy=[0.90, 0.90, 0.90], mean_confidence=[0.85, 0.85, 0.85]),
-    ])
+    summary = summarize_runs(
+        [
+            *runs(
+                "ce",
+                accuracy=[0.89, 0.90, 0.91],
+                mean_confidence=[0.94, 0.95, 0.96],
+                confidence_minus_accuracy=[0.05, 0.05, 0.05],
+                train_accuracy=[0.999, 0.998, 0.997],
+            ),
+            *runs("ls", accuracy=[0.90, 0.90, 0.90], mean_confidence=[0.85, 0.85, 0.85]),
+        ]
+    )
     regime = regime_check(summary)
     assert regime["over_confident"] and regime["fits_training_set"] and regime["in_regime"]
     assert regime["beyond_spread"] and regime["warning"] is None
@@ -75,16 +104,30 @@ def test_regime_check_over_confident_and_fitted():
 
 
 def test_regime_check_warns_when_ce_is_under_confident_or_does_not_fit():
-    under = summarize_runs(runs("ce", accuracy=[0.70, 0.68], mean_confidence=[0.62, 0.58],
-                                confidence_minus_accuracy=[-0.08, -0.10], train_accuracy=[0.72, 0.70]))
+    under = summarize_runs(
+        runs(
+            "ce",
+            accuracy=[0.70, 0.68],
+            mean_confidence=[0.62, 0.58],
+            confidence_minus_accuracy=[-0.08, -0.10],
+            train_accuracy=[0.72, 0.70],
+        )
+    )
     regime = regime_check(under)
     assert not regime["over_confident"] and regime["fits_training_set"] is False and not regime["in_regime"]
     assert "CE is not over-confident (mean confidence − accuracy = -0.090)" in regime["warning"]
     assert "training accuracy 71.0 %" in regime["warning"]
     assert "> **Warning**: CE is not over-confident" in "\n".join(regime_lines(under, regime))
     # Over-confident but not fitted (a training accuracy below FIT_ACCURACY) is outside the regime too.
-    unfitted = summarize_runs(runs("ce", accuracy=[0.80], mean_confidence=[0.85], confidence_minus_accuracy=[0.05],
-                                   train_accuracy=[FIT_ACCURACY - 0.1]))
+    unfitted = summarize_runs(
+        runs(
+            "ce",
+            accuracy=[0.80],
+            mean_confidence=[0.85],
+            confidence_minus_accuracy=[0.05],
+            train_accuracy=[FIT_ACCURACY - 0.1],
+        )
+    )
     regime = regime_check(unfitted)
     assert regime["over_confident"] and regime["beyond_spread"] is None and not regime["in_regime"]
     assert regime["warning"].startswith("CE does not fit its training set")
@@ -100,21 +143,41 @@ def test_the_report_shows_the_warning_and_the_regime_table(tmp_path):
         for label in ("ce", "ls", "maxsup"):
             labels = np.arange(60) % 3
             logits = rng.normal(size=(60, 3)) * 0.2 + 0.5 * np.eye(3)[labels]  # under-confident
-            metrics = {"accuracy": 0.7, "mean_confidence": 0.5, "confidence_minus_accuracy": -0.2,
-                       "train_accuracy": 0.75, "aurc": 0.2, "aurc_logit_norm": 0.19, "logit_norm_p": 2.0}
-            results.append({"label": label, "seed": seed, "path": f"runs/{label}-{seed}",
-                            "task": "image-classification",
-                            "split": "test", "num_examples": 60, "metrics": metrics, "logits": logits,
-                            "labels": labels, "features": rng.normal(size=(60, 4)),
-                            "class_weights": rng.normal(size=(3, 4)), "class_names": ["a", "b", "c"]})
+            metrics = {
+                "accuracy": 0.7,
+                "mean_confidence": 0.5,
+                "confidence_minus_accuracy": -0.2,
+                "train_accuracy": 0.75,
+                "aurc": 0.2,
+                "aurc_logit_norm": 0.19,
+                "logit_norm_p": 2.0,
+            }
+            results.append(
+                {
+                    "label": label,
+                    "seed": seed,
+                    "path": f"runs/{label}-{seed}",
+                    "task": "image-classification",
+                    "split": "test",
+                    "num_examples": 60,
+                    "metrics": metrics,
+                    "logits": logits,
+                    "labels": labels,
+                    "features": rng.normal(size=(60, 4)),
+                    "class_weights": rng.normal(size=(3, 4)),
+                    "class_names": ["a", "b", "c"],
+                }
+            )
     content = write_report(results, str(tmp_path))
     report = (tmp_path / "report.md").read_text()
     assert "> **Warning**: CE is not over-confident" in report and "CE does not fit its training set" in report
     assert "| training accuracy (%) | AURC, logit-normalised (%) |" in report
     assert "| ce | 2 | 0.500 ± 0.000 | -0.200 ± 0.000 | 75.00 ± 0.00 | 19.00 ± 0.00 | 2.0 ± 0.0 | — |" in report
     assert content["regime"]["in_regime"] is False
-    assert "- Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024): ls 19.00 ± 0.00 vs ls "\
-           "20.00 ± 0.00 (aurc_logit_norm vs aurc) — agrees" in report
+    assert (
+        "- Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024): ls 19.00 ± 0.00 vs ls "
+        "20.00 ± 0.00 (aurc_logit_norm vs aurc) — agrees" in report
+    )
 
 
 def test_training_time_line(tmp_path):

@@ -7,14 +7,16 @@ import logging
 
 import pytest
 import torch
-from test_recipes import TINY, run_recipe
 from huggingface_hub import ModelCard
+from test_recipes import TINY, run_recipe
 from transformers import AutoConfig
 
 
 def sentence_pairs(path, n=40):
-    rows = [(f"the film number {i} was {'good' if i % 2 else 'bad'}", f"review {i}", ["neg", "pos"][i % 2])
-            for i in range(n)]
+    rows = [
+        (f"the film number {i} was {'good' if i % 2 else 'bad'}", f"review {i}", ["neg", "pos"][i % 2])
+        for i in range(n)
+    ]
     path.write_text("sentence1,sentence2,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
     return path
 
@@ -23,10 +25,26 @@ def test_text_recipe_with_run_classification_flags(tmp_path, caplog):
     train, validation = sentence_pairs(tmp_path / "train.csv"), sentence_pairs(tmp_path / "validation.csv", 16)
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
-        run_recipe("text_classification", "--train_file", str(train), "--validation_file", str(validation),
-                   "--text_column_names", "sentence1,sentence2", "--label_column_name", "label",
-                   "--max_seq_length", "24", "--pad_to_max_length", "true", "--output_dir", str(out),
-                   "--do_train", "--do_eval", *TINY)
+        run_recipe(
+            "text_classification",
+            "--train_file",
+            str(train),
+            "--validation_file",
+            str(validation),
+            "--text_column_names",
+            "sentence1,sentence2",
+            "--label_column_name",
+            "label",
+            "--max_seq_length",
+            "24",
+            "--pad_to_max_length",
+            "true",
+            "--output_dir",
+            str(out),
+            "--do_train",
+            "--do_eval",
+            *TINY,
+        )
     assert set(AutoConfig.from_pretrained(out).id2label.values()) == {"neg", "pos"}
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.startswith("model: ") and "parameters" in m for m in messages), messages
@@ -50,11 +68,25 @@ def test_image_recipe_with_run_image_classification_flags(tmp_path):
         (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(10):
             Image.new("L", (28, 28), color=10 * i if label == "dark" else 255 - 10 * i).save(
-                tmp_path / "images" / label / f"{i}.png")
+                tmp_path / "images" / label / f"{i}.png"
+            )
     out = tmp_path / "run"
-    run_recipe("image_classification", "--train_dir", str(tmp_path / "images"), "--train_val_split", "0.2",
-               "--image_column_name", "image", "--label_column_name", "label", "--output_dir", str(out),
-               "--do_train", "--do_eval", *TINY)
+    run_recipe(
+        "image_classification",
+        "--train_dir",
+        str(tmp_path / "images"),
+        "--train_val_split",
+        "0.2",
+        "--image_column_name",
+        "image",
+        "--label_column_name",
+        "label",
+        "--output_dir",
+        str(out),
+        "--do_train",
+        "--do_eval",
+        *TINY,
+    )
     results = json.load(open(out / "all_results.json"))
     assert results["train_samples"] == 16 and results["eval_samples"] == 4  # 20 % of 20 images held out
 
@@ -64,11 +96,36 @@ def test_translation_recipe_with_run_translation_flags(tmp_path):
     train = tmp_path / "train.json"
     train.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in pairs))
     out = tmp_path / "run"
-    run_recipe("translation", "--train_file", str(train), "--validation_file", str(train), "--source_lang", "en",
-               "--target_lang", "fr", "--source_prefix", "translate: ", "--max_source_length", "16",
-               "--max_target_length", "16", "--val_max_target_length", "6", "--pad_to_max_length", "true",
-               "--num_beams", "2", "--predict_with_generate", "true", "--output_dir", str(out), "--do_train",
-               "--do_eval", *TINY)
+    run_recipe(
+        "translation",
+        "--train_file",
+        str(train),
+        "--validation_file",
+        str(train),
+        "--source_lang",
+        "en",
+        "--target_lang",
+        "fr",
+        "--source_prefix",
+        "translate: ",
+        "--max_source_length",
+        "16",
+        "--max_target_length",
+        "16",
+        "--val_max_target_length",
+        "6",
+        "--pad_to_max_length",
+        "true",
+        "--num_beams",
+        "2",
+        "--predict_with_generate",
+        "true",
+        "--output_dir",
+        str(out),
+        "--do_train",
+        "--do_eval",
+        *TINY,
+    )
     assert {"eval_bleu", "eval_chrf"} <= set(json.load(open(out / "all_results.json")))
     args = torch.load(out / "training_args.bin", weights_only=False)
     assert (args.generation_num_beams, args.generation_max_length) == (2, 6)
@@ -83,8 +140,9 @@ def test_tensorboard_gets_the_loss_components(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    run_recipe("image_classification", "--output_dir", str(out), "--do_train", "--do_eval", *TINY,
-               "--report_to", "tensorboard")
+    run_recipe(
+        "image_classification", "--output_dir", str(out), "--do_train", "--do_eval", *TINY, "--report_to", "tensorboard"
+    )
     events = glob.glob(str(out / "**" / "events.out.tfevents.*"), recursive=True)
     assert events
     tags = set()

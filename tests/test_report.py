@@ -64,14 +64,16 @@ def test_summarize_runs_groups_by_label_in_order():
 
 
 def test_paper_checks_verdicts_and_spread():
-    summary = summarize_runs([
-        {"label": "ce", "metrics": {"ece": 0.050, "d_within": 0.30, "accuracy": 0.90}},
-        {"label": "ce", "metrics": {"ece": 0.060, "d_within": 0.32, "accuracy": 0.91}},
-        {"label": "ls", "metrics": {"ece": 0.020, "d_within": 0.25, "accuracy": 0.905}},
-        {"label": "ls", "metrics": {"ece": 0.022, "d_within": 0.27, "accuracy": 0.915}},
-        {"label": "maxsup", "metrics": {"ece": 0.030, "d_within": 0.24, "accuracy": 0.90}},
-        {"label": "maxsup", "metrics": {"ece": 0.031, "d_within": 0.26, "accuracy": 0.91}},
-    ])
+    summary = summarize_runs(
+        [
+            {"label": "ce", "metrics": {"ece": 0.050, "d_within": 0.30, "accuracy": 0.90}},
+            {"label": "ce", "metrics": {"ece": 0.060, "d_within": 0.32, "accuracy": 0.91}},
+            {"label": "ls", "metrics": {"ece": 0.020, "d_within": 0.25, "accuracy": 0.905}},
+            {"label": "ls", "metrics": {"ece": 0.022, "d_within": 0.27, "accuracy": 0.915}},
+            {"label": "maxsup", "metrics": {"ece": 0.030, "d_within": 0.24, "accuracy": 0.90}},
+            {"label": "maxsup", "metrics": {"ece": 0.031, "d_within": 0.26, "accuracy": 0.91}},
+        ]
+    )
     checks = {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary)}
     ece = checks[("ece", "ls", "ce")]
     # Means 0.021 vs 0.055; stds 0.0014 + 0.0071 = 0.0085 < 0.034.
@@ -85,8 +87,9 @@ def test_paper_checks_verdicts_and_spread():
     assert not accuracy["agrees"] and accuracy["difference"] == pytest.approx(-0.005)
     # No AURC or probe numbers given: those claims are left out; one run per group: spread unknown.
     assert ("aurc", "ls", "ce") not in checks
-    single = paper_checks(summarize_runs([{"label": "ce", "metrics": {"ece": 0.1}},
-                                          {"label": "ls", "metrics": {"ece": 0.05}}]))
+    single = paper_checks(
+        summarize_runs([{"label": "ce", "metrics": {"ece": 0.1}}, {"label": "ls", "metrics": {"ece": 0.05}}])
+    )
     assert single[0]["agrees"] and single[0]["beyond_spread"] is None
 
 
@@ -99,10 +102,20 @@ def fake_result(label, seed, rng, n=90, k=4, d=6):
     features = rng.normal(size=(n, d)) + np.eye(k, d)[labels] * 4
     metrics = compute_metrics(logits, labels, features)
     metrics["linear_probe_digits"] = 0.8 + 0.01 * seed
-    return {"label": label, "seed": seed, "path": f"runs/{label}-seed{seed}", "task": "image-classification",
-            "split": "test", "num_examples": n, "metrics": metrics, "logits": logits, "labels": labels,
-            "features": features, "class_weights": rng.normal(size=(k, d)),
-            "class_names": ["a", "b", "c", "d"]}
+    return {
+        "label": label,
+        "seed": seed,
+        "path": f"runs/{label}-seed{seed}",
+        "task": "image-classification",
+        "split": "test",
+        "num_examples": n,
+        "metrics": metrics,
+        "logits": logits,
+        "labels": labels,
+        "features": features,
+        "class_weights": rng.normal(size=(k, d)),
+        "class_names": ["a", "b", "c", "d"],
+    }
 
 
 def test_compute_metrics_keys():
@@ -133,7 +146,8 @@ def test_write_report_files_and_table(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["runs"]) == 6 and saved["summary"]["ls"]["accuracy"]["n"] == 2
     assert saved["summary"]["ce"]["accuracy"]["mean"] == pytest.approx(
-        np.mean([r["metrics"]["accuracy"] for r in results if r["label"] == "ce"]))
+        np.mean([r["metrics"]["accuracy"] for r in results if r["label"] == "ce"])
+    )
     assert {check["metric"] for check in saved["checks"]} >= {"ece", "d_within", "accuracy"}
     assert content["figures"]["projections"] == "projections.png"
     assert "CE's mean top-1 confidence is" in report and "## Regime check" in report
@@ -181,8 +195,9 @@ def test_labels_are_mapped_to_the_models_ids():
     config = SimpleNamespace(num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"})
     same = Dataset.from_dict({"label": [0, 2]}, features=Features({"label": ClassLabel(names=["cat", "dog", "fox"])}))
     assert _label_lookup(same, "label", config) is None
-    shuffled = Dataset.from_dict({"label": [0, 1, 2]},
-                                 features=Features({"label": ClassLabel(names=["fox", "cat", "dog"])}))
+    shuffled = Dataset.from_dict(
+        {"label": [0, 1, 2]}, features=Features({"label": ClassLabel(names=["fox", "cat", "dog"])})
+    )
     mapping = _label_lookup(shuffled, "label", config)
     assert _relabel(shuffled, "label", mapping)["label"] == [2, 0, 1]
     strings = Dataset.from_dict({"label": ["dog", "cat"], "x": [1, 2]})
@@ -190,7 +205,8 @@ def test_labels_are_mapped_to_the_models_ids():
     integers = Dataset.from_dict({"label": [2, 0]}, features=Features({"label": Value("int64")}))
     assert _label_lookup(integers, "label", config) is None
     with pytest.raises(ValueError, match="not classes of the model"):
-        _label_lookup(Dataset.from_dict({"label": [0]}, features=Features({"label": ClassLabel(names=["cow"])})),
-                      "label", config)
+        _label_lookup(
+            Dataset.from_dict({"label": [0]}, features=Features({"label": ClassLabel(names=["cow"])})), "label", config
+        )
     with pytest.raises(ValueError, match="do not match"):
         _label_lookup(Dataset.from_dict({"label": ["cow"]}), "label", config)

@@ -4,8 +4,8 @@ import json
 import os
 
 import pytest
-from _env import run_one_and_two_processes
 import torch
+from _env import run_one_and_two_processes
 from _reference import per_item
 from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
@@ -32,13 +32,21 @@ class GradCapture(TrainerCallback):
 def one_step_gradients(task, loss, batch_size, accumulation, tmp_path):
     seq2seq = task == "seq2seq"
     model = tiny_marian() if seq2seq else tiny_bert()
-    args_cls, trainer_cls = ((MaxSupSeq2SeqTrainingArguments, MaxSupSeq2SeqTrainer) if seq2seq
-                             else (MaxSupTrainingArguments, MaxSupTrainer))
-    args = args_cls(output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), loss=loss, max_steps=1,
-                    per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, **COMMON)
+    args_cls, trainer_cls = (
+        (MaxSupSeq2SeqTrainingArguments, MaxSupSeq2SeqTrainer) if seq2seq else (MaxSupTrainingArguments, MaxSupTrainer)
+    )
+    args = args_cls(
+        output_dir=str(tmp_path / f"{batch_size}x{accumulation}"),
+        loss=loss,
+        max_steps=1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        **COMMON,
+    )
     capture = GradCapture()
-    trainer_cls(model=model, args=args, train_dataset=tiny_dataset(8, task=task), data_collator=collate,
-                callbacks=[capture]).train()
+    trainer_cls(
+        model=model, args=args, train_dataset=tiny_dataset(8, task=task), data_collator=collate, callbacks=[capture]
+    ).train()
     return capture.grads
 
 
@@ -76,8 +84,12 @@ def test_two_processes_match_one(tmp_path):
     assert [entry["epoch"] for entry in logs["one"]] == [entry["epoch"] for entry in logs["two"]]
     # ce and reg are logged as averages of per-process means, which differ from the global mean: only diagnostics.
     for key in ("loss", "alpha"):
-        torch.testing.assert_close(torch.tensor([e[key] for e in logs["two"]]),
-                                   torch.tensor([e[key] for e in logs["one"]]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor([e[key] for e in logs["two"]]),
+            torch.tensor([e[key] for e in logs["one"]]),
+            rtol=1e-5,
+            atol=1e-6,
+        )
     one, two = (torch.load(outputs[name] / "params.pt") for name in ("one", "two"))
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
@@ -85,11 +97,19 @@ def test_two_processes_match_one(tmp_path):
 
 def test_resume_reproduces_alpha_and_parameters(tmp_path):
     def run(output_dir, resume=None):
-        args = MaxSupTrainingArguments(output_dir=str(output_dir), loss="maxsup", max_steps=4, logging_steps=1,
-                                       per_device_train_batch_size=4, learning_rate=1e-2,
-                                       **{**COMMON, "save_strategy": "steps"}, save_steps=2)
-        trainer = MaxSupTrainer(model=tiny_bert(seed=1), args=args, train_dataset=tiny_dataset(32),
-                                data_collator=collate)
+        args = MaxSupTrainingArguments(
+            output_dir=str(output_dir),
+            loss="maxsup",
+            max_steps=4,
+            logging_steps=1,
+            per_device_train_batch_size=4,
+            learning_rate=1e-2,
+            **{**COMMON, "save_strategy": "steps"},
+            save_steps=2,
+        )
+        trainer = MaxSupTrainer(
+            model=tiny_bert(seed=1), args=args, train_dataset=tiny_dataset(32), data_collator=collate
+        )
         trainer.train(resume_from_checkpoint=resume)
         alphas = {e["step"]: e["alpha"] for e in trainer.state.log_history if "alpha" in e}
         return alphas, {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -104,10 +124,22 @@ def test_resume_reproduces_alpha_and_parameters(tmp_path):
 
 
 def test_logs_components_and_eval_metrics(tmp_path):
-    args = MaxSupTrainingArguments(output_dir=str(tmp_path), loss="ls", loss_alpha=0.2, max_steps=4,
-                                   logging_steps=2, per_device_train_batch_size=4, **COMMON)
-    trainer = MaxSupTrainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(16),
-                            eval_dataset=tiny_dataset(8, seed=1), data_collator=collate)
+    args = MaxSupTrainingArguments(
+        output_dir=str(tmp_path),
+        loss="ls",
+        loss_alpha=0.2,
+        max_steps=4,
+        logging_steps=2,
+        per_device_train_batch_size=4,
+        **COMMON,
+    )
+    trainer = MaxSupTrainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=tiny_dataset(16),
+        eval_dataset=tiny_dataset(8, seed=1),
+        data_collator=collate,
+    )
     trainer.train()
     metrics = trainer.evaluate()
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
@@ -123,24 +155,41 @@ def test_logs_components_and_eval_metrics(tmp_path):
 def test_loss_func_for_a_plain_trainer(tmp_path):
     loss_fn = MaxSupLossFunc("maxsup", alpha=0.1, alpha_end=0.3)
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, **COMMON)
-    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(8), data_collator=collate,
-                      compute_loss_func=loss_fn, callbacks=[loss_fn])
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=tiny_dataset(8),
+        data_collator=collate,
+        compute_loss_func=loss_fn,
+        callbacks=[loss_fn],
+    )
     trainer.train()
     assert loss_fn.current_alpha() == pytest.approx(0.2)  # progress 1/2 at the start of the last step
     # the components of the last window, added by the loss callback to the Trainer's own log
     assert {"ce", "reg", "alpha"} <= set(trainer.state.log_history[-1])
 
     orphan = MaxSupLossFunc("maxsup")
-    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(8), data_collator=collate,
-                      compute_loss_func=orphan)
+    trainer = Trainer(
+        model=tiny_bert(), args=args, train_dataset=tiny_dataset(8), data_collator=collate, compute_loss_func=orphan
+    )
     with pytest.raises(ValueError, match=r"callbacks=\[loss_fn\]"):
         trainer.train()
 
 
 def test_causal_lm_labels_are_shifted(tmp_path):
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2, n_positions=32, resid_pdrop=0.0,
-                                       embd_pdrop=0.0, attn_pdrop=0.0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=50,
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            n_positions=32,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
     args = MaxSupTrainingArguments(output_dir=str(tmp_path), loss="ce", **COMMON)
     trainer = MaxSupTrainer(model=model, args=args)
     batch = {"input_ids": torch.randint(0, 50, (3, 7))}
@@ -155,11 +204,13 @@ def test_causal_lm_labels_are_shifted(tmp_path):
 def test_peft_wrapped_model_trains(tmp_path):
     peft = pytest.importorskip("peft")
     model = peft.get_peft_model(tiny_bert(), peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"]))
-    args = MaxSupTrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
-                                   logging_steps=1, **COMMON)
+    args = MaxSupTrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, logging_steps=1, **COMMON
+    )
     capture = GradCapture()
-    MaxSupTrainer(model=model, args=args, train_dataset=tiny_dataset(8), data_collator=collate,
-                  callbacks=[capture]).train()
+    MaxSupTrainer(
+        model=model, args=args, train_dataset=tiny_dataset(8), data_collator=collate, callbacks=[capture]
+    ).train()
     assert capture.grads and all("lora" in name or "classifier" in name for name in capture.grads)
 
 
@@ -209,21 +260,37 @@ def test_inplace_gradient_is_skipped_when_autograd_needs_the_logits():
     labels = torch.randint(0, 1200, (64,))
     loss_fn({"logits": x.exp()}, labels).backward()
     reference = x.detach().clone().requires_grad_()
-    (torch.nn.functional.cross_entropy(reference.exp(), labels)
-     + 0.1 * (reference.exp().max(-1).values - reference.exp().mean(-1)).mean()).backward()
+    (
+        torch.nn.functional.cross_entropy(reference.exp(), labels)
+        + 0.1 * (reference.exp().max(-1).values - reference.exp().mean(-1)).mean()
+    ).backward()
     torch.testing.assert_close(x.grad, reference.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_gradient_accumulation_follows_a_linear_schedule_over_steps(tmp_path):
     """2 micro-batches of 4 vs 1 batch of 8, 3 SGD steps with alpha rising linearly: same alphas, same parameters."""
+
     def run(batch_size, accumulation):
         args = MaxSupTrainingArguments(
-            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), loss="maxsup", loss_alpha=0.1,
-            loss_alpha_end=0.4, max_steps=3, logging_steps=1, per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, learning_rate=0.5, optim="sgd", dataloader_drop_last=True,
-            **COMMON)
-        trainer = MaxSupTrainer(model=tiny_bert(token_level=True), args=args,
-                                train_dataset=tiny_dataset(24, task="token"), data_collator=collate)
+            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"),
+            loss="maxsup",
+            loss_alpha=0.1,
+            loss_alpha_end=0.4,
+            max_steps=3,
+            logging_steps=1,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            learning_rate=0.5,
+            optim="sgd",
+            dataloader_drop_last=True,
+            **COMMON,
+        )
+        trainer = MaxSupTrainer(
+            model=tiny_bert(token_level=True),
+            args=args,
+            train_dataset=tiny_dataset(24, task="token"),
+            data_collator=collate,
+        )
         trainer.train()
         alphas = [e["alpha"] for e in trainer.state.log_history if "alpha" in e]
         return alphas, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -247,10 +314,16 @@ def test_training_steps_run_in_place_and_evaluation_does_not(tmp_path, monkeypat
         return fused_loss(logits, target, **kwargs)
 
     monkeypatch.setattr(kernels, "fused_loss", spy)
-    args = MaxSupTrainingArguments(output_dir=str(tmp_path), loss="maxsup", max_steps=2,
-                                   per_device_train_batch_size=4, **COMMON)
-    trainer = MaxSupTrainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset(8),
-                            eval_dataset=tiny_dataset(8, seed=1), data_collator=collate)
+    args = MaxSupTrainingArguments(
+        output_dir=str(tmp_path), loss="maxsup", max_steps=2, per_device_train_batch_size=4, **COMMON
+    )
+    trainer = MaxSupTrainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=tiny_dataset(8),
+        eval_dataset=tiny_dataset(8, seed=1),
+        data_collator=collate,
+    )
     trainer.train()
     trainer.evaluate()
     assert [inplace for grad, inplace in calls if grad] == [True, True]

@@ -13,9 +13,30 @@ from hf_maxsup.translation_report import TRANSLATION_CLAIMS, token_calibration
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "translation.py")
 # A tiny Marian, a few steps: the point is the plumbing (train, teacher-forced pass, generation, report).
-TINY = ["--max_train_samples", "48", "--max_eval_samples", "8", "--num_train_epochs", "1",
-        "--per_device_train_batch_size", "16", "--model_d_model", "32", "--model_layers", "1", "--vocab_size", "300",
-        "--max_source_length", "24", "--max_target_length", "24", "--save_strategy", "epoch", "--disable_tqdm", "true"]
+TINY = [
+    "--max_train_samples",
+    "48",
+    "--max_eval_samples",
+    "8",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "16",
+    "--model_d_model",
+    "32",
+    "--model_layers",
+    "1",
+    "--vocab_size",
+    "300",
+    "--max_source_length",
+    "24",
+    "--max_target_length",
+    "24",
+    "--save_strategy",
+    "epoch",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def test_token_calibration_by_hand():
@@ -32,12 +53,14 @@ def test_token_calibration_by_hand():
 
 
 def test_translation_claims_agree_and_disagree():
-    summary = summarize_runs([
-        {"label": "ce", "metrics": {"bleu": 10.0, "nll": 3.0, "token_ece": 0.06}},
-        {"label": "ce", "metrics": {"bleu": 10.4, "nll": 3.1, "token_ece": 0.05}},
-        {"label": "ls", "metrics": {"bleu": 10.3, "nll": 3.5, "token_ece": 0.09}},
-        {"label": "ls", "metrics": {"bleu": 10.5, "nll": 3.6, "token_ece": 0.10}},
-    ])
+    summary = summarize_runs(
+        [
+            {"label": "ce", "metrics": {"bleu": 10.0, "nll": 3.0, "token_ece": 0.06}},
+            {"label": "ce", "metrics": {"bleu": 10.4, "nll": 3.1, "token_ece": 0.05}},
+            {"label": "ls", "metrics": {"bleu": 10.3, "nll": 3.5, "token_ece": 0.09}},
+            {"label": "ls", "metrics": {"bleu": 10.5, "nll": 3.6, "token_ece": 0.10}},
+        ]
+    )
     checks = {c["metric"]: c for c in paper_checks(summary, TRANSLATION_CLAIMS)}
     assert checks["bleu"]["agrees"] and checks["bleu"]["beyond_spread"] is False  # 10.4 vs 10.2, spread 0.42
     assert checks["nll"]["agrees"] and checks["nll"]["beyond_spread"]
@@ -45,11 +68,25 @@ def test_translation_claims_agree_and_disagree():
 
 
 def test_translation_recipe_compare_writes_the_report(tmp_path):
-    command = [sys.executable, RECIPE, "--compare", "--output_dir", str(tmp_path / "report"), "--runs_dir",
-               str(tmp_path / "runs"), "--seeds", "0", "--max_analysis_samples", "6", "--analysis_batch_size", "4",
-               *TINY]
-    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                               check=False)
+    command = [
+        sys.executable,
+        RECIPE,
+        "--compare",
+        "--output_dir",
+        str(tmp_path / "report"),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--seeds",
+        "0",
+        "--max_analysis_samples",
+        "6",
+        "--analysis_batch_size",
+        "4",
+        *TINY,
+    ]
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| loss | runs | BLEU | chrF | NLL of the references (per token) | token-level ECE (%) |" in report

@@ -278,10 +278,14 @@ def test_specialisations_cover_the_launcher():
     """Every block size the launcher can pick is in the AOT list, for every kind and dtype."""
     specs = _triton.specialisations()
     for distill in (False, True):
-        blocks = {s.constexprs["BLOCK"] for s in specs if s.kernel == "_loss_row_kernel"
-                  and s.constexprs["DISTILL"] == distill}
-        picked = {_triton._row_config(k, distill)[0]
-                  for k in (1, 2, 100, 128, 129, 1000, 1024, 1025, 4096, 5003, 262144)}
+        blocks = {
+            s.constexprs["BLOCK"]
+            for s in specs
+            if s.kernel == "_loss_row_kernel" and s.constexprs["DISTILL"] == distill
+        }
+        picked = {
+            _triton._row_config(k, distill)[0] for k in (1, 2, 100, 128, 129, 1000, 1024, 1025, 4096, 5003, 262144)
+        }
         assert picked == blocks
     assert len({s.name for s in specs}) == len(specs)
     assert {s.kernel for s in specs} == {"_loss_row_kernel", "_scale_kernel"}
@@ -305,9 +309,12 @@ def _run_aot(*args: str) -> tuple[list[str], float]:
 
 def test_aot_heaviest_variants():
     """The variants with the most live values (MaxSup gradient, soft targets, largest block) compile without spills."""
-    lines, _ = _run_aot("sm_80,sm_90", "--match",
-                        r"maxsup,(fp32|bf16),soft-\w+,grad,B4096|ce,bf16,labels,teacher-bf16,value,B1024"
-                        r"|maxsup,bf16,soft-fp32,teacher-fp32,grad,B1024|scale\[bf16")
+    lines, _ = _run_aot(
+        "sm_80,sm_90",
+        "--match",
+        r"maxsup,(fp32|bf16),soft-\w+,grad,B4096|ce,bf16,labels,teacher-bf16,value,B1024"
+        r"|maxsup,bf16,soft-fp32,teacher-fp32,grad,B1024|scale\[bf16",
+    )
     assert len(lines) == 2 * 6
 
 

@@ -28,18 +28,39 @@ VOCAB, PAD = 50, 0
 
 def tiny_bert(num_labels=4, token_level=False, seed=0):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, num_labels=num_labels, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, pad_token_id=PAD)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=PAD,
+    )
     return (BertForTokenClassification if token_level else BertForSequenceClassification)(config)
 
 
 def tiny_marian(seed=0):
     torch.manual_seed(seed)
-    config = MarianConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                          decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, dropout=0.0,
-                          attention_dropout=0.0, activation_dropout=0.0, pad_token_id=PAD, eos_token_id=1,
-                          decoder_start_token_id=PAD, max_position_embeddings=64)
+    config = MarianConfig(
+        vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=PAD,
+        eos_token_id=1,
+        decoder_start_token_id=PAD,
+        max_position_embeddings=64,
+    )
     return MarianMTModel(config)
 
 
@@ -87,20 +108,38 @@ def main():
     # SGD: Adam would amplify rounding noise in parameters whose true gradient is 0 (e.g. attention key biases).
     args = parser.parse_args()
     training_args = MaxSupTrainingArguments(
-        output_dir=args.output_dir, loss=args.loss, per_device_train_batch_size=args.per_device_train_batch_size,
-        max_steps=args.max_steps, learning_rate=0.5, optim="sgd", logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, seed=0, max_grad_norm=0.0, dataloader_drop_last=True, deepspeed=args.deepspeed,
-        accelerator_config=args.accelerator_config, teacher_model_name_or_path=args.teacher,
+        output_dir=args.output_dir,
+        loss=args.loss,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        max_steps=args.max_steps,
+        learning_rate=0.5,
+        optim="sgd",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        max_grad_norm=0.0,
+        dataloader_drop_last=True,
+        deepspeed=args.deepspeed,
+        accelerator_config=args.accelerator_config,
+        teacher_model_name_or_path=args.teacher,
     )
-    trainer = MaxSupTrainer(model=tiny_bert(token_level=True), args=training_args,
-                            train_dataset=tiny_dataset(64, task="token"), data_collator=collate)
+    trainer = MaxSupTrainer(
+        model=tiny_bert(token_level=True),
+        args=training_args,
+        train_dataset=tiny_dataset(64, task="token"),
+        data_collator=collate,
+    )
     prepare_engine(trainer)
     trainer.train()
     if args.save:
         trainer.save_model()
     elif trainer.is_world_process_zero():
-        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-                   os.path.join(args.output_dir, "params.pt"))
+        torch.save(
+            {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+            os.path.join(args.output_dir, "params.pt"),
+        )
     if trainer.is_world_process_zero():
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         with open(os.path.join(args.output_dir, "logs.json"), "w") as f:

@@ -26,7 +26,6 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-
 OUT_DIR = Path(__file__).resolve().parent
 SEED = 42
 

@@ -27,7 +27,6 @@ from .selective import (
 )
 from .transfer import digits_probe_dataset, linear_probe
 
-
 __all__ = [
     "aurc",
     "brier_score",

@@ -40,9 +40,7 @@ def _check_logits_labels(logits, labels) -> tuple[np.ndarray, np.ndarray]:
         )
     # -inf is allowed (masked classes); NaN, +inf or a row without any finite logit is not.
     if np.isnan(logits).any() or not np.isfinite(logits.max(axis=1)).all():
-        raise ValueError(
-            "logits contain NaN, +inf or a row of all -inf; check the model outputs (e.g. fp16 overflow)."
-        )
+        raise ValueError("logits contain NaN, +inf or a row of all -inf; check the model outputs (e.g. fp16 overflow).")
     return logits, _to_labels(labels, logits.shape[0], logits.shape[1])
 
 

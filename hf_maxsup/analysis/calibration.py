@@ -9,7 +9,6 @@ import numpy as np
 
 from ._utils import _check_logits_labels, _log_softmax, _new_figure, _softmax
 
-
 __all__ = [
     "brier_score",
     "classwise_ece",

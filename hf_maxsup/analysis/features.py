@@ -6,7 +6,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 __all__ = ["collect_features", "find_feature_layer"]
 
 _HEAD_NAMES = ("classifier", "score")
@@ -132,9 +131,7 @@ def collect_features(model: nn.Module, dataloader, device=None, feature_layer=No
             outputs = model(**inputs)
             batch_logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
             if "input" not in captured:
-                raise RuntimeError(
-                    f"the feature layer ({type(layer).__name__}) was not called; pass `feature_layer=`."
-                )
+                raise RuntimeError(f"the feature layer ({type(layer).__name__}) was not called; pass `feature_layer=`.")
             features.append(_pool(captured["input"], captured["output"], batch_logits).float().cpu().numpy())
             logits.append(batch_logits.float().cpu().numpy())
             batch_labels = batch["labels"]

@@ -4,7 +4,6 @@ import numpy as np
 
 from ._utils import _new_figure, _to_labels, _to_numpy
 
-
 __all__ = ["feature_geometry", "penultimate_projection", "projection_plot"]
 
 # Rows normalised per chunk keep the float64 copy small for large (N, D) feature matrices.

@@ -4,7 +4,6 @@ import numpy as np
 
 from ._utils import _check_logits_labels, _log_softmax
 
-
 __all__ = ["confidence_stats", "ls_decomposition"]
 
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from ._utils import _check_logits_labels, _new_figure, _to_numpy
 
-
 __all__ = [
     "aurc",
     "e_aurc",

@@ -16,8 +16,9 @@ from ._utils import _to_labels, _to_numpy
 __all__ = ["digits_probe_dataset", "linear_probe"]
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, C: float = 1.0,
-                 max_iter: int = 5000) -> float:
+def linear_probe(
+    train_features, train_labels, test_features, test_labels, C: float = 1.0, max_iter: int = 5000
+) -> float:
     """Accuracy of a logistic-regression probe fitted on frozen features.
 
     The features are standardised with the training split's mean and standard deviation, then a multinomial
@@ -90,8 +91,9 @@ def digits_probe_dataset(image_size: int = 28, test_size: float = 0.5, seed: int
     index = np.arange(len(images))
     if max_samples is not None and max_samples < len(index):
         index, _ = train_test_split(index, train_size=max_samples, stratify=digits.target, random_state=seed)
-    train_index, test_index = train_test_split(index, test_size=test_size, stratify=digits.target[index],
-                                               random_state=seed)
+    train_index, test_index = train_test_split(
+        index, test_size=test_size, stratify=digits.target[index], random_state=seed
+    )
     features = Features({"image": Image(), "label": Value("int64")})
 
     def split(ids):

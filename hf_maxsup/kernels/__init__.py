@@ -80,9 +80,11 @@ def select_backend(device: torch.device, dtype: torch.dtype, distill: bool = Fal
         if reason is None and distill and not _module(forced).DISTILLS:
             reason = "it has no distillation term"
         if reason is not None:
-            raise RuntimeError(f"HF_MAXSUP_BACKEND={forced} cannot serve {str(dtype).removeprefix('torch.')} logits "
-                               f"on {device.type}: {reason}. Unset HF_MAXSUP_BACKEND (or set it to auto) to let "
-                               "hf_maxsup choose.")
+            raise RuntimeError(
+                f"HF_MAXSUP_BACKEND={forced} cannot serve {str(dtype).removeprefix('torch.')} logits "
+                f"on {device.type}: {reason}. Unset HF_MAXSUP_BACKEND (or set it to auto) to let "
+                "hf_maxsup choose."
+            )
         return _module(forced)
     for name in _PREFERENCE.get(device.type, _GPU_PREFERENCE):
         module = _module(name)
@@ -95,8 +97,10 @@ def select_backend(device: torch.device, dtype: torch.dtype, distill: bool = Fal
                 _warn_once(f"hf_maxsup: {note}")
             return module
         if dtype in _FAST_DTYPES:
-            _warn_once(f"hf_maxsup: the {name} backend is not used on {device.type}: {reason}. The loss falls "
-                       "back to a slower backend (hf_maxsup.kernels.kernel_info() says which).")
+            _warn_once(
+                f"hf_maxsup: the {name} backend is not used on {device.type}: {reason}. The loss falls "
+                "back to a slower backend (hf_maxsup.kernels.kernel_info() says which)."
+            )
     raise RuntimeError(f"no hf_maxsup backend serves {dtype} logits on {device}")  # torch serves all float dtypes
 
 
@@ -109,8 +113,12 @@ def kernel_info(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
         and `c` (where the C kernel was built, and any note from its build).
     """
     device = torch.device(device)
-    info = {"device": str(device), "dtype": str(dtype), "forced": _forced(),
-            "reasons": {name: _module(name).unavailable(device, dtype) for name in BACKENDS}}
+    info = {
+        "device": str(device),
+        "dtype": str(dtype),
+        "forced": _forced(),
+        "reasons": {name: _module(name).unavailable(device, dtype) for name in BACKENDS},
+    }
     try:
         info["backend"], info["error"] = select_backend(device, dtype).NAME, None
     except RuntimeError as err:
@@ -202,13 +210,31 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
     grad_scale, post = _grad_scales(z.dtype, call.alpha, denominator, device)
     grad, grad_strides = None, (0, 0)
     if want_grad:
-        grad, grad_strides = (z, layout[2:]) if inplace else (
-            torch.empty(z.shape, dtype=z.dtype, device=device), (layout[1] * num_classes, num_classes))
+        grad, grad_strides = (
+            (z, layout[2:])
+            if inplace
+            else (torch.empty(z.shape, dtype=z.dtype, device=device), (layout[1] * num_classes, num_classes))
+        )
     out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     row_loss = torch.empty(n_rows, dtype=out_dtype, device=device) if call.reduction == "none" else None
     teacher = _rows_like(call.teacher, z) if call.teacher is not None else None
-    job = LossJob(call.kind, call.alpha, call.ignore_index, z, layout, labels, soft, grad, grad_strides, grad_scale,
-                  row_loss, call.want_components, teacher, call.distill_alpha, call.temperature)
+    job = LossJob(
+        call.kind,
+        call.alpha,
+        call.ignore_index,
+        z,
+        layout,
+        labels,
+        soft,
+        grad,
+        grad_strides,
+        grad_scale,
+        row_loss,
+        call.want_components,
+        teacher,
+        call.distill_alpha,
+        call.temperature,
+    )
     sums = call.backend.forward(job) if n_rows else torch.zeros(len(SUMS), dtype=torch.float64, device=device)
     if call.want_components:
         call.components.update(_components(call, sums, n_kept, labels is not None))
@@ -256,10 +282,21 @@ class _FusedLoss(torch.autograd.Function):
         return (grad if grad.shape == ctx.shape else grad.view(ctx.shape)), None, None, None
 
 
-def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str, alpha: float = 0.0,
-               ignore_index: int = -100, reduction: str = "mean", num_items_in_batch=None,
-               inplace_backward: bool = False, return_components: bool = False,
-               teacher: torch.Tensor | None = None, distill_alpha: float = 0.0, temperature: float = 1.0):
+def fused_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kind: str,
+    alpha: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    inplace_backward: bool = False,
+    return_components: bool = False,
+    teacher: torch.Tensor | None = None,
+    distill_alpha: float = 0.0,
+    temperature: float = 1.0,
+):
     """CE / LS / MaxSup of `logits` `(..., K)` against `target`, loss and gradient in one pass of the selected
     backend. Arguments as in `hf_maxsup.losses` (which validates them); `alpha` is 0 for `"ce"`. With `teacher`
     logits of the same shape, the distillation term of `_args.py` is added (weight `distill_alpha`, temperature
@@ -270,9 +307,18 @@ def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str, alpha: 
     own backward raises instead of using destroyed values. Without a gradient to compute (no grad mode, or logits
     that do not require grad) the logits are never written.
     """
-    call = _Call(select_backend(logits.device, logits.dtype, distill=teacher is not None), kind, float(alpha),
-                 ignore_index, reduction, num_items_in_batch, return_components, teacher, float(distill_alpha),
-                 float(temperature))
+    call = _Call(
+        select_backend(logits.device, logits.dtype, distill=teacher is not None),
+        kind,
+        float(alpha),
+        ignore_index,
+        reduction,
+        num_items_in_batch,
+        return_components,
+        teacher,
+        float(distill_alpha),
+        float(temperature),
+    )
     if torch.is_grad_enabled() and logits.requires_grad:
         loss = _FusedLoss.apply(logits, target, call, bool(inplace_backward))
     else:
@@ -280,9 +326,17 @@ def fused_loss(logits: torch.Tensor, target: torch.Tensor, *, kind: str, alpha: 
     return (loss, call.components) if return_components else loss
 
 
-def rows_loss_and_grad_(logits: torch.Tensor, labels: torch.Tensor, *, kind: str, alpha: float,
-                        ignore_index: int = -100, want_grad: bool = True, want_components: bool = False,
-                        row_loss: torch.Tensor | None = None) -> torch.Tensor:
+def rows_loss_and_grad_(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    kind: str,
+    alpha: float,
+    ignore_index: int = -100,
+    want_grad: bool = True,
+    want_components: bool = False,
+    row_loss: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One backend pass over contiguous `(n, K)` logits with int64 labels `(n,)`, for callers that chunk their own
     rows (the fused linear losses): with `want_grad`, each row's unscaled gradient `d loss_row / d z` is written over
     the logits. Returns the sums of `SUMS` over kept rows; `row_loss` `(n,)` float32, if given, gets each row's loss.
@@ -291,6 +345,18 @@ def rows_loss_and_grad_(logits: torch.Tensor, labels: torch.Tensor, *, kind: str
     if n_rows == 0:
         return torch.zeros(len(SUMS), dtype=torch.float64, device=logits.device)
     scale = torch.ones((), dtype=torch.float32, device=logits.device)
-    job = LossJob(kind, float(alpha), ignore_index, logits, (1, n_rows, 0, num_classes), labels, None,
-                  logits if want_grad else None, (0, num_classes), scale, row_loss, want_components)
+    job = LossJob(
+        kind,
+        float(alpha),
+        ignore_index,
+        logits,
+        (1, n_rows, 0, num_classes),
+        labels,
+        None,
+        logits if want_grad else None,
+        (0, num_classes),
+        scale,
+        row_loss,
+        want_components,
+    )
     return select_backend(logits.device, logits.dtype).forward(job)

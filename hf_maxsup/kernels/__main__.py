@@ -7,8 +7,8 @@ shipped in Triton's wheel on the PTX (the wheel's plain `ptxas` is too old for t
 and prints one line per variant and target: name, target, registers, spill stores, spill loads.
 
 `--match REGEX` restricts the check to the variants whose name matches (a full run takes one to two minutes on a
-cold Triton cache, ~20 s on a warm one). Exits 1 if any variant fails to compile or spills, 0 otherwise. Do not set `TRITON_INTERPRET` for it: the
-interpreter's kernels cannot be compiled.
+cold Triton cache, ~20 s on a warm one). Exits 1 if any variant fails to compile or spills, 0 otherwise. Do not set
+`TRITON_INTERPRET` for it: the interpreter's kernels cannot be compiled.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aot", metavar="ARCHS", required=True,
                         help="comma-separated GPU targets to compile for, e.g. sm_80,sm_90")  # fmt: skip
     parser.add_argument("--match", metavar="REGEX", default=None,
-                        help="only the variants whose name matches this regular expression, e.g. 'maxsup.*grad'")  # fmt: skip
+                        help="only the variants whose name matches this regular expression, "
+                        "e.g. 'maxsup.*grad'")  # fmt: skip
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.aot.split(",") if a.strip()]
     bad = [a for a in archs if not re.fullmatch(r"sm_\d+", a)]

@@ -45,8 +45,16 @@ _ABI_VERSION = 3
 _SRC = Path(__file__).resolve().parent / "csrc" / "fused_loss.c"
 # Below this many logits the kernel runs on one thread: starting threads costs more than it saves.
 _MT_MIN_ELEMS = 1 << 17
-_BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math",
-               "-Wno-psabi"]
+_BASE_FLAGS = [
+    "-O3",
+    "-std=gnu11",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-Wno-psabi",
+]
 # Tried in order; the first that compiles is used. No -ffast-math: NaN/inf and the max tie rule must hold.
 _FLAG_SETS = [["-march=native"], [], ["-march=native", "-DHFM_NO_F16"], ["-DHFM_NO_F16"]]
 
@@ -54,14 +62,28 @@ _FLAG_SETS = [["-march=native"], [], ["-march=native", "-DHFM_NO_F16"], ["-DHFM_
 class _Args(ctypes.Structure):
     # Mirrors hfm_args in csrc/fused_loss.c (same order, same types).
     _fields_ = [
-        ("logits", ctypes.c_void_p), ("grad", ctypes.c_void_p), ("labels", ctypes.c_void_p),
-        ("soft", ctypes.c_void_p), ("row_loss", ctypes.c_void_p),
-        ("n_outer", ctypes.c_int64), ("n_inner", ctypes.c_int64), ("ls_outer", ctypes.c_int64),
-        ("ls_inner", ctypes.c_int64), ("gs_outer", ctypes.c_int64), ("gs_inner", ctypes.c_int64),
-        ("K", ctypes.c_int64), ("ignore_index", ctypes.c_int64), ("out", ctypes.c_double * 8),
-        ("alpha", ctypes.c_float), ("gscale", ctypes.c_float), ("dtype", ctypes.c_int32),
-        ("soft_dtype", ctypes.c_int32), ("kind", ctypes.c_int32), ("scale_mode", ctypes.c_int32),
-        ("want_comps", ctypes.c_int32), ("nthreads", ctypes.c_int32),
+        ("logits", ctypes.c_void_p),
+        ("grad", ctypes.c_void_p),
+        ("labels", ctypes.c_void_p),
+        ("soft", ctypes.c_void_p),
+        ("row_loss", ctypes.c_void_p),
+        ("n_outer", ctypes.c_int64),
+        ("n_inner", ctypes.c_int64),
+        ("ls_outer", ctypes.c_int64),
+        ("ls_inner", ctypes.c_int64),
+        ("gs_outer", ctypes.c_int64),
+        ("gs_inner", ctypes.c_int64),
+        ("K", ctypes.c_int64),
+        ("ignore_index", ctypes.c_int64),
+        ("out", ctypes.c_double * 8),
+        ("alpha", ctypes.c_float),
+        ("gscale", ctypes.c_float),
+        ("dtype", ctypes.c_int32),
+        ("soft_dtype", ctypes.c_int32),
+        ("kind", ctypes.c_int32),
+        ("scale_mode", ctypes.c_int32),
+        ("want_comps", ctypes.c_int32),
+        ("nthreads", ctypes.c_int32),
     ]
 
 
@@ -113,8 +135,10 @@ def _usable_cache_dir() -> tuple[Path, str | None]:
         return cache, None
     # mkdtemp makes a new directory with mode 0700 and an unpredictable name: nobody can have planted a file in it.
     fresh = Path(tempfile.mkdtemp(prefix="hf_maxsup-"))
-    return fresh, (f"the kernel cache is not usable ({problem}); built into {fresh} for this process only. "
-                   "Set HF_MAXSUP_CACHE to a directory of your own (mode 0700) to build once and reuse the build.")
+    return fresh, (
+        f"the kernel cache is not usable ({problem}); built into {fresh} for this process only. "
+        "Set HF_MAXSUP_CACHE to a directory of your own (mode 0700) to build once and reuse the build."
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -164,8 +188,13 @@ def _build_key(cc: str, flags: list[str]) -> str:
         cc_id = f"{os.path.realpath(cc)}:{st.st_size}:{int(st.st_mtime)}"
     except OSError:
         cc_id = cc
-    parts = [_SRC.read_bytes(), " ".join(flags).encode(), cc_id.encode(), _cpu_signature().encode(),
-             str(_ABI_VERSION).encode()]
+    parts = [
+        _SRC.read_bytes(),
+        " ".join(flags).encode(),
+        cc_id.encode(),
+        _cpu_signature().encode(),
+        str(_ABI_VERSION).encode(),
+    ]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
 
 
@@ -190,8 +219,9 @@ def _build(cache: Path, cc: str, extra_flags) -> Path:
     os.close(fd)
     try:
         try:
-            proc = subprocess.run([cc, *flags, str(_SRC), "-o", tmp, "-lm"], capture_output=True, text=True,
-                                  timeout=300, check=False)
+            proc = subprocess.run(
+                [cc, *flags, str(_SRC), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300, check=False
+            )
         except (OSError, subprocess.SubprocessError) as err:
             raise RuntimeError(f"{' '.join(flags)}: {err}") from err
         if proc.returncode != 0:
@@ -275,8 +305,11 @@ def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
 def build_info() -> dict:
     """Where the loaded library lives, and what went wrong on the way (a fallback flag set, a private cache)."""
     _lib()
-    return {"path": _State.path, "note": _State.error if _State.lib is not None else None,
-            "dtypes": sorted(str(d) for d in _State.dtypes)}
+    return {
+        "path": _State.path,
+        "note": _State.error if _State.lib is not None else None,
+        "dtypes": sorted(str(d) for d in _State.dtypes),
+    }
 
 
 def _num_threads(n_elems: int) -> int:

@@ -65,7 +65,7 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
     stats[:, 0] = stats[:, 1] + job.alpha * stats[:, 2]
     if distill is not None:
         stats[:, 5] = distill[0]
-        stats[:, 0] += job.distill_alpha * job.temperature ** 2 * stats[:, 5]
+        stats[:, 0] += job.distill_alpha * job.temperature**2 * stats[:, 5]
     if keep is not None:
         # masked_fill, not a product: NaN/inf of ignored rows must not leak into the sums.
         stats.masked_fill_(~keep.unsqueeze(-1), 0.0)
@@ -112,7 +112,7 @@ def forward(job: LossJob) -> torch.Tensor:
     for o in range(job.layout[0]):
         for i in range(0, n_inner, step):
             rows = slice(o * n_inner + i, o * n_inner + min(i + step, n_inner))
-            z = logits[o, i:i + step].to(compute)  # an alias for float32/float64, a chunk-sized copy otherwise
+            z = logits[o, i : i + step].to(compute)  # an alias for float32/float64, a chunk-sized copy otherwise
             y = job.labels[rows] if job.labels is not None else None
             t = job.soft[rows].to(compute) if job.soft is not None else None
             u = job.teacher[rows].to(compute) if job.teacher is not None else None
@@ -122,7 +122,7 @@ def forward(job: LossJob) -> torch.Tensor:
             if job.row_loss is not None:
                 job.row_loss[rows] = stats[:, 0]
             if grad is not None:
-                _write_grad(job, grad[o, i:i + step], z, y, t, distill, argmax, lse, keep, scale)
+                _write_grad(job, grad[o, i : i + step], z, y, t, distill, argmax, lse, keep, scale)
     return sums
 
 

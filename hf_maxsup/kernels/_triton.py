@@ -252,9 +252,7 @@ if triton is not None:
                 return
             y = label.to(tl.int32)  # in [0, K) once ignored rows are out (checked by the dispatcher)
             zy = tl.load(z_row + y).to(tl.float32)
-        m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(
-            z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, BLOCK
-        )
+        m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, BLOCK)
         target_z = zy if HARD else sum_tz  # sum_k t_k z_k
         ce = lse - target_z
         if KIND == 0:
@@ -279,8 +277,26 @@ if triton is not None:
         tl.store(stats_row + 4, neg / K)
         if WRITE_GRAD:
             scale = tl.load(scale_ptr)  # a device scalar: no host synchronisation to learn it
-            _row_grad(z_row, g_row, t_row, u_row, y, K, lse, arg, alpha, scale, beta * temperature, inv_t, lse_s,
-                      lse_t, KIND, HARD, DISTILL, BLOCK)
+            _row_grad(
+                z_row,
+                g_row,
+                t_row,
+                u_row,
+                y,
+                K,
+                lse,
+                arg,
+                alpha,
+                scale,
+                beta * temperature,
+                inv_t,
+                lse_s,
+                lse_t,
+                KIND,
+                HARD,
+                DISTILL,
+                BLOCK,
+            )
 
     @triton.jit
     def _scale_kernel(g_ptr, factor_ptr, n, BLOCK: tl.constexpr):
@@ -312,8 +328,9 @@ class Specialisation:
     num_warps: int
 
 
-def _row_specialisation(kind, logits_dtype, soft_dtype, teacher_dtype, write_grad, split, block,
-                        num_warps) -> Specialisation:
+def _row_specialisation(
+    kind, logits_dtype, soft_dtype, teacher_dtype, write_grad, split, block, num_warps
+) -> Specialisation:
     """The row kernel's variant for these choices (`soft_dtype` `None` for class indices, `teacher_dtype` `None`
     without distillation)."""
     zt = _TL_NAMES[logits_dtype]
@@ -329,8 +346,10 @@ def _row_specialisation(kind, logits_dtype, soft_dtype, teacher_dtype, write_gra
     signature.update({name: "constexpr" for name in constexprs})
     target = "labels" if soft_dtype is None else f"soft-{_TL_NAMES[soft_dtype]}"
     teacher = f",teacher-{ut}" if teacher_dtype is not None else ""
-    name = (f"loss_row[{kind},{zt},{target}{teacher},{'grad' if write_grad else 'value'}{',split' if split else ''},"
-            f"B{block}]")
+    name = (
+        f"loss_row[{kind},{zt},{target}{teacher},{'grad' if write_grad else 'value'}{',split' if split else ''},"
+        f"B{block}]"
+    )
     return Specialisation(name, "_loss_row_kernel", signature, constexprs, num_warps)
 
 
@@ -345,8 +364,9 @@ def specialisations() -> list[Specialisation]:
                 splits = (False, True) if kind == "ls" and soft_dtype is None else (False,)
                 configs = _DISTILL_ROW_CONFIGS if teacher_dtype is not None else _ROW_CONFIGS
                 for write_grad, split, (block, num_warps) in itertools.product((False, True), splits, configs):
-                    out.append(_row_specialisation(kind, dtype, soft_dtype, teacher_dtype, write_grad, split, block,
-                                                   num_warps))
+                    out.append(
+                        _row_specialisation(kind, dtype, soft_dtype, teacher_dtype, write_grad, split, block, num_warps)
+                    )
     block, num_warps = _SCALE_CONFIG
     for dtype in _DTYPES:
         signature = {"g_ptr": f"*{_TL_NAMES[dtype]}", "factor_ptr": "*fp32", "n": "i64", "BLOCK": "constexpr"}

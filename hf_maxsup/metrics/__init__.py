@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 __all__ = ["classification_compute_metrics", "path", "translation_compute_metrics"]
 
 _MODULES = ("accuracy", "calibration", "translation")

@@ -9,7 +9,6 @@ import numpy as np
 
 from hf_maxsup.analysis._utils import _check_logits_labels
 
-
 _DESCRIPTION = """
 Top-1 accuracy of the argmax of the logits, and top-5 accuracy when there are more than 5 classes.
 Unlike the Hub `accuracy` module, predictions are the logits, so that one evaluation pass feeds both

@@ -17,7 +17,6 @@ from hf_maxsup.analysis import (
 )
 from hf_maxsup.analysis._utils import _check_logits_labels, _softmax
 
-
 _DESCRIPTION = """
 Calibration of the softmax of a classifier (ECE with 15 equal-width bins, adaptive ECE with 15
 equal-mass bins, class-wise ECE, NLL, Brier score) and the quality of its max-softmax confidence for

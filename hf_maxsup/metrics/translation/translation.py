@@ -7,7 +7,6 @@ import datasets
 import evaluate
 from sacrebleu.metrics import BLEU, CHRF
 
-
 _DESCRIPTION = """
 Corpus-level BLEU and chrF of detokenised hypotheses against one reference each, computed by sacreBLEU
 with its defaults (BLEU: 13a tokenisation, exponential smoothing, mixed case; chrF: character 6-grams,
