@@ -14,7 +14,7 @@ endif
 # The one DeepSpeed op every run on CPU compiles on first use, kept between runs.
 TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 
-.PHONY: demo test install install-deepspeed
+.PHONY: demo test lint install install-deepspeed
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,10 @@ demo: install
 	    --per_device_eval_batch_size 256 --weight_decay 0.05 --lr_scheduler_type cosine --warmup_steps 0.05 \
 	    --augment false --save_strategy epoch --save_total_limit 1
 
-test: install-deepspeed
+# The formatter and linter configured in pyproject.toml: the code as committed must pass both.
+lint: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+test: lint install-deepspeed
 	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) -m pytest -q
