@@ -132,15 +132,6 @@ def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool
     return sums, (grad_h, grad_w, grad_b)
 
 
-def _denominator(reduction: str, num_items_in_batch, n_kept: int, device) -> torch.Tensor:
-    if num_items_in_batch is not None:
-        if isinstance(num_items_in_batch, torch.Tensor):
-            return num_items_in_batch.to(device, torch.float32).clamp_min(1)
-        return torch.full((), max(float(num_items_in_batch), 1.0), dtype=torch.float32, device=device)
-    value = 1.0 if reduction == "sum" else max(n_kept, 1)
-    return torch.full((), float(value), dtype=torch.float32, device=device)
-
-
 class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, call):
@@ -152,16 +143,18 @@ class _FusedLinearLoss(torch.autograd.Function):
         row_loss = torch.empty(kept.numel(), dtype=torch.float32, device=h.device) if none else None
         want_grad = call["needs_grad"] and not none  # "none": the gradient needs the per-row weights of backward
         sums, grads = _sweep(h_kept, weight, bias, y_kept, call, call["chunk_size"], want_grad, row_loss=row_loss)
-        call["components"].update(_components(call, sums, kept.numel()))
+        n_kept = torch.full((), kept.numel(), device=h.device)
+        if call["want_components"]:
+            call["components"].update(kernels.component_means(call["kind"], sums, n_kept, hard=True))
         ctx.call, ctx.shapes = call, (hidden.shape, weight.dtype)
         if none:
             ctx.save_for_backward(h_kept, weight, bias, y_kept, kept)
             return h.new_zeros(h.shape[0], dtype=torch.float32).index_copy_(0, kept, row_loss).view(target.shape)
-        denominator = _denominator(call["reduction"], call["num_items_in_batch"], kept.numel(), h.device)
+        divisor = kernels.denominator(call["reduction"], call["num_items_in_batch"], n_kept)
         if want_grad:
-            ctx.grads = [None if g is None else g.div_(denominator) for g in grads]
+            ctx.grads = [None if g is None else g.div_(divisor) for g in grads]
             ctx.kept = kept
-        return sums[0].float() / denominator
+        return sums[0].float() / divisor
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -188,16 +181,6 @@ class _FusedLinearLoss(torch.autograd.Function):
         full.index_copy_(0, kept, grad_h)
         grad_w = grad_w.to(dtype)
         return full.view(hidden_shape), grad_w, grad_b.to(dtype) if grad_b is not None else None, None, None
-
-
-def _components(call: dict, sums: torch.Tensor, n_kept: int) -> dict[str, torch.Tensor]:
-    if not call["want_components"]:
-        return {}
-    means = (sums / max(n_kept, 1)).float()
-    names = ["ce"] + (["reg"] if call["kind"] != "ce" else [])
-    if call["kind"] == "ls":
-        names += ["ls_regularization", "ls_error_amplification"]
-    return {name: means[SUMS.index(name)] for name in names}
 
 
 def fused_linear_loss(

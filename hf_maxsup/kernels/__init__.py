@@ -31,7 +31,18 @@ from torch.autograd.function import once_differentiable
 from ._args import KINDS, SUMS, LossJob
 from ._layout import row_layout, rows_disjoint
 
-__all__ = ["BACKENDS", "KINDS", "SUMS", "LossJob", "fused_loss", "kernel_info", "rows_loss_and_grad_", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "KINDS",
+    "SUMS",
+    "LossJob",
+    "component_means",
+    "denominator",
+    "fused_loss",
+    "kernel_info",
+    "rows_loss_and_grad_",
+    "select_backend",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -172,31 +183,32 @@ def _targets(target: torch.Tensor, z: torch.Tensor):
     return None, _rows_like(target, z)
 
 
-def _denominator(call: _Call, n_kept: torch.Tensor) -> torch.Tensor | None:
-    """What the summed loss is divided by, as a float32 device tensor (None for `reduction="none"`)."""
-    n = call.num_items_in_batch
+def denominator(reduction: str, num_items_in_batch, n_kept: torch.Tensor) -> torch.Tensor | None:
+    """What the summed loss is divided by, as a float32 tensor on `n_kept`'s device (None for `reduction="none"`):
+    `num_items_in_batch` when given, else 1 (`"sum"`) or the kept count (`"mean"`)."""
+    n = num_items_in_batch
     if n is not None:
         # A micro-batch of an accumulated batch may be all ignored; an all-ignored accumulated batch gives 0 / 1.
         if isinstance(n, torch.Tensor):
             return n.to(n_kept.device, torch.float32).clamp_min(1)
         return torch.full((), max(float(n), 1.0), dtype=torch.float32, device=n_kept.device)
-    if call.reduction == "sum":
+    if reduction == "sum":
         return torch.ones((), dtype=torch.float32, device=n_kept.device)
-    if call.reduction == "mean":
+    if reduction == "mean":
         return n_kept.clamp_min(1).float()
     return None
 
 
-def _grad_scales(dtype: torch.dtype, alpha: float, denominator, device):
+def _grad_scales(dtype: torch.dtype, alpha: float, divisor, device):
     """`(grad_scale, post)`: the factor the backend writes the gradient with, and the one backward applies."""
     headroom = 1.0
     if dtype == torch.float16:
         headroom = max(1.0, 2.0 ** math.floor(math.log2(_F16_HEADROOM / (1.0 + 2.0 * abs(alpha)))))
-    if denominator is None:
+    if divisor is None:
         return torch.full((), headroom, dtype=torch.float32, device=device), 1.0 / headroom
     if dtype == torch.float16:
-        return torch.full((), headroom, dtype=torch.float32, device=device), 1.0 / (denominator * headroom)
-    return denominator.reciprocal(), 1.0
+        return torch.full((), headroom, dtype=torch.float32, device=device), 1.0 / (divisor * headroom)
+    return divisor.reciprocal(), 1.0
 
 
 def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: bool, want_grad: bool):
@@ -206,8 +218,8 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
     labels, soft = _targets(target, z)
     n_rows = layout[0] * layout[1]
     n_kept = labels.ne(call.ignore_index).sum() if labels is not None else torch.full((), n_rows, device=device)
-    denominator = _denominator(call, n_kept)
-    grad_scale, post = _grad_scales(z.dtype, call.alpha, denominator, device)
+    divisor = denominator(call.reduction, call.num_items_in_batch, n_kept)
+    grad_scale, post = _grad_scales(z.dtype, call.alpha, divisor, device)
     grad, grad_strides = None, (0, 0)
     if want_grad:
         grad, grad_strides = (
@@ -237,21 +249,26 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
     )
     sums = call.backend.forward(job) if n_rows else torch.zeros(len(SUMS), dtype=torch.float64, device=device)
     if call.want_components:
-        call.components.update(_components(call, sums, n_kept, labels is not None))
-    loss = row_loss.view(z.shape[:-1]) if row_loss is not None else (sums[0] / denominator).to(out_dtype)
+        call.components.update(
+            component_means(call.kind, sums, n_kept, hard=labels is not None, distill=call.teacher is not None)
+        )
+    loss = row_loss.view(z.shape[:-1]) if row_loss is not None else (sums[0] / divisor).to(out_dtype)
     if inplace and grad is not None:
         torch.autograd.graph.increment_version(z)
         grad = z.detach()  # a fresh alias, which autograd can adopt as .grad without a copy
     return loss, grad, post
 
 
-def _components(call: _Call, sums: torch.Tensor, n_kept: torch.Tensor, hard: bool) -> dict[str, torch.Tensor]:
-    """Means over kept rows of the logged terms, detached float32 0-dim tensors on the logits' device."""
+def component_means(
+    kind: str, sums: torch.Tensor, n_kept: torch.Tensor, *, hard: bool, distill: bool = False
+) -> dict[str, torch.Tensor]:
+    """Means over kept rows of the logged terms (the LS halves for LS with class indices, `distill` with a teacher),
+    detached float32 0-dim tensors on the sums' device."""
     means = (sums / n_kept.clamp_min(1)).float()
-    names = ["ce"] + (["reg"] if call.kind != "ce" else [])
-    if call.kind == "ls" and hard:
+    names = ["ce"] + (["reg"] if kind != "ce" else [])
+    if kind == "ls" and hard:
         names += ["ls_regularization", "ls_error_amplification"]
-    if call.teacher is not None:
+    if distill:
         names.append("distill")
     return {name: means[SUMS.index(name)] for name in names}
 
