@@ -62,15 +62,8 @@ def tiny_tokenizer():
 
 
 def make_trainer(output_dir, compute_metrics=None, model=None, **kwargs):
-    args = MaxSupTrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=2,
-        eval_strategy="steps",
-        eval_steps=1,
-        save_strategy="steps",
-        save_steps=2,
-        **{**COMMON, **kwargs},
-    )
+    schedule = {"max_steps": 2, "eval_strategy": "steps", "eval_steps": 1, "save_strategy": "steps", "save_steps": 2}
+    args = MaxSupTrainingArguments(output_dir=str(output_dir), **{**schedule, **COMMON, **kwargs})
     return MaxSupTrainer(
         model=model or tiny_bert(NUM_LABELS),
         args=args,
@@ -204,6 +197,29 @@ def test_card_round_trips_metrics_and_names_the_loss(loss, kwargs, expected, tmp
     checkpoint_card = ModelCard.load(tmp_path / "checkpoint-2" / "README.md")
     assert checkpoint_card.data.datasets == ["user/tiny"] and checkpoint_card.data.eval_results
     assert "reliability_diagram.png" not in checkpoint_card.text  # it is not in that folder
+
+
+@pytest.mark.parametrize(
+    "loss, kwargs, row",
+    [
+        # linear from 0.1 to 0.2, at step 3 of 10: 0.1 + (0.2 - 0.1) * 3 / 10; at step 10: the end value
+        ("maxsup", {}, {3: "| `maxsup` | 0.1 | 0.2 | linear | 0.13 (step 3 of 10) |", 10: "| 0.2 (step 10 of 10) |"}),
+        (
+            "ls",
+            {"loss_alpha": 0.15},
+            {3: "| `ls` | 0.15 | 0.15 | constant | 0.15 (step 3 of 10) |", 10: "| 0.15 (step 10 of 10) |"},
+        ),
+    ],
+)
+def test_card_gives_alpha_at_the_checkpoint_step(loss, kwargs, row, tmp_path):
+    """Each saved card gives the schedule's value at its own step, not the start value (expectations by hand)."""
+    trainer = make_trainer(
+        tmp_path, loss=loss, max_steps=10, eval_strategy="no", save_steps=3, logging_steps=10, **kwargs
+    )
+    trainer.train()
+    trainer.save_model()
+    assert row[3] in ModelCard.load(tmp_path / "checkpoint-3" / "README.md").text
+    assert row[10] in ModelCard.load(tmp_path / "README.md").text
 
 
 def test_seq2seq_card_names_the_task_and_translation_metrics(tmp_path):
