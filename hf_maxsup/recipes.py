@@ -1,6 +1,8 @@
-"""What the three recipe scripts share: their arguments, parsing and the train / evaluate / predict / push flow.
+"""What the three recipe scripts share: parsing, the checks before any work, and the train / evaluate / predict / push
+flow.
 
-The scripts in `recipes/` only load their task's data and model and call [`run`].
+The scripts in `recipes/` call [`start`], build their task's model and data, and call [`run`]; their arguments are in
+[`hf_maxsup.arguments`].
 """
 
 from __future__ import annotations
@@ -13,23 +15,21 @@ import re
 import shutil
 import socket
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 
 import datasets
 import torch
 import transformers
 import yaml
 from accelerate.utils import DistributedType
-from transformers import AutoTokenizer, HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
+from transformers import AutoTokenizer, HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments, set_seed
 
 from . import hub
+from .arguments import DataArguments, ModelArguments, RunArguments
 from .data import check_columns, load_task_dataset
 from .models import apply_lora, check_model_name_or_path
 
 __all__ = [
-    "DataArguments",
-    "ModelArguments",
-    "RunArguments",
     "build_with_shared_tokenizer",
     "checkpoint_problems",
     "data_source",
@@ -45,6 +45,7 @@ __all__ = [
     "recipe_defaults",
     "reliability_diagram_writer",
     "run",
+    "start",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,49 +60,6 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Output directories this process holds the lock of: one process may run several recipes into one directory in turn
 # (the tests do), and a second flock of the same file from this process would fail.
 _HELD_LOCKS: dict[str, int] = {}
-
-
-@dataclass
-class ModelArguments:
-    """Which model to fine-tune (or, without `model_name_or_path`, the offline default built from a config)."""
-
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Local directory or Hub id of a pretrained model. Default: the task's offline model."},
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
-    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-
-
-@dataclass
-class DataArguments:
-    """Where the data comes from: a Hub dataset, local files, or (nothing given) the embedded real data."""
-
-    dataset_name: str | None = field(default=None, metadata={"help": "Dataset on the Hub (datasets.load_dataset)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of that dataset."})
-    train_file: str | None = field(default=None, metadata={"help": "Local training file (csv, json, jsonl, parquet)."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
-    test_file: str | None = field(default=None, metadata={"help": "Local test file (for --do_predict)."})
-    validation_split_percentage: int = field(
-        default=10, metadata={"help": "Share of train held out for validation when there is no validation split."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
-
-    def __post_init__(self):
-        if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(
-                f"--validation_split_percentage must be in [0, 100); got {self.validation_split_percentage}."
-            )
-        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "preprocessing_num_workers"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}. Leave it out for no limit.")
 
 
 def data_source(data_args: DataArguments, embedded: str) -> dict:
@@ -125,26 +83,6 @@ def data_source(data_args: DataArguments, embedded: str) -> dict:
     ]
     given = [f"{split}: {os.path.basename(os.path.normpath(path))}" for split, path in sources if path]
     return {"dataset": f"local data ({', '.join(given)})" if given else embedded}
-
-
-@dataclass
-class RunArguments:
-    """How a run treats an `output_dir` that holds an earlier run."""
-
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Train into an --output_dir that holds a finished run or checkpoints, replacing them "
-            "(their checkpoint-* folders are deleted). Without it such a run is refused."
-        },
-    )
-    allow_loss_change: bool = field(
-        default=False,
-        metadata={
-            "help": "Resume a checkpoint with other loss settings (--loss, --loss_alpha*) than it was trained "
-            "with; the model card then records both. Without it such a resume is refused."
-        },
-    )
 
 
 def parse_args(*dataclass_types):
@@ -266,18 +204,18 @@ def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, def
         raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
 
 
-def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, columns: dict, seed: int = 42, **source):
+def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, seed: int = 42):
     """Load the task's data (see [`hf_maxsup.data.load_task_dataset`]), check the named columns and truncate splits.
 
     Args:
         task (`str`): `"image-classification"`, `"text-classification"` or `"translation"`.
-        data_args ([`DataArguments`]), model_args ([`ModelArguments`]): the parsed arguments.
-        columns (`dict[str, str]`): column name -> the flag that named it, for errors that list the columns.
-        **source: extra sources of the task (`train_dir`, `validation_dir` for image folders).
+        data_args ([`DataArguments`]), model_args ([`ModelArguments`]): the parsed arguments; the task's subclass of
+            `DataArguments` names the columns it reads and its other sources (`columns()`, `sources()`).
 
     Returns:
         `datasets.DatasetDict` with `train`, `validation` and possibly `test`.
     """
+    columns = data_args.columns()
     raw = load_task_dataset(
         task,
         dataset_name=data_args.dataset_name,
@@ -290,7 +228,7 @@ def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, c
         validation_split_percentage=data_args.validation_split_percentage,
         seed=seed,
         non_empty_columns=[column for column in columns if column is not None],
-        **source,
+        **data_args.sources(),
     )
     check_columns(raw, columns)
     for split, fix in (
@@ -308,6 +246,24 @@ def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, c
         if split in raw and limit is not None:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
     return raw
+
+
+def start(task: str, model_type: type, data_type: type, training_type: type):
+    """The first steps of every recipe: parse the flags, check the run before any work is done ([`preflight`]), seed,
+    and load the data ([`load_data`]).
+
+    Args:
+        task (`str`): `"image-classification"`, `"text-classification"` or `"translation"`.
+        model_type, data_type (`type`): the task's [`ModelArguments`] and [`DataArguments`] (sub)classes.
+        training_type (`type`): [`MaxSupTrainingArguments`] or its Seq2Seq variant.
+
+    Returns:
+        `(model_args, data_args, training_args, raw)`, `raw` the loaded `datasets.DatasetDict`.
+    """
+    model_args, data_args, training_args, run_args = parse_args(model_type, data_type, training_type, RunArguments)
+    preflight(model_args, training_args, run_args)
+    set_seed(training_args.seed)
+    return model_args, data_args, training_args, load_data(task, data_args, model_args, seed=training_args.seed)
 
 
 def maybe_lora(model, model_args: ModelArguments, task_type: str):

@@ -9,80 +9,21 @@ bytes column) or `--train_dir/--validation_dir` (image folders `<dir>/<label>/<i
 """
 
 import sys
-from dataclasses import dataclass, field
 
-from transformers import default_data_collator, set_seed
+from transformers import default_data_collator
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+from hf_maxsup.arguments import ImageDataArguments, ImageModelArguments
 from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import encode_labels, image_transform
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_image_model
-from hf_maxsup.recipes import (
-    DataArguments,
-    ModelArguments,
-    RunArguments,
-    data_source,
-    load_data,
-    maybe_lora,
-    parse_args,
-    preflight,
-    reliability_diagram_writer,
-    run,
-)
-
-
-@dataclass
-class ImageModelArguments(ModelArguments):
-    model_architecture: str = field(
-        default="convnext",
-        metadata={
-            "help": "Default model without --model_name_or_path: convnext, or resnet (about 6x the steps/s), "
-            "or resnet-small (half its widths, e.g. a distillation student)."
-        },
-    )
-
-
-@dataclass
-class ImageDataArguments(DataArguments):
-    train_dir: str | None = field(default=None, metadata={"help": "Image folder of training images."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Image folder of validation images."})
-    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
-    augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
-    train_val_split: float | None = field(
-        default=None,
-        metadata={
-            "help": "Share of train held out for validation when there is no validation split, as a fraction "
-            "(run_image_classification.py's name); sets --validation_split_percentage."
-        },
-    )
-
-    def __post_init__(self):
-        if self.train_val_split is not None:
-            if not 0.0 <= self.train_val_split < 1.0:
-                raise ValueError(f"--train_val_split must be in [0, 1); got {self.train_val_split}.")
-            self.validation_split_percentage = round(100 * self.train_val_split)
-        super().__post_init__()
+from hf_maxsup.recipes import data_source, maybe_lora, reliability_diagram_writer, run, start
 
 
 def main():
-    model_args, data_args, training_args, run_args = parse_args(
-        ImageModelArguments, ImageDataArguments, MaxSupTrainingArguments, RunArguments
-    )
-    preflight(model_args, training_args, run_args)
-    set_seed(training_args.seed)
-    raw = load_data(
-        "image-classification",
-        data_args,
-        model_args,
-        seed=training_args.seed,
-        columns={
-            data_args.image_column_name: "--image_column_name",
-            data_args.label_column_name: "--label_column_name",
-        },
-        train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir,
+    model_args, data_args, training_args, raw = start(
+        "image-classification", ImageModelArguments, ImageDataArguments, MaxSupTrainingArguments
     )
     raw, labels = encode_labels(raw, data_args.label_column_name)
     model, image_processor = build_image_model(

@@ -12,81 +12,30 @@ pairs) and `--label_column_name`, as in transformers' `run_classification.py`.
 
 import logging
 import sys
-from dataclasses import dataclass, field
 
-from transformers import DataCollatorWithPadding, set_seed
+from transformers import DataCollatorWithPadding
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+from hf_maxsup.arguments import ModelArguments, TextDataArguments
 from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import encode_labels, text_preprocess_function
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_text_model
 from hf_maxsup.recipes import (
-    DataArguments,
-    ModelArguments,
-    RunArguments,
     build_with_shared_tokenizer,
     data_source,
-    load_data,
     maybe_lora,
-    parse_args,
-    preflight,
     reliability_diagram_writer,
     run,
+    start,
 )
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TextDataArguments(DataArguments):
-    text_column_names: str | None = field(
-        default=None,
-        metadata={
-            "help": "Text column(s), comma-separated, as in transformers' run_classification.py: one column, or "
-            "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."
-        },
-    )
-    text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
-    text_pair_column_name: str | None = field(default=None, metadata={"help": "Second text of sentence pairs."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
-    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
-    pad_to_max_length: bool = field(
-        default=False,
-        metadata={
-            "help": "Pad every text to --max_seq_length (run_classification.py does by default); otherwise "
-            "each batch is padded to its longest text."
-        },
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.text_column_names is not None:
-            names = [name.strip() for name in self.text_column_names.split(",") if name.strip()]
-            if not 1 <= len(names) <= 2:
-                raise ValueError(
-                    f"--text_column_names {self.text_column_names}: give one text column, or two for "
-                    "sentence pairs, separated by a comma."
-                )
-            self.text_column_name, self.text_pair_column_name = names[0], (names[1] if len(names) == 2 else None)
-
-
 def main():
-    model_args, data_args, training_args, run_args = parse_args(
-        ModelArguments, TextDataArguments, MaxSupTrainingArguments, RunArguments
-    )
-    preflight(model_args, training_args, run_args)
-    set_seed(training_args.seed)
-    raw = load_data(
-        "text-classification",
-        data_args,
-        model_args,
-        seed=training_args.seed,
-        columns={
-            data_args.text_column_name: "--text_column_name",
-            data_args.text_pair_column_name: "--text_pair_column_name",
-            data_args.label_column_name: "--label_column_name",
-        },
+    model_args, data_args, training_args, raw = start(
+        "text-classification", ModelArguments, TextDataArguments, MaxSupTrainingArguments
     )
     raw, labels = encode_labels(raw, data_args.label_column_name)
     model, tokenizer = build_with_shared_tokenizer(

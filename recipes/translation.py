@@ -23,87 +23,75 @@ and the token-level ECE on the test split, with the claims of Müller et al. 201
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 
-from transformers import DataCollatorForSeq2Seq, set_seed
+from transformers import DataCollatorForSeq2Seq
 
 from hf_maxsup import MaxSupSeq2SeqTrainer, MaxSupSeq2SeqTrainingArguments
+from hf_maxsup.arguments import TranslationDataArguments, TranslationModelArguments
 from hf_maxsup.cli import compare_from_recipe
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
-from hf_maxsup.recipes import (
-    DataArguments,
-    ModelArguments,
-    RunArguments,
-    build_with_shared_tokenizer,
-    data_source,
-    load_data,
-    maybe_lora,
-    parse_args,
-    preflight,
-    run,
-)
+from hf_maxsup.recipes import build_with_shared_tokenizer, data_source, maybe_lora, run, start
 
 
-@dataclass
-class TranslationModelArguments(ModelArguments):
-    model_d_model: int = field(default=256, metadata={"help": "Width of the from-scratch Marian (no checkpoint)."})
-    model_layers: int = field(default=3, metadata={"help": "Encoder and decoder layers of the from-scratch Marian."})
-    vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary of the from-scratch Marian."})
-
-
-@dataclass
-class TranslationDataArguments(DataArguments):
-    source_lang: str = field(default="en", metadata={"help": "Source language key in the translation column."})
-    target_lang: str = field(default="fr", metadata={"help": "Target language key in the translation column."})
-    translation_column_name: str = field(default="translation", metadata={"help": "Column of {lang: text} dicts."})
-    source_prefix: str = field(default="", metadata={"help": "Prefix of every source, e.g. for T5."})
-    max_source_length: int = field(default=128, metadata={"help": "Longer sources are truncated."})
-    max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated."})
-    val_max_target_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Longest generation in evaluation and prediction (run_translation.py's name); sets "
-            "--generation_max_length, which defaults to --max_target_length."
-        },
-    )
-    num_beams: int | None = field(
-        default=None,
-        metadata={
-            "help": "Beams of the generation in evaluation and prediction (run_translation.py's name); sets "
-            "--generation_num_beams."
-        },
-    )
-    pad_to_max_length: bool = field(
-        default=False,
-        metadata={
-            "help": "Pad sources and targets to --max_source_length / --max_target_length; otherwise each batch "
-            "is padded to its longest sequence."
-        },
-    )
-
-
-def main():
-    model_args, data_args, training_args, run_args = parse_args(
-        TranslationModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments, RunArguments
-    )
-    preflight(model_args, training_args, run_args)
-    set_seed(training_args.seed)
-    raw = load_data(
-        "translation",
-        data_args,
-        model_args,
-        seed=training_args.seed,
-        columns={data_args.translation_column_name: "--translation_column_name"},
-    )
-    pairs = raw["train"][data_args.translation_column_name]
+def check_languages(pairs, data_args) -> None:
     missing = {data_args.source_lang, data_args.target_lang} - set(pairs[0])
     if missing:
         raise ValueError(
             f"language(s) {sorted(missing)} (--source_lang/--target_lang) not in the translation column; "
             f"it has: {', '.join(sorted(pairs[0]))}."
         )
+
+
+def set_generation(training_args, data_args) -> None:
+    """run_translation.py's generation flags (`--val_max_target_length`, `--num_beams`) onto the Trainer's."""
+    if data_args.val_max_target_length is not None:
+        training_args.generation_max_length = data_args.val_max_target_length
+    if training_args.generation_max_length is None:
+        training_args.generation_max_length = data_args.max_target_length
+    if data_args.num_beams is not None:
+        training_args.generation_num_beams = data_args.num_beams
+
+
+def tokenize(raw, tokenizer, data_args, training_args):
+    preprocess = translation_preprocess_function(
+        tokenizer,
+        data_args.source_lang,
+        data_args.target_lang,
+        data_args.source_prefix,
+        data_args.max_source_length,
+        data_args.max_target_length,
+        data_args.translation_column_name,
+        data_args.pad_to_max_length,
+    )
+    with training_args.main_process_first(desc="tokenization"):
+        return raw.map(
+            preprocess,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw["train"].column_names,
+        )
+
+
+def signature_writer(compute_metrics, output_dir: str):
+    """An `on_eval` callback that prints the sacreBLEU signatures and saves them to `sacrebleu_signatures.json`."""
+
+    def write(_):
+        if compute_metrics is not None and compute_metrics.signatures:
+            print(f"sacreBLEU signatures: {compute_metrics.signatures}")
+            with open(os.path.join(output_dir, "sacrebleu_signatures.json"), "w") as f:
+                json.dump(compute_metrics.signatures, f, indent=2)
+
+    return write
+
+
+def main():
+    model_args, data_args, training_args, raw = start(
+        "translation", TranslationModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments
+    )
+    pairs = raw["train"][data_args.translation_column_name]
+    check_languages(pairs, data_args)
     model, tokenizer = build_with_shared_tokenizer(
         build_translation_model,
         training_args,
@@ -118,28 +106,8 @@ def main():
         num_layers=model_args.model_layers,
     )
     model = maybe_lora(model, model_args, "translation")
-    if data_args.val_max_target_length is not None:
-        training_args.generation_max_length = data_args.val_max_target_length
-    if training_args.generation_max_length is None:
-        training_args.generation_max_length = data_args.max_target_length
-    if data_args.num_beams is not None:
-        training_args.generation_num_beams = data_args.num_beams
-    with training_args.main_process_first(desc="tokenization"):
-        tokenized = raw.map(
-            translation_preprocess_function(
-                tokenizer,
-                data_args.source_lang,
-                data_args.target_lang,
-                data_args.source_prefix,
-                data_args.max_source_length,
-                data_args.max_target_length,
-                data_args.translation_column_name,
-                data_args.pad_to_max_length,
-            ),
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
-        )
+    set_generation(training_args, data_args)
+    tokenized = tokenize(raw, tokenizer, data_args, training_args)
     compute_metrics = translation_compute_metrics(tokenizer) if training_args.predict_with_generate else None
     trainer = MaxSupSeq2SeqTrainer(
         model=model,
@@ -150,13 +118,6 @@ def main():
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
-
-    def save_signatures(_):
-        if compute_metrics is not None and compute_metrics.signatures:
-            print(f"sacreBLEU signatures: {compute_metrics.signatures}")
-            with open(os.path.join(training_args.output_dir, "sacrebleu_signatures.json"), "w") as f:
-                json.dump(compute_metrics.signatures, f, indent=2)
-
     pair = f"{data_args.source_lang}-{data_args.target_lang}"
     run(
         trainer,
@@ -169,7 +130,7 @@ def main():
             "tasks": "translation",
             "language": [data_args.source_lang, data_args.target_lang],
         },
-        on_eval=save_signatures,
+        on_eval=signature_writer(compute_metrics, training_args.output_dir),
     )
 
 

@@ -1,0 +1,212 @@
+"""The recipes' command-line arguments: the model, the data of each task, and how a run treats its `output_dir`.
+
+Each dataclass is one group of flags of [`hf_maxsup.recipes.parse_args`]; the names follow the transformers example
+scripts (`run_image_classification.py`, `run_classification.py`, `run_translation.py`), ours kept as aliases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DataArguments",
+    "ImageDataArguments",
+    "ImageModelArguments",
+    "ModelArguments",
+    "RunArguments",
+    "TextDataArguments",
+    "TranslationDataArguments",
+    "TranslationModelArguments",
+]
+
+
+@dataclass
+class ModelArguments:
+    """Which model to fine-tune (or, without `model_name_or_path`, the offline default built from a config)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Local directory or Hub id of a pretrained model. Default: the task's offline model."},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from: a Hub dataset, local files, or (nothing given) the embedded real data."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Dataset on the Hub (datasets.load_dataset)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of that dataset."})
+    train_file: str | None = field(default=None, metadata={"help": "Local training file (csv, json, jsonl, parquet)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file (for --do_predict)."})
+    validation_split_percentage: int = field(
+        default=10, metadata={"help": "Share of train held out for validation when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
+
+    def __post_init__(self):
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(
+                f"--validation_split_percentage must be in [0, 100); got {self.validation_split_percentage}."
+            )
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "preprocessing_num_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}. Leave it out for no limit.")
+
+    def columns(self) -> dict:
+        """The columns the task reads, each mapped to the flag that names it (for errors that list the columns)."""
+        return {}
+
+    def sources(self) -> dict:
+        """Sources of the task beyond files and the Hub (the image folders of the image task)."""
+        return {}
+
+
+@dataclass
+class RunArguments:
+    """How a run treats an `output_dir` that holds an earlier run."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an --output_dir that holds a finished run or checkpoints, replacing them "
+            "(their checkpoint-* folders are deleted). Without it such a run is refused."
+        },
+    )
+    allow_loss_change: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume a checkpoint with other loss settings (--loss, --loss_alpha*) than it was trained "
+            "with; the model card then records both. Without it such a resume is refused."
+        },
+    )
+
+
+@dataclass
+class ImageModelArguments(ModelArguments):
+    model_architecture: str = field(
+        default="convnext",
+        metadata={
+            "help": "Default model without --model_name_or_path: convnext, or resnet (about 6x the steps/s), "
+            "or resnet-small (half its widths, e.g. a distillation student)."
+        },
+    )
+
+
+@dataclass
+class ImageDataArguments(DataArguments):
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder of training images."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder of validation images."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+    augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
+    train_val_split: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of train held out for validation when there is no validation split, as a fraction "
+            "(run_image_classification.py's name); sets --validation_split_percentage."
+        },
+    )
+
+    def __post_init__(self):
+        if self.train_val_split is not None:
+            if not 0.0 <= self.train_val_split < 1.0:
+                raise ValueError(f"--train_val_split must be in [0, 1); got {self.train_val_split}.")
+            self.validation_split_percentage = round(100 * self.train_val_split)
+        super().__post_init__()
+
+    def columns(self) -> dict:
+        return {self.image_column_name: "--image_column_name", self.label_column_name: "--label_column_name"}
+
+    def sources(self) -> dict:
+        return {"train_dir": self.train_dir, "validation_dir": self.validation_dir}
+
+
+@dataclass
+class TextDataArguments(DataArguments):
+    text_column_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text column(s), comma-separated, as in transformers' run_classification.py: one column, or "
+            "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."
+        },
+    )
+    text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
+    text_pair_column_name: str | None = field(default=None, metadata={"help": "Second text of sentence pairs."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Pad every text to --max_seq_length (run_classification.py does by default); otherwise "
+            "each batch is padded to its longest text."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.text_column_names is not None:
+            names = [name.strip() for name in self.text_column_names.split(",") if name.strip()]
+            if not 1 <= len(names) <= 2:
+                raise ValueError(
+                    f"--text_column_names {self.text_column_names}: give one text column, or two for "
+                    "sentence pairs, separated by a comma."
+                )
+            self.text_column_name, self.text_pair_column_name = names[0], (names[1] if len(names) == 2 else None)
+
+    def columns(self) -> dict:
+        return {
+            self.text_column_name: "--text_column_name",
+            self.text_pair_column_name: "--text_pair_column_name",
+            self.label_column_name: "--label_column_name",
+        }
+
+
+@dataclass
+class TranslationModelArguments(ModelArguments):
+    model_d_model: int = field(default=256, metadata={"help": "Width of the from-scratch Marian (no checkpoint)."})
+    model_layers: int = field(default=3, metadata={"help": "Encoder and decoder layers of the from-scratch Marian."})
+    vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary of the from-scratch Marian."})
+
+
+@dataclass
+class TranslationDataArguments(DataArguments):
+    source_lang: str = field(default="en", metadata={"help": "Source language key in the translation column."})
+    target_lang: str = field(default="fr", metadata={"help": "Target language key in the translation column."})
+    translation_column_name: str = field(default="translation", metadata={"help": "Column of {lang: text} dicts."})
+    source_prefix: str = field(default="", metadata={"help": "Prefix of every source, e.g. for T5."})
+    max_source_length: int = field(default=128, metadata={"help": "Longer sources are truncated."})
+    max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated."})
+    val_max_target_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest generation in evaluation and prediction (run_translation.py's name); sets "
+            "--generation_max_length, which defaults to --max_target_length."
+        },
+    )
+    num_beams: int | None = field(
+        default=None,
+        metadata={
+            "help": "Beams of the generation in evaluation and prediction (run_translation.py's name); sets "
+            "--generation_num_beams."
+        },
+    )
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Pad sources and targets to --max_source_length / --max_target_length; otherwise each batch "
+            "is padded to its longest sequence."
+        },
+    )
+
+    def columns(self) -> dict:
+        return {self.translation_column_name: "--translation_column_name"}
