@@ -60,11 +60,12 @@ class Member:
 
 
 def default_recipe() -> str:
-    """The image-classification recipe of the repository checkout this package is installed from."""
-    path = Path(__file__).resolve().parent.parent / "recipes" / "image_classification.py"
+    """The image-classification recipe shipped with the package: `hf_maxsup/scripts/` is the repository's `recipes/`
+    (a link in a checkout, a copy in a wheel), so the path is the checkout's own script when there is one."""
+    path = (Path(__file__).parent / "scripts" / "image_classification.py").resolve()
     if not path.is_file():
         raise FileNotFoundError(
-            f"no recipe at {path}: hf_maxsup is not installed from a repository checkout. Pass --recipe "
+            f"no recipe at {path}: this installation of hf_maxsup lacks its scripts. Reinstall it, or pass --recipe "
             "path/to/recipes/image_classification.py (or another recipe that takes --loss, --seed and --output_dir)."
         )
     return str(path)
