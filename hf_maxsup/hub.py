@@ -223,85 +223,147 @@ def write_model_card(
     Returns:
         [`~huggingface_hub.ModelCard`]: the card written.
     """
-    from . import __version__
+    output_dir = output_dir or trainer.args.output_dir
+    run = _run_facts(trainer, output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    if run["is_adapter"]:  # peft writes its own card first: its fields are read back from it and kept in ours
+        run["peft_fields"] = _peft_card_fields(trainer.accelerator.unwrap_model(trainer.model), output_dir)
+    card = _render_card(
+        run,
+        model_name=model_name,
+        language=language,
+        license=license,
+        tags=tags,
+        finetuned_from=finetuned_from,
+        tasks=tasks,
+        dataset=dataset,
+        dataset_tags=dataset_tags,
+        dataset_args=dataset_args,
+        loss_history=loss_history,
+    )
+    card.save(os.path.join(output_dir, "README.md"))
+    return card
 
+
+def _run_facts(trainer, output_dir: str) -> dict:
+    """What the card says about the run, as plain values: read off the trainer, the library versions and the output
+    directory (whether it holds a reliability diagram); `peft_fields` of an adapter are added once peft has written
+    its card."""
     loss_fn = _loss_func_of(trainer)
     args, state = trainer.args, trainer.state
-    output_dir = output_dir or args.output_dir
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_adapter = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
     base = model.get_base_model() if is_adapter else model
-
-    finetuned_from = finetuned_from if finetuned_from is not None else _hub_base_model(base)
-    model_task = task_of(type(base).__name__)
-    task = next(iter(_as_list(tasks)), model_task)
-    hub_model_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id
-    model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).name)
-    eval_split = getattr(trainer.eval_dataset, "split", None)
     loss = _loss_summary(loss_fn, state)
-    evaluations = [entry for entry in state.log_history if _metrics(entry)]
-    results = _final_results(evaluations, getattr(args, "predict_with_generate", False))
-    hyperparameters = extract_hyperparameters_from_trainer(trainer)
-    hyperparameters["loss"] = _describe_settings(loss)
-    # MaxSupTrainer's teacher and settings; a plain Trainer has none.
-    distillation = getattr(trainer, "distillation", None)
-    if distillation:
-        hyperparameters["distillation"] = (
-            f"from {distillation['teacher']}, distill_alpha {distillation['alpha']}, "
-            f"temperature {distillation['temperature']}"
-        )
+    eval_split = getattr(trainer.eval_dataset, "split", None)
+    return {
+        "output_dir": output_dir,
+        "run_name": Path(args.output_dir).name,
+        "hub_model_id": getattr(trainer, "hub_model_id", None) or args.hub_model_id,
+        "is_adapter": is_adapter,
+        "hub_base_model": _hub_base_model(base),
+        "model_task": task_of(type(base).__name__),
+        "model_tags": list(getattr(model, "model_tags", None) or []),
+        "loss": loss,
+        "loss_metadata": loss_metadata(
+            loss["name"], loss["alpha"], loss_fn.alpha_end, loss["schedule"], loss["ls_mass"]
+        ),
+        # MaxSupTrainer's teacher and settings; a plain Trainer has none.
+        "distillation": getattr(trainer, "distillation", None),
+        "evaluations": [entry for entry in state.log_history if _metrics(entry)],
+        "predict_with_generate": getattr(args, "predict_with_generate", False),
+        "eval_split": str(eval_split) if eval_split else None,
+        "hyperparameters": extract_hyperparameters_from_trainer(trainer),
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "versions": _versions(is_adapter),
+        "has_reliability_diagram": os.path.isfile(os.path.join(output_dir, RELIABILITY_DIAGRAM)),
+        "peft_fields": None,
+    }
+
+
+def _versions(is_adapter: bool) -> dict[str, str]:
+    """The versions of the libraries the run trained with, for the card's "Framework versions"."""
+    from . import __version__
+
+    names = ("transformers", "torch", "datasets", "tokenizers", *(("peft",) if is_adapter else ()))
+    return {"hf_maxsup": __version__} | {name: importlib.metadata.version(name) for name in names}
+
+
+def _render_card(
+    run: dict,
+    *,
+    model_name: str | None,
+    language,
+    license: str | None,
+    tags,
+    finetuned_from: str | None,
+    tasks,
+    dataset,
+    dataset_tags,
+    dataset_args,
+    loss_history: list[dict] | None,
+) -> ModelCard:
+    """The card, a pure function of plain values: `run` of [`_run_facts`] and the arguments of
+    [`write_model_card`]."""
+    finetuned_from = finetuned_from if finetuned_from is not None else run["hub_base_model"]
+    task = next(iter(_as_list(tasks)), run["model_task"])
+    hub_model_id = run["hub_model_id"]
+    model_name = model_name or (hub_model_id.split("/")[-1] if hub_model_id else run["run_name"])
+    evaluations = run["evaluations"]
+    results = _final_results(evaluations, run["predict_with_generate"])
     card_data = ModelCardData(
         model_name=model_name,
         base_model=finetuned_from,
         library_name="transformers",
         language=language,
         license=license,
-        tags=_card_tags(loss["name"], tags, model, distillation),
+        tags=_card_tags(run["loss"]["name"], tags, run["model_tags"], run["distillation"]),
         datasets=_as_list(dataset_tags) or None,
         pipeline_tag=task if task in _PIPELINE_TAGS else None,
-        eval_results=_eval_results(results, task, dataset, dataset_tags, dataset_args, eval_split) or None,
+        eval_results=_eval_results(results, task, dataset, dataset_tags, dataset_args, run["eval_split"]) or None,
         # Machine-readable loss settings, for tools that compare runs.
-        hf_maxsup={
-            **loss_metadata(loss["name"], loss["alpha"], loss_fn.alpha_end, loss["schedule"], loss["ls_mass"]),
-            **({"history": loss_history} if loss_history else {}),
-        },
+        hf_maxsup={**run["loss_metadata"], **({"history": loss_history} if loss_history else {})},
         # Beside hf_maxsup, whose settings a resumed run must match: a teacher is not part of the loss's identity.
-        hf_maxsup_distillation=distillation or None,
+        hf_maxsup_distillation=run["distillation"] or None,
     )
-    versions = {"hf_maxsup": __version__}
-    versions |= {name: importlib.metadata.version(name) for name in ("transformers", "torch", "datasets", "tokenizers")}
-    path = os.path.join(output_dir, "README.md")
-    os.makedirs(output_dir, exist_ok=True)
-    if is_adapter:
-        _merge_peft_card_fields(model, output_dir, card_data)
-        versions["peft"] = importlib.metadata.version("peft")
-    card = ModelCard.from_template(
+    if run["peft_fields"] is not None:
+        _merge_peft_card_fields(card_data, run["peft_fields"])
+    return ModelCard.from_template(
         card_data,
         template_str=_template(),
         model_name=model_name,
         finetuned_from=finetuned_from,
-        is_adapter=is_adapter,
+        is_adapter=run["is_adapter"],
         task_name=TASK_TAG_TO_NAME_MAPPING.get(task, task or "classification"),
         dataset=next(iter(_as_list(dataset) or _as_list(dataset_tags)), None),
-        loss=loss,
-        global_step=state.global_step,
-        max_steps=state.max_steps,
+        loss=run["loss"],
+        global_step=run["global_step"],
+        max_steps=run["max_steps"],
         results=results,
         results_step=evaluations[-1].get("step") if evaluations else None,
-        eval_split=str(eval_split) if eval_split else None,
+        eval_split=run["eval_split"],
         history=[{"epoch": e.get("epoch"), "step": e.get("step"), "values": _metrics(e)} for e in evaluations],
         history_columns=results,
-        reliability_diagram=RELIABILITY_DIAGRAM
-        if os.path.isfile(os.path.join(output_dir, RELIABILITY_DIAGRAM))
-        else None,
-        hyperparameters=hyperparameters,
-        versions=versions,
-        auto_class=_AUTO_CLASSES.get(model_task),
-        local_path=_local_path(output_dir),
+        reliability_diagram=RELIABILITY_DIAGRAM if run["has_reliability_diagram"] else None,
+        hyperparameters=_hyperparameters(run),
+        versions=run["versions"],
+        auto_class=_AUTO_CLASSES.get(run["model_task"]),
+        local_path=_local_path(run["output_dir"]),
         repo_id=hub_model_id or f"<your-username>/{model_name}",
     )
-    card.save(path)
-    return card
+
+
+def _hyperparameters(run: dict) -> dict:
+    """The Trainer's hyper-parameters, with the loss and, for a distilled run, the teacher and its settings."""
+    hyperparameters = {**run["hyperparameters"], "loss": _describe_settings(run["loss"])}
+    distillation = run["distillation"]
+    if distillation:
+        hyperparameters["distillation"] = (
+            f"from {distillation['teacher']}, distill_alpha {distillation['alpha']}, "
+            f"temperature {distillation['temperature']}"
+        )
+    return hyperparameters
 
 
 def _hub_base_model(model) -> str | None:
@@ -375,7 +437,7 @@ def _eval_results(results, task, dataset, dataset_tags, dataset_args, eval_split
     ]
 
 
-def _card_tags(loss_name: str, tags, model, distillation) -> list[str]:
+def _card_tags(loss_name: str, tags, model_tags: list[str], distillation) -> list[str]:
     """hf_maxsup's tags, the loss's, the user's and the model's own, each once."""
     all_tags = [
         "hf_maxsup",
@@ -383,20 +445,30 @@ def _card_tags(loss_name: str, tags, model, distillation) -> list[str]:
         "generated_from_trainer",
         *(["knowledge-distillation"] if distillation else []),
     ]
-    for tag in [*_as_list(tags), *(getattr(model, "model_tags", None) or [])]:
+    for tag in [*_as_list(tags), *model_tags]:
         if tag not in all_tags:
             all_tags.append(tag)
     return all_tags
 
 
-def _merge_peft_card_fields(model, output_dir: str, card_data: ModelCardData) -> None:
-    """peft's own card fields (library_name "peft", the base model, its tags) are authoritative for an adapter."""
+def _peft_card_fields(model, output_dir: str) -> dict:
+    """The card fields peft writes for an adapter (library_name "peft", the base model, its tags)."""
     model.create_or_update_model_card(output_dir)
     peft_data = ModelCard.load(os.path.join(output_dir, "README.md")).data
-    card_data.library_name = peft_data.library_name
-    card_data.base_model = peft_data.base_model
-    card_data.tags += [tag for tag in peft_data.tags or [] if tag not in card_data.tags]
-    card_data.pipeline_tag = peft_data.pipeline_tag or card_data.pipeline_tag
+    return {
+        "library_name": peft_data.library_name,
+        "base_model": peft_data.base_model,
+        "tags": list(peft_data.tags or []),
+        "pipeline_tag": peft_data.pipeline_tag,
+    }
+
+
+def _merge_peft_card_fields(card_data: ModelCardData, peft_fields: dict) -> None:
+    """peft's own card fields are authoritative for an adapter; its tags add to ours."""
+    card_data.library_name = peft_fields["library_name"]
+    card_data.base_model = peft_fields["base_model"]
+    card_data.tags += [tag for tag in peft_fields["tags"] if tag not in card_data.tags]
+    card_data.pipeline_tag = peft_fields["pipeline_tag"] or card_data.pipeline_tag
 
 
 def failure_message(err: Exception, trainer, token: str | None = None, *, saved: bool = True) -> str:
