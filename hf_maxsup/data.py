@@ -317,24 +317,32 @@ def load_task_dataset(
     data_dirs = {
         split: path for split, path in (("train", train_dir), ("validation", validation_dir)) if path is not None
     }
+    dataset = _load_source(task, dataset_name, dataset_config_name, data_files, data_dirs, cache_dir, token)
+    _check_no_empty_cells(dataset, non_empty_columns, data_files)
+    return _hold_out_validation(dataset, validation_split_percentage, seed)
+
+
+def _load_source(task: str, dataset_name, dataset_config_name, data_files: dict, data_dirs: dict, cache_dir, token):
+    """The data of the one source given (see [`load_task_dataset`]), the embedded data when none is."""
     if sum(map(bool, (dataset_name, data_files, data_dirs))) > 1:
         raise ValueError(
             "Pass only one data source: --dataset_name, local files (--train_file/--validation_file/--test_file) "
             "or image folders (--train_dir/--validation_dir)."
         )
-
     if dataset_name is not None:
-        dataset = _load_hub_dataset(task, dataset_name, dataset_config_name, cache_dir, token)
-    elif data_dirs:
-        dataset = _load_image_folders(task, data_dirs, cache_dir)
-    elif data_files:
-        dataset = _load_data_files(data_files, cache_dir)
-    else:
-        dataset = load_embedded_dataset(task)
-    _check_no_empty_cells(dataset, non_empty_columns, data_files)
+        return _load_hub_dataset(task, dataset_name, dataset_config_name, cache_dir, token)
+    if data_dirs:
+        return _load_image_folders(task, data_dirs, cache_dir)
+    if data_files:
+        return _load_data_files(data_files, cache_dir)
+    return load_embedded_dataset(task)
 
-    if "train" in dataset and "validation" not in dataset and validation_split_percentage > 0:
-        split = dataset["train"].train_test_split(test_size=validation_split_percentage / 100, seed=seed)
+
+def _hold_out_validation(dataset: DatasetDict, percentage: int, seed: int) -> DatasetDict:
+    """`dataset` with `percentage` % of `train` held out as `validation` when it has a train split but no validation
+    split (and `percentage` > 0)."""
+    if "train" in dataset and "validation" not in dataset and percentage > 0:
+        split = dataset["train"].train_test_split(test_size=percentage / 100, seed=seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
     return dataset
 

@@ -159,6 +159,11 @@ def build_image_model(
         image_mean=[FASHION_MNIST_MEAN] * num_channels,
         image_std=[FASHION_MNIST_STD] * num_channels,
     )
+    return _scratch_image_model(architecture, labels, image_size, num_channels), image_processor
+
+
+def _scratch_image_model(architecture: str, labels: Sequence[str], image_size: int, num_channels: int):
+    """The from-scratch default of [`build_image_model`] for `architecture`."""
     if architecture in ("resnet", "resnet-small"):
         width = 32 if architecture == "resnet" else 16
         config = ResNetConfig(
@@ -170,7 +175,7 @@ def build_image_model(
             downsample_in_first_stage=False,
             **_label_maps(labels),
         )
-        return ResNetForImageClassification(config), image_processor
+        return ResNetForImageClassification(config)
     config = ConvNextConfig(
         num_channels=num_channels,
         patch_size=2,
@@ -183,7 +188,7 @@ def build_image_model(
         image_size=image_size,
         **_label_maps(labels),
     )
-    return ConvNextForImageClassification(config), image_processor
+    return ConvNextForImageClassification(config)
 
 
 def _default_text_model_path() -> str | None:
@@ -363,6 +368,11 @@ def build_translation_model(
             )
         texts = (pair[lang] for pair in train_pairs for lang in (source_lang, target_lang))
         tokenizer = _train_bpe_tokenizer(texts, vocab_size, model_max_length=256)
+    return _scratch_marian(tokenizer, d_model, num_layers), tokenizer
+
+
+def _scratch_marian(tokenizer: PreTrainedTokenizerFast, d_model: int, num_layers: int) -> MarianMTModel:
+    """The from-scratch Marian of [`build_translation_model`], sized for `tokenizer`, generating until its eos."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     config = MarianConfig(
         vocab_size=len(tokenizer),
@@ -390,7 +400,7 @@ def build_translation_model(
         bad_words_ids=[[pad]],
         max_length=tokenizer.model_max_length,
     )
-    return model, tokenizer
+    return model
 
 
 _LORA_ATTENTION_NAMES = (("q_proj", "v_proj"), ("query", "value"), ("q", "v"))
