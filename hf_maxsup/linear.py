@@ -19,7 +19,7 @@ import torch
 
 from . import kernels
 from .kernels import SUMS
-from .losses import smoothing_weight
+from .losses import check_label_range, check_loss_options, smoothing_weight
 
 __all__ = [
     "default_chunk_size",
@@ -28,9 +28,6 @@ __all__ = [
     "linear_cross_entropy",
     "maxsup_linear_cross_entropy",
 ]
-
-_REDUCTIONS = ("none", "sum", "mean")
-
 
 # The smallest chunk of logits worth a matmul: fewer rows than this make every chunk re-read the whole weight for
 # too little work (measured on a CPU: 32-row chunks of a 32k x 512 head ran 1.5x slower than 64-row ones).
@@ -80,21 +77,8 @@ def _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_ba
             f"labels of shape {tuple(target.shape)} do not match hidden states of shape "
             f"{tuple(hidden.shape)}: they need shape {tuple(hidden.shape[:-1])}."
         )
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
-    if num_items_in_batch is not None and reduction == "none":
-        raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
-    if kind not in kernels.KINDS:
-        raise ValueError(f"unknown loss {kind!r}; valid names: {', '.join(kernels.KINDS)}.")
-    if kind != "ce" and not 0.0 <= float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
-    vocab_size = weight.shape[0]
-    bad = (target != ignore_index) & ((target < 0) | (target >= vocab_size))
-    if bool(bad.any()):
-        raise ValueError(
-            f"label value {target[bad][0].item()} is outside [0, {vocab_size}): the head has "
-            f"V={vocab_size} outputs. Mark positions to skip with ignore_index={ignore_index}."
-        )
+    check_loss_options(kind, alpha, reduction, num_items_in_batch)
+    check_label_range(target, weight.shape[0], ignore_index, f"the head has V={weight.shape[0]} outputs")
 
 
 def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool, row_scale=None, row_loss=None):

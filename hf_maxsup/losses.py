@@ -30,6 +30,8 @@ __all__ = [
     "LS_MASSES",
     "LabelSmoothingLoss",
     "MaxSupLoss",
+    "check_label_range",
+    "check_loss_options",
     "cross_entropy",
     "distillation_loss",
     "get_loss_fn",
@@ -86,15 +88,54 @@ def _check_labels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
             f"labels of shape {tuple(target.shape)} do not match logits of shape {tuple(logits.shape)}: class "
             f"indices need shape {tuple(logits.shape[:-1])} (the logits' shape without the class dimension).{hint}"
         )
-    num_classes = logits.shape[-1]
+    check_label_range(target, logits.shape[-1], ignore_index, f"the logits have K={logits.shape[-1]} classes")
+
+
+def check_label_range(target: torch.Tensor, num_classes: int, ignore_index: int, classes: str) -> None:
+    """Check that every class index of `target` other than `ignore_index` is in `[0, num_classes)`: the check of the
+    logit losses here and of the fused linear losses of `hf_maxsup.linear`.
+
+    Args:
+        target (`torch.Tensor`): integer class indices.
+        num_classes (`int`): the number of classes the model scores.
+        ignore_index (`int`): the label value that marks positions to skip.
+        classes (`str`): where `num_classes` comes from, for the message, e.g. `"the logits have K=5 classes"`.
+
+    Raises:
+        `ValueError`: naming the first label out of range.
+    """
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):  # the one host synchronisation of a call on a GPU: a wrong label must not read out of bounds
         value = target[bad][0].item()
         raise ValueError(
-            f"label value {value} is outside [0, {num_classes}): the logits have K={num_classes} classes. "
-            f"Set the model's num_labels to the number of classes, or mark positions to skip with "
+            f"label value {value} is outside [0, {num_classes}): {classes}. Set the model's num_labels (or a language "
+            f"model's vocabulary size) to the number of classes, or mark positions to skip with "
             f"ignore_index={ignore_index}."
         )
+
+
+def check_loss_options(kind: str, alpha: float = 0.0, reduction: str = "mean", num_items_in_batch=None) -> None:
+    """Check the options that every loss of hf_maxsup takes: the logit losses here and the fused linear losses of
+    `hf_maxsup.linear`. The defaults pass, so that a caller checks only what it has.
+
+    Args:
+        kind (`str`): the loss, `"ce"`, `"ls"` or `"maxsup"`.
+        alpha (`float`, *optional*, defaults to 0.0): the weight of the regulariser, in `[0, 1)` (any for `"ce"`).
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"`.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*): the divisor of the summed loss, which
+            `reduction="none"` does not have.
+
+    Raises:
+        `ValueError`: saying which option is wrong and what it may be.
+    """
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; valid names: {', '.join(LOSSES)}.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
+    if num_items_in_batch is not None and reduction == "none":
+        raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
+    if kind != "ce" and not 0.0 <= float(alpha) < 1.0:
+        raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
 
 
 def _check_inputs(
@@ -113,12 +154,7 @@ def _check_inputs(
         )
     if not isinstance(target, torch.Tensor):
         raise ValueError(f"target must be a tensor of class indices or soft targets; got {type(target).__name__}.")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
-    if num_items_in_batch is not None and reduction == "none":
-        raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
-    if kind != "ce" and not 0.0 <= float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
+    check_loss_options(kind, alpha, reduction, num_items_in_batch)
     if target.is_floating_point():
         _check_soft_targets(logits, target)
     else:
@@ -193,8 +229,6 @@ def distillation_loss(
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}.")
     if (
         not isinstance(teacher_logits, torch.Tensor)
         or not teacher_logits.is_floating_point()
@@ -366,8 +400,7 @@ LOSSES: dict[str, Callable] = {
 
 def get_loss_fn(name: str) -> Callable:
     """Return the loss function registered under `name` (`"ce"`, `"ls"` or `"maxsup"`)."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}.")
+    check_loss_options(name)
     return LOSSES[name]
 
 
