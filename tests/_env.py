@@ -16,9 +16,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), **extra}
 
 
-def run_one_and_two_processes(script: str, output_root, *args: str, batch_size: int = 8) -> dict[str, Path]:
+def run_one_and_two_processes(
+    script: str, output_root, *args: str, batch_size: int = 8, env: dict[str, str] | None = None
+) -> dict[str, Path]:
     """Runs `script` once in one process with `--per_device_train_batch_size batch_size` and once in two DDP processes
-    (gloo on CPU) with half of it, the same global batch; returns their output folders, `one` and `two`.
+    (gloo on CPU) with half of it, the same global batch; returns their output folders, `one` and `two`. `env` adds
+    to the environment of [`subprocess_env`].
 
     `accelerate launch --cpu` picks the MPI launcher; `--multi_gpu` is the torchrun launcher, which runs on CPU too.
     """
@@ -47,7 +50,7 @@ def run_one_and_two_processes(script: str, output_root, *args: str, batch_size: 
         outputs[name] = Path(output_root) / name
         result = subprocess.run(
             [*command, *args, "--output_dir", str(outputs[name])],
-            env=subprocess_env(),
+            env=subprocess_env(**(env or {})),
             capture_output=True,
             text=True,
             timeout=300,

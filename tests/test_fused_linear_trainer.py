@@ -1,25 +1,24 @@
 """fused_linear_loss in the trainers: same loss, gradients and logs as the logits path, for each family tested."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from _env import subprocess_env
+from _env import run_one_and_two_processes
 from datasets import Dataset
 from test_trainer import COMMON, GradCapture, max_relative_error
-from tiny_run import PAD, VOCAB, collate, tiny_bert, tiny_dataset, tiny_marian
-from transformers import (
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    T5Config,
-    T5ForConditionalGeneration,
+from tiny_run import (
+    ENCODER_DECODER_SIZES,
+    EOS,
+    PAD,
+    SEQ2SEQ_TOKENS,
+    collate,
+    tiny_bert,
+    tiny_dataset,
+    tiny_marian,
+    tiny_model,
 )
+from transformers import Gemma2ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, T5ForConditionalGeneration
 
 import hf_maxsup.trainer
 from hf_maxsup import (
@@ -37,57 +36,28 @@ def tiny_marian_with_bias():
     return model
 
 
+# Decoder-only sizes in the Llama naming (Gemma2 and the other decoder-only models of hf_maxsup.heads share it).
+DECODER_SIZES = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
+T5_SIZES = {"d_model": 32, "d_kv": 16, "d_ff": 37, "num_layers": 1, "num_heads": 2}
+
+
 def tiny_t5():
-    torch.manual_seed(0)
-    return T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=VOCAB,
-            d_model=32,
-            d_kv=16,
-            d_ff=37,
-            num_layers=1,
-            num_heads=2,
-            dropout_rate=0.0,
-            pad_token_id=PAD,
-            eos_token_id=1,
-            decoder_start_token_id=PAD,
-        )
-    )
+    return tiny_model(T5ForConditionalGeneration, **T5_SIZES, dropout_rate=0.0, **SEQ2SEQ_TOKENS)
 
 
 def tiny_gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=32,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=1,
-            eos_token_id=1,
-        )
-    )
+    sizes = {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 32, "bos_token_id": EOS, "eos_token_id": EOS}
+    return tiny_model(GPT2LMHeadModel, **sizes, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
 def tiny_llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            pad_token_id=PAD,
-            bos_token_id=1,
-            eos_token_id=1,
-        )
-    )
+    return tiny_model(LlamaForCausalLM, **DECODER_SIZES, pad_token_id=PAD, bos_token_id=EOS, eos_token_id=EOS)
 
 
 def causal_dataset(n=8):
@@ -207,39 +177,15 @@ def train_two_steps(output_dir, batch_size):
 
 def test_two_processes_match_one(tmp_path):
     """DDP (gloo, CPU): the fused path runs the wrapped forward, so gradients are all-reduced as usual."""
-    train_two_steps(tmp_path / "one", 8)
     script = tmp_path / "run.py"
     script.write_text(
-        "import sys\nfrom test_fused_linear_trainer import train_two_steps\n"
-        "train_two_steps(sys.argv[1], int(sys.argv[2]))\n"
+        "import argparse\nfrom test_fused_linear_trainer import train_two_steps\n"
+        "parser = argparse.ArgumentParser()\n"
+        "parser.add_argument('--per_device_train_batch_size', type=int)\nparser.add_argument('--output_dir')\n"
+        "args = parser.parse_args()\ntrain_two_steps(args.output_dir, args.per_device_train_batch_size)\n"
     )
-    env = subprocess_env(OMP_NUM_THREADS="1")
-    # `accelerate launch --multi_gpu` is the torchrun launcher, which runs on CPU too (see test_trainer.py).
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            str(script),
-            str(tmp_path / "two"),
-            "4",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    one, two = (torch.load(tmp_path / name / "params.pt") for name in ("one", "two"))
+    outputs = run_one_and_two_processes(str(script), tmp_path, env={"OMP_NUM_THREADS": "1"})
+    one, two = (torch.load(outputs[name] / "params.pt") for name in ("one", "two"))
     assert any(not torch.equal(one[name], value) for name, value in tiny_gpt2().state_dict().items())
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
@@ -304,23 +250,12 @@ def test_unsupported_models_get_clear_errors(tmp_path):
     assert "does not know how BertForSequenceClassification computes its logits" in message
     assert "Marian (MarianMTModel)" in message and "Llama (LlamaForCausalLM)" in message
     assert "Set fused_linear_loss=False" in message
-    gemma2 = Gemma2ForCausalLM(
-        Gemma2Config(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            final_logit_softcapping=30.0,
-        )
-    )
+    gemma2 = tiny_model(Gemma2ForCausalLM, **DECODER_SIZES, head_dim=16, final_logit_softcapping=30.0)
     with pytest.raises(ValueError, match=r"soft-caps its logits \(final_logit_softcapping=30.0\)"):
         MaxSupTrainer(model=gemma2, args=args)
 
 
-def tiny_model(class_name):
+def tiny_head_model(class_name):
     """A tiny model of every class in heads.HEADS, Marian-like for the encoder-decoders."""
     import transformers
 
@@ -331,33 +266,14 @@ def tiny_model(class_name):
             "GPT2LMHeadModel": tiny_gpt2,
             "LlamaForCausalLM": tiny_llama,
         }[class_name]()
-    torch.manual_seed(0)
     model_class = getattr(transformers, class_name)
-    sizes = dict(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=1, decoder_start_token_id=PAD)
     if class_name == "MT5ForConditionalGeneration":
-        sizes.update(d_model=32, d_kv=16, d_ff=37, num_layers=1, num_heads=2)
+        sizes = T5_SIZES
     elif model_class.config_class().is_encoder_decoder:
-        sizes.update(
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=37,
-            decoder_ffn_dim=37,
-            max_position_embeddings=64,
-        )
+        sizes = ENCODER_DECODER_SIZES
     else:
-        sizes.update(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            bos_token_id=1,
-        )
-    model = model_class(model_class.config_class(**sizes))
+        sizes = {**DECODER_SIZES, "head_dim": 16, "bos_token_id": EOS}
+    model = tiny_model(model_class, **sizes, **SEQ2SEQ_TOKENS)
     if hasattr(model, "final_logits_bias"):
         torch.nn.init.normal_(model.final_logits_bias)  # zeros at initialisation: make the bias count
     return model
@@ -366,7 +282,7 @@ def tiny_model(class_name):
 @pytest.mark.parametrize("class_name", heads.HEADS)
 def test_head_inputs_give_the_model_logits(class_name):
     """What the head reads, times its weight, plus the family's bias, is the model's own logits."""
-    model = tiny_model(class_name).eval()
+    model = tiny_head_model(class_name).eval()
     assert type(model).__name__ == class_name
     batch = collate(list(tiny_dataset(3, task="seq2seq")))
     labels = batch.pop("labels")

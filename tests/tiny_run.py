@@ -12,56 +12,49 @@ import os
 
 import torch
 from datasets import Dataset
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    MarianConfig,
-    MarianMTModel,
-)
+from transformers import BertForSequenceClassification, BertForTokenClassification, MarianMTModel
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
 from hf_maxsup.recipes import prepare_engine
 
-VOCAB, PAD = 50, 0
+VOCAB, PAD, EOS = 50, 0, 1
+# Marian's special tokens, which every tiny seq2seq model shares: decoding starts from PAD.
+SEQ2SEQ_TOKENS = {"pad_token_id": PAD, "eos_token_id": EOS, "decoder_start_token_id": PAD}
+# Encoder-decoder sizes in the BART naming (Marian, and the other encoder-decoders of hf_maxsup.heads).
+ENCODER_DECODER_SIZES = {
+    "d_model": 32,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 37,
+    "decoder_ffn_dim": 37,
+    "max_position_embeddings": 64,
+}
+
+
+def tiny_model(model_class, seed=0, **config):
+    """A `model_class` of vocabulary `VOCAB` with these config values, its weights drawn after seeding with `seed`."""
+    torch.manual_seed(seed)
+    return model_class(model_class.config_class(vocab_size=VOCAB, **config))
 
 
 def tiny_bert(num_labels=4, token_level=False, seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+    return tiny_model(
+        BertForTokenClassification if token_level else BertForSequenceClassification,
+        seed,
+        **sizes,
         num_labels=num_labels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         pad_token_id=PAD,
     )
-    return (BertForTokenClassification if token_level else BertForSequenceClassification)(config)
 
 
 def tiny_marian(seed=0):
-    torch.manual_seed(seed)
-    config = MarianConfig(
-        vocab_size=VOCAB,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=37,
-        decoder_ffn_dim=37,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        pad_token_id=PAD,
-        eos_token_id=1,
-        decoder_start_token_id=PAD,
-        max_position_embeddings=64,
-    )
-    return MarianMTModel(config)
+    no_dropout = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
+    return tiny_model(MarianMTModel, seed, **ENCODER_DECODER_SIZES, **no_dropout, **SEQ2SEQ_TOKENS)
 
 
 def tiny_dataset(n=32, num_labels=4, task="sequence", seed=0):
