@@ -5,16 +5,18 @@
     hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --output_dir distill/ [recipe args]
 
 `compare` runs the recipe (default: `recipes/image_classification.py` of this checkout) once per loss and seed, every
-argument it does not know itself going to the recipe, then writes the report of [`hf_maxsup.report`] (classifiers)
-or [`hf_maxsup.translation_report`] (translation models). Rerunning an
-interrupted comparison skips the finished members and resumes the interrupted one from its last checkpoint.
-`analyze` writes the same report for checkpoints that exist already (local folders or Hub ids). `distill` trains
-one student per teacher and seed and reports which teachers distil well ([`hf_maxsup.distill_study`]).
+argument it does not know itself going to the recipe, then writes the report of [`hf_maxsup.report`] (classifiers, or
+translation models: [`hf_maxsup.report.translation`]). Rerunning an interrupted comparison skips the finished members
+and resumes the interrupted one from its last checkpoint. `analyze` writes the same report for checkpoints that exist
+already (local folders or Hub ids). `distill` trains one student per teacher and seed and reports which teachers
+distil well ([`hf_maxsup.distill_study`]). The report's data flags are built from the fields of
+[`~hf_maxsup.report.DataOptions`] and [`~hf_maxsup.report.TranslationDataOptions`].
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -26,131 +28,57 @@ __all__ = ["compare_from_recipe", "main"]
 
 log = functools.partial(print, flush=True)
 
-# Recipe arguments that also tell the report which data to evaluate on.
-_DATA_FLAGS = (
-    "dataset_name",
-    "dataset_config_name",
-    "train_file",
-    "validation_file",
-    "test_file",
-    "train_dir",
-    "validation_dir",
-    "image_column_name",
-    "label_column_name",
-    "text_column_name",
-    "text_pair_column_name",
-    "max_seq_length",
-    "validation_split_percentage",
-    "cache_dir",
-    "token",
-)
+
+def _add_flags(parser, options: type, *, recipe: bool) -> None:
+    """Declares the flags of an options dataclass of the report: the recipe's data flags or the report's own."""
+    from .report.options import option_flags
+
+    for flag, kwargs in option_flags(options, recipe=recipe):
+        parser.add_argument(flag, **kwargs)
+
+
+def _recipe_data(options: type, passthrough: Sequence[str]) -> dict:
+    """The recipe arguments that also tell the report which data to evaluate on, as given to the recipe."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_flags(parser, options, recipe=True)
+    return vars(parser.parse_known_args(passthrough)[0])
+
+
+def _options(options: type, *given: dict):
+    """`options` from the flags given (those left out, `None`, keep the field's default)."""
+    names = {spec.name for spec in dataclasses.fields(options)}
+    return options(
+        **{key: value for flags in given for key, value in flags.items() if key in names and value is not None}
+    )
 
 
 def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    from .report import DataOptions
+
     group = parser.add_argument_group("report")
     group.add_argument("--output_dir", required=True, help="Folder of the report (report.md, results.json, PNGs).")
     group.add_argument(
-        "--split", default=None, help="Split to evaluate on (default: test if the data has one, else validation)."
-    )
-    group.add_argument(
-        "--max_analysis_samples",
-        type=int,
+        "--device",
         default=None,
-        help="Evaluate on the first N examples of that split only (quick checks).",
+        help="Where the report evaluates the models, e.g. cpu or cuda:0 (default: cuda when a GPU is available, "
+        "else cpu); training is the recipe's.",
     )
-    group.add_argument("--analysis_batch_size", type=int, default=128, help="Batch size of the evaluation passes.")
-    group.add_argument(
-        "--projection_classes",
-        type=int,
-        nargs=3,
-        default=[0, 1, 2],
-        metavar="CLASS",
-        help="The three class ids of the penultimate-feature projection plot.",
-    )
-    group.add_argument("--no_probe", action="store_true", help="Skip the linear probe on scikit-learn's digits.")
-    group.add_argument(
-        "--probe_samples",
-        type=int,
+    _add_flags(group, DataOptions, recipe=False)
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser, members: str) -> None:
+    """The options of the commands that train through a recipe: which recipe, where its runs go, which Python."""
+    parser.add_argument(
+        "--recipe",
         default=None,
-        help="Use a stratified subset of this many digits for the linear probe (default: all 1,797).",
+        help="Recipe script taking --loss/--seed/--output_dir (default: recipes/image_classification.py of this "
+        "checkout).",
     )
-    group.add_argument(
-        "--train_samples",
-        type=int,
-        default=2000,
-        help="Training examples on which the regime check measures the training accuracy (default: 2000; 0 skips it).",
-    )
+    parser.add_argument("--runs_dir", default=None, help=f"Where the {members} go (default: OUTPUT_DIR/runs).")
+    parser.add_argument("--python", default=sys.executable, help="Python interpreter that runs the recipe.")
 
 
-def _data_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in _DATA_FLAGS:
-        kind = int if flag in ("max_seq_length", "validation_split_percentage") else str
-        parser.add_argument(f"--{flag}", type=kind, default=None)
-    return parser
-
-
-def _data_options(args, data_args: dict):
-    from .report import DataOptions
-
-    given = {key: value for key, value in data_args.items() if value is not None}
-    return DataOptions(
-        **given,
-        split=args.split,
-        max_samples=args.max_analysis_samples,
-        batch_size=args.analysis_batch_size,
-        probe=not args.no_probe,
-        probe_samples=args.probe_samples,
-        train_samples=args.train_samples,
-        projection_classes=tuple(args.projection_classes),
-    )
-
-
-# Recipe arguments of the translation recipe that also tell its report which data to read and how to generate.
-_TRANSLATION_FLAGS = {
-    "dataset_name": str,
-    "dataset_config_name": str,
-    "train_file": str,
-    "validation_file": str,
-    "test_file": str,
-    "validation_split_percentage": int,
-    "cache_dir": str,
-    "token": str,
-    "source_lang": str,
-    "target_lang": str,
-    "translation_column_name": str,
-    "source_prefix": str,
-    "max_source_length": int,
-    "max_target_length": int,
-    "generation_num_beams": int,
-}
-
-
-def _translation_options(args, passthrough):
-    from .translation_report import TranslationDataOptions
-
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag, kind in _TRANSLATION_FLAGS.items():
-        parser.add_argument(f"--{flag}", type=kind, default=None)
-    given = {key: value for key, value in vars(parser.parse_known_args(passthrough)[0]).items() if value is not None}
-    beams = given.pop("generation_num_beams", 1)
-    return TranslationDataOptions(
-        **given,
-        split=args.split,
-        max_samples=args.max_analysis_samples,
-        batch_size=args.analysis_batch_size,
-        num_beams=beams,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-maxsup",
-        description="Compare CE, label smoothing and MaxSup on your model and data.",
-        allow_abbrev=False,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_compare_parser(commands) -> None:
     compare = commands.add_parser(
         "compare",
         allow_abbrev=False,
@@ -177,17 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[42],
         help="Training seeds; every loss is trained once per seed (default: 42, the recipe's).",
     )
-    compare.add_argument(
-        "--recipe",
-        default=None,
-        help="Recipe script taking --loss/--seed/--output_dir (default: "
-        "recipes/image_classification.py of this checkout).",
-    )
-    compare.add_argument(
-        "--runs_dir", default=None, help="Where the members' output folders go (default: OUTPUT_DIR/runs)."
-    )
-    compare.add_argument("--python", default=sys.executable, help="Python interpreter that runs the recipe.")
+    _add_recipe_options(compare, "members' output folders")
     _add_report_options(compare)
+
+
+def _add_analyze_parser(commands) -> None:
+    from .report import DataOptions
 
     analyze = commands.add_parser(
         "analyze",
@@ -206,21 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
         "name); checkpoints of one name are averaged.",
     )
     _add_report_options(analyze)
-    data = analyze.add_argument_group("data (default: the embedded data of the checkpoints' task)")
-    for flag, text in (
-        ("dataset_name", "Dataset on the Hub."),
-        ("dataset_config_name", "Its configuration."),
-        ("test_file", "Local file (csv, json, jsonl, parquet) to evaluate on."),
-        ("validation_file", "Local validation file, used when there is no test file."),
-        ("image_column_name", "Column of the images (default: image)."),
-        ("label_column_name", "Column of the labels (default: label)."),
-        ("text_column_name", "Column of the texts (default: text)."),
-        ("text_pair_column_name", "Second text of sentence pairs."),
-        ("cache_dir", "Hub cache."),
-        ("token", "Hub token."),
-    ):
-        data.add_argument(f"--{flag}", default=None, help=text)
-    data.add_argument("--max_seq_length", type=int, default=None, help="Truncation of texts (default: 128).")
+    _add_flags(
+        analyze.add_argument_group("data (default: the embedded data of the checkpoints' task)"),
+        DataOptions,
+        recipe=True,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-maxsup",
+        description="Compare CE, label smoothing and MaxSup on your model and data.",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_compare_parser(commands)
+    _add_analyze_parser(commands)
     _add_distill_parser(commands)
     return parser
 
@@ -255,16 +179,14 @@ def _add_distill_parser(commands) -> None:
     )
     distill.add_argument("--distill_temperature", type=float, default=4.0, help="Temperature T (default: 4.0).")
     distill.add_argument("--no_baseline", action="store_true", help="Skip the student trained on the labels alone.")
-    distill.add_argument("--recipe", default=None, help="Recipe script (default: recipes/image_classification.py).")
-    distill.add_argument("--runs_dir", default=None, help="Where the students go (default: OUTPUT_DIR/runs).")
-    distill.add_argument("--python", default=sys.executable, help="Python interpreter that runs the recipe.")
+    _add_recipe_options(distill, "students")
     _add_report_options(distill)
 
 
 def run_distill(args, passthrough, argv) -> dict:
     from .distill_study import run_study
+    from .report import DataOptions
 
-    data_args, _ = _data_parser().parse_known_args(passthrough)
     # The teachers' non-target entropy at T is measured on the training examples the students see.
     limit = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     limit.add_argument("--max_train_samples", type=int, default=None)
@@ -281,7 +203,8 @@ def run_distill(args, passthrough, argv) -> dict:
         recipe=args.recipe,
         passthrough=passthrough,
         python=args.python,
-        data=_data_options(args, vars(data_args)),
+        data=_options(DataOptions, vars(args), _recipe_data(DataOptions, passthrough)),
+        device=args.device,
         max_train_samples=limit.parse_known_args(passthrough)[0].max_train_samples,
         command="hf-maxsup " + shlex.join(argv),
         log=log,
@@ -330,7 +253,7 @@ def _check_checkpoint_path(path: str) -> None:
 
 
 def run_analyze(args, argv) -> dict:
-    from .report import Run, analyze_checkpoints
+    from .report import DataOptions, Run, analyze_checkpoints
 
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise SystemExit(f"--labels names {len(args.labels)} groups for {len(args.checkpoints)} checkpoints.")
@@ -341,9 +264,14 @@ def run_analyze(args, argv) -> dict:
         loss, seed = _card_loss_and_seed(path) if os.path.isdir(path) else (None, None)
         label = args.labels[i] if args.labels else loss or os.path.basename(os.path.normpath(path))
         runs.append(Run(path=path, label=label, seed=seed))
-    data = _data_options(args, {flag: getattr(args, flag, None) for flag in _DATA_FLAGS})
     return analyze_checkpoints(
-        runs, args.output_dir, data, log=log, title="Side-by-side report", command="hf-maxsup " + shlex.join(argv)
+        runs,
+        args.output_dir,
+        _options(DataOptions, vars(args)),
+        device=args.device,
+        log=log,
+        title="Side-by-side report",
+        command="hf-maxsup " + shlex.join(argv),
     )
 
 
@@ -351,8 +279,7 @@ def run_compare(args, passthrough, argv) -> dict:
     import time
 
     from .compare import check_passthrough, default_recipe, member_task, plan_members, train_members
-    from .report import Run, analyze_checkpoints
-    from .translation_report import analyze_translation_checkpoints
+    from .report import DataOptions, Run, TranslationDataOptions, analyze_checkpoints, analyze_translation_checkpoints
 
     recipe = args.recipe or default_recipe()
     check_passthrough(passthrough)
@@ -374,6 +301,7 @@ def run_compare(args, passthrough, argv) -> dict:
         )
     ]
     report = {
+        "device": args.device,
         "log": log,
         "notes": notes,
         "command": "hf-maxsup " + shlex.join(argv),
@@ -387,14 +315,11 @@ def run_compare(args, passthrough, argv) -> dict:
         },
     }
     if member_task(members[0].output_dir)[1] == "text2text-generation":
-        content = analyze_translation_checkpoints(
-            runs, args.output_dir, _translation_options(args, passthrough), **report
-        )
+        data = _options(TranslationDataOptions, vars(args), _recipe_data(TranslationDataOptions, passthrough))
+        content = analyze_translation_checkpoints(runs, args.output_dir, data, **report)
     else:
-        data_args, _ = _data_parser().parse_known_args(passthrough)
-        content = analyze_checkpoints(
-            runs, args.output_dir, _data_options(args, vars(data_args)), title="CE / LS / MaxSup side by side", **report
-        )
+        data = _options(DataOptions, vars(args), _recipe_data(DataOptions, passthrough))
+        content = analyze_checkpoints(runs, args.output_dir, data, title="CE / LS / MaxSup side by side", **report)
     log(f"[hf-maxsup compare] report written to {os.path.join(args.output_dir, 'report.md')}")
     return content
 
@@ -410,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args, passthrough = parser.parse_known_args(argv)
     try:
+        from .report import resolve_device
+
+        args.device = resolve_device(args.device)  # a device this machine lacks is refused before any work
         if args.command == "distill":
             run_distill(args, passthrough, argv)
         elif args.command == "analyze":

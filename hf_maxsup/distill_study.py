@@ -21,9 +21,12 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
+
+from .report import DataOptions, Run, RunResult, analyze_run
+from .report.markdown import check_line, markdown_table, training_time_line, write_files
+from .report.summary import ACCURACY, CONFIDENCE_GAP, ECE, NLL, Column, paper_checks, summarize, summarize_runs
 
 __all__ = ["NO_TEACHER", "non_target_entropy", "run_study", "teacher_label"]
 
@@ -31,21 +34,18 @@ NO_TEACHER = "no teacher"
 # Flags the study sets for every student; the recipe must not get them from the passthrough arguments as well.
 STUDY_FLAGS = ("--teacher_model_name_or_path", "--distill_alpha", "--distill_temperature")
 
-# (key, column header, scale, decimals), teachers' columns then students'.
+# The teachers' columns, then the students'.
 TEACHER_COLUMNS = (
-    ("teacher_accuracy", "teacher accuracy (%)", 100.0, 2),
-    ("teacher_nll", "teacher NLL", 1.0, 3),
-    ("teacher_ece", "teacher ECE (%)", 100.0, 2),
-    ("teacher_confidence_minus_accuracy", "teacher confidence − accuracy", 1.0, 3),
-    ("teacher_non_target_entropy", "teacher non-target entropy, T = 1", 1.0, 3),
-    ("teacher_non_target_entropy_at_t", "teacher non-target entropy at T, students' training data", 1.0, 3),
+    *(
+        column.renamed(f"teacher_{column.key}", f"teacher {column.header}")
+        for column in (ACCURACY, NLL, ECE, CONFIDENCE_GAP)
+    ),
+    Column("teacher_non_target_entropy", "teacher non-target entropy, T = 1"),
+    Column("teacher_non_target_entropy_at_t", "teacher non-target entropy at T, students' training data"),
 )
-STUDENT_COLUMNS = (
-    ("accuracy", "student accuracy (%)", 100.0, 2),
-    ("nll", "student NLL", 1.0, 3),
-    ("ece", "student ECE (%)", 100.0, 2),
-    # The sign ECE lacks: > 0 over-confident, < 0 under-confident.
-    ("confidence_minus_accuracy", "student confidence − accuracy", 1.0, 3),
+# The sign ECE lacks, confidence − accuracy: > 0 over-confident, < 0 under-confident.
+STUDENT_COLUMNS = tuple(
+    column.renamed(column.key, f"student {column.header}") for column in (ACCURACY, NLL, ECE, CONFIDENCE_GAP)
 )
 
 # (claim, metric, group a, relation, group b, metric of b), as hf_maxsup.report.paper_checks takes them.
@@ -151,6 +151,17 @@ def _check_teachers(teachers: Sequence[str], labels: Sequence[str], passthrough:
         )
 
 
+def _named_teachers(
+    teachers: Sequence[str], teacher_labels: Sequence[str] | None, passthrough: Sequence[str]
+) -> dict[str, str]:
+    """`{label: teacher}`, the labels given or read from the teachers' model cards, all checked."""
+    labels = list(teacher_labels or [teacher_label(path) for path in teachers])
+    if len(labels) != len(teachers):
+        raise ValueError(f"--teacher_labels names {len(labels)} teachers for {len(teachers)} --teachers.")
+    _check_teachers(teachers, labels, passthrough)
+    return dict(zip(labels, teachers, strict=True))
+
+
 def train_students(
     groups: dict[str, str | None],
     runs_dir: str,
@@ -197,37 +208,33 @@ def train_students(
     return members
 
 
-def _evaluate(path: str, label: str, seed: int | None, data) -> dict:
-    from .report import Run, analyze_run
-
-    return analyze_run(Run(path=path, label=label, seed=seed), data, log=lambda message: None)
+def _evaluate(path: str, label: str, seed: int | None, data: DataOptions, device: str | None) -> RunResult:
+    return analyze_run(Run(path=path, label=label, seed=seed), data, log=lambda message: None, device=device)
 
 
-def _teacher_metrics(path: str, data, train_data, temperature: float) -> dict[str, float]:
+def _teacher_metrics(
+    path: str, data: DataOptions, train_data: DataOptions, temperature: float, device: str | None
+) -> dict[str, float]:
     """The teacher's accuracy, NLL, ECE, confidence − accuracy and non-target entropy on the evaluated split, and its
     non-target entropy at the distillation temperature on the training examples the students see."""
-    result = _evaluate(path, "teacher", None, data)
-    on_train = _evaluate(path, "teacher", None, train_data)
+    result = _evaluate(path, "teacher", None, data, device)
+    on_train = _evaluate(path, "teacher", None, train_data, device)
     return {
-        "teacher_accuracy": result["metrics"]["accuracy"],
-        "teacher_nll": result["metrics"]["nll"],
-        "teacher_ece": result["metrics"]["ece"],
-        "teacher_confidence_minus_accuracy": result["metrics"]["confidence_minus_accuracy"],
-        "teacher_non_target_entropy": non_target_entropy(result["logits"], result["labels"]),
-        "teacher_non_target_entropy_at_t": non_target_entropy(on_train["logits"], on_train["labels"], temperature),
+        "teacher_accuracy": result.metrics["accuracy"],
+        "teacher_nll": result.metrics["nll"],
+        "teacher_ece": result.metrics["ece"],
+        "teacher_confidence_minus_accuracy": result.metrics["confidence_minus_accuracy"],
+        "teacher_non_target_entropy": non_target_entropy(result.logits, result.labels),
+        "teacher_non_target_entropy_at_t": non_target_entropy(on_train.logits, on_train.labels, temperature),
     }
 
 
 def _table(summary: dict, teachers: dict, temperature: float) -> str:
-    from .report import format_summary, markdown_table
-
+    """One row per teacher: its checkpoint and own metrics, its students' number and metrics over their seeds."""
     rows = []
     for label, metrics in summary.items():
-        teacher = [
-            format_summary(metrics[key], scale, decimals) if key in metrics else "—"
-            for key, _, scale, decimals in TEACHER_COLUMNS
-        ]
-        students = [format_summary(metrics[key], scale, decimals) for key, _, scale, decimals in STUDENT_COLUMNS]
+        teacher = [column.format(metrics[column.key]) if column.key in metrics else "—" for column in TEACHER_COLUMNS]
+        students = [column.format(metrics[column.key]) for column in STUDENT_COLUMNS]
         rows.append(
             [
                 label,
@@ -237,15 +244,28 @@ def _table(summary: dict, teachers: dict, temperature: float) -> str:
                 *students,
             ]
         )
-    names = [name.replace("at T", f"at T = {temperature:g}") for _, name, _, _ in TEACHER_COLUMNS]
-    return markdown_table(
-        ["teacher", "checkpoint", *names, "students", *(name for _, name, _, _ in STUDENT_COLUMNS)], rows
-    )
+    names = [column.header.replace("at T", f"at T = {temperature:g}") for column in TEACHER_COLUMNS]
+    return markdown_table(["teacher", "checkpoint", *names, "students", *(c.header for c in STUDENT_COLUMNS)], rows)
+
+
+def _student_lines(results: Sequence[RunResult]) -> list[str]:
+    """The section of one row per student: its teacher, seed, checkpoint and metrics."""
+    rows = [
+        [
+            result.label,
+            str(result.seed),
+            f"`{result.path}`",
+            *(f"{result.metrics[column.key] * column.scale:.{column.decimals}f}" for column in STUDENT_COLUMNS),
+        ]
+        for result in results
+    ]
+    header = ["teacher", "seed", "checkpoint", *(column.header for column in STUDENT_COLUMNS)]
+    return ["## Every student", "", markdown_table(header, rows), ""]
 
 
 def write_study_report(
     output_dir: str,
-    results: Sequence[dict],
+    results: Sequence[RunResult],
     teachers: dict,
     teacher_metrics: dict,
     *,
@@ -254,23 +274,10 @@ def write_study_report(
     extra: dict,
 ) -> dict:
     """Writes `report.md` and `results.json` of the study; returns the content of `results.json`."""
-    import json
-
-    from .report import (
-        check_line,
-        json_safe,
-        markdown_table,
-        paper_checks,
-        summarize,
-        summarize_runs,
-        training_time_line,
-    )
-
     summary = summarize_runs(results)
     for label, metrics in teacher_metrics.items():
         summary[label].update({key: summarize([value]) for key, value in metrics.items()})
     checks = paper_checks(summary, CLAIMS)
-    columns = (*TEACHER_COLUMNS, *STUDENT_COLUMNS)
     lines = [
         "# Distillation: students of CE, LS and MaxSup teachers",
         "",
@@ -287,45 +294,64 @@ def write_study_report(
         "",
         "## What the papers report, and what these runs show",
         "",
-        *(check_line(check, columns) for check in checks),
+        *(check_line(check, (*TEACHER_COLUMNS, *STUDENT_COLUMNS)) for check in checks),
         "",
         *notes,
         "",
     ]
-    time_line = training_time_line([result["path"] for result in results])
+    time_line = training_time_line([result.path for result in results])
     lines += [time_line.replace("runs", "students"), ""] if time_line else []
-    per_run = [
-        [
-            result["label"],
-            str(result["seed"]),
-            f"`{result['path']}`",
-            *(f"{result['metrics'][key] * scale:.{decimals}f}" for key, _, scale, decimals in STUDENT_COLUMNS),
-        ]
-        for result in results
-    ]
-    lines += [
-        "## Every student",
-        "",
-        markdown_table(["teacher", "seed", "checkpoint", *(name for _, name, _, _ in STUDENT_COLUMNS)], per_run),
-        "",
-    ]
-    os.makedirs(output_dir, exist_ok=True)
-    Path(output_dir, "report.md").write_text("\n".join(lines), encoding="utf-8")
+    lines += _student_lines(results)
     content = {
         "command": command,
         **extra,
         "teachers": teachers,
         "teacher_metrics": teacher_metrics,
-        "students": [
-            {key: result[key] for key in ("label", "seed", "path", "split", "num_examples", "metrics")}
-            for result in results
-        ],
+        # The students' task is the teachers': not repeated per student.
+        "students": [{key: value for key, value in result.to_json().items() if key != "task"} for result in results],
         "summary": summary,
         "checks": checks,
     }
-    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(json_safe(content), f, indent=2)
-    return content
+    return write_files(output_dir, lines, content)
+
+
+def _study_notes(recipe: str, passthrough: Sequence[str], settings: dict, baseline: bool, results, seconds) -> list:
+    """The notes that say how the students were trained, on what they were evaluated, and how long it took.
+
+    Args:
+        settings (`dict`): the students' `seeds`, `student_loss`, `distill_alpha` and `distill_temperature`.
+        seconds (`tuple[float, float]`): this invocation's training and evaluating time.
+    """
+    loss, alpha, temperature = settings["student_loss"], settings["distill_alpha"], settings["distill_temperature"]
+    return [
+        f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`; "
+        f"students: `--loss {loss}`, distillation `--distill_alpha {alpha} --distill_temperature {temperature}` "
+        f"(loss = {loss} + β·T²·KL(teacher_T ‖ student_T)), seeds {', '.join(map(str, settings['seeds']))}"
+        + (f"; `{NO_TEACHER}`: the same student on the labels alone" if baseline else "")
+        + ".",
+        f"Evaluated on the {results[0].split} split ({results[0].num_examples} examples).",
+        f"This invocation: {seconds[0] / 60:.1f} min training (students trained earlier are skipped), "
+        f"{seconds[1] / 60:.1f} min evaluating.",
+    ]
+
+
+def _evaluate_study(
+    members: dict, teachers: dict, data: DataOptions | None, max_train_samples, temperature, device, log
+) -> tuple[list[RunResult], dict]:
+    """The students' results, and each teacher's metrics (see [`_teacher_metrics`])."""
+    # The regime check and the digits probe belong to the loss comparison, not to this study.
+    data = dataclasses.replace(data or DataOptions(), probe=False, train_samples=0)
+    train_data = dataclasses.replace(data, split="train", max_samples=max_train_samples)
+    log(f"[hf-maxsup distill] evaluating {sum(map(len, members.values()))} students and {len(teachers)} teachers")
+    results = [
+        _evaluate(member.output_dir, label, member.seed, data, device)
+        for label, group in members.items()
+        for member in group
+    ]
+    teacher_metrics = {
+        label: _teacher_metrics(path, data, train_data, temperature, device) for label, path in teachers.items()
+    }
+    return results, teacher_metrics
 
 
 def run_study(
@@ -342,8 +368,9 @@ def run_study(
     recipe: str | None = None,
     passthrough: Sequence[str] = (),
     python: str = sys.executable,
-    data=None,
+    data: DataOptions | None = None,
     max_train_samples: int | None = None,
+    device: str | None = None,
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -362,25 +389,23 @@ def run_study(
         data ([`~hf_maxsup.report.DataOptions`], *optional*): the evaluation data (default: the task's embedded data).
         max_train_samples (`int`, *optional*): the recipe's `--max_train_samples`: the teachers' non-target entropy
             at T is measured on those first training examples.
+        device (`str`, *optional*): where students and teachers are evaluated (default: cuda if available, else cpu).
         command (`str`): the command line, recorded in the report.
 
     Returns:
         `dict`: the content of `results.json`.
     """
     from .compare import check_passthrough, default_recipe
-    from .report import DataOptions
 
     recipe = recipe or default_recipe()
-    labels = list(teacher_labels or [teacher_label(path) for path in teachers])
-    if len(labels) != len(teachers):
-        raise ValueError(f"--teacher_labels names {len(labels)} teachers for {len(teachers)} --teachers.")
-    _check_teachers(teachers, labels, passthrough)
+    named = _named_teachers(teachers, teacher_labels, passthrough)
     check_passthrough(passthrough)
-    groups = {**dict(zip(labels, teachers, strict=True)), **({NO_TEACHER: None} if baseline else {})}
+    groups = {**named, **({NO_TEACHER: None} if baseline else {})}
     start = time.monotonic()
+    runs_dir = runs_dir or os.path.join(output_dir, "runs")
     members = train_students(
         groups,
-        runs_dir or os.path.join(output_dir, "runs"),
+        runs_dir,
         seeds,
         recipe,
         passthrough,
@@ -391,36 +416,19 @@ def run_study(
         log=log,
     )
     trained = time.monotonic() - start
-    # The regime check and the digits probe belong to the loss comparison, not to this study.
-    data = dataclasses.replace(data or DataOptions(), probe=False, train_samples=0)
-    train_data = dataclasses.replace(data, split="train", max_samples=max_train_samples)
-    log(f"[hf-maxsup distill] evaluating {sum(map(len, members.values()))} students and {len(teachers)} teachers")
-    results = [
-        _evaluate(member.output_dir, label, member.seed, data) for label, group in members.items() for member in group
-    ]
-    teacher_metrics = {
-        label: _teacher_metrics(path, data, train_data, temperature)
-        for label, path in zip(labels, teachers, strict=True)
-    }
+    results, teacher_metrics = _evaluate_study(members, named, data, max_train_samples, temperature, device, log)
     evaluated = time.monotonic() - start - trained
-    notes = [
-        f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`; "
-        f"students: `--loss {student_loss}`, distillation `--distill_alpha {distill_alpha} "
-        f"--distill_temperature {temperature}` (loss = {student_loss} + β·T²·KL(teacher_T ‖ student_T)), seeds "
-        f"{', '.join(map(str, seeds))}"
-        + (f"; `{NO_TEACHER}`: the same student on the labels alone" if baseline else "")
-        + ".",
-        f"Evaluated on the {results[0]['split']} split ({results[0]['num_examples']} examples).",
-        f"This invocation: {trained / 60:.1f} min training (students trained earlier are skipped), "
-        f"{evaluated / 60:.1f} min evaluating.",
-    ]
-    extra = {
-        "recipe": recipe,
-        "recipe_args": list(passthrough),
+    settings = {
         "seeds": list(seeds),
         "student_loss": student_loss,
         "distill_alpha": distill_alpha,
         "distill_temperature": temperature,
+    }
+    notes = _study_notes(recipe, passthrough, settings, baseline, results, (trained, evaluated))
+    extra = {
+        "recipe": recipe,
+        "recipe_args": list(passthrough),
+        **settings,
         "train_seconds_this_invocation": round(trained, 1),
         "evaluate_seconds": round(evaluated, 1),
     }

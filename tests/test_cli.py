@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from _runs import tiny_training_args
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -17,20 +18,7 @@ from hf_maxsup.report import REPORT_FILES
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "image_classification.py")
 # A few optimizer steps on a few images: the point is the plumbing, not the numbers.
-RECIPE_ARGS = [
-    "--max_train_samples",
-    "32",
-    "--max_eval_samples",
-    "32",
-    "--num_train_epochs",
-    "1",
-    "--per_device_train_batch_size",
-    "16",
-    "--save_strategy",
-    "epoch",
-    "--disable_tqdm",
-    "true",
-]
+RECIPE_ARGS = tiny_training_args(32, 32)
 REPORT_ARGS = ["--max_analysis_samples", "64", "--probe_samples", "100"]
 
 
@@ -175,3 +163,50 @@ def test_models_the_report_cannot_analyse_stop_the_comparison_early(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(ValueError, match="image and text classifiers and translation"):
         check_reportable(str(tmp_path))
+
+
+def test_device_reaches_the_model(compared, tmp_path, monkeypatch):
+    import hf_maxsup.analysis as analysis
+
+    seen = []
+    collect_features = analysis.collect_features
+
+    def spy(model, dataloader, device=None, **kwargs):
+        seen.append((str(device), {str(parameter.device) for parameter in model.parameters()}))
+        return collect_features(model, dataloader, device=device, **kwargs)
+
+    monkeypatch.setattr(analysis, "collect_features", spy)
+    report, _, _ = compared
+    out = tmp_path / "analysis"
+    argv = ["analyze", str(report / "runs" / "ce-seed0"), "--output_dir", str(out), "--device", "cpu"]
+    code, log = run_cli([*argv, "--max_analysis_samples", "16", "--no_probe", "--train_samples", "0"])
+    assert code == 0, log
+    assert seen and all(device == "cpu" and parameters == {"cpu"} for device, parameters in seen)
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path, capsys):
+    import torch
+
+    from hf_maxsup.report import resolve_device
+
+    assert resolve_device() == ("cuda" if torch.cuda.is_available() else "cpu") and resolve_device("cpu") == "cpu"
+    for device, message in (("gpu", "--device gpu: not a device"), ("cuda:99", "--device cuda:99: this machine has")):
+        code = cli.main(
+            ["compare", "--recipe", RECIPE, "--output_dir", str(tmp_path), "--device", device, *RECIPE_ARGS]
+        )
+        assert code == 1 and message in capsys.readouterr().err
+        assert cli.main(["analyze", "org/model", "--output_dir", str(tmp_path / "a"), "--device", device]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "a").exists()
+
+
+def test_the_report_flags_are_the_fields_of_its_options():
+    from dataclasses import fields
+
+    from hf_maxsup.report import DataOptions
+
+    args = cli.build_parser().parse_args(
+        ["analyze", "x", "--output_dir", "o", "--train_dir", "d", "--max_analysis_samples", "3", "--no_probe"]
+    )
+    assert {spec.name for spec in fields(DataOptions)} <= set(vars(args))
+    assert (args.train_dir, args.max_samples, args.probe, args.batch_size) == ("d", 3, False, None)

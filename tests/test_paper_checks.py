@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from _runs import run_result
 
 from hf_maxsup.report import (
     FIT_ACCURACY,
@@ -19,7 +20,7 @@ from hf_maxsup.report import (
 def runs(label, **metrics):
     """One run per value of each metric list, e.g. runs("ce", ece=[0.05, 0.06])."""
     count = len(next(iter(metrics.values())))
-    return [{"label": label, "metrics": {key: values[i] for key, values in metrics.items()}} for i in range(count)]
+    return [run_result(label, {key: values[i] for key, values in metrics.items()}, i) for i in range(count)]
 
 
 def checks_of(summary):
@@ -153,20 +154,16 @@ def test_the_report_shows_the_warning_and_the_regime_table(tmp_path):
                 "logit_norm_p": 2.0,
             }
             results.append(
-                {
-                    "label": label,
-                    "seed": seed,
-                    "path": f"runs/{label}-{seed}",
-                    "task": "image-classification",
-                    "split": "test",
-                    "num_examples": 60,
-                    "metrics": metrics,
-                    "logits": logits,
-                    "labels": labels,
-                    "features": rng.normal(size=(60, 4)),
-                    "class_weights": rng.normal(size=(3, 4)),
-                    "class_names": ["a", "b", "c"],
-                }
+                run_result(
+                    label,
+                    metrics,
+                    seed,
+                    logits=logits,
+                    labels=labels,
+                    features=rng.normal(size=(60, 4)),
+                    class_weights=rng.normal(size=(3, 4)),
+                    class_names=["a", "b", "c"],
+                )
             )
     content = write_report(results, str(tmp_path))
     report = (tmp_path / "report.md").read_text()

@@ -9,6 +9,8 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from _runs import run_result
+
 from hf_maxsup.analysis import digits_probe_dataset, linear_probe
 from hf_maxsup.report import (
     REPORT_FILES,
@@ -52,9 +54,9 @@ def test_format_summary():
 
 def test_summarize_runs_groups_by_label_in_order():
     results = [
-        {"label": "ls", "metrics": {"accuracy": 0.80, "ece": 0.02}},
-        {"label": "ce", "metrics": {"accuracy": 0.70, "ece": 0.10}},
-        {"label": "ls", "metrics": {"accuracy": 0.90, "ece": 0.04}},
+        run_result("ls", {"accuracy": 0.80, "ece": 0.02}),
+        run_result("ce", {"accuracy": 0.70, "ece": 0.10}),
+        run_result("ls", {"accuracy": 0.90, "ece": 0.04}),
     ]
     summary = summarize_runs(results)
     assert list(summary) == ["ls", "ce"]
@@ -66,12 +68,12 @@ def test_summarize_runs_groups_by_label_in_order():
 def test_paper_checks_verdicts_and_spread():
     summary = summarize_runs(
         [
-            {"label": "ce", "metrics": {"ece": 0.050, "d_within": 0.30, "accuracy": 0.90}},
-            {"label": "ce", "metrics": {"ece": 0.060, "d_within": 0.32, "accuracy": 0.91}},
-            {"label": "ls", "metrics": {"ece": 0.020, "d_within": 0.25, "accuracy": 0.905}},
-            {"label": "ls", "metrics": {"ece": 0.022, "d_within": 0.27, "accuracy": 0.915}},
-            {"label": "maxsup", "metrics": {"ece": 0.030, "d_within": 0.24, "accuracy": 0.90}},
-            {"label": "maxsup", "metrics": {"ece": 0.031, "d_within": 0.26, "accuracy": 0.91}},
+            run_result("ce", {"ece": 0.050, "d_within": 0.30, "accuracy": 0.90}),
+            run_result("ce", {"ece": 0.060, "d_within": 0.32, "accuracy": 0.91}),
+            run_result("ls", {"ece": 0.020, "d_within": 0.25, "accuracy": 0.905}),
+            run_result("ls", {"ece": 0.022, "d_within": 0.27, "accuracy": 0.915}),
+            run_result("maxsup", {"ece": 0.030, "d_within": 0.24, "accuracy": 0.90}),
+            run_result("maxsup", {"ece": 0.031, "d_within": 0.26, "accuracy": 0.91}),
         ]
     )
     checks = {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary)}
@@ -87,9 +89,7 @@ def test_paper_checks_verdicts_and_spread():
     assert not accuracy["agrees"] and accuracy["difference"] == pytest.approx(-0.005)
     # No AURC or probe numbers given: those claims are left out; one run per group: spread unknown.
     assert ("aurc", "ls", "ce") not in checks
-    single = paper_checks(
-        summarize_runs([{"label": "ce", "metrics": {"ece": 0.1}}, {"label": "ls", "metrics": {"ece": 0.05}}])
-    )
+    single = paper_checks(summarize_runs([run_result("ce", {"ece": 0.1}), run_result("ls", {"ece": 0.05})]))
     assert single[0]["agrees"] and single[0]["beyond_spread"] is None
 
 
@@ -102,25 +102,21 @@ def fake_result(label, seed, rng, n=90, k=4, d=6):
     features = rng.normal(size=(n, d)) + np.eye(k, d)[labels] * 4
     metrics = compute_metrics(logits, labels, features)
     metrics["linear_probe_digits"] = 0.8 + 0.01 * seed
-    return {
-        "label": label,
-        "seed": seed,
-        "path": f"runs/{label}-seed{seed}",
-        "task": "image-classification",
-        "split": "test",
-        "num_examples": n,
-        "metrics": metrics,
-        "logits": logits,
-        "labels": labels,
-        "features": features,
-        "class_weights": rng.normal(size=(k, d)),
-        "class_names": ["a", "b", "c", "d"],
-    }
+    return run_result(
+        label,
+        metrics,
+        seed,
+        logits=logits,
+        labels=labels,
+        features=features,
+        class_weights=rng.normal(size=(k, d)),
+        class_names=["a", "b", "c", "d"],
+    )
 
 
 def test_compute_metrics_keys():
     rng = np.random.default_rng(0)
-    metrics = fake_result("ce", 0, rng)["metrics"]
+    metrics = fake_result("ce", 0, rng).metrics
     for key, *_ in TABLE_METRICS:
         assert key in metrics and math.isfinite(metrics[key])
     assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["r2"] <= 1
@@ -146,7 +142,7 @@ def test_write_report_files_and_table(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["runs"]) == 6 and saved["summary"]["ls"]["accuracy"]["n"] == 2
     assert saved["summary"]["ce"]["accuracy"]["mean"] == pytest.approx(
-        np.mean([r["metrics"]["accuracy"] for r in results if r["label"] == "ce"])
+        np.mean([r.metrics["accuracy"] for r in results if r.label == "ce"])
     )
     assert {check["metric"] for check in saved["checks"]} >= {"ece", "d_within", "accuracy"}
     assert content["figures"]["projections"] == "projections.png"
@@ -190,23 +186,51 @@ def test_labels_are_mapped_to_the_models_ids():
 
     from datasets import ClassLabel, Dataset, Features, Value
 
-    from hf_maxsup.report import _label_lookup, _relabel
+    from hf_maxsup.report.evaluate import label_lookup, relabel
 
     config = SimpleNamespace(num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"})
     same = Dataset.from_dict({"label": [0, 2]}, features=Features({"label": ClassLabel(names=["cat", "dog", "fox"])}))
-    assert _label_lookup(same, "label", config) is None
+    assert label_lookup(same, "label", config) is None
     shuffled = Dataset.from_dict(
         {"label": [0, 1, 2]}, features=Features({"label": ClassLabel(names=["fox", "cat", "dog"])})
     )
-    mapping = _label_lookup(shuffled, "label", config)
-    assert _relabel(shuffled, "label", mapping)["label"] == [2, 0, 1]
+    mapping = label_lookup(shuffled, "label", config)
+    assert relabel(shuffled, "label", mapping)["label"] == [2, 0, 1]
     strings = Dataset.from_dict({"label": ["dog", "cat"], "x": [1, 2]})
-    assert _relabel(strings, "label", _label_lookup(strings, "label", config))["label"] == [1, 0]
+    assert relabel(strings, "label", label_lookup(strings, "label", config))["label"] == [1, 0]
     integers = Dataset.from_dict({"label": [2, 0]}, features=Features({"label": Value("int64")}))
-    assert _label_lookup(integers, "label", config) is None
+    assert label_lookup(integers, "label", config) is None
     with pytest.raises(ValueError, match="not classes of the model"):
-        _label_lookup(
+        label_lookup(
             Dataset.from_dict({"label": [0]}, features=Features({"label": ClassLabel(names=["cow"])})), "label", config
         )
     with pytest.raises(ValueError, match="do not match"):
-        _label_lookup(Dataset.from_dict({"label": ["cow"]}), "label", config)
+        label_lookup(Dataset.from_dict({"label": ["cow"]}), "label", config)
+
+
+def test_a_run_result_is_what_results_json_lists(tmp_path):
+    from pathlib import Path
+
+    from hf_maxsup.report import RunResult, json_safe
+
+    rng = np.random.default_rng(0)
+    results = [fake_result(label, 0, rng) for label in ("ce", "ls", "maxsup")]
+    write_report(results, str(tmp_path))
+    saved = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert saved == [json_safe(result.to_json()) for result in results]
+    assert RunResult(**saved[0]).to_json() == saved[0]  # and back: the figures' arrays are not in it
+    # The same entries as the committed reports'.
+    committed = json.loads((Path(__file__).parent.parent / "docs/compare_fmnist/results.json").read_text())
+    assert (
+        list(saved[0])
+        == list(committed["runs"][0])
+        == [
+            "label",
+            "seed",
+            "path",
+            "task",
+            "split",
+            "num_examples",
+            "metrics",
+        ]
+    )

@@ -7,21 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+from _runs import run_result, tiny_training_args
 
-from hf_maxsup.report import paper_checks, summarize_runs
-from hf_maxsup.translation_report import TRANSLATION_CLAIMS, token_calibration
+from hf_maxsup.report import TRANSLATION_CLAIMS, paper_checks, summarize_runs, token_calibration
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "translation.py")
 # A tiny Marian, a few steps: the point is the plumbing (train, teacher-forced pass, generation, report).
 TINY = [
-    "--max_train_samples",
-    "48",
-    "--max_eval_samples",
-    "8",
-    "--num_train_epochs",
-    "1",
-    "--per_device_train_batch_size",
-    "16",
+    *tiny_training_args(48, 8),
     "--model_d_model",
     "32",
     "--model_layers",
@@ -32,10 +25,6 @@ TINY = [
     "24",
     "--max_target_length",
     "24",
-    "--save_strategy",
-    "epoch",
-    "--disable_tqdm",
-    "true",
 ]
 
 
@@ -55,10 +44,10 @@ def test_token_calibration_by_hand():
 def test_translation_claims_agree_and_disagree():
     summary = summarize_runs(
         [
-            {"label": "ce", "metrics": {"bleu": 10.0, "nll": 3.0, "token_ece": 0.06}},
-            {"label": "ce", "metrics": {"bleu": 10.4, "nll": 3.1, "token_ece": 0.05}},
-            {"label": "ls", "metrics": {"bleu": 10.3, "nll": 3.5, "token_ece": 0.09}},
-            {"label": "ls", "metrics": {"bleu": 10.5, "nll": 3.6, "token_ece": 0.10}},
+            run_result("ce", {"bleu": 10.0, "nll": 3.0, "token_ece": 0.06}),
+            run_result("ce", {"bleu": 10.4, "nll": 3.1, "token_ece": 0.05}),
+            run_result("ls", {"bleu": 10.3, "nll": 3.5, "token_ece": 0.09}),
+            run_result("ls", {"bleu": 10.5, "nll": 3.6, "token_ece": 0.10}),
         ]
     )
     checks = {c["metric"]: c for c in paper_checks(summary, TRANSLATION_CLAIMS)}

@@ -1,0 +1,267 @@
+"""The side-by-side report of trained translation models: BLEU, chrF, the references' NLL and token-level ECE.
+
+[`analyze_translation_checkpoints`] loads each sequence-to-sequence checkpoint with its tokenizer, and on the same
+evaluation split (the source's `test` split by default):
+
+- runs the model teacher-forced on the references: the token-level NLL of the references, and the next-token
+  predictions (top-1 softmax probability against whether it is the reference token) for the token-level accuracy,
+  mean confidence and ECE (15 equal-width bins, as Müller et al. 2019 measure translation calibration);
+- generates translations (beam search with `num_beams`) and scores them with sacreBLEU's default BLEU and chrF;
+
+then writes `report.md` (table of mean ± std over seeds, the regime check, the claims of Müller et al. 2019) and
+`results.json` into one folder. `hf-maxsup compare` calls it when the recipe trains a translation model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .evaluate import RECIPE_SEED, batches, evaluate_all, evaluation_split, load_source, resolve_device
+from .markdown import (
+    check_line,
+    opening_lines,
+    regime_lines,
+    results_content,
+    run_table,
+    summary_table,
+    training_time_line,
+    write_files,
+)
+from .options import TranslationDataOptions
+from .runs import Run, RunResult
+from .summary import Column, paper_checks, percent, regime_check, summarize_runs
+
+__all__ = [
+    "TRANSLATION_CLAIMS",
+    "TRANSLATION_METRICS",
+    "analyze_translation_checkpoints",
+    "analyze_translation_run",
+    "token_calibration",
+    "write_translation_report",
+]
+
+# The columns of the table, in order.
+TRANSLATION_METRICS = (
+    Column("bleu", "BLEU", decimals=2),
+    Column("chrf", "chrF", decimals=2),
+    Column("nll", "NLL of the references (per token)"),
+    percent("token_ece", "token-level ECE"),
+    percent("accuracy", "next-token accuracy"),
+    Column("mean_confidence", "mean next-token confidence"),
+)
+
+# Müller, Kornblith, Hinton 2019 (EN-DE Transformer): BLEU improves with LS while the NLL of the references gets
+# worse, and the token-level ECE drops from 0.056 to 0.019.
+TRANSLATION_CLAIMS = (
+    ("LS improves BLEU over CE (Müller et al. 2019)", "bleu", "ls", ">", "ce", None),
+    ("LS makes the references' NLL worse than CE's (Müller et al. 2019)", "nll", "ls", ">", "ce", None),
+    (
+        "LS improves token-level calibration: lower ECE of the next-token predictions (Müller et al. 2019: 0.056 → "
+        "0.019)",
+        "token_ece",
+        "ls",
+        "<",
+        "ce",
+        None,
+    ),
+)
+
+
+def token_calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> dict[str, float]:
+    """Accuracy, mean confidence and ECE of next-token predictions: Σ_b (n_b/N)·|acc_b − conf_b| over `n_bins`
+    equal-width bins of the top-1 confidence (the upper edge of the last bin included).
+
+    Args:
+        confidence (`np.ndarray` of shape `(T,)`): top-1 softmax probability of each kept target position.
+        correct (`np.ndarray` of shape `(T,)`): whether that top-1 token is the reference token.
+    """
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    if confidence.shape != correct.shape or confidence.ndim != 1 or not len(confidence):
+        raise ValueError(f"confidence {confidence.shape} and correct {correct.shape} must be the same non-empty 1-D.")
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    gaps = np.abs(
+        np.bincount(bins, weights=correct, minlength=n_bins) - np.bincount(bins, weights=confidence, minlength=n_bins)
+    )
+    return {
+        "accuracy": float(correct.mean()),
+        "mean_confidence": float(confidence.mean()),
+        "token_ece": float(gaps.sum() / counts.sum()),
+        "confidence_minus_accuracy": float(confidence.mean() - correct.mean()),
+    }
+
+
+def _encoded_batches(model, tokenizer, raw, data: TranslationDataOptions):
+    """Padded batches of `input_ids`, `attention_mask` and `labels` (-100 on padding), as the recipe trains on."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from ..data import translation_preprocess_function
+
+    encoded = raw.map(
+        translation_preprocess_function(
+            tokenizer,
+            data.source_lang,
+            data.target_lang,
+            data.source_prefix,
+            data.max_source_length,
+            data.max_target_length,
+            data.translation_column_name,
+        ),
+        batched=True,
+        remove_columns=raw.column_names,
+    )
+    return batches(encoded, data.batch_size, DataCollatorForSeq2Seq(tokenizer, model=model))
+
+
+def _score_batches(model, tokenizer, batches, data: TranslationDataOptions, device: str) -> dict[str, float]:
+    """Teacher-forced NLL and token calibration of the references, and BLEU / chrF of the generations."""
+    import torch
+    from transformers import EvalPrediction
+
+    from ..metrics import translation_compute_metrics
+
+    nll, confidence, correct, generated, references = [], [], [], [], []
+    for batch in batches:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        labels = batch["labels"]
+        logits = model(**batch).logits
+        keep = labels != -100
+        log_probs = torch.log_softmax(logits.float(), dim=-1)[keep]
+        targets = labels[keep]
+        nll.append(-log_probs.gather(1, targets[:, None])[:, 0])
+        top_log_prob, top = log_probs.max(dim=-1)
+        confidence.append(top_log_prob.exp())
+        correct.append(top == targets)
+        generated += list(
+            model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                num_beams=data.num_beams,
+                max_new_tokens=data.max_target_length,
+            ).cpu()
+        )
+        references += list(labels.cpu())
+    metrics = token_calibration(torch.cat(confidence).cpu().numpy(), torch.cat(correct).cpu().numpy())
+    metrics["nll"] = float(torch.cat(nll).mean())
+    width = max(len(ids) for ids in generated + references)
+
+    def padded(rows):
+        return np.stack([np.pad(row.numpy(), (0, width - len(row)), constant_values=-100) for row in rows])
+
+    scores = translation_compute_metrics(tokenizer)(
+        EvalPrediction(predictions=padded(generated), label_ids=padded(references))
+    )
+    metrics.update(bleu=float(scores["bleu"]), chrf=float(scores["chrf"]))
+    return metrics
+
+
+def analyze_translation_run(
+    run: Run, data: TranslationDataOptions, eval_data: Callable, log: Callable = print, *, device: str | None = None
+) -> RunResult:
+    """Evaluates one sequence-to-sequence checkpoint (see the module docstring).
+
+    Args:
+        run ([`Run`]): the checkpoint.
+        data ([`TranslationDataOptions`]): evaluation data and options.
+        eval_data (`Callable[[int], tuple]`): `seed -> (split name, split)`, to share the data between runs.
+        log (`Callable`): progress messages.
+        device (`str`, *optional*): where the model runs (default: see [`resolve_device`]).
+    """
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    device = resolve_device(device)
+    model = AutoModelForSeq2SeqLM.from_pretrained(run.path, token=data.token).eval().to(device)
+    tokenizer = AutoTokenizer.from_pretrained(run.path, token=data.token)
+    split, raw = eval_data(RECIPE_SEED if run.seed is None else run.seed)
+    log(f"  evaluating {run.path} on the {split} split ({len(raw)} pairs, beam {data.num_beams})")
+    with torch.inference_mode():
+        metrics = _score_batches(model, tokenizer, _encoded_batches(model, tokenizer, raw, data), data, device)
+    return RunResult(
+        label=run.label,
+        seed=run.seed,
+        path=run.path,
+        task="translation",
+        split=split,
+        num_examples=len(raw),
+        metrics=metrics,
+    )
+
+
+def write_translation_report(
+    results: Sequence[RunResult],
+    output_dir: str,
+    *,
+    title: str = "CE / LS / MaxSup translation side by side",
+    command: str | None = None,
+    data_note: str | None = None,
+    notes: Sequence[str] = (),
+    extra: dict | None = None,
+) -> dict:
+    """Writes `report.md` and `results.json` of analysed translation runs; returns the content of `results.json`."""
+    summary = summarize_runs(results)
+    checks = paper_checks(summary, TRANSLATION_CLAIMS)
+    regime = regime_check(summary)
+    lines = opening_lines(title, command, data_note, summary)
+    lines += [
+        (
+            "BLEU and chrF: sacreBLEU defaults on the generations. The NLL, next-token accuracy, confidence and ECE "
+            "are of the model run teacher-forced on the references (every kept target token; ECE over 15 equal-width "
+            "bins of the top-1 probability). Lower is better for the NLL and the ECE."
+        ),
+        "",
+        summary_table(summary, "loss", TRANSLATION_METRICS),
+        "",
+        *regime_lines(summary, regime),
+    ]
+    if checks:
+        lines += ["## What Müller et al. 2019 report, and what these runs show", ""]
+        lines += [*(check_line(check, TRANSLATION_METRICS) for check in checks), ""]
+    lines += [*notes, ""] if notes else []
+    time_line = training_time_line([result.path for result in results])
+    lines += [time_line, ""] if time_line else []
+    lines += ["## Every run", "", run_table(results, TRANSLATION_METRICS), ""]
+    content = results_content(results, TRANSLATION_METRICS, summary, checks, regime, title, command, data_note, extra)
+    return write_files(output_dir, lines, content)
+
+
+def analyze_translation_checkpoints(
+    runs: Sequence[Run],
+    output_dir: str,
+    data: TranslationDataOptions | None = None,
+    *,
+    device: str | None = None,
+    log: Callable = print,
+    **report_kwargs,
+) -> dict:
+    """Evaluates every translation checkpoint on the same data and writes the report (see the module docstring).
+
+    Args:
+        runs (`Sequence[Run]`), output_dir (`str`), device (`str`, *optional*), log (`Callable`): as for
+            [`~hf_maxsup.report.analyze_checkpoints`].
+        data ([`TranslationDataOptions`], *optional*): evaluation data and generation (default: the embedded pairs).
+        **report_kwargs: passed to [`write_translation_report`] (`title`, `command`, `notes`, `extra`).
+
+    Returns:
+        `dict`: the content of `results.json`.
+    """
+    data = data or TranslationDataOptions()
+    device = resolve_device(device)
+    cache = {}
+
+    def eval_data(seed):
+        # Only a validation split cut from train depends on the training seed.
+        if seed not in cache:
+            cache[seed] = evaluation_split(load_source("translation", data, seed), data)
+        return cache[seed]
+
+    results = evaluate_all(runs, lambda run: analyze_translation_run(run, data, eval_data, log, device=device), log)
+    origin = data.dataset_name or data.test_file or data.validation_file or "the embedded Bible en→fr pairs"
+    splits = sorted({(result.split, result.num_examples) for result in results})
+    pairs = f"{data.source_lang}→{data.target_lang}"
+    note = "; ".join(f"{origin}, {split} split ({n} pairs, {pairs}), beam {data.num_beams}" for split, n in splits)
+    report_kwargs.setdefault("data_note", f"Evaluated on {note}.")
+    extra = {"data_options": data.to_json(), **(report_kwargs.pop("extra", None) or {})}
+    return write_translation_report(results, output_dir, extra=extra, **report_kwargs)
