@@ -26,7 +26,7 @@ The ``ours_*`` candidates run with HF_MAXSUP_BACKEND=auto; the "backend" column 
 ``hf_maxsup.kernels.kernel_info`` reports in that process ("—" for the implementations that are not hf_maxsup's),
 and the rows per chunk they used (``hf_maxsup.linear.default_chunk_size``) is listed under the tables.
 
-Method, both devices (the machinery is that of ``benchmarks/loss.py``, whose helpers this file imports).
+Method, both devices (the machinery of ``benchmarks/loss.py``, shared in ``benchmarks/_harness.py``).
 * Every (candidate, shape, dtype) runs in its own fresh Python process (``--child`` mode of this file), the jobs
   shuffled anew in each of ``--rounds`` rounds; the reported time is the median over rounds of each process's
   median over ``--repeats`` timed iterations, after a tiny-shape warm-up (kernel build/load), the memory
@@ -56,22 +56,17 @@ GPU (``--device cuda``; exits with an error when torch sees no GPU).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
-import os
-import random
 import statistics
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loss as loss_bench  # noqa: E402  (sibling benchmark: fresh-process method, RSS probes, summaries)
+import _harness as harness  # noqa: E402  (the machinery shared with loss.py)
+from _harness import ALPHA, IGN  # noqa: E402
 
-ROOT, ALPHA, IGN = loss_bench.ROOT, loss_bench.ALPHA, loss_bench.IGN
 BASELINE = "linear_ce"
 CANDIDATES = {
     "linear_ce": "`F.linear` + `F.cross_entropy`",
@@ -165,8 +160,6 @@ def _warm_up(fn, shape, dtype, gen, device):
 
 def child_cpu(args, fn, shape, dtype):
     """One CPU job: perf_counter times, peak-RSS extra memory beyond inputs and gradients, page faults."""
-    import resource
-
     import torch
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -174,25 +167,13 @@ def child_cpu(args, fn, shape, dtype):
 
     def step(hidden, weight, labels):
         hidden.grad = weight.grad = None
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t0 = time.perf_counter()
-        fn(hidden, weight, labels).backward()
-        t = time.perf_counter() - t0
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-        return t
+        return harness.timed_cpu(lambda: fn(hidden, weight, labels).backward(), faults)
 
     _warm_up(fn, shape, dtype, gen, "cpu")
     hidden, weight, labels = _inputs(shape, dtype, gen, "cpu")
     gc.collect()
 
-    exact = loss_bench._reset_hwm()
-    rss0 = loss_bench._status_kib("VmRSS")
-    maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t_first = step(hidden, weight, labels)
-    if exact and rss0 is not None:
-        peak = (loss_bench._status_kib("VmHWM") - rss0) * 1024
-    else:
-        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024
+    t_first, peak, exact = harness.first_step_peak(step, hidden, weight, labels)
     extra = peak - _grad_bytes(hidden, weight)
 
     for _ in range(args.warmup):
@@ -219,11 +200,7 @@ def child_cuda(args, fn, shape, dtype):
 
     def step(hidden, weight, labels):
         hidden.grad = weight.grad = None
-        start.record()
-        fn(hidden, weight, labels).backward()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return harness.timed_cuda(lambda: fn(hidden, weight, labels).backward(), start, end)
 
     _warm_up(fn, shape, dtype, gen, device)
     hidden, weight, labels = _inputs(shape, dtype, gen, device)
@@ -232,12 +209,7 @@ def child_cuda(args, fn, shape, dtype):
         step(hidden, weight, labels)
 
     hidden.grad = weight.grad = None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    allocated = torch.cuda.memory_allocated()
-    fn(hidden, weight, labels).backward()
-    torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - allocated - _grad_bytes(hidden, weight)
+    extra = harness.cuda_extra_bytes(lambda: fn(hidden, weight, labels).backward()) - _grad_bytes(hidden, weight)
 
     times = [step(hidden, weight, labels) for _ in range(args.repeats)]
     return {
@@ -283,52 +255,8 @@ def child(args):
 
 def run_job(cand, shape, dtype, args):
     """Run one job in a fresh child process; its measurements, or None (with the error on stderr) if it failed."""
-    env = dict(os.environ)
-    # the children import hf_maxsup from this checkout, installed or not
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    if cand in OURS:
-        env["HF_MAXSUP_BACKEND"] = "auto"
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        cand,
-        "--device",
-        args.device,
-        "--shape",
-        shape,
-        "--dtype",
-        dtype,
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--seed",
-        str(args.seed),
-        "--threads",
-        str(args.threads),
-    ]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout, check=False)
-    if p.returncode != 0:
-        print(f"[{cand} {shape} {dtype}] failed:\n{p.stderr[-3000:]}", file=sys.stderr)
-        return None
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def run_rounds(jobs, args):
-    """Every job once per round, in a fresh shuffled order each round; {job: [child results]}."""
-    rng = random.Random(args.seed)
-    results = {j: [] for j in jobs}
-    t0 = time.time()
-    for r in range(args.rounds):
-        order = jobs[:]
-        rng.shuffle(order)
-        for j in order:
-            res = run_job(*j, args)
-            if res is not None:
-                results[j].append(res)
-        print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", file=sys.stderr)
-    return results
+    env = {"HF_MAXSUP_BACKEND": "auto"} if cand in OURS else {}
+    return harness.run_job(__file__, cand, shape, dtype, args, env)
 
 
 def _preamble(args, summary):
@@ -402,40 +330,18 @@ def print_tables(args, shapes, dtypes, cands, skipped, summary, results):
         )
         if rows:
             print(f"ours at {s}: {' and '.join(map(str, rows))} rows per chunk (`default_chunk_size`)\n")
-    reasons = next((m["reasons"] for m in summary.values() if m["reasons"]), None)
-    if reasons:
-        print(
-            "hf_maxsup backends on this device (auto): "
-            + "; ".join(f"{b}: {why or 'usable'}" for b, why in reasons.items())
-            + "\n"
-        )
+    harness.print_backend_reasons(next((m["reasons"] for m in summary.values() if m["reasons"]), None))
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--shapes", help="comma separated NxHxV, e.g. 1024x512x32000 (default: per device, see above)")
-    ap.add_argument("--dtypes", help="float32,bfloat16,float16 (default: per device)")
-    ap.add_argument("--candidates", default=",".join(CANDIDATES), help=",".join(CANDIDATES))
-    ap.add_argument("--rounds", type=int, default=3, help="shuffled rounds (one fresh process per job per round)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed iterations per process")
-    ap.add_argument(
-        "--warmup",
-        type=int,
-        default=1,
-        help="untimed full-size iterations per process, after the (untimed) memory iteration",
-    )
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each process (0: default)")
-    ap.add_argument("--timeout", type=int, default=1800)
-    ap.add_argument("--json", help="also write the raw results here")
-    # child mode
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--shape", help=argparse.SUPPRESS)
-    ap.add_argument("--dtype", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    return harness.parser(
+        __doc__,
+        CANDIDATES,
+        shapes_help="comma separated NxHxV, e.g. 1024x512x32000 (default: per device, see above)",
+        warmup=1,
+        warmup_help="untimed full-size iterations per process, after the (untimed) memory iteration",
+        timeout=1800,
+    ).parse_args(argv)
 
 
 def main(argv=None):
@@ -443,40 +349,17 @@ def main(argv=None):
     if args.child:
         return child(args)
     if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit(loss_bench.NO_GPU)
-    shapes = [s for s in (args.shapes or ",".join(DEFAULT_SHAPES[args.device])).split(",") if s]
+        harness.check_gpu()
+    shapes, dtypes, cands, skipped = harness.selection(
+        args, CANDIDATES, BASELINE, GPU_ONLY, DEFAULT_SHAPES, DEFAULT_DTYPES
+    )
     for s in shapes:
         parse_shape(s)  # a typo stops the run before any job, not in every child
-    dtypes = [d for d in (args.dtypes or ",".join(DEFAULT_DTYPES[args.device])).split(",") if d]
-    cands = [c for c in args.candidates.split(",") if c]
-    for c in cands:
-        if c not in CANDIDATES:
-            raise SystemExit(f"unknown candidate {c}; choose from {', '.join(CANDIDATES)}")
-    if BASELINE not in cands:
-        cands.insert(0, BASELINE)  # the reference of every ratio
-    skipped = {c: GPU_ONLY[c] for c in cands if c in GPU_ONLY and args.device == "cpu"}
-    cands = [c for c in cands if c not in skipped]
-    for c, why in skipped.items():
-        print(f"note: {c} skipped: {why}", file=sys.stderr)
-
-    results = run_rounds([(c, s, d) for s in shapes for d in dtypes for c in cands], args)
-    summary = {j: loss_bench.summarise(rs) for j, rs in results.items() if rs}
+    results = harness.run_rounds([(c, s, d) for s in shapes for d in dtypes for c in cands], args, run_job)
+    summary = {j: harness.summarise(rs) for j, rs in results.items() if rs}
     print_tables(args, shapes, dtypes, cands, skipped, summary, results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "skipped": skipped,
-                    "results": {"|".join(j): v for j, v in results.items()},
-                    "summary": {"|".join(j): v for j, v in summary.items()},
-                },
-                f,
-                indent=1,
-            )
+        harness.write_json(args.json, args, skipped, results, summary)
 
 
 if __name__ == "__main__":

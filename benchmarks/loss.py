@@ -73,20 +73,15 @@ GPU (``--device cuda``; exits with an error when torch sees no GPU).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
-import os
-import random
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ALPHA = 0.1
-IGN = -100
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402  (the machinery shared with linear_loss.py)
+from _harness import ALPHA, IGN  # noqa: E402
 
 CANDIDATES = {
     "ce": "`F.cross_entropy`",
@@ -121,10 +116,6 @@ STEADY_ENV = {
 }
 # 512 MiB per buffer: far beyond any GPU's L2, so the copy streams through device memory
 BANDWIDTH_BYTES = 1 << 29
-NO_GPU = (
-    "--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False); run it on a machine with "
-    "a GPU, or drop --device for the CPU benchmark."
-)
 
 
 def floor_ms(read_bytes: int, write_bytes: int, bandwidth_gb_s: float) -> float:
@@ -209,23 +200,6 @@ def _tiny_shape(shape):
     return shape[:1] + (min(shape[-1], 64),) if len(shape) == 2 else (1, 4, min(shape[-1], 64))
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def _reset_hwm():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _restore(x, x0):
     import torch
 
@@ -236,8 +210,6 @@ def _restore(x, x0):
 
 def child_cpu(args, fn, shape, dtype):
     """One CPU job: perf_counter times, peak-RSS extra memory and page faults per iteration."""
-    import resource
-
     import torch
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -245,12 +217,7 @@ def child_cpu(args, fn, shape, dtype):
 
     def step(x, x0, y):
         _restore(x, x0)
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t0 = time.perf_counter()
-        fn(x, y).backward()
-        t = time.perf_counter() - t0
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-        return t
+        return harness.timed_cpu(lambda: fn(x, y).backward(), faults)
 
     # tiny warm-up: kernel build/load, thread pools, lazy imports
     sx0, sy = _inputs(_tiny_shape(shape), dtype, gen, "cpu")
@@ -266,15 +233,7 @@ def child_cpu(args, fn, shape, dtype):
     gc.collect()
 
     # peak extra memory of one forward + backward (first full-size iteration)
-    exact = _reset_hwm()
-    rss0 = _status_kib("VmRSS")
-    maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t_first = step(x, x0, y)
-    if exact and rss0 is not None:
-        extra = (_status_kib("VmHWM") - rss0) * 1024
-    else:
-        extra = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024
-
+    t_first, extra, exact = harness.first_step_peak(step, x, x0, y)
     for _ in range(args.warmup):
         step(x, x0, y)
     faults.clear()
@@ -319,11 +278,7 @@ def child_cuda(args, fn, shape, dtype):
 
     def step(x, x0, y):
         _restore(x, x0)
-        start.record()
-        fn(x, y).backward()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return harness.timed_cuda(lambda: fn(x, y).backward(), start, end)
 
     # before the inputs exist, so that the copy buffers never compete with them for memory
     bandwidth = copy_bandwidth_gb_s(device)
@@ -341,12 +296,7 @@ def child_cuda(args, fn, shape, dtype):
         step(x, x0, y)
 
     _restore(x, x0)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    allocated = torch.cuda.memory_allocated()
-    fn(x, y).backward()
-    torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - allocated
+    extra = harness.cuda_extra_bytes(lambda: fn(x, y).backward())
 
     times = [step(x, x0, y) for _ in range(args.repeats)]
     return {
@@ -383,55 +333,15 @@ def child(args):
 
 def run_job(cand, shape, dtype, args):
     """Run one job in a fresh child process; its measurements, or None (with the error on stderr) if it failed."""
-    env = dict(os.environ)
-    # the children import hf_maxsup from this checkout, installed or not
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    if args.steady:
-        env.update(STEADY_ENV)
+    env = dict(STEADY_ENV) if args.steady else {}
     if cand in OURS:
         env["HF_MAXSUP_BACKEND"] = OURS[cand][2]
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        cand,
-        "--device",
-        args.device,
-        "--shape",
-        shape,
-        "--dtype",
-        dtype,
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--seed",
-        str(args.seed),
-        "--threads",
-        str(args.threads),
-    ]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout, check=False)
-    if p.returncode != 0:
-        print(f"[{cand} {shape} {dtype}] failed:\n{p.stderr[-3000:]}", file=sys.stderr)
-        return None
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return harness.run_job(__file__, cand, shape, dtype, args, env)
 
 
 def summarise(rs):
-    """Medians over the rounds of one job's child results."""
-    m = {
-        "ms": statistics.median(statistics.median(x["times"]) for x in rs) * 1e3,
-        "first_ms": statistics.median(x["first"] for x in rs) * 1e3,
-        "mem": statistics.median(x["extra_bytes"] / x["logits_bytes"] for x in rs),
-        "mem_exact": all(x["extra_exact"] for x in rs),
-        "logits_bytes": rs[0]["logits_bytes"],
-        "backend": rs[0]["backend"],
-        "reasons": rs[0]["reasons"],
-        "threads": rs[0]["threads"],
-        "n": len(rs),
-    }
-    if "faults" in rs[0]:
-        m["faults"] = statistics.median(x["faults"] for x in rs)
+    """Medians over the rounds of one job's child results, with the bandwidth floor of a GPU's."""
+    m = harness.summarise(rs)
     if "bandwidth_gb_s" in rs[0]:
         m["bandwidth_gb_s"] = statistics.median(x["bandwidth_gb_s"] for x in rs)
         m["floor_ms"] = floor_ms(m["logits_bytes"], m["logits_bytes"], m["bandwidth_gb_s"])
@@ -512,38 +422,23 @@ def print_tables(args, shapes, dtypes, cands, skipped, summary):
             print()
     # why the automatic choice fell where it did (a forced backend's reasons would only say it was forced)
     reasons = next((m["reasons"] for (c, _, _), m in summary.items() if c in OURS and OURS[c][2] == "auto"), None)
-    if reasons:
-        print(
-            "hf_maxsup backends on this device (auto): "
-            + "; ".join(f"{b}: {why or 'usable'}" for b, why in reasons.items())
-            + "\n"
-        )
+    harness.print_backend_reasons(reasons)
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    ap = harness.parser(
+        __doc__,
+        CANDIDATES,
+        shapes_help="comma separated, e.g. 256x1000,4x512x32000 (default: per device, see above)",
+        warmup=2,
+        warmup_help="untimed full-size iterations per process",
+        timeout=900,
     )
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--shapes", help="comma separated, e.g. 256x1000,4x512x32000 (default: per device, see above)")
-    ap.add_argument("--dtypes", help="float32,bfloat16,float16 (default: per device)")
-    ap.add_argument("--candidates", default=",".join(CANDIDATES), help=",".join(CANDIDATES))
-    ap.add_argument("--rounds", type=int, default=3, help="shuffled rounds (one fresh process per job per round)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed iterations per process")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed full-size iterations per process")
     ap.add_argument(
         "--steady",
         action="store_true",
         help="CPU only: page-fault-free regime, THP_MEM_ALLOC_ENABLE=1 and glibc keeps freed memory",
     )
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each process (0: default)")
-    ap.add_argument("--timeout", type=int, default=900)
-    ap.add_argument("--json", help="also write the raw results here")
-    # child mode
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--shape", help=argparse.SUPPRESS)
-    ap.add_argument("--dtype", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -552,10 +447,7 @@ def _check_device(args):
         return
     if args.steady:
         raise SystemExit("--steady is a CPU regime (glibc and page faults); it does not apply to --device cuda.")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit(NO_GPU)
+    harness.check_gpu()
 
 
 def main(argv=None):
@@ -563,46 +455,12 @@ def main(argv=None):
     if args.child:
         return child(args)
     _check_device(args)
-    shapes = [s for s in (args.shapes or ",".join(DEFAULT_SHAPES[args.device])).split(",") if s]
-    dtypes = [d for d in (args.dtypes or ",".join(DEFAULT_DTYPES[args.device])).split(",") if d]
-    cands = [c for c in args.candidates.split(",") if c]
-    for c in cands:
-        if c not in CANDIDATES:
-            raise SystemExit(f"unknown candidate {c}; choose from {', '.join(CANDIDATES)}")
-    if "ce" not in cands:
-        cands.insert(0, "ce")  # the reference of every ratio
-    skipped = {c: GPU_ONLY[c] for c in cands if c in GPU_ONLY and args.device == "cpu"}
-    cands = [c for c in cands if c not in skipped]
-    for c, why in skipped.items():
-        print(f"note: {c} skipped: {why}", file=sys.stderr)
-
-    jobs = [(c, s, d) for s in shapes for d in dtypes for c in cands]
-    rng = random.Random(args.seed)
-    results = {j: [] for j in jobs}
-    t0 = time.time()
-    for r in range(args.rounds):
-        order = jobs[:]
-        rng.shuffle(order)
-        for j in order:
-            res = run_job(*j, args)
-            if res is not None:
-                results[j].append(res)
-        print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", file=sys.stderr)
-
+    shapes, dtypes, cands, skipped = harness.selection(args, CANDIDATES, "ce", GPU_ONLY, DEFAULT_SHAPES, DEFAULT_DTYPES)
+    results = harness.run_rounds([(c, s, d) for s in shapes for d in dtypes for c in cands], args, run_job)
     summary = {j: summarise(rs) for j, rs in results.items() if rs}
     print_tables(args, shapes, dtypes, cands, skipped, summary)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "skipped": skipped,
-                    "results": {"|".join(j): v for j, v in results.items()},
-                    "summary": {"|".join(j): v for j, v in summary.items()},
-                },
-                f,
-                indent=1,
-            )
+        harness.write_json(args.json, args, skipped, results, summary)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,21 @@ def _run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProces
     return result
 
 
+def _tiny(tmp_path, shapes: str, candidates: str) -> list[str]:
+    """The flags of one tiny round: one process per job, one timed iteration, one thread, a JSON report."""
+    flags = {"shapes": shapes, "candidates": candidates, "rounds": 1, "repeats": 1, "threads": 1}
+    flags["json"] = tmp_path / "r.json"
+    return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+
+
+def _table_rows(out: str) -> dict[str, list[str]]:
+    """The rows of the Markdown tables in `out`, by their first cell, as lists of stripped cells."""
+    cells = [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")
+    ]
+    return {row[0]: row for row in cells}
+
+
 def _load_loss_benchmark():
     spec = importlib.util.spec_from_file_location("_loss_benchmark", BENCHMARKS / "loss.py")
     module = importlib.util.module_from_spec(spec)
@@ -29,30 +44,10 @@ def _load_loss_benchmark():
 
 
 def test_loss_benchmark_tiny(tmp_path):
-    out = _run(
-        "loss.py",
-        "--shapes",
-        "64x100",
-        "--dtypes",
-        "float32",
-        "--candidates",
-        "ce,hf_label_smoother,ours_maxsup,ours_maxsup_torch,liger_ls",
-        "--rounds",
-        "1",
-        "--repeats",
-        "1",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-        str(tmp_path / "r.json"),
-    ).stdout
+    candidates = "ce,hf_label_smoother,ours_maxsup,ours_maxsup_torch,liger_ls"
+    out = _run("loss.py", *_tiny(tmp_path, "64x100", candidates), "--dtypes", "float32", "--warmup", "1").stdout
     assert "### logits 64×100 float32" in out, out
-    cells = [
-        [c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")
-    ]
-    rows = {row[0]: row for row in cells}
+    rows = _table_rows(out)
     for name in ("`F.cross_entropy`", "transformers `LabelSmoother(0.1)`", "**ours MaxSup**"):
         assert name in rows, out
     # the backend column says what served the row: the forced torch backend, nothing for non-hf_maxsup rows
@@ -122,26 +117,10 @@ def test_loss_benchmark_gpu_table(capsys):
 
 
 def test_linear_loss_benchmark_tiny(tmp_path):
-    out = _run(
-        "linear_loss.py",
-        "--shapes",
-        "64x16x200",
-        "--candidates",
-        "torch_linear_ce_ls,ours_linear_maxsup,liger_flce_ls",
-        "--rounds",
-        "1",
-        "--repeats",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-        str(tmp_path / "r.json"),
-    ).stdout
+    candidates = "torch_linear_ce_ls,ours_linear_maxsup,liger_flce_ls"
+    out = _run("linear_loss.py", *_tiny(tmp_path, "64x16x200", candidates)).stdout
     assert "### N×H×V = 64×16×200 float32 (logits 64×200)" in out, out
-    cells = [
-        [c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")
-    ]
-    rows = {row[0]: row for row in cells}
+    rows = _table_rows(out)
     # the baseline of the ratios runs even when not asked for
     baseline = rows["`F.linear` + `F.cross_entropy`"]
     assert baseline[1] == "—" and baseline[3] == "1.00", out
