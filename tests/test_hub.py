@@ -410,7 +410,11 @@ def test_peft_adapter_card_keeps_peft_fields_and_reloads(tmp_path, compute_metri
         torch.testing.assert_close(logits_of(reloaded), expected)
 
 
-def test_sample_counts_are_not_metrics():
-    from hf_maxsup.hub import _metrics
-
-    assert _metrics({"eval_accuracy": 0.9, "eval_samples": 1200, "eval_runtime": 3.0}) == {"accuracy": 0.9}
+def test_sample_counts_are_not_metrics(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.state.log_history = [
+        {"eval_accuracy": 0.9, "eval_samples": 1200, "eval_ce": 1.0, "eval_runtime": 3.0, "step": 1}
+    ]
+    trainer.create_model_card()
+    results = ModelCard.load(tmp_path / "README.md").data.eval_results
+    assert [(r.metric_type, r.metric_value) for r in results] == [("accuracy", 0.9)]
