@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DataArguments",
+    "DataSourceArguments",
+    "HubArguments",
+    "ImageColumns",
+    "TextColumns",
+    "TranslationColumns",
     "ImageDataArguments",
     "ImageModelArguments",
     "ModelArguments",
@@ -21,15 +26,21 @@ __all__ = [
 
 
 @dataclass
-class ModelArguments:
+class HubArguments:
+    """How the Hub is reached: what the recipes and the reports (`hf-maxsup analyze`) share."""
+
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+
+@dataclass
+class ModelArguments(HubArguments):
     """Which model to fine-tune (or, without `model_name_or_path`, the offline default built from a config)."""
 
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Local directory or Hub id of a pretrained model. Default: the task's offline model."},
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
-    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
@@ -37,8 +48,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    """Where the data comes from: a Hub dataset, local files, or (nothing given) the embedded real data."""
+class DataSourceArguments:
+    """Where the data comes from: a Hub dataset, local files, or (nothing given) the embedded real data. The recipes
+    train on it, and the reports evaluate on the same source."""
 
     dataset_name: str | None = field(default=None, metadata={"help": "Dataset on the Hub (datasets.load_dataset)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of that dataset."})
@@ -48,16 +60,25 @@ class DataArguments:
     validation_split_percentage: int = field(
         default=10, metadata={"help": "Share of train held out for validation when there is no validation split."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
 
     def __post_init__(self):
         if not 0 <= self.validation_split_percentage < 100:
             raise ValueError(
                 f"--validation_split_percentage must be in [0, 100); got {self.validation_split_percentage}."
             )
+
+
+@dataclass
+class DataArguments(DataSourceArguments):
+    """The data of a recipe: its source, how much of it to use and how to preprocess it."""
+
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the validation set."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate the test set."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
+
+    def __post_init__(self):
+        super().__post_init__()
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "preprocessing_num_workers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}. Leave it out for no limit.")
@@ -103,11 +124,39 @@ class ImageModelArguments(ModelArguments):
 
 
 @dataclass
-class ImageDataArguments(DataArguments):
+class ImageColumns:
+    """Where the images and their labels are (the reports read the same flags as the recipe)."""
+
     train_dir: str | None = field(default=None, metadata={"help": "Image folder of training images."})
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder of validation images."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+
+
+@dataclass
+class TextColumns:
+    """Where the texts and their labels are, and their truncation (the reports read the same flags as the recipe)."""
+
+    text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
+    text_pair_column_name: str | None = field(default=None, metadata={"help": "Second text of sentence pairs."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+
+
+@dataclass
+class TranslationColumns:
+    """Where the sentence pairs are, and their truncation (the reports read the same flags as the recipe)."""
+
+    source_lang: str = field(default="en", metadata={"help": "Source language key in the translation column."})
+    target_lang: str = field(default="fr", metadata={"help": "Target language key in the translation column."})
+    translation_column_name: str = field(default="translation", metadata={"help": "Column of {lang: text} dicts."})
+    source_prefix: str = field(default="", metadata={"help": "Prefix of every source, e.g. for T5."})
+    max_source_length: int = field(default=128, metadata={"help": "Longer sources are truncated."})
+    max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated."})
+
+
+@dataclass
+class ImageDataArguments(ImageColumns, DataArguments):
     augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
     train_val_split: float | None = field(
         default=None,
@@ -132,7 +181,7 @@ class ImageDataArguments(DataArguments):
 
 
 @dataclass
-class TextDataArguments(DataArguments):
+class TextDataArguments(TextColumns, DataArguments):
     text_column_names: str | None = field(
         default=None,
         metadata={
@@ -140,10 +189,6 @@ class TextDataArguments(DataArguments):
             "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."
         },
     )
-    text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
-    text_pair_column_name: str | None = field(default=None, metadata={"help": "Second text of sentence pairs."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
-    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
     pad_to_max_length: bool = field(
         default=False,
         metadata={
@@ -179,13 +224,7 @@ class TranslationModelArguments(ModelArguments):
 
 
 @dataclass
-class TranslationDataArguments(DataArguments):
-    source_lang: str = field(default="en", metadata={"help": "Source language key in the translation column."})
-    target_lang: str = field(default="fr", metadata={"help": "Target language key in the translation column."})
-    translation_column_name: str = field(default="translation", metadata={"help": "Column of {lang: text} dicts."})
-    source_prefix: str = field(default="", metadata={"help": "Prefix of every source, e.g. for T5."})
-    max_source_length: int = field(default=128, metadata={"help": "Longer sources are truncated."})
-    max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated."})
+class TranslationDataArguments(TranslationColumns, DataArguments):
     val_max_target_length: int | None = field(
         default=None,
         metadata={

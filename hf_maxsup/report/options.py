@@ -1,8 +1,8 @@
 """The options of the data the reports evaluate their runs on.
 
-Each option is declared once, here: `hf-maxsup` builds its flags from these fields ([`option_flags`]). An option whose
-metadata has `recipe=True` is also an argument of the recipe (the data it trained on), which `compare` and `distill`
-read from the recipe arguments; the others are the report's own flags.
+`hf-maxsup` builds its flags from these fields ([`option_flags`]). The data's source and columns are the recipes' own
+arguments ([`hf_maxsup.arguments`]: the same dataclasses, inherited), which `compare` and `distill` read from the
+recipe arguments; the other fields are the report's own flags, declared here.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import dataclasses
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from ..arguments import DataSourceArguments, HubArguments, ImageColumns, TextColumns, TranslationColumns
 
 __all__ = ["DataOptions", "SourceOptions", "TranslationDataOptions", "option", "option_flags"]
 
@@ -21,7 +23,8 @@ def option(default, help: str, *, recipe: bool = False, flag: str | None = None,
     Args:
         default: the field's default, also the one the flag's help names.
         help (`str`): the flag's help.
-        recipe (`bool`, *optional*, defaults to `False`): the recipe takes the same flag (a data source or column).
+        recipe (`bool`, *optional*, defaults to `False`): the recipe's command line holds the flag (a training
+            argument such as `generation_num_beams`).
         flag (`str`, *optional*): the flag's name when it is not the field's (e.g. `max_analysis_samples`, since the
             recipe's `max_eval_samples` means something else).
         **argparse_kwargs: more of `add_argument` (`nargs`, `metavar`).
@@ -36,11 +39,11 @@ def option_flags(options: type, *, recipe: bool) -> list[tuple[str, dict]]:
     hints = typing.get_type_hints(options)
     flags = []
     for spec in dataclasses.fields(options):
-        if spec.metadata.get("recipe") is not recipe:
+        if spec.metadata.get("recipe", spec.name in RECIPE_ARGUMENTS) is not recipe:
             continue
         kind = next((arg for arg in typing.get_args(hints[spec.name]) if arg is not type(None)), hints[spec.name])
         default = spec.default
-        kwargs = {"dest": spec.name, "default": None, **spec.metadata["argparse"]}
+        kwargs = {"dest": spec.name, "default": None, **spec.metadata.get("argparse", {})}
         if kind is bool:
             flags.append((f"--no_{spec.name}", {**kwargs, "action": "store_false", "help": spec.metadata["help"]}))
             continue
@@ -48,31 +51,23 @@ def option_flags(options: type, *, recipe: bool) -> list[tuple[str, dict]]:
         help_text = spec.metadata["help"]
         if default not in (None, ""):
             help_text = f"{help_text.rstrip('.')} (default: {shown})."
-        flags.append((f"--{spec.metadata['flag'] or spec.name}", {**kwargs, "type": kind, "help": help_text}))
+        flags.append((f"--{spec.metadata.get('flag') or spec.name}", {**kwargs, "type": kind, "help": help_text}))
     return flags
 
 
+# The recipes' arguments that tell a report which data a run trained on.
+RECIPE_ARGUMENTS = {
+    spec.name
+    for arguments in (DataSourceArguments, HubArguments, ImageColumns, TextColumns, TranslationColumns)
+    for spec in dataclasses.fields(arguments)
+}
+
+
 @dataclass
-class SourceOptions:
+class SourceOptions(DataSourceArguments, HubArguments):
     """Where the evaluation data comes from (default: the embedded data of the checkpoints' task), which split and how
     much of it: what the classification and the translation reports share."""
 
-    dataset_name: str | None = option(None, "Dataset on the Hub.", recipe=True)
-    dataset_config_name: str | None = option(None, "Its configuration.", recipe=True)
-    train_file: str | None = option(
-        None,
-        "Local training file: the regime check's training examples, and a validation split cut from it.",
-        recipe=True,
-    )
-    validation_file: str | None = option(None, "Local validation file, evaluated on without a test split.", recipe=True)
-    test_file: str | None = option(None, "Local file (csv, json, jsonl, parquet) to evaluate on.", recipe=True)
-    validation_split_percentage: int = option(
-        10,
-        "Share of train held out as validation when the data has no validation split, as the recipe did.",
-        recipe=True,
-    )
-    cache_dir: str | None = option(None, "Hub cache.", recipe=True)
-    token: str | None = option(None, "Hub token.", recipe=True)
     split: str | None = option(None, "Split to evaluate on (default: test if the data has one, else validation).")
     max_samples: int | None = option(
         None,
@@ -97,16 +92,9 @@ class SourceOptions:
 
 
 @dataclass
-class DataOptions(SourceOptions):
+class DataOptions(SourceOptions, ImageColumns, TextColumns):
     """Which data classifiers are evaluated on, and the options of the report's extra measurements."""
 
-    train_dir: str | None = option(None, "Image folder of training images.", recipe=True)
-    validation_dir: str | None = option(None, "Image folder of validation images.", recipe=True)
-    image_column_name: str = option("image", "Column of the images.", recipe=True)
-    label_column_name: str = option("label", "Column of the labels.", recipe=True)
-    text_column_name: str = option("text", "Column of the texts.", recipe=True)
-    text_pair_column_name: str | None = option(None, "Second text of sentence pairs.", recipe=True)
-    max_seq_length: int = option(128, "Truncation of texts, in tokens.", recipe=True)
     probe: bool = option(True, "Skip the linear probe on scikit-learn's digits.")
     probe_samples: int | None = option(
         None, "Use a stratified subset of this many digits for the linear probe (default: all 1,797)."
@@ -135,16 +123,10 @@ class DataOptions(SourceOptions):
 
 
 @dataclass
-class TranslationDataOptions(SourceOptions):
+class TranslationDataOptions(SourceOptions, TranslationColumns):
     """Which translation data the checkpoints are evaluated on (default: the embedded Bible en→fr test split), and how
     the translations are generated."""
 
-    source_lang: str = option("en", "Source language key in the translation column.", recipe=True)
-    target_lang: str = option("fr", "Target language key in the translation column.", recipe=True)
-    translation_column_name: str = option("translation", "Column of {lang: text} dicts.", recipe=True)
-    source_prefix: str = option("", "Prefix of every source, e.g. for T5.", recipe=True)
-    max_source_length: int = option(128, "Longer sources are truncated.", recipe=True)
-    max_target_length: int = option(128, "Longer targets are truncated; the longest generation.", recipe=True)
     num_beams: int = option(1, "Beams of the generation.", recipe=True, flag="generation_num_beams", metavar="N")
 
     def columns(self, task: str = "translation") -> dict[str | None, str]:
