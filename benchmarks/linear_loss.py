@@ -16,9 +16,9 @@ Candidates (``--candidates``, comma separated):
                               chunked path; options=None, its default, would be F.linear + F.cross_entropy)
     torch_linear_ce_ls        same with label_smoothing=0.1: the chunked path does not take label smoothing and falls
                               back to the full logits with a warning (listed under the tables)
-    ours_linear_ce            hf_maxsup.linear.fused_linear_loss(kind="ce"), default chunk size
-    ours_linear_ls            same, kind="ls", alpha=0.1
-    ours_linear_maxsup        same, kind="maxsup", alpha=0.1
+    ours_linear_ce            hf_maxsup.linear.fused_linear_loss(loss="ce"), default chunk size
+    ours_linear_ls            same, loss="ls", alpha=0.1
+    ours_linear_maxsup        same, loss="maxsup", alpha=0.1
     liger_flce_ls             liger_kernel LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1) (GPU only: skipped
                               on CPU)
 
@@ -129,7 +129,7 @@ def _make_fn(name):
     if name in OURS:
         from hf_maxsup.linear import fused_linear_loss
 
-        return lambda h, w, y: fused_linear_loss(h, w, y, kind=OURS[name], alpha=ALPHA)
+        return lambda h, w, y: fused_linear_loss(h, w, y, loss=OURS[name], alpha=ALPHA)
     raise SystemExit(f"unknown candidate {name}")
 
 

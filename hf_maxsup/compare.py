@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # The tasks of the models the comparison reports on: classifiers (hf_maxsup.report) and translation models
-# (hf_maxsup.translation_report).
+# (hf_maxsup.report.translation).
 REPORTED_TASKS = ("image-classification", "text-classification", "text2text-generation")
 
 MEMBER_FILE = "hf_maxsup_compare.json"

@@ -49,7 +49,7 @@ def default_chunk_size(num_rows: int, hidden_size: int, vocab_size: int) -> int:
     return min(rows, 1 << max(num_rows - 1, 0).bit_length())
 
 
-def _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_batch, ignore_index) -> None:
+def _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_batch, ignore_index) -> None:
     if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point() or hidden.dim() < 2:
         raise ValueError(
             f"hidden must be a floating-point tensor of shape (N, H) or (B, T, H); got "
@@ -77,7 +77,7 @@ def _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_ba
             f"labels of shape {tuple(target.shape)} do not match hidden states of shape "
             f"{tuple(hidden.shape)}: they need shape {tuple(hidden.shape[:-1])}."
         )
-    check_loss_options(kind, alpha, reduction, num_items_in_batch)
+    check_loss_options(loss, alpha, reduction, num_items_in_batch)
     check_label_range(target, weight.shape[0], ignore_index, f"the head has V={weight.shape[0]} outputs")
 
 
@@ -97,7 +97,7 @@ def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool
         sums += kernels.rows_loss_and_grad_(
             logits,
             labels[rows],
-            kind=call["kind"],
+            loss=call["loss"],
             alpha=call["alpha"],
             ignore_index=call["ignore_index"],
             want_grad=want_grad,
@@ -129,7 +129,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         sums, grads = _sweep(h_kept, weight, bias, y_kept, call, call["chunk_size"], want_grad, row_loss=row_loss)
         n_kept = torch.full((), kept.numel(), device=h.device)
         if call["want_components"]:
-            call["components"].update(kernels.component_means(call["kind"], sums, n_kept, hard=True))
+            call["components"].update(kernels.component_means(call["loss"], sums, n_kept, hard=True))
         ctx.call, ctx.shapes = call, (hidden.shape, weight.dtype)
         if none:
             ctx.save_for_backward(h_kept, weight, bias, y_kept, kept)
@@ -172,7 +172,7 @@ def fused_linear_loss(
     weight: torch.Tensor,
     target: torch.Tensor,
     *,
-    kind: str = "maxsup",
+    loss: str = "maxsup",
     alpha: float = 0.1,
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
@@ -191,7 +191,7 @@ def fused_linear_loss(
             The output layer's weight (`lm_head.weight`), same dtype and device as `hidden`.
         target (`torch.Tensor`):
             Class indices of shape `hidden.shape[:-1]`; `ignore_index` marks positions to skip.
-        kind (`str`, *optional*, defaults to `"maxsup"`): `"ce"`, `"ls"` or `"maxsup"`.
+        loss (`str`, *optional*, defaults to `"maxsup"`): `"ce"`, `"ls"` or `"maxsup"`.
         alpha (`float`, *optional*, defaults to 0.1): weight of the regulariser, in `[0, 1)` (unused for `"ce"`).
         bias (`torch.Tensor` of shape `(V,)`, *optional*): the output layer's bias (e.g. Marian's
             `final_logits_bias`).
@@ -208,12 +208,12 @@ def fused_linear_loss(
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
     """
-    _check(hidden, weight, bias, target, kind, alpha, reduction, num_items_in_batch, ignore_index)
+    _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_batch, ignore_index)
     n_rows = hidden.numel() // hidden.shape[-1]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-    alpha = 0.0 if kind == "ce" else smoothing_weight(float(alpha), weight.shape[0], mass if kind == "ls" else "all")
+    alpha = 0.0 if loss == "ce" else smoothing_weight(float(alpha), weight.shape[0], mass if loss == "ls" else "all")
     call = {
-        "kind": kind,
+        "loss": loss,
         "alpha": alpha,
         "ignore_index": ignore_index,
         "reduction": reduction,
@@ -223,16 +223,16 @@ def fused_linear_loss(
         "components": {},
         "chunk_size": chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0]),
     }
-    loss = _FusedLinearLoss.apply(hidden, weight, bias, target, call)
-    return (loss, call["components"]) if return_components else loss
+    value = _FusedLinearLoss.apply(hidden, weight, bias, target, call)
+    return (value, call["components"]) if return_components else value
 
 
-def _named(kind: str, doc: str):
-    def loss(
+def _named(loss: str, doc: str):
+    def fn(
         hidden,
         weight,
         target,
-        alpha: float = 0.1 if kind != "ce" else 0.0,
+        alpha: float = 0.1 if loss != "ce" else 0.0,
         *,
         bias=None,
         ignore_index: int = -100,
@@ -246,7 +246,7 @@ def _named(kind: str, doc: str):
             hidden,
             weight,
             target,
-            kind=kind,
+            loss=loss,
             alpha=alpha,
             bias=bias,
             ignore_index=ignore_index,
@@ -257,8 +257,8 @@ def _named(kind: str, doc: str):
             **options,
         )
 
-    loss.__doc__ = doc + "\n\n    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."
-    return loss
+    fn.__doc__ = doc + "\n\n    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."
+    return fn
 
 
 linear_cross_entropy = _named("ce", "Cross-entropy of `hidden @ weight.T + bias` without materialising the logits.")

@@ -114,12 +114,12 @@ def check_label_range(target: torch.Tensor, num_classes: int, ignore_index: int,
         )
 
 
-def check_loss_options(kind: str, alpha: float = 0.0, reduction: str = "mean", num_items_in_batch=None) -> None:
+def check_loss_options(loss: str, alpha: float = 0.0, reduction: str = "mean", num_items_in_batch=None) -> None:
     """Check the options that every loss of hf_maxsup takes: the logit losses here and the fused linear losses of
     `hf_maxsup.linear`. The defaults pass, so that a caller checks only what it has.
 
     Args:
-        kind (`str`): the loss, `"ce"`, `"ls"` or `"maxsup"`.
+        loss (`str`): the loss, `"ce"`, `"ls"` or `"maxsup"`.
         alpha (`float`, *optional*, defaults to 0.0): the weight of the regulariser, in `[0, 1)` (any for `"ce"`).
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"`.
         num_items_in_batch (`int` or `torch.Tensor`, *optional*): the divisor of the summed loss, which
@@ -128,18 +128,18 @@ def check_loss_options(kind: str, alpha: float = 0.0, reduction: str = "mean", n
     Raises:
         `ValueError`: saying which option is wrong and what it may be.
     """
-    if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; valid names: {', '.join(LOSSES)}.")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}.")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
     if num_items_in_batch is not None and reduction == "none":
         raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
-    if kind != "ce" and not 0.0 <= float(alpha) < 1.0:
+    if loss != "ce" and not 0.0 <= float(alpha) < 1.0:
         raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
 
 
 def _check_inputs(
-    kind: str,
+    loss: str,
     logits: torch.Tensor,
     target: torch.Tensor,
     alpha: float,
@@ -154,7 +154,7 @@ def _check_inputs(
         )
     if not isinstance(target, torch.Tensor):
         raise ValueError(f"target must be a tensor of class indices or soft targets; got {type(target).__name__}.")
-    check_loss_options(kind, alpha, reduction, num_items_in_batch)
+    check_loss_options(loss, alpha, reduction, num_items_in_batch)
     if target.is_floating_point():
         _check_soft_targets(logits, target)
     else:
@@ -162,7 +162,7 @@ def _check_inputs(
 
 
 def _loss(
-    kind,
+    loss,
     input,
     target,
     alpha,
@@ -174,12 +174,12 @@ def _loss(
     mass="all",
     **distill,
 ):
-    _check_inputs(kind, input, target, alpha, ignore_index, reduction, num_items_in_batch)
-    alpha = 0.0 if kind == "ce" else smoothing_weight(float(alpha), input.shape[-1], mass)
+    _check_inputs(loss, input, target, alpha, ignore_index, reduction, num_items_in_batch)
+    alpha = 0.0 if loss == "ce" else smoothing_weight(float(alpha), input.shape[-1], mass)
     return kernels.fused_loss(
         input,
         target,
-        kind=kind,
+        loss=loss,
         alpha=alpha,
         ignore_index=ignore_index,
         reduction=reduction,
@@ -398,10 +398,10 @@ LOSSES: dict[str, Callable] = {
 }
 
 
-def get_loss_fn(name: str) -> Callable:
-    """Return the loss function registered under `name` (`"ce"`, `"ls"` or `"maxsup"`)."""
-    check_loss_options(name)
-    return LOSSES[name]
+def get_loss_fn(loss: str) -> Callable:
+    """Return the loss function registered under the name `loss` (`"ce"`, `"ls"` or `"maxsup"`)."""
+    check_loss_options(loss)
+    return LOSSES[loss]
 
 
 class _AlphaLoss(nn.Module):

@@ -258,7 +258,7 @@ class MaxSupLossFunc(TrainerCallback):
             hidden,
             head_inputs.weight,
             labels.to(hidden.device),
-            kind=self.loss,
+            loss=self.loss,
             alpha=alpha,
             bias=head_inputs.bias,
             ignore_index=self.ignore_index,

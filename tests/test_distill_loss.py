@@ -102,7 +102,7 @@ def test_a_teacher_equal_to_the_student_adds_nothing(backend):
             distill_temperature=T,
             return_components=True,
         )
-        alone = kernels.fused_loss(student, labels, kind="ls", alpha=ALPHA)
+        alone = kernels.fused_loss(student, labels, loss="ls", alpha=ALPHA)
     assert abs(float(comps["distill"])) < 1e-6
     torch.testing.assert_close(loss, alone, rtol=1e-6, atol=1e-6)
 

@@ -113,7 +113,7 @@ def test_bad_cflags_fall_back_with_a_warning_naming_the_fix(cc, fresh_state, tmp
     monkeypatch.setenv("HF_MAXSUP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_MAXSUP_CFLAGS", "-fno-such-flag-hf-maxsup")
     with caplog.at_level("WARNING", logger="hf_maxsup.kernels"):
-        loss = kernels.fused_loss(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), kind="maxsup", alpha=0.1)
+        loss = kernels.fused_loss(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), loss="maxsup", alpha=0.1)
     assert torch.isfinite(loss)
     info = kernels.kernel_info()
     assert info["backend"] == "torch" and "HF_MAXSUP_CFLAGS" in info["reasons"]["c"]
@@ -128,7 +128,7 @@ def test_an_unusable_cache_is_reported_once(cc, fresh_state, tmp_path, monkeypat
     monkeypatch.setenv("HF_MAXSUP_CFLAGS", "-O0")
     with caplog.at_level("WARNING", logger="hf_maxsup.kernels"):
         for _ in range(2):
-            kernels.fused_loss(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), kind="ce")
+            kernels.fused_loss(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), loss="ce")
     notes = [r.getMessage() for r in caplog.records if "not usable" in r.getMessage()]
     assert len(notes) == 1 and "HF_MAXSUP_CACHE" in notes[0]
     assert kernels.kernel_info()["backend"] == "c" and "not usable" in kernels.kernel_info()["c"]["note"]

@@ -53,7 +53,7 @@ def reference(kind, hidden, weight, bias, labels, reduction="mean", num_items=No
 
 def ours(kind, hidden, weight, bias, labels, weight_out=None, **kwargs):
     h, w, b = (t.detach().clone().requires_grad_(True) for t in (hidden, weight, bias))
-    loss, comps = fused_linear_loss(h, w, labels, kind=kind, alpha=ALPHA, bias=b, return_components=True, **kwargs)
+    loss, comps = fused_linear_loss(h, w, labels, loss=kind, alpha=ALPHA, bias=b, return_components=True, **kwargs)
     (loss * (1.0 if weight_out is None else weight_out)).sum().backward()
     return loss.detach(), comps, (h.grad, w.grad, b.grad)
 
@@ -158,7 +158,7 @@ def test_never_materialises_the_logits(backend, monkeypatch):
     hidden, weight, bias, labels = make(shape=(8, 128), hidden_size=32, vocab=2000, seed=5)
     h, w, b = (t.clone().requires_grad_(True) for t in (hidden, weight, bias))
     with _AllocSpy() as spy:
-        fused_linear_loss(h, w, labels, kind="maxsup", alpha=ALPHA, bias=b, chunk_size=16).backward()
+        fused_linear_loss(h, w, labels, loss="maxsup", alpha=ALPHA, bias=b, chunk_size=16).backward()
     logits_bytes = labels.numel() * 2000 * 4
     # the gradients of the inputs (weight: 2000x32) are allowed; nothing logits-sized
     assert max(n for _, n in spy.allocs) <= 0.1 * logits_bytes, sorted(spy.allocs, key=lambda a: -a[1])[:3]
@@ -173,7 +173,7 @@ def test_never_materialises_the_logits(backend, monkeypatch):
         (lambda h, w, y: fused_linear_loss(h, w, torch.rand(2, 25, 300)), "not soft targets"),
         (lambda h, w, y: fused_linear_loss(h, w, y[:, :3]), "do not match hidden states"),
         (lambda h, w, y: fused_linear_loss(h, w, torch.full_like(y, 300)), "label value 300 is outside [0, 300)"),
-        (lambda h, w, y: fused_linear_loss(h, w, y, kind="focal"), "unknown loss 'focal'"),
+        (lambda h, w, y: fused_linear_loss(h, w, y, loss="focal"), "unknown loss 'focal'"),
         (lambda h, w, y: fused_linear_loss(h, w, y, alpha=1.0), "alpha must be in [0, 1)"),
         (lambda h, w, y: fused_linear_loss(h, w, y, reduction="none", num_items_in_batch=3), "reduction='none'"),
         (lambda h, w, y: fused_linear_loss(h.long(), w, y), "floating-point tensor"),

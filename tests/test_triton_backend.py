@@ -58,7 +58,7 @@ def make_job(kind, alpha, logits, labels=None, soft=None, grad="separate", scale
     elif grad is None:
         grad_tensor, grad_strides = None, (0, 0)
     return LossJob(
-        kind=kind, alpha=alpha, ignore_index=IGNORE, logits=logits, layout=layout, labels=labels, soft=soft,
+        loss=kind, alpha=alpha, ignore_index=IGNORE, logits=logits, layout=layout, labels=labels, soft=soft,
         grad=grad_tensor, grad_strides=grad_strides, grad_scale=torch.tensor(scale, device=logits.device),
         row_loss=torch.full((n,), float("nan"), device=logits.device), want_components=components,
     )  # fmt: skip

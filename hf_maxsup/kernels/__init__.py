@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._args import KINDS, SUMS, LossJob
+from ._args import LOSS_NAMES, SUMS, LossJob
 from ._layout import row_layout, rows_disjoint
 
 __all__ = [
     "BACKENDS",
-    "KINDS",
+    "LOSS_NAMES",
     "SUMS",
     "LossJob",
     "component_means",
@@ -145,7 +145,7 @@ def kernel_info(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
 @dataclass
 class _Call:
     backend: object
-    kind: str
+    loss: str
     alpha: float
     ignore_index: int
     reduction: str
@@ -231,7 +231,7 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
     row_loss = torch.empty(n_rows, dtype=out_dtype, device=device) if call.reduction == "none" else None
     teacher = _rows_like(call.teacher, z) if call.teacher is not None else None
     job = LossJob(
-        call.kind,
+        call.loss,
         call.alpha,
         call.ignore_index,
         z,
@@ -250,7 +250,7 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
     sums = call.backend.forward(job) if n_rows else torch.zeros(len(SUMS), dtype=torch.float64, device=device)
     if call.want_components:
         call.components.update(
-            component_means(call.kind, sums, n_kept, hard=labels is not None, distill=call.teacher is not None)
+            component_means(call.loss, sums, n_kept, hard=labels is not None, distill=call.teacher is not None)
         )
     loss = row_loss.view(z.shape[:-1]) if row_loss is not None else (sums[0] / divisor).to(out_dtype)
     if inplace and grad is not None:
@@ -260,13 +260,13 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
 
 
 def component_means(
-    kind: str, sums: torch.Tensor, n_kept: torch.Tensor, *, hard: bool, distill: bool = False
+    loss: str, sums: torch.Tensor, n_kept: torch.Tensor, *, hard: bool, distill: bool = False
 ) -> dict[str, torch.Tensor]:
     """Means over kept rows of the logged terms (the LS halves for LS with class indices, `distill` with a teacher),
     detached float32 0-dim tensors on the sums' device."""
     means = (sums / n_kept.clamp_min(1)).float()
-    names = ["ce"] + (["reg"] if kind != "ce" else [])
-    if kind == "ls" and hard:
+    names = ["ce"] + (["reg"] if loss != "ce" else [])
+    if loss == "ls" and hard:
         names += ["ls_regularization", "ls_error_amplification"]
     if distill:
         names.append("distill")
@@ -303,7 +303,7 @@ def fused_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     *,
-    kind: str,
+    loss: str,
     alpha: float = 0.0,
     ignore_index: int = -100,
     reduction: str = "mean",
@@ -326,7 +326,7 @@ def fused_loss(
     """
     call = _Call(
         select_backend(logits.device, logits.dtype, distill=teacher is not None),
-        kind,
+        loss,
         float(alpha),
         ignore_index,
         reduction,
@@ -337,17 +337,17 @@ def fused_loss(
         float(temperature),
     )
     if torch.is_grad_enabled() and logits.requires_grad:
-        loss = _FusedLoss.apply(logits, target, call, bool(inplace_backward))
+        value = _FusedLoss.apply(logits, target, call, bool(inplace_backward))
     else:
-        loss, _, _ = _execute(call, logits, target, inplace=False, want_grad=False)
-    return (loss, call.components) if return_components else loss
+        value, _, _ = _execute(call, logits, target, inplace=False, want_grad=False)
+    return (value, call.components) if return_components else value
 
 
 def rows_loss_and_grad_(
     logits: torch.Tensor,
     labels: torch.Tensor,
     *,
-    kind: str,
+    loss: str,
     alpha: float,
     ignore_index: int = -100,
     want_grad: bool = True,
@@ -363,7 +363,7 @@ def rows_loss_and_grad_(
         return torch.zeros(len(SUMS), dtype=torch.float64, device=logits.device)
     scale = torch.ones((), dtype=torch.float32, device=logits.device)
     job = LossJob(
-        kind,
+        loss,
         float(alpha),
         ignore_index,
         logits,

@@ -1,6 +1,6 @@
 """Ahead-of-time check of the Triton kernels: `python -m hf_maxsup.kernels --aot sm_80,sm_90`.
 
-Compiles every variant that `hf_maxsup.kernels._triton.specialisations()` lists (each loss kind x class indices or
+Compiles every variant that `hf_maxsup.kernels._triton.specialisations()` lists (each loss x class indices or
 soft targets x value or value-and-gradient x logits dtype x block size, and the scale kernel) with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`, which needs no GPU, then runs the `ptxas-blackwell`
 shipped in Triton's wheel on the PTX (the wheel's plain `ptxas` is too old for the PTX version Triton 3.9 emits)

@@ -9,9 +9,9 @@ Per kept row `z` (K logits), with `t` the one-hot label (or the soft target row)
 `a = alpha`:
 
     ce   = lse - sum_k t_k z_k
-    reg  = max_k z_k - mean_k z_k        kind "maxsup"
-         = sum_k t_k z_k - mean_k z_k    kind "ls"
-         = 0                             kind "ce"
+    reg  = max_k z_k - mean_k z_k        for the loss "maxsup"
+         = sum_k t_k z_k - mean_k z_k    for "ls"
+         = 0                             for "ce"
     loss = ce + a * reg
     grad = (softmax(z) - c1 * t - c0 + a * onehot(first argmax) [maxsup only]) * grad_scale
            with c0 = a / K, c1 = 1 - a (ls) / 1 (ce, maxsup); c0 = 0 for ce
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KINDS", "SUMS", "LossJob"]
+__all__ = ["LOSS_NAMES", "SUMS", "LossJob"]
 
-KINDS = ("ce", "ls", "maxsup")
+LOSS_NAMES = ("ce", "ls", "maxsup")
 # The order of the sums every backend returns.
 SUMS = ("loss", "ce", "reg", "ls_regularization", "ls_error_amplification", "distill")
 
@@ -47,7 +47,7 @@ class LossJob:
     """One call's work, already validated by the dispatcher.
 
     Attributes:
-        kind (`str`): `"ce"`, `"ls"` or `"maxsup"`.
+        loss (`str`): `"ce"`, `"ls"` or `"maxsup"`.
         alpha (`float`): weight of the regulariser (0.0 for `"ce"`).
         ignore_index (`int`): label value of the rows to skip.
         logits (`torch.Tensor`): `(..., K)`, the class dimension contiguous (stride 1). Float32, bfloat16, float16 (or
@@ -67,14 +67,14 @@ class LossJob:
             synchronisation is needed to know it.
         row_loss (`torch.Tensor` or `None`): `(N,)` float32 (float64 for float64 logits) to receive each row's loss
             (0 for ignored rows), for `reduction="none"`.
-        want_components (`bool`): also compute the LS decomposition (only used for kind `"ls"` with labels).
+        want_components (`bool`): also compute the LS decomposition (only used for loss `"ls"` with labels).
         teacher (`torch.Tensor` or `None`): `(N, K)` contiguous teacher logits (float32, or the logits' dtype) for
             distillation; `None` without.
         distill_alpha (`float`): the weight `b` of the distillation term.
         temperature (`float`): the temperature `T` of the distillation term.
     """
 
-    kind: str
+    loss: str
     alpha: float
     ignore_index: int
     logits: torch.Tensor
@@ -105,4 +105,4 @@ class LossJob:
     @property
     def want_split(self) -> bool:
         """Whether the LS decomposition is asked for (and defined: LS with class indices)."""
-        return self.want_components and self.kind == "ls" and self.labels is not None
+        return self.want_components and self.loss == "ls" and self.labels is not None

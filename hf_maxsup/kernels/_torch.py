@@ -58,9 +58,9 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
     else:
         z_target = (t * z).sum(-1)
     stats[:, 1] = lse - z_target
-    if job.kind == "maxsup":
+    if job.loss == "maxsup":
         stats[:, 2] = top.squeeze(-1) - mean
-    elif job.kind == "ls":
+    elif job.loss == "ls":
         stats[:, 2] = z_target - mean
     stats[:, 0] = stats[:, 1] + job.alpha * stats[:, 2]
     if distill is not None:
@@ -75,8 +75,8 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
 def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, distill, argmax, lse, keep, scale: torch.Tensor) -> None:
     """`out = (softmax(z) - c1 t - c0 + alpha onehot(argmax) [+ b T (s - q)]) * scale`, written into `out` (maybe z's
     own rows)."""
-    c0 = job.alpha / job.num_classes if job.kind != "ce" else 0.0
-    c1 = 1.0 - job.alpha if job.kind == "ls" else 1.0
+    c0 = job.alpha / job.num_classes if job.loss != "ce" else 0.0
+    c1 = 1.0 - job.alpha if job.loss == "ls" else 1.0
     grad = z.sub(lse.unsqueeze(-1)).exp_()  # every read of z is done before `out` (maybe z itself) is written
     if c0:
         grad.sub_(c0)
@@ -84,7 +84,7 @@ def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, distill, argmax, lse, 
         grad.scatter_add_(-1, y.masked_fill(~keep, 0).unsqueeze(-1), torch.full_like(lse, -c1).unsqueeze(-1))
     else:
         grad.add_(t, alpha=-c1)
-    if job.kind == "maxsup" and job.alpha:
+    if job.loss == "maxsup" and job.alpha:
         grad.scatter_add_(-1, argmax, torch.full_like(lse, job.alpha).unsqueeze(-1))
     if distill is not None:
         _, student, teacher = distill

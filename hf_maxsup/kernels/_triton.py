@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._args import KINDS, SUMS, LossJob
+from ._args import LOSS_NAMES, SUMS, LossJob
 
 try:  # triton is optional ("hf_maxsup[gpu]"): without it this module still imports and reports itself unavailable
     import triton
@@ -40,7 +40,7 @@ NAME = "triton"
 DISTILLS = True
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}  # "ce": 0, "ls": 1, "maxsup": 2 (the constexpr KIND)
+_LOSS_CODE = {loss: code for code, loss in enumerate(LOSS_NAMES)}  # "ce": 0, "ls": 1, "maxsup": 2 (the constexpr KIND)
 _TL_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 # (BLOCK, num_warps) by number of classes: the smallest block that holds the row, up to 4096 columns per block.
@@ -329,7 +329,7 @@ class Specialisation:
 
 
 def _row_specialisation(
-    kind, logits_dtype, soft_dtype, teacher_dtype, write_grad, split, block, num_warps
+    loss, logits_dtype, soft_dtype, teacher_dtype, write_grad, split, block, num_warps
 ) -> Specialisation:
     """The row kernel's variant for these choices (`soft_dtype` `None` for class indices, `teacher_dtype` `None`
     without distillation)."""
@@ -341,13 +341,13 @@ def _row_specialisation(
                  "stats_ptr": "*fp32", "scale_ptr": "*fp32", "n_inner": "i64", "s_outer": "i64", "s_inner": "i64",
                  "gs_outer": "i64", "gs_inner": "i64", "K": "i32", "ignore_index": "i64", "alpha": "fp32",
                  "beta": "fp32", "temperature": "fp32"}  # fmt: skip
-    constexprs = {"KIND": _KIND_CODE[kind], "HARD": soft_dtype is None, "WRITE_GRAD": write_grad, "SPLIT": split,
+    constexprs = {"KIND": _LOSS_CODE[loss], "HARD": soft_dtype is None, "WRITE_GRAD": write_grad, "SPLIT": split,
                   "DISTILL": teacher_dtype is not None, "BLOCK": block}  # fmt: skip
     signature.update({name: "constexpr" for name in constexprs})
     target = "labels" if soft_dtype is None else f"soft-{_TL_NAMES[soft_dtype]}"
     teacher = f",teacher-{ut}" if teacher_dtype is not None else ""
     name = (
-        f"loss_row[{kind},{zt},{target}{teacher},{'grad' if write_grad else 'value'}{',split' if split else ''},"
+        f"loss_row[{loss},{zt},{target}{teacher},{'grad' if write_grad else 'value'}{',split' if split else ''},"
         f"B{block}]"
     )
     return Specialisation(name, "_loss_row_kernel", signature, constexprs, num_warps)
@@ -357,15 +357,15 @@ def specialisations() -> list[Specialisation]:
     """Every kernel variant `forward` and `scale_` can launch (kinds x targets x teacher x gradient x dtypes x block
     sizes); soft targets and teacher logits come in float32 or the logits' dtype."""
     out = []
-    for kind in KINDS:
+    for loss in LOSS_NAMES:
         for dtype in _DTYPES:
             extra_dtypes = [None, torch.float32] + ([dtype] if dtype != torch.float32 else [])
             for soft_dtype, teacher_dtype in itertools.product(extra_dtypes, extra_dtypes):
-                splits = (False, True) if kind == "ls" and soft_dtype is None else (False,)
+                splits = (False, True) if loss == "ls" and soft_dtype is None else (False,)
                 configs = _DISTILL_ROW_CONFIGS if teacher_dtype is not None else _ROW_CONFIGS
                 for write_grad, split, (block, num_warps) in itertools.product((False, True), splits, configs):
                     out.append(
-                        _row_specialisation(kind, dtype, soft_dtype, teacher_dtype, write_grad, split, block, num_warps)
+                        _row_specialisation(loss, dtype, soft_dtype, teacher_dtype, write_grad, split, block, num_warps)
                     )
     block, num_warps = _SCALE_CONFIG
     for dtype in _DTYPES:
@@ -403,7 +403,7 @@ def forward(job: LossJob) -> torch.Tensor:
             logits, grad, labels, soft, teacher, stats, job.grad_scale,
             n_inner, s_outer, s_inner, gs_outer, gs_inner, num_classes, job.ignore_index, float(job.alpha),
             float(job.distill_alpha), float(job.temperature),
-            KIND=_KIND_CODE[job.kind], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
+            KIND=_LOSS_CODE[job.loss], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
             DISTILL=job.teacher is not None, BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
     if job.row_loss is not None:
