@@ -184,3 +184,31 @@ def test_training_time_line(tmp_path):
     line = training_time_line([str(tmp_path / "a"), str(tmp_path / "b")])
     assert line.startswith("Training time: 6.0 min for the 2 runs") and "2.0–4.0 min each" in line
     assert training_time_line([str(tmp_path / "a"), "org/hub-model"]) is None
+
+
+def test_maxsup_against_ls_claims_give_the_share_of_the_error_amplification(tmp_path):
+    # A trainer_state.json as the trainer logs it: two windows of the LS decomposition, by hand: mean regularisation
+    # 3.0, mean error amplification -0.03, share 0.03 / (3.0 + 0.03) = 0.0099.
+    history = [
+        {"loss": 1.0, "ls_regularization": 2.0, "ls_error_amplification": -0.05, "step": 10},
+        {"loss": 0.5, "ls_regularization": 4.0, "ls_error_amplification": -0.01, "step": 20},
+        {"eval_loss": 0.7, "step": 20},
+    ]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    from hf_maxsup.report.evaluate import logged_ls_terms
+
+    terms = logged_ls_terms(str(tmp_path))
+    assert terms["train_ls_error_share"] == pytest.approx(0.03 / 3.03)
+    shares = [0.0099, 0.0101]
+    summary = summarize_runs(
+        [
+            *runs("ce", d_within=[0.20, 0.21]),
+            *runs(
+                "ls", d_within=[0.16, 0.17], train_ls_error_amplification=[-0.03, -0.03], train_ls_error_share=shares
+            ),
+            *runs("maxsup", d_within=[0.15, 0.16]),
+        ]
+    )
+    checks = checks_of(summary)
+    assert "1.00 ± 0.01 % of their logged LS term" in checks[("d_within", "maxsup", "ls")]["note"]
+    assert checks[("d_within", "ls", "ce")]["note"] is None  # a claim about LS against CE: not MaxSup's difference

@@ -25,6 +25,7 @@ __all__ = [
     "evaluate_all",
     "evaluation_split",
     "label_lookup",
+    "logged_ls_terms",
     "load_source",
     "relabel",
     "resolve_device",
@@ -188,10 +189,10 @@ def _load(path: str, device: str, token=None):
     return model.to(device), processor, task
 
 
-def _logged_ls_terms(path: str) -> dict[str, float]:
+def logged_ls_terms(path: str) -> dict[str, float]:
     """Mean over the training log of the LS decomposition the trainer logged (`ls_regularization`,
-    `ls_error_amplification`, per logging window), from the run's `trainer_state.json`; empty when absent (a Hub id,
-    another loss)."""
+    `ls_error_amplification`, per logging window), from the run's `trainer_state.json`, and the error amplification's
+    share of the two (`train_ls_error_share`); empty when absent (a Hub id, another loss)."""
     state = os.path.join(path, "trainer_state.json")
     if not os.path.isfile(state):
         return {}
@@ -202,6 +203,13 @@ def _logged_ls_terms(path: str) -> dict[str, float]:
         values = [float(entry[key]) for entry in history if key in entry]
         if values:
             terms[f"train_{key}"] = float(np.mean(values))
+    if len(terms) == 2:
+        # The part of LS's term that MaxSup does not have: where it is small, the two losses train alike.
+        amplification, regularization = (
+            abs(terms["train_ls_error_amplification"]),
+            abs(terms["train_ls_regularization"]),
+        )
+        terms["train_ls_error_share"] = amplification / (amplification + regularization) if amplification else 0.0
     return terms
 
 
@@ -296,7 +304,7 @@ def analyze_run(
     metrics.update(
         _regime_and_selective_metrics(collect, splits, split, collected["logits"], collected["labels"], data)
     )
-    metrics.update(_logged_ls_terms(run.path) if os.path.isdir(run.path) else {})
+    metrics.update(logged_ls_terms(run.path) if os.path.isdir(run.path) else {})
     probed = data.probe and task == "image-classification"
     metrics["linear_probe_digits"] = _probe_accuracy(features_of, data, probe_data) if probed else float("nan")
     return RunResult(
