@@ -22,9 +22,9 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["compare_from_recipe", "main"]
+__all__ = ["compare_from_recipe", "main", "run_recipe"]
 
 log = functools.partial(print, flush=True)
 
@@ -357,6 +357,14 @@ def compare_from_recipe(recipe: str, argv: Sequence[str] | None = None) -> int:
     flag removed), so that a recipe can offer the comparison of its losses itself."""
     argv = [arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "--compare"]
     return main(["compare", "--recipe", os.path.abspath(recipe), *argv])
+
+
+def run_recipe(main: Callable[[], object], recipe: str) -> None:
+    """A recipe script's entry point: its `main()`, or with `--compare` the side-by-side comparison of the losses
+    through the script ([`compare_from_recipe`]), so that every recipe offers it."""
+    if "--compare" in sys.argv:
+        sys.exit(compare_from_recipe(recipe))
+    main()
 
 
 if __name__ == "__main__":

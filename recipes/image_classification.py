@@ -8,13 +8,11 @@ offline. Your data: `--dataset_name` (Hub), `--train_file/--validation_file` (cs
 bytes column) or `--train_dir/--validation_dir` (image folders `<dir>/<label>/<image>`).
 """
 
-import sys
-
 from transformers import default_data_collator
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
 from hf_maxsup.arguments import ImageDataArguments, ImageModelArguments
-from hf_maxsup.cli import compare_from_recipe
+from hf_maxsup.cli import run_recipe
 from hf_maxsup.data import encode_labels, image_transform
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_image_model
@@ -66,6 +64,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if "--compare" in sys.argv:  # train ce, ls and maxsup side by side and write a report: hf-maxsup compare
-        sys.exit(compare_from_recipe(__file__))
-    main()
+    run_recipe(main, __file__)

@@ -11,13 +11,12 @@ pairs) and `--label_column_name`, as in transformers' `run_classification.py`.
 """
 
 import logging
-import sys
 
 from transformers import DataCollatorWithPadding
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
 from hf_maxsup.arguments import ModelArguments, TextDataArguments
-from hf_maxsup.cli import compare_from_recipe
+from hf_maxsup.cli import run_recipe
 from hf_maxsup.data import encode_labels, text_preprocess_function
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_text_model
@@ -91,6 +90,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if "--compare" in sys.argv:  # train ce, ls and maxsup side by side and write a report: hf-maxsup compare
-        sys.exit(compare_from_recipe(__file__))
-    main()
+    run_recipe(main, __file__)

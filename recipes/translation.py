@@ -22,13 +22,12 @@ and the token-level ECE on the test split, with the claims of Müller et al. 201
 
 import json
 import os
-import sys
 
 from transformers import DataCollatorForSeq2Seq
 
 from hf_maxsup import MaxSupSeq2SeqTrainer, MaxSupSeq2SeqTrainingArguments
 from hf_maxsup.arguments import TranslationDataArguments, TranslationModelArguments
-from hf_maxsup.cli import compare_from_recipe
+from hf_maxsup.cli import run_recipe
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
@@ -135,6 +134,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if "--compare" in sys.argv:  # train ce, ls and maxsup side by side and write a report: hf-maxsup compare
-        sys.exit(compare_from_recipe(__file__))
-    main()
+    run_recipe(main, __file__)
