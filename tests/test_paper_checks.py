@@ -8,6 +8,7 @@ from _runs import run_result
 
 from hf_maxsup.report import (
     FIT_ACCURACY,
+    maxsup_ls_note,
     paper_checks,
     regime_check,
     regime_lines,
@@ -152,6 +153,7 @@ def test_the_report_shows_the_warning_and_the_regime_table(tmp_path):
                 "aurc": 0.2,
                 "aurc_logit_norm": 0.19,
                 "logit_norm_p": 2.0,
+                **({"train_ls_error_share": 0.0025} if label == "ls" else {}),
             }
             results.append(
                 run_result(
@@ -171,6 +173,8 @@ def test_the_report_shows_the_warning_and_the_regime_table(tmp_path):
     assert "| training accuracy (%) | AURC, logit-normalised (%) |" in report
     assert "| ce | 2 | 0.500 ± 0.000 | -0.200 ± 0.000 | 75.00 ± 0.00 | 19.00 ± 0.00 | 2.0 ± 0.0 | — |" in report
     assert content["regime"]["in_regime"] is False
+    assert "it was 0.25 ± 0.00 % of their logged LS term" in report  # the MaxSup-against-LS paragraph, once
+    assert report.count("MaxSup against LS: ") == 1
     assert (
         "- Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024): ls 19.00 ± 0.00 vs ls "
         "20.00 ± 0.00 (aurc_logit_norm vs aurc) — agrees" in report
@@ -209,6 +213,5 @@ def test_maxsup_against_ls_claims_give_the_share_of_the_error_amplification(tmp_
             *runs("maxsup", d_within=[0.15, 0.16]),
         ]
     )
-    checks = checks_of(summary)
-    assert "1.00 ± 0.01 % of their logged LS term" in checks[("d_within", "maxsup", "ls")]["note"]
-    assert checks[("d_within", "ls", "ce")]["note"] is None  # a claim about LS against CE: not MaxSup's difference
+    assert "it was 1.00 ± 0.01 % of their logged LS term" in maxsup_ls_note(summary)
+    assert maxsup_ls_note(summarize_runs(runs("ls", train_ls_error_share=shares))) is None  # no MaxSup runs

@@ -21,6 +21,7 @@ from .summary import (
     TABLE_METRICS,
     Column,
     format_summary,
+    maxsup_ls_note,
     paper_checks,
     regime_check,
     summarize,
@@ -293,7 +294,9 @@ def write_report(
     lines += _table_lines(summary, regime, "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model")
     if checks:
         lines += ["## What the papers report, and what these runs show", ""]
-        lines += [*(check_line(check) for check in checks), "", PAPERS_SCALE, ""]
+        lines += [*(check_line(check) for check in checks), ""]
+        note = maxsup_ls_note(summary)
+        lines += [note, "", PAPERS_SCALE, ""] if note else [PAPERS_SCALE, ""]
     lines += [*notes, ""] if notes else []
     time_line = training_time_line([result.path for result in results])
     lines += [time_line, ""] if time_line else []

@@ -27,6 +27,7 @@ __all__ = [
     "Column",
     "compute_metrics",
     "format_summary",
+    "maxsup_ls_note",
     "paper_checks",
     "percent",
     "regime_check",
@@ -251,27 +252,32 @@ def paper_checks(summary: dict, claims: Sequence[tuple] = PAPER_CLAIMS) -> list[
 
 
 def _claim_note(summary: dict, metric: str, groups: set[str]) -> str | None:
-    """The numbers that go with a claim beyond its two means: the norm order p of the logit normalisation; for MaxSup
-    against LS, the error-amplification term the LS runs logged during training, the one part of LS's term that MaxSup
-    does not have."""
+    """The numbers that go with a claim beyond its two means: the norm order p of the logit normalisation, the
+    error-amplification term the LS runs logged during training."""
     ls = summary.get("ls", {})
     if metric == "aurc_logit_norm" and ls.get("logit_norm_p", {}).get("n"):
         return f"p = {format_summary(ls['logit_norm_p'], 1.0, 1)}, chosen per run on held-out data from 1..10"
-    logged, share = ls.get("train_ls_error_amplification", {}), ls.get("train_ls_error_share", {})
-    if groups != {"maxsup", "ls"} or not logged.get("n"):
-        return None
-    if metric == "mean_confidence_wrong":
+    logged = ls.get("train_ls_error_amplification", {})
+    if metric == "mean_confidence_wrong" and groups == {"maxsup", "ls"} and logged.get("n"):
         return (
             f"the LS runs logged an error-amplification term (1/K)Σ_(z_n>z_y)(z_y − z_n) of "
             f"{format_summary(logged, 1.0, 4)} per example (mean over training), which MaxSup does not have"
         )
-    if share.get("n"):
-        return (
-            "MaxSup's term differs from LS's only on the training examples that another class outranks; there the LS "
-            f"runs' error amplification was {format_summary(share, 100.0, 2)} % of their logged LS term (mean over "
-            "training): the smaller that share, the closer the two losses are at equal alpha"
-        )
     return None
+
+
+def maxsup_ls_note(summary: dict) -> str | None:
+    """How far MaxSup's training can differ from LS's in these runs, from the LS runs' logged decomposition: the two
+    terms differ only on the training examples that another class outranks, where LS has its error amplification."""
+    share = summary.get("ls", {}).get("train_ls_error_share", {})
+    if not share.get("n") or "maxsup" not in summary:
+        return None
+    return (
+        "MaxSup against LS: MaxSup's term differs from LS's only on the training examples that another class "
+        f"outranks, where LS has its error amplification; in the LS runs it was {format_summary(share, 100.0, 2)} % "
+        "of their logged LS term (mean over training). The smaller that share, the closer the two losses are at "
+        "equal alpha, and the more their difference is that of their alpha schedules."
+    )
 
 
 def regime_check(summary: dict) -> dict | None:
