@@ -2,13 +2,16 @@
 
 CE and LS come from `F.cross_entropy` (with `label_smoothing=alpha`), MaxSup from `CE + alpha * (max - mean)` with
 the first index of the max for ties (found here without `torch.max`); gradients from autograd in float64. Nothing
-here shares code with the package.
+here shares code with the package. Also fairseq's label smoothing, written out (the reference of `mass="others"`),
+and `AllocSpy`, which counts the storages a loss allocates, op by op (the reference of the memory checks).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 IGN = -100
 
@@ -142,3 +145,31 @@ def distill_per_item(
     kl = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
     keep = target.reshape(-1) != ignore_index if not target.is_floating_point() else torch.ones_like(kl, dtype=bool)
     return torch.where(keep, kl, torch.zeros_like(kl))
+
+
+def fairseq_label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=-100):
+    """fairseq's `label_smoothed_nll_loss` (fairseq/criterions/label_smoothed_cross_entropy.py), written out: mass
+    `1 - epsilon` on the target and `epsilon / (K - 1)` on each other class; summed over kept tokens."""
+    target = target.unsqueeze(-1)
+    pad_mask = target.eq(ignore_index)
+    target = target.masked_fill(pad_mask, 0)
+    nll_loss = -lprobs.gather(dim=-1, index=target).masked_fill(pad_mask, 0.0)
+    smooth_loss = -lprobs.sum(dim=-1, keepdim=True).masked_fill(pad_mask, 0.0)
+    eps_i = epsilon / (lprobs.size(-1) - 1)
+    return ((1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss).sum()
+
+
+class AllocSpy(TorchDispatchMode):
+    """Records the size of every new storage an aten op produces (outputs that alias no input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.allocs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.allocs.append((str(func), t.untyped_storage().nbytes()))
+        return out

@@ -1,6 +1,37 @@
-"""What the report tests share: evaluated runs made by hand, and the recipe arguments of a tiny training run."""
+"""What the report and recipe tests share: evaluated runs made by hand, the recipe arguments of a tiny training run,
+and the recipes themselves, run in-process as users run them (`run_recipe`) with tiny sizes (`TINY`)."""
+
+import os
+import runpy
+import sys
 
 from hf_maxsup.report import RunResult
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+RECIPES = {
+    name: os.path.join(ROOT, "recipes", f"{name}.py")
+    for name in ("image_classification", "text_classification", "translation")
+}
+TINY = [
+    "--max_train_samples",
+    "32",
+    "--max_eval_samples",
+    "16",
+    "--max_predict_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "16",
+    "--num_train_epochs",
+    "1",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--use_cpu",
+    "true",
+]
 
 
 def run_result(label: str, metrics: dict, seed: int | None = 0, **arrays) -> RunResult:
@@ -33,3 +64,12 @@ def tiny_training_args(train_samples: int, eval_samples: int) -> list[str]:
         "--disable_tqdm",
         "true",
     ]
+
+
+def run_recipe(name, *args):
+    old = sys.argv
+    sys.argv = [RECIPES[name], *args]
+    try:
+        runpy.run_path(RECIPES[name], run_name="__main__")
+    finally:
+        sys.argv = old

@@ -8,9 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _reference import IGN, assert_grad_close, components, grad_terms_magnitude, loss_and_grad, per_item
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from _reference import (
+    IGN,
+    AllocSpy,
+    assert_grad_close,
+    components,
+    grad_terms_magnitude,
+    loss_and_grad,
+    per_item,
+)
 
 from hf_maxsup import kernels
 from hf_maxsup.kernels import _c, _torch
@@ -262,22 +268,6 @@ def test_views_and_non_contiguous_logits(backend):
         check(xt, y.reshape(-1), kind)
 
 
-class _AllocSpy(TorchDispatchMode):
-    """Records the size of every new storage an aten op produces (outputs that alias no input)."""
-
-    def __init__(self):
-        super().__init__()
-        self.allocs = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.allocs.append((str(func), t.untyped_storage().nbytes()))
-        return out
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kind", ["ls", "maxsup"])
 def test_in_place_gradient_reuses_the_logits_storage(backend, kind, dtype, monkeypatch):
@@ -288,7 +278,7 @@ def test_in_place_gradient_reuses_the_logits_storage(backend, kind, dtype, monke
     _, ref_grad = loss_and_grad(kind, x.float(), y, ALPHA)
     logits = x.clone().requires_grad_(True)
     ptr, nbytes = logits.data_ptr(), logits.untyped_storage().nbytes()
-    with _AllocSpy() as spy:
+    with AllocSpy() as spy:
         get_loss_fn(kind)(logits, y, ALPHA, inplace_backward=True).backward()
     tol = {torch.float32: TOL, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     size = grad_terms_magnitude(kind, x.float(), y, ALPHA, 1.0 / int((y != IGN).sum()))
@@ -298,7 +288,7 @@ def test_in_place_gradient_reuses_the_logits_storage(backend, kind, dtype, monke
     assert max((b for _, b in spy.allocs), default=0) <= 0.1 * nbytes, spy.allocs
 
     fresh = x.clone().requires_grad_(True)  # for contrast: exactly one logits-sized buffer, the gradient
-    with _AllocSpy() as spy:
+    with AllocSpy() as spy:
         get_loss_fn(kind)(fresh, y, ALPHA).backward()
     assert [b for _, b in spy.allocs if b > 0.1 * nbytes] == [nbytes], spy.allocs
     assert torch.equal(fresh.detach(), x)

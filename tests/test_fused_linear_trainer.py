@@ -6,13 +6,15 @@ import pytest
 import torch
 from _env import run_one_and_two_processes
 from datasets import Dataset
-from test_trainer import COMMON, GradCapture, max_relative_error
 from tiny_run import (
+    COMMON,
     ENCODER_DECODER_SIZES,
     EOS,
     PAD,
     SEQ2SEQ_TOKENS,
+    GradCapture,
     collate,
+    max_relative_error,
     tiny_bert,
     tiny_dataset,
     tiny_marian,

@@ -1,35 +1,27 @@
 """Model card, Hub push and reloading: real MaxSupTrainer runs; the Hub is replaced at the HTTP boundary only."""
 
-import base64
 import functools
-import json
 import logging
 import os
 from pathlib import Path
 
-import httpx2
 import pytest
 import torch
-from huggingface_hub import ModelCard, constants, metadata_load, set_client_factory
+from _hub import COMMON, NUM_LABELS, FakeHub, make_trainer
+from huggingface_hub import ModelCard, constants, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from huggingface_hub.utils import _http
 from peft import LoraConfig, TaskType, get_peft_model
 from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+from transformers import AutoModelForSequenceClassification
 
 from hf_maxsup import (
     MaxSupSeq2SeqTrainer,
     MaxSupSeq2SeqTrainingArguments,
-    MaxSupTrainer,
-    MaxSupTrainingArguments,
 )
 from hf_maxsup.hub import HubPushError, load_for_analysis
 from hf_maxsup.metrics import classification_compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_LABELS = 6  # > 5, so that top-5 accuracy is computed too
-COMMON = {"report_to": [], "use_cpu": True, "seed": 0, "disable_tqdm": True, "per_device_train_batch_size": 8}
 
 
 @functools.cache
@@ -54,27 +46,6 @@ def compute_metrics():
     return RecordingMetrics()
 
 
-def tiny_tokenizer():
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i for i in range(2, 50)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]")
-
-
-def make_trainer(output_dir, compute_metrics=None, model=None, **kwargs):
-    schedule = {"max_steps": 2, "eval_strategy": "steps", "eval_steps": 1, "save_strategy": "steps", "save_steps": 2}
-    args = MaxSupTrainingArguments(output_dir=str(output_dir), **{**schedule, **COMMON, **kwargs})
-    return MaxSupTrainer(
-        model=model or tiny_bert(NUM_LABELS),
-        args=args,
-        train_dataset=tiny_dataset(16, NUM_LABELS),
-        eval_dataset=tiny_dataset(8, NUM_LABELS, seed=1),
-        data_collator=collate,
-        compute_metrics=compute_metrics,
-        processing_class=tiny_tokenizer(),
-    )
-
-
 def logits_of(model):
     batch = collate(list(tiny_dataset(8, NUM_LABELS, seed=2)))
     batch.pop("labels")
@@ -86,64 +57,6 @@ def final_eval_metrics(trainer, compute_metrics):
     """The metrics of the last evaluation, as the Trainer logged them."""
     last = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry][-1]
     return {name: last[f"eval_{name}"] for name in compute_metrics.names}
-
-
-class FakeHub:
-    """Answers huggingface_hub's HTTP requests like the Hub (create repo, validate README, preupload, commit) and
-    records the commits, or fails every request like an unreachable Hub (`mode="unreachable"`) or one refusing
-    the token (`mode="unauthorized"`)."""
-
-    def __init__(self, mode="ok"):
-        self.mode, self.commits, self.authorizations = mode, [], set()
-
-    def __call__(self, request):
-        if self.mode == "unreachable":
-            raise httpx2.ConnectError("[Errno -2] Name or service not known", request=request)
-        if self.mode == "unauthorized":
-            return httpx2.Response(401, json={"error": "Invalid username or password."})
-        path, body = request.url.path, request.read()
-        if path.startswith("/api/models/") or path == "/api/repos/create":
-            self.authorizations.add(request.headers.get("authorization"))
-        if path == "/api/repos/create":
-            return httpx2.Response(200, json={"url": "https://huggingface.co/user/model", "name": "user/model"})
-        if path == "/api/validate-yaml":
-            return httpx2.Response(200, json={})
-        if path.endswith("/preupload/main"):
-            files = json.loads(body)["files"]
-            return httpx2.Response(
-                200,
-                json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
-            )
-        if path.endswith("/commit/main"):
-            lines = [json.loads(line) for line in body.decode().splitlines()]
-            self.commits.append(
-                {
-                    "summary": lines[0]["value"]["summary"],
-                    "files": {
-                        line["value"]["path"]: base64.b64decode(line["value"]["content"])
-                        for line in lines
-                        if line["key"] == "file"
-                    },
-                }
-            )
-            return httpx2.Response(
-                200, json={"commitUrl": "https://huggingface.co/user/model/commit/0", "commitOid": "0" * 40}
-            )
-        return httpx2.Response(404, json={"error": f"{path} is not served by this test"})
-
-
-@pytest.fixture
-def serve(monkeypatch):
-    """`serve(hub)` routes huggingface_hub's HTTP client to a FakeHub; nothing leaves the process."""
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    previous = _http._GLOBAL_CLIENT_FACTORY  # no public getter; restored so that other tests see the real client
-
-    def serve(hub):
-        set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(hub)))
-        return hub
-
-    yield serve
-    set_client_factory(previous)
 
 
 def test_packaged_template_is_the_source_of_truth():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_recipes import TINY, run_recipe
+from _runs import TINY, run_recipe
 from transformers import AutoModelForImageClassification
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _reference import IGN, components, per_item
-from test_engine import _AllocSpy
+from _reference import IGN, AllocSpy, components, fairseq_label_smoothed_nll_loss, per_item
 
 from hf_maxsup import kernels
 from hf_maxsup.linear import (
@@ -157,7 +156,7 @@ def test_never_materialises_the_logits(backend, monkeypatch):
     monkeypatch.setattr(kernels._torch, "_CHUNK_ELEMS", {"cpu": 16 * 2000})
     hidden, weight, bias, labels = make(shape=(8, 128), hidden_size=32, vocab=2000, seed=5)
     h, w, b = (t.clone().requires_grad_(True) for t in (hidden, weight, bias))
-    with _AllocSpy() as spy:
+    with AllocSpy() as spy:
         fused_linear_loss(h, w, labels, loss="maxsup", alpha=ALPHA, bias=b, chunk_size=16).backward()
     logits_bytes = labels.numel() * 2000 * 4
     # the gradients of the inputs (weight: 2000x32) are allowed; nothing logits-sized
@@ -187,8 +186,6 @@ def test_bad_input_gets_a_clear_error(call, message):
 
 
 def test_ls_mass_others_matches_fairseq(backend):
-    from test_losses import fairseq_label_smoothed_nll_loss
-
     hidden, weight, bias, labels = make(seed=6)
     loss = label_smoothing_linear_cross_entropy(
         hidden, weight, labels, ALPHA, bias=bias, reduction="sum", mass="others"

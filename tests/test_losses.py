@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from _reference import loss_and_grad
+from _reference import fairseq_label_smoothed_nll_loss, loss_and_grad
 
 from hf_maxsup import LOSSES, LabelSmoothingLoss, MaxSupLoss, get_loss_fn
 
@@ -177,18 +177,6 @@ def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises(ValueError) as error:
         call(logits, target)
     assert message in str(error.value)
-
-
-def fairseq_label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=-100):
-    """fairseq's `label_smoothed_nll_loss` (fairseq/criterions/label_smoothed_cross_entropy.py), written out: mass
-    `1 - epsilon` on the target and `epsilon / (K - 1)` on each other class; summed over kept tokens."""
-    target = target.unsqueeze(-1)
-    pad_mask = target.eq(ignore_index)
-    target = target.masked_fill(pad_mask, 0)
-    nll_loss = -lprobs.gather(dim=-1, index=target).masked_fill(pad_mask, 0.0)
-    smooth_loss = -lprobs.sum(dim=-1, keepdim=True).masked_fill(pad_mask, 0.0)
-    eps_i = epsilon / (lprobs.size(-1) - 1)
-    return ((1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss).sum()
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 import torch
+from _runs import TINY, run_recipe
 from huggingface_hub import ModelCard
-from test_recipes import TINY, run_recipe
 from transformers import AutoConfig
 
 

@@ -2,61 +2,27 @@
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
 import pytest
+from _runs import RECIPES, ROOT, TINY, run_recipe
 from transformers import AutoModelForImageClassification, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from hf_maxsup import MaxSupSeq2SeqTrainingArguments
 from hf_maxsup.models import build_translation_model
 from hf_maxsup.recipes import build_with_shared_tokenizer
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-RECIPES = {
-    name: os.path.join(ROOT, "recipes", f"{name}.py")
-    for name in ("image_classification", "text_classification", "translation")
-}
 AUTO = {
     "image_classification": AutoModelForImageClassification,
     "text_classification": AutoModelForSequenceClassification,
     "translation": AutoModelForSeq2SeqLM,
 }
-TINY = [
-    "--max_train_samples",
-    "32",
-    "--max_eval_samples",
-    "16",
-    "--max_predict_samples",
-    "16",
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "16",
-    "--num_train_epochs",
-    "1",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--use_cpu",
-    "true",
-]
 TASK_FLAGS = {
     "image_classification": [],
     "text_classification": [],
     "translation": ["--predict_with_generate", "true", "--generation_max_length", "8"],
 }
-
-
-def run_recipe(name, *args):
-    old = sys.argv
-    sys.argv = [RECIPES[name], *args]
-    try:
-        runpy.run_path(RECIPES[name], run_name="__main__")
-    finally:
-        sys.argv = old
 
 
 @pytest.mark.parametrize("name", list(RECIPES))

@@ -11,10 +11,10 @@ import textwrap
 
 import pytest
 import torch
+from _hub import FakeHub, make_trainer
+from _runs import RECIPES, TINY, run_recipe
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from test_hub import FakeHub, make_trainer, serve  # noqa: F401 (serve is a fixture)
-from test_recipes import RECIPES, TINY, run_recipe
 from tiny_run import collate, tiny_bert, tiny_dataset
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments, cli
@@ -365,7 +365,7 @@ def test_analyze_on_a_non_checkpoint_prints_an_error_not_a_traceback(name, expec
 
 
 # Item 17: no pickles on the Hub.
-def test_push_uploads_no_pickles(tmp_path, serve):  # noqa: F811
+def test_push_uploads_no_pickles(tmp_path, serve):
     fake_hub = serve(FakeHub())
     trainer = make_trainer(tmp_path, loss="maxsup", push_to_hub=True, hub_model_id="user/model", hub_token="x")
     trainer.train()

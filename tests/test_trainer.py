@@ -7,8 +7,8 @@ import pytest
 import torch
 from _env import run_one_and_two_processes
 from _reference import per_item
-from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from tiny_run import COMMON, GradCapture, collate, max_relative_error, tiny_bert, tiny_dataset, tiny_marian
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from hf_maxsup import (
     MaxSupLossFunc,
@@ -19,14 +19,6 @@ from hf_maxsup import (
 )
 
 TESTS = os.path.dirname(__file__)
-COMMON = dict(report_to=[], use_cpu=True, seed=0, max_grad_norm=0.0, save_strategy="no", disable_tqdm=True)
-
-
-class GradCapture(TrainerCallback):
-    """Keeps the accumulated gradients seen just before the optimizer step."""
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def one_step_gradients(task, loss, batch_size, accumulation, tmp_path):
@@ -61,10 +53,6 @@ def reference_gradients(task, loss, alpha=0.1):
     items, keep = per_item(loss, logits, labels, alpha)
     (items.sum() / keep.sum()).backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-
-
-def max_relative_error(a, b):
-    return max(((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-12)).item() for n in b if b[n].norm() > 1e-8)
 
 
 @pytest.mark.parametrize("task", ["sequence", "seq2seq"])

@@ -1,4 +1,5 @@
-"""Tiny models, data and a tiny training run shared by the trainer tests.
+"""Tiny models, data and a tiny training run shared by the trainer tests, with their arguments (`COMMON`), a
+gradient capture (`GradCapture`) and the gradient comparison (`max_relative_error`).
 
 Run as a script (also under `accelerate launch`) it trains a tiny token classifier and writes the final parameters
 and the logged losses to `--output_dir`, so that runs with different process counts can be compared. With `--save`
@@ -12,7 +13,7 @@ import os
 
 import torch
 from datasets import Dataset
-from transformers import BertForSequenceClassification, BertForTokenClassification, MarianMTModel
+from transformers import BertForSequenceClassification, BertForTokenClassification, MarianMTModel, TrainerCallback
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
 from hf_maxsup.recipes import prepare_engine
@@ -31,6 +32,16 @@ ENCODER_DECODER_SIZES = {
     "decoder_ffn_dim": 37,
     "max_position_embeddings": 64,
 }
+
+# The trainer tests' arguments: no clipping, no saving, no reporting, so that only the loss sets the gradients.
+COMMON = dict(report_to=[], use_cpu=True, seed=0, max_grad_norm=0.0, save_strategy="no", disable_tqdm=True)
+
+
+class GradCapture(TrainerCallback):
+    """Keeps the accumulated gradients seen just before the optimizer step."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def tiny_model(model_class, seed=0, **config):
@@ -86,6 +97,11 @@ def collate(batch):
     else:
         out["labels"] = torch.tensor([row["labels"] for row in batch])
     return out
+
+
+def max_relative_error(a, b):
+    """The largest relative difference (by norm) of the gradients `a` and `b`, over the names of `b` not near 0."""
+    return max(((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-12)).item() for n in b if b[n].norm() > 1e-8)
 
 
 def main():
