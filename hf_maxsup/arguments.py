@@ -25,6 +25,14 @@ __all__ = [
 ]
 
 
+def _chain_post_init(instance, cls: type) -> None:
+    """Runs the next `__post_init__` after `cls`'s in `instance`'s class order, if any: these dataclasses are mixed
+    (a recipe's and a report's data arguments combine several), so each one's checks must run whatever the order."""
+    after = getattr(super(cls, instance), "__post_init__", None)
+    if after is not None:
+        after()
+
+
 @dataclass
 class HubArguments:
     """How the Hub is reached: what the recipes and the reports (`hf-maxsup analyze`) share."""
@@ -66,6 +74,7 @@ class DataSourceArguments:
             raise ValueError(
                 f"--validation_split_percentage must be in [0, 100); got {self.validation_split_percentage}."
             )
+        _chain_post_init(self, DataSourceArguments)
 
 
 @dataclass
@@ -137,10 +146,28 @@ class ImageColumns:
 class TextColumns:
     """Where the texts and their labels are, and their truncation (the reports read the same flags as the recipe)."""
 
+    text_column_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text column(s), comma-separated, as in transformers' run_classification.py: one column, or "
+            "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."
+        },
+    )
     text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
     text_pair_column_name: str | None = field(default=None, metadata={"help": "Second text of sentence pairs."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
     max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated to this many tokens."})
+
+    def __post_init__(self):
+        _chain_post_init(self, TextColumns)
+        if self.text_column_names is not None:
+            names = [name.strip() for name in self.text_column_names.split(",") if name.strip()]
+            if not 1 <= len(names) <= 2:
+                raise ValueError(
+                    f"--text_column_names {self.text_column_names}: give one text column, or two for "
+                    "sentence pairs, separated by a comma."
+                )
+            self.text_column_name, self.text_pair_column_name = names[0], (names[1] if len(names) == 2 else None)
 
 
 @dataclass
@@ -182,13 +209,6 @@ class ImageDataArguments(ImageColumns, DataArguments):
 
 @dataclass
 class TextDataArguments(TextColumns, DataArguments):
-    text_column_names: str | None = field(
-        default=None,
-        metadata={
-            "help": "Text column(s), comma-separated, as in transformers' run_classification.py: one column, or "
-            "two for sentence pairs (tokenized as a pair). Sets --text_column_name and --text_pair_column_name."
-        },
-    )
     pad_to_max_length: bool = field(
         default=False,
         metadata={
@@ -196,17 +216,6 @@ class TextDataArguments(TextColumns, DataArguments):
             "each batch is padded to its longest text."
         },
     )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.text_column_names is not None:
-            names = [name.strip() for name in self.text_column_names.split(",") if name.strip()]
-            if not 1 <= len(names) <= 2:
-                raise ValueError(
-                    f"--text_column_names {self.text_column_names}: give one text column, or two for "
-                    "sentence pairs, separated by a comma."
-                )
-            self.text_column_name, self.text_pair_column_name = names[0], (names[1] if len(names) == 2 else None)
 
     def columns(self) -> dict:
         return {

@@ -33,8 +33,8 @@ def _add_flags(parser, options: type, *, recipe: bool) -> None:
     """Declares the flags of an options dataclass of the report: the recipe's data flags or the report's own."""
     from .report.options import option_flags
 
-    for flag, kwargs in option_flags(options, recipe=recipe):
-        parser.add_argument(flag, **kwargs)
+    for flags, kwargs in option_flags(options, recipe=recipe):
+        parser.add_argument(*flags, **kwargs)
 
 
 def _recipe_data(options: type, passthrough: Sequence[str]) -> dict:

@@ -140,3 +140,25 @@ def test_the_reports_read_the_data_flags_of_the_recipes(task):
     shared = read & set(recipe_defaults)
     assert shared >= own_columns | {"dataset_name", "train_file", "test_file", "validation_split_percentage"}
     assert {name: report_defaults[name] for name in shared} == {name: recipe_defaults[name] for name in shared}
+
+
+def test_the_reports_read_the_recipes_aliases_too():
+    """`--num_beams` and `--text_column_names` (run_translation.py's and run_classification.py's names) mean to the
+    report what they mean to the recipe."""
+    import argparse
+
+    from hf_maxsup.report.options import DataOptions, TranslationDataOptions, option_flags
+
+    def parse(options, argv):
+        parser = argparse.ArgumentParser()
+        for flags, kwargs in option_flags(options, recipe=True):
+            parser.add_argument(*flags, **kwargs)
+        given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
+        return options(**given)
+
+    assert parse(TranslationDataOptions, ["--num_beams", "4"]).num_beams == 4
+    assert parse(TranslationDataOptions, ["--generation_num_beams", "3"]).num_beams == 3
+    pair = parse(DataOptions, ["--text_column_names", "premise, hypothesis"])
+    assert (pair.text_column_name, pair.text_pair_column_name) == ("premise", "hypothesis")
+    with pytest.raises(ValueError, match="give one text column, or two"):
+        parse(DataOptions, ["--text_column_names", "a,b,c"])

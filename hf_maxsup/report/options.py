@@ -17,7 +17,9 @@ from ..arguments import DataSourceArguments, HubArguments, ImageColumns, TextCol
 __all__ = ["DataOptions", "SourceOptions", "TranslationDataOptions", "option", "option_flags"]
 
 
-def option(default, help: str, *, recipe: bool = False, flag: str | None = None, **argparse_kwargs):
+def option(
+    default, help: str, *, recipe: bool = False, flag: str | None = None, aliases: tuple = (), **argparse_kwargs
+):
     """A field of the options with what its command-line flag needs.
 
     Args:
@@ -27,15 +29,17 @@ def option(default, help: str, *, recipe: bool = False, flag: str | None = None,
             argument such as `generation_num_beams`).
         flag (`str`, *optional*): the flag's name when it is not the field's (e.g. `max_analysis_samples`, since the
             recipe's `max_eval_samples` means something else).
+        aliases (`tuple[str]`, *optional*): other names of the flag (a recipe's alias of a training argument).
         **argparse_kwargs: more of `add_argument` (`nargs`, `metavar`).
     """
-    return field(default=default, metadata={"help": help, "recipe": recipe, "flag": flag, "argparse": argparse_kwargs})
+    metadata = {"help": help, "recipe": recipe, "flag": flag, "aliases": aliases, "argparse": argparse_kwargs}
+    return field(default=default, metadata=metadata)
 
 
-def option_flags(options: type, *, recipe: bool) -> list[tuple[str, dict]]:
-    """`(flag, add_argument keywords)` of each field of an options dataclass: the recipe's flags (`recipe=True`) or
-    the report's own. The flags default to `None` ("not given": the field keeps its default); a boolean that is on by
-    default is turned off by `--no_<name>`; the type comes from the field's annotation."""
+def option_flags(options: type, *, recipe: bool) -> list[tuple[tuple[str, ...], dict]]:
+    """`(flag names, add_argument keywords)` of each field of an options dataclass: the recipe's flags
+    (`recipe=True`) or the report's own. The flags default to `None` ("not given": the field keeps its default); a
+    boolean that is on by default is turned off by `--no_<name>`; the type comes from the field's annotation."""
     hints = typing.get_type_hints(options)
     flags = []
     for spec in dataclasses.fields(options):
@@ -45,13 +49,14 @@ def option_flags(options: type, *, recipe: bool) -> list[tuple[str, dict]]:
         default = spec.default
         kwargs = {"dest": spec.name, "default": None, **spec.metadata.get("argparse", {})}
         if kind is bool:
-            flags.append((f"--no_{spec.name}", {**kwargs, "action": "store_false", "help": spec.metadata["help"]}))
+            flags.append(((f"--no_{spec.name}",), {**kwargs, "action": "store_false", "help": spec.metadata["help"]}))
             continue
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         help_text = spec.metadata["help"]
         if default not in (None, ""):
             help_text = f"{help_text.rstrip('.')} (default: {shown})."
-        flags.append((f"--{spec.metadata.get('flag') or spec.name}", {**kwargs, "type": kind, "help": help_text}))
+        names = (spec.metadata.get("flag") or spec.name, *spec.metadata.get("aliases", ()))
+        flags.append((tuple(f"--{name}" for name in names), {**kwargs, "type": kind, "help": help_text}))
     return flags
 
 
@@ -127,7 +132,9 @@ class TranslationDataOptions(SourceOptions, TranslationColumns):
     """Which translation data the checkpoints are evaluated on (default: the embedded Bible en→fr test split), and how
     the translations are generated."""
 
-    num_beams: int = option(1, "Beams of the generation.", recipe=True, flag="generation_num_beams", metavar="N")
+    num_beams: int = option(
+        1, "Beams of the generation.", recipe=True, flag="generation_num_beams", aliases=("num_beams",), metavar="N"
+    )
 
     def columns(self, task: str = "translation") -> dict[str | None, str]:
         return {self.translation_column_name: "--translation_column_name"}
