@@ -211,9 +211,9 @@ def _grad_scales(dtype: torch.dtype, alpha: float, divisor, device):
     return divisor.reciprocal(), 1.0
 
 
-def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: bool, want_grad: bool):
+def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace_backward: bool, want_grad: bool):
     """Runs the backend over the rows; returns `(loss, grad or None, post factor)` and fills `call.components`."""
-    z, layout = _rows_of(logits, inplace and want_grad)
+    z, layout = _rows_of(logits, inplace_backward and want_grad)
     num_classes, device = z.shape[-1], z.device
     labels, soft = _targets(target, z)
     n_rows = layout[0] * layout[1]
@@ -224,7 +224,7 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
     if want_grad:
         grad, grad_strides = (
             (z, layout[2:])
-            if inplace
+            if inplace_backward
             else (torch.empty(z.shape, dtype=z.dtype, device=device), (layout[1] * num_classes, num_classes))
         )
     out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
@@ -253,7 +253,7 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace: b
             component_means(call.loss, sums, n_kept, hard=labels is not None, distill=call.teacher is not None)
         )
     loss = row_loss.view(z.shape[:-1]) if row_loss is not None else (sums[0] / divisor).to(out_dtype)
-    if inplace and grad is not None:
+    if inplace_backward and grad is not None:
         torch.autograd.graph.increment_version(z)
         grad = z.detach()  # a fresh alias, which autograd can adopt as .grad without a copy
     return loss, grad, post
@@ -275,8 +275,8 @@ def component_means(
 
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, call, inplace):
-        loss, grad, post = _execute(call, logits, target, inplace, want_grad=True)
+    def forward(ctx, logits, target, call, inplace_backward):
+        loss, grad, post = _execute(call, logits, target, inplace_backward, want_grad=True)
         ctx.call, ctx.grad, ctx.post, ctx.shape = call, grad, post, logits.shape
         return loss
 
@@ -339,7 +339,7 @@ def fused_loss(
     if torch.is_grad_enabled() and logits.requires_grad:
         value = _FusedLoss.apply(logits, target, call, bool(inplace_backward))
     else:
-        value, _, _ = _execute(call, logits, target, inplace=False, want_grad=False)
+        value, _, _ = _execute(call, logits, target, inplace_backward=False, want_grad=False)
     return (value, call.components) if return_components else value
 
 

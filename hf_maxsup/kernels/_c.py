@@ -82,7 +82,7 @@ class _Args(ctypes.Structure):
         ("soft_dtype", ctypes.c_int32),
         ("kind", ctypes.c_int32),
         ("scale_mode", ctypes.c_int32),
-        ("want_comps", ctypes.c_int32),
+        ("want_split", ctypes.c_int32),
         ("nthreads", ctypes.c_int32),
     ]
 
@@ -333,7 +333,7 @@ def forward(job: LossJob) -> torch.Tensor:
     a.gscale = float(job.grad_scale)
     a.dtype = _DTYPES[job.logits.dtype]
     a.soft_dtype = _DTYPES[job.soft.dtype] if job.soft is not None else 0
-    a.kind, a.scale_mode, a.want_comps = _LOSS_CODES[job.loss], 0, int(job.want_split)
+    a.kind, a.scale_mode, a.want_split = _LOSS_CODES[job.loss], 0, int(job.want_split)
     a.nthreads = _num_threads(job.num_rows * job.num_classes)
     rc = _lib().hfm_run(ctypes.byref(a))
     if rc == 2:

@@ -71,7 +71,7 @@ typedef struct {
     int32_t soft_dtype; /* dtype of soft targets */
     int32_t kind;
     int32_t scale_mode; /* 0: multiply the gradient by gscale; 1: by gscale / n_kept (0 if none kept) */
-    int32_t want_comps; /* 1: accumulate ce/reg (and LS split for hard labels) */
+    int32_t want_split; /* 1: accumulate the LS decomposition (LS, hard labels) */
     int32_t nthreads;
 } hfm_args;
 
@@ -421,7 +421,7 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
     const int64_t K = a->K;
     const int kind = a->kind;
     const int hard = SD < 0;
-    const int want_split = a->want_comps && hard && kind == K_LS;
+    const int want_split = a->want_split && hard && kind == K_LS;
     const void *t = hard ? NULL : (const char *)a->soft + (size_t)r * (size_t)K * (SD == DT_F32 ? 4 : 2);
     const float zy = hard ? sload(z, y, DT) : 0.f;
     const row_stats st = sweep_row(z, t, K, zy, want_split, scratch, bm, DT, SD);
