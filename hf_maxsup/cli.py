@@ -365,6 +365,16 @@ def run_recipe(main: Callable[[], object], recipe: str) -> None:
     if "--compare" in sys.argv:
         sys.exit(compare_from_recipe(recipe))
     main()
+    _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Destroys the process group of a distributed run as its script ends: without it, gloo's worker threads can
+    outlive the interpreter and abort a finished run's process (SIGABRT, a non-zero exit after everything is saved)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import sys
 
 import pytest
 from _runs import tiny_training_args
@@ -210,3 +211,17 @@ def test_the_report_flags_are_the_fields_of_its_options():
     )
     assert {spec.name for spec in fields(DataOptions)} <= set(vars(args))
     assert (args.train_dir, args.max_samples, args.probe, args.batch_size) == ("d", 3, False, None)
+
+
+def test_run_recipe_runs_main_and_ends_the_process_group(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(sys, "argv", ["recipe.py", "--output_dir", str(tmp_path)])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ran = []
+    try:
+        cli.run_recipe(lambda: ran.append(dist.is_initialized()), "recipe.py")
+        assert ran == [True] and not dist.is_initialized()  # main ran inside the group; the group is gone after
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -153,6 +153,8 @@ def main():
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         with open(os.path.join(args.output_dir, "logs.json"), "w") as f:
             json.dump(logs, f)
+    if torch.distributed.is_initialized():  # as the recipes do (cli.run_recipe): gloo's threads may abort the exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
