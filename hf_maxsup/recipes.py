@@ -46,6 +46,7 @@ __all__ = [
     "reliability_diagram_writer",
     "run",
     "start",
+    "tokenize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -264,6 +265,22 @@ def start(task: str, model_type: type, data_type: type, training_type: type):
     preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     return model_args, data_args, training_args, load_data(task, data_args, model_args, seed=training_args.seed)
+
+
+def tokenize(raw, preprocess, data_args: DataArguments, training_args):
+    """Every split of `raw` through the batched `preprocess` (one of `hf_maxsup.data`'s preprocess functions), the
+    raw columns dropped; the main process first, so that the other processes read its cache.
+
+    Returns:
+        `datasets.DatasetDict`: the tokenized splits.
+    """
+    with training_args.main_process_first(desc="tokenization"):
+        return raw.map(
+            preprocess,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw["train"].column_names,
+        )
 
 
 def maybe_lora(model, model_args: ModelArguments, task_type: str):

@@ -27,6 +27,7 @@ from hf_maxsup.recipes import (
     reliability_diagram_writer,
     run,
     start,
+    tokenize,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,20 +53,15 @@ def main():
             "small BERT from scratch, with a tokenizer trained on the data."
         )
     model = maybe_lora(model, model_args, "text-classification")
-    with training_args.main_process_first(desc="tokenization"):
-        tokenized = raw.map(
-            text_preprocess_function(
-                tokenizer,
-                data_args.text_column_name,
-                data_args.text_pair_column_name,
-                data_args.label_column_name,
-                data_args.max_seq_length,
-                data_args.pad_to_max_length,
-            ),
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
-        )
+    preprocess = text_preprocess_function(
+        tokenizer,
+        data_args.text_column_name,
+        data_args.text_pair_column_name,
+        data_args.label_column_name,
+        data_args.max_seq_length,
+        data_args.pad_to_max_length,
+    )
+    tokenized = tokenize(raw, preprocess, data_args, training_args)
     trainer = MaxSupTrainer(
         model=model,
         args=training_args,

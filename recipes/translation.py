@@ -31,7 +31,7 @@ from hf_maxsup.cli import run_recipe
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
-from hf_maxsup.recipes import build_with_shared_tokenizer, data_source, maybe_lora, run, start
+from hf_maxsup.recipes import build_with_shared_tokenizer, data_source, maybe_lora, run, start, tokenize
 
 
 def check_languages(pairs, data_args) -> None:
@@ -53,8 +53,8 @@ def set_generation(training_args, data_args) -> None:
         training_args.generation_num_beams = data_args.num_beams
 
 
-def tokenize(raw, tokenizer, data_args, training_args):
-    preprocess = translation_preprocess_function(
+def preprocess_function(tokenizer, data_args):
+    return translation_preprocess_function(
         tokenizer,
         data_args.source_lang,
         data_args.target_lang,
@@ -64,13 +64,6 @@ def tokenize(raw, tokenizer, data_args, training_args):
         data_args.translation_column_name,
         data_args.pad_to_max_length,
     )
-    with training_args.main_process_first(desc="tokenization"):
-        return raw.map(
-            preprocess,
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
-        )
 
 
 def signature_writer(compute_metrics, output_dir: str):
@@ -106,7 +99,7 @@ def main():
     )
     model = maybe_lora(model, model_args, "translation")
     set_generation(training_args, data_args)
-    tokenized = tokenize(raw, tokenizer, data_args, training_args)
+    tokenized = tokenize(raw, preprocess_function(tokenizer, data_args), data_args, training_args)
     compute_metrics = translation_compute_metrics(tokenizer) if training_args.predict_with_generate else None
     trainer = MaxSupSeq2SeqTrainer(
         model=model,
