@@ -225,13 +225,12 @@ def _card_loss_and_seed(path: str) -> tuple[str | None, int | None]:
                 recorded = json.load(f)
             loss, seed = recorded.get("loss"), recorded.get("seed")
             break
-    card = os.path.join(path, "README.md")
-    if loss is None and os.path.isfile(card):
-        from huggingface_hub import ModelCard
+    if loss is None:
+        from .hub import read_card_metadata
 
         try:
-            loss = (ModelCard.load(card).data.to_dict().get("hf_maxsup") or {}).get("loss")
-        except (ValueError, TypeError, AttributeError, OSError):  # a card we did not write: use the folder name
+            loss = (read_card_metadata(path) or {}).get("loss")
+        except ValueError:  # a card we did not write: use the folder name
             loss = None
     return loss, seed
 

@@ -144,7 +144,7 @@ def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]
 
 def member_task(output_dir: str) -> tuple[str, str | None]:
     """(architecture, task) of a member's saved model, from its `config.json`."""
-    from .hub import task_of
+    from .auto import task_of
 
     with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as f:
         architecture = (json.load(f).get("architectures") or [""])[0]

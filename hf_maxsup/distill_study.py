@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .hub import read_card_metadata
 from .report import DataOptions, Run, RunResult, analyze_run
 from .report.markdown import check_line, markdown_table, training_time_line, write_files
 from .report.summary import ACCURACY, CONFIDENCE_GAP, ECE, NLL, Column, paper_checks, summarize, summarize_runs
@@ -121,13 +122,9 @@ def non_target_entropy(logits: np.ndarray, labels: np.ndarray, temperature: floa
 
 def teacher_label(path: str) -> str:
     """The loss a teacher was trained with, from its model card (`hf_maxsup.loss`), else its folder name."""
-    card = os.path.join(path, "README.md")
-    if os.path.isfile(card):
-        from huggingface_hub import ModelCard
-
-        loss = (ModelCard.load(card).data.to_dict().get("hf_maxsup") or {}).get("loss")
-        if loss:
-            return loss
+    loss = (read_card_metadata(path) or {}).get("loss")
+    if loss:
+        return loss
     return os.path.basename(os.path.normpath(path))
 
 

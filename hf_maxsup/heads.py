@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .auto import unwrap_peft
+
 __all__ = ["HEADS", "HeadSpec", "LinearHeadInputs", "head_inputs", "output_head"]
 
 
@@ -79,11 +81,6 @@ def _supported() -> str:
     return ", ".join(f"{spec.family} ({name})" for name, spec in HEADS.items())
 
 
-def _head_model(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (its modules carry the adapters)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def output_head(model: nn.Module) -> tuple[nn.Linear, torch.Tensor | None]:
     """The output head of a supported model and the bias its logits get, or a clear error.
 
@@ -94,7 +91,7 @@ def output_head(model: nn.Module) -> tuple[nn.Linear, torch.Tensor | None]:
         `tuple`: the head (a plain `nn.Linear`) and the bias of the logits, shape `(V,)` (the head's own bias plus
         the family's `logits_bias`), or `None` when there is none.
     """
-    base = _head_model(model)
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     softcap = getattr(config, "final_logit_softcapping", None)
     if softcap is not None:
@@ -149,7 +146,7 @@ def head_inputs(model, unwrapped: nn.Module, **inputs) -> LinearHeadInputs:
         handle.remove()
     if len(captured) != 1:
         raise RuntimeError(
-            f"the forward of {type(_head_model(unwrapped)).__name__} called its output head {len(captured)} times "
+            f"the forward of {type(unwrap_peft(unwrapped)).__name__} called its output head {len(captured)} times "
             "instead of once (a patched forward, e.g. Liger-Kernel's?): set fused_linear_loss=False."
         )
     hidden, weight = captured[0], head.weight

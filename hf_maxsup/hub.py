@@ -27,13 +27,21 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import httpx
 from transformers import AutoConfig
-from transformers.modelcard import TASK_MAPPING, TASK_TAG_TO_NAME_MAPPING, extract_hyperparameters_from_trainer
+from transformers.modelcard import TASK_TAG_TO_NAME_MAPPING, extract_hyperparameters_from_trainer
 from transformers.models import auto as transformers_auto
 from transformers.utils import find_adapter_config_file
 
+from .auto import AUTO_CLASSES, auto_class_of, task_of, unwrap_peft
 from .schedules import alpha_at
 
-__all__ = ["HubPushError", "describe_loss", "load_for_analysis", "loss_metadata", "task_of", "write_model_card"]
+__all__ = [
+    "HubPushError",
+    "describe_loss",
+    "load_for_analysis",
+    "loss_metadata",
+    "read_card_metadata",
+    "write_model_card",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +82,7 @@ _METRIC_NAMES = {
     "bleu": "BLEU",
     "chrf": "chrF",
 }
-# Tasks whose models hf_maxsup trains, with the Auto class that loads them.
-_AUTO_CLASSES = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "image-classification": "AutoModelForImageClassification",
-    "audio-classification": "AutoModelForAudioClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "text2text-generation": "AutoModelForSeq2SeqLM",
-    "text-generation": "AutoModelForCausalLM",
-}
-
-_PIPELINE_TAGS = {*_AUTO_CLASSES, "translation", "summarization"}
+_PIPELINE_TAGS = {*AUTO_CLASSES, "translation", "summarization"}
 
 # Pickles the Trainer writes beside the model (training_args.bin) or in checkpoints (optimizer.pt, scheduler.pt,
 # rng_state.pth, ...): kept off the model upload, since loading a pickle can run code.
@@ -96,12 +94,21 @@ class HubPushError(OSError):
     to push it later."""
 
 
-def task_of(model_class_name: str) -> str | None:
-    for task, mapping in TASK_MAPPING.items():
-        for names in mapping.values():
-            if model_class_name in ((names,) if isinstance(names, str) else names):
-                return task
-    return None
+def read_card_metadata(folder: str) -> dict | None:
+    """The `hf_maxsup` metadata (loss, alpha, schedule, history) of the model card in `folder`, as written by
+    [`write_model_card`]; `None` when the folder has no card or its card has no such section.
+
+    Raises:
+        `ValueError`: the card cannot be read as a model card (it names the file).
+    """
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return None
+    try:
+        metadata = ModelCard.load(path).data.to_dict().get("hf_maxsup")
+    except (ValueError, TypeError, AttributeError, OSError) as err:  # not UTF-8, bad YAML, a list for metadata, ...
+        raise ValueError(f"{path} is not a readable model card: {err}") from err
+    return metadata if isinstance(metadata, dict) else None
 
 
 def _template() -> str:
@@ -252,8 +259,8 @@ def _run_facts(trainer, output_dir: str) -> dict:
     loss_fn = _loss_func_of(trainer)
     args, state = trainer.args, trainer.state
     model = trainer.accelerator.unwrap_model(trainer.model)
-    is_adapter = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-    base = model.get_base_model() if is_adapter else model
+    base = unwrap_peft(model)
+    is_adapter = base is not model
     loss = _loss_summary(loss_fn, state)
     eval_split = getattr(trainer.eval_dataset, "split", None)
     return {
@@ -348,7 +355,7 @@ def _render_card(
         reliability_diagram=RELIABILITY_DIAGRAM if run["has_reliability_diagram"] else None,
         hyperparameters=_hyperparameters(run),
         versions=run["versions"],
-        auto_class=_AUTO_CLASSES.get(run["model_task"]),
+        auto_class=AUTO_CLASSES.get(run["model_task"]),
         local_path=_local_path(run["output_dir"]),
         repo_id=hub_model_id or f"<your-username>/{model_name}",
     )
@@ -544,11 +551,11 @@ def load_for_analysis(name_or_path: str, *, revision: str | None = None, token: 
             base = json.load(f)["base_model_name_or_path"]
         config = AutoConfig.from_pretrained(base, token=token, trust_remote_code=False)
     architecture = (config.architectures or [""])[0]
-    auto_class = _AUTO_CLASSES.get(task_of(architecture))
+    auto_class = auto_class_of(architecture)
     if auto_class is None:
         raise ValueError(
             f"{name_or_path!r} holds a {architecture or 'model without a recorded architecture'}, not a model for one "
-            f"of the tasks {', '.join(_AUTO_CLASSES)}: load it with its own class."
+            f"of the tasks {', '.join(AUTO_CLASSES)}: load it with its own class."
         )
     model = getattr(transformers_auto, auto_class).from_pretrained(
         name_or_path, revision=revision, token=token, use_safetensors=True, trust_remote_code=False

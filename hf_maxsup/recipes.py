@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, HfArgumentParser, Seq2SeqTrainingArgumen
 
 from . import hub
 from .arguments import DataArguments, ModelArguments, RunArguments
+from .auto import unwrap_peft
 from .data import check_columns, load_task_dataset
 from .models import apply_lora, check_model_name_or_path
 
@@ -438,16 +439,6 @@ def _refuse_to_overwrite(training_args, overwrite: bool) -> None:
         )
 
 
-def _recorded_loss(checkpoint: str) -> dict | None:
-    """The loss settings the model card of a checkpoint records (`hf_maxsup` metadata), or `None` without a card."""
-    card = os.path.join(checkpoint, "README.md")
-    if not os.path.isfile(card):
-        return None
-    from huggingface_hub import ModelCard
-
-    return ModelCard.load(card).data.to_dict().get("hf_maxsup")
-
-
 def loss_history(checkpoint: str, training_args, allow_change: bool = False) -> list[dict]:
     """The loss settings of a resumed run, segment by segment, for its model card; `[]` when they never changed.
 
@@ -456,7 +447,7 @@ def loss_history(checkpoint: str, training_args, allow_change: bool = False) -> 
     Raises:
         `ValueError`: the settings differ from the checkpoint's and `allow_change` is not set.
     """
-    recorded = _recorded_loss(checkpoint)
+    recorded = hub.read_card_metadata(checkpoint)
     if not recorded:
         return []
     history = recorded.get("history") or [{**recorded, "from_step": 0}]
@@ -695,7 +686,7 @@ def _save_final_model(trainer) -> None:
 def describe_model(model) -> str:
     """The model a run trains, in words: its class, size and where its weights come from, e.g.
     `"BertForSequenceClassification (0.4M parameters), built from a config: random weights"`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrappers
+    base = unwrap_peft(model)
     count = sum(param.numel() for param in base.parameters())
     source = getattr(base.config, "_name_or_path", "") or None
     origin = f"weights from {source}" if source else "built from a config: random weights"

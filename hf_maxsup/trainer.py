@@ -26,9 +26,9 @@ import transformers.trainer
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.models import auto as transformers_auto
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from . import heads, hub
+from .auto import auto_class_of, is_causal_lm, unwrap_peft
 from .heads import LinearHeadInputs
 from .linear import fused_linear_loss
 from .losses import LOSSES, LS_MASSES, distillation_loss, get_loss_fn, smoothing_weight
@@ -406,14 +406,6 @@ def _saved_for_backward(logits: torch.Tensor) -> bool:
     )
 
 
-def _is_causal_lm(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrappers
-    config = getattr(base, "config", None)
-    return not getattr(config, "is_encoder_decoder", False) and base.__class__.__name__ in set(
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-    )
-
-
 class _PickleFreeUploads:
     """The `HfApi` the Trainer uploads with, except that an upload of the output directory leaves out the pickles
     (`training_args.bin`, ...): loading a pickle from the Hub can run code. A checkpoint folder uploaded for
@@ -450,7 +442,7 @@ def _check_classifier_config(model) -> None:
             f"problem_type={config.problem_type!r}: MaxSup and label smoothing apply to single-label "
             "classification; train this model with transformers.Trainer."
         )
-    generative = getattr(config, "is_encoder_decoder", False) or _is_causal_lm(model)
+    generative = getattr(config, "is_encoder_decoder", False) or is_causal_lm(model)
     if config is not None and not generative and getattr(config, "num_labels", 2) < 2:
         raise ValueError(
             f"the model has num_labels={config.num_labels}: with fewer than 2 classes the softmax is 1 for every "
@@ -460,33 +452,11 @@ def _check_classifier_config(model) -> None:
         )
 
 
-# The Auto class that loads a teacher for a student of each kind, by the class names it maps configs to.
-_TEACHER_AUTO_CLASSES = {
-    "AutoModelForImageClassification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForAudioClassification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
-    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
-}
-
-
-def _base_model(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrappers
-
-
 def _load_teacher(name_or_path: str, student):
     """The teacher at `name_or_path`, loaded with the Auto class of the student's kind (safetensors only, no remote
     code)."""
-    student_class = type(_base_model(student)).__name__
-    auto_class = next(
-        (
-            name
-            for name, mapping in _TEACHER_AUTO_CLASSES.items()
-            if student_class in set(getattr(transformers_auto.modeling_auto, mapping).values())
-        ),
-        None,
-    )
+    student_class = type(unwrap_peft(student)).__name__
+    auto_class = auto_class_of(student_class)
     if auto_class is None:
         raise ValueError(
             f"teacher_model_name_or_path: no Auto class loads a teacher for a {student_class} student; "
@@ -505,8 +475,8 @@ def _load_teacher(name_or_path: str, student):
 
 def _num_classes(model) -> int:
     """The size of the model's logits' last dimension: its labels, or its vocabulary for a generative model."""
-    base = _base_model(model)
-    if getattr(base.config, "is_encoder_decoder", False) or _is_causal_lm(base):
+    base = unwrap_peft(model)
+    if getattr(base.config, "is_encoder_decoder", False) or is_causal_lm(base):
         return base.get_output_embeddings().weight.shape[0]
     return base.config.num_labels
 
@@ -519,7 +489,7 @@ def _check_teacher(teacher, student) -> None:
             f"{student_classes}: distillation compares their distributions class by class, so both "
             "must predict the same classes."
         )
-    names = [getattr(_base_model(model).config, "id2label", None) or {} for model in (teacher, student)]
+    names = [getattr(unwrap_peft(model).config, "id2label", None) or {} for model in (teacher, student)]
     # Default names (LABEL_i) say nothing; named classes in another order would be distilled into the wrong ones.
     named = all(not all(str(name).startswith("LABEL_") for name in labels.values()) for labels in names)
     if named and {int(k): v for k, v in names[0].items()} != {int(k): v for k, v in names[1].items()}:
@@ -595,7 +565,7 @@ class _MaxSupMixin:
             training_args.loss_alpha,
             training_args.loss_alpha_end,
             training_args.loss_alpha_schedule,
-            shift_labels=model is not None and _is_causal_lm(model),
+            shift_labels=model is not None and is_causal_lm(model),
             ls_mass=training_args.loss_ls_mass,
             distill_alpha=distill_alpha,
             distill_temperature=training_args.distill_temperature,

@@ -174,7 +174,8 @@ def _load(path: str, device: str, token=None):
     """(model on `device`, processor, task) of a checkpoint; PEFT adapters are merged into their base model."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from ..hub import load_for_analysis, task_of
+    from ..auto import task_of
+    from ..hub import load_for_analysis
 
     model = load_for_analysis(path, token=token)
     if hasattr(model, "merge_and_unload"):
