@@ -34,7 +34,9 @@ def imported_modules(name: str, tree: ast.Module, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
-            candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            submodules = [f"{base}.{alias.name}" for alias in node.names]
+            # `from . import mod` imports the submodule, not its package's __init__ (unless a name is not a module)
+            candidates = submodules if all(sub in known for sub in submodules) else [base, *submodules]
         elif isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         else:
