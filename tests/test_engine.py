@@ -5,6 +5,10 @@ precisions, layouts, in-place gradients and memory, dispatch and the backend cho
 
 from __future__ import annotations
 
+import inspect
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +23,7 @@ from _reference import (
 )
 
 from hf_maxsup import kernels
-from hf_maxsup.kernels import _c, _torch
+from hf_maxsup.kernels import _c, _torch, _triton, dispatch
 from hf_maxsup.losses import get_loss_fn
 
 ALPHA = 0.1
@@ -432,10 +436,31 @@ def test_backend_choice_and_its_errors(monkeypatch):
 
 def test_an_unusable_c_kernel_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(_c, "unavailable", lambda device, dtype: "no C compiler found: install gcc (or set CC)")
-    monkeypatch.setattr(kernels, "_warned", set())
+    monkeypatch.setattr(dispatch, "_warned", set())
     with caplog.at_level("WARNING", logger="hf_maxsup.kernels"):
         for _ in range(3):
             get_loss_fn("maxsup")(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), ALPHA)
     warnings = [r.getMessage() for r in caplog.records if "not used on cpu" in r.getMessage()]
     assert len(warnings) == 1 and "install gcc" in warnings[0] and "kernel_info()" in warnings[0]
     assert kernels.kernel_info()["backend"] == "torch"
+
+
+def test_every_backend_module_is_a_backend():
+    """`_c`, `_triton` and `_torch` have the members of `kernels.Backend`, each function with its parameters."""
+    methods = ("unavailable", "forward", "scale_")
+    for module in (_c, _triton, _torch):
+        assert isinstance(module, kernels.Backend), module.__name__
+        assert isinstance(module.NAME, str) and isinstance(module.DISTILLS, bool)
+        for name in methods:
+            expected = list(inspect.signature(getattr(kernels.Backend, name)).parameters)[1:]  # without self
+            assert list(inspect.signature(getattr(module, name)).parameters) == expected, (module.__name__, name)
+    assert sorted(module.NAME for module in (_c, _triton, _torch)) == sorted(kernels.BACKENDS)
+
+
+def test_the_loss_codes_are_those_of_the_c_kernel():
+    """One derivation of the loss codes, read by the C kernel (its enum) and by Triton's `KIND`."""
+    source = (Path(kernels.__file__).parent / "csrc" / "fused_loss.c").read_text()
+    enum = re.search(r"enum \{ (K_CE = \d+, K_LS = \d+, K_MAXSUP = \d+) \};", source).group(1)
+    c_codes = {name.removeprefix("K_").lower(): int(code) for name, code in re.findall(r"(K_\w+) = (\d+)", enum)}
+    assert kernels.LOSS_CODES == c_codes == {"ce": 0, "ls": 1, "maxsup": 2}
+    assert tuple(kernels.LOSS_CODES) == kernels.LOSS_NAMES

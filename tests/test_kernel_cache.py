@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_maxsup import kernels
-from hf_maxsup.kernels import _c
+from hf_maxsup.kernels import _c, dispatch
 
 FAST = ["-O0"]  # these tests are about the cache, not the code: keep the builds quick
 
@@ -35,7 +35,7 @@ def fresh_state(monkeypatch):
     """A process that has not tried to build yet (restored afterwards)."""
     for name, value in (("tried", False), ("lib", None), ("path", None), ("error", None)):
         monkeypatch.setattr(_c._State, name, value)
-    monkeypatch.setattr(kernels, "_warned", set())
+    monkeypatch.setattr(dispatch, "_warned", set())
 
 
 def test_concurrent_builds_publish_one_verified_library_and_reuse_it(cc, private_cache):

@@ -20,8 +20,7 @@ pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("needs CUDA, or TRITON_INTERPRET=1 to run Triton's interpreter on CPU", allow_module_level=True)
 
-from hf_maxsup.kernels import _triton  # noqa: E402
-from hf_maxsup.kernels._args import LossJob  # noqa: E402
+from hf_maxsup.kernels import LossJob, _triton  # noqa: E402
 
 DEVICE = torch.device("cpu") if os.environ.get("TRITON_INTERPRET") == "1" else torch.device("cuda")
 IGNORE = -100

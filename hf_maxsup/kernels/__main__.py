@@ -1,10 +1,10 @@
 """Ahead-of-time check of the Triton kernels: `python -m hf_maxsup.kernels --aot sm_80,sm_90`.
 
 Compiles every variant that `hf_maxsup.kernels._triton.specialisations()` lists (each loss x class indices or
-soft targets x value or value-and-gradient x logits dtype x block size, and the scale kernel) with
-`triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`, which needs no GPU, then runs the `ptxas-blackwell`
-shipped in Triton's wheel on the PTX (the wheel's plain `ptxas` is too old for the PTX version Triton 3.9 emits)
-and prints one line per variant and target: name, target, registers, spill stores, spill loads.
+soft targets x value or value-and-gradient x logits dtype x block size, and the scale kernel) with its `compile`
+(`triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`, which needs no GPU), then runs the
+`ptxas-blackwell` shipped in Triton's wheel on the PTX (the wheel's plain `ptxas` is too old for the PTX version
+Triton 3.9 emits) and prints one line per variant and target: name, target, registers, spill stores, spill loads.
 
 `--match REGEX` restricts the check to the variants whose name matches (a full run takes one to two minutes on a
 cold Triton cache, ~20 s on a warm one). Exits 1 if any variant fails to compile or spills, 0 otherwise. Do not set
@@ -21,12 +21,14 @@ import sys
 import tempfile
 import time
 
+from . import _triton  # imports without triton too: `aot` then says why it cannot run
+
+__all__ = ["aot", "main"]
+
 
 def _ptxas() -> str:
     """Path of the wheel's `ptxas-blackwell` (CUDA 13), which accepts the PTX that Triton 3.9 writes."""
-    import triton
-
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+    path = os.path.join(os.path.dirname(_triton.triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: this check needs the triton wheel's ptxas-blackwell")
     return path
@@ -53,19 +55,6 @@ def _resource_usage(ptx: str, arch: str, ptxas: str) -> tuple[int, int, int]:
     return int(regs.group(1)), int(spills.group(1)), int(spills.group(2))
 
 
-def _compile(spec, capability: int):
-    """Compiles one `Specialisation` for compute capability `capability` (80, 90, ...)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from hf_maxsup.kernels import _triton
-
-    fn = getattr(_triton, spec.kernel)
-    src = ASTSource(fn=fn, signature=spec.signature, constexprs=spec.constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": spec.num_warps})
-
-
 def _first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else ""
@@ -78,10 +67,8 @@ def aot(archs: list[str], match: str | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled", file=sys.stderr)
         return 1
-    from hf_maxsup.kernels import _triton
-
     if _triton.triton is None:
-        print(f"triton is not importable: {_triton._IMPORT_ERROR}", file=sys.stderr)
+        print(f"triton is not importable: {_triton.IMPORT_ERROR}", file=sys.stderr)
         return 1
     ptxas = _ptxas()
     specs = [spec for spec in _triton.specialisations() if match is None or re.search(match, spec.name)]
@@ -94,7 +81,7 @@ def aot(archs: list[str], match: str | None = None) -> int:
         capability = int(arch.removeprefix("sm_"))
         for spec in specs:
             try:
-                compiled = _compile(spec, capability)
+                compiled = spec.compile(capability)
                 regs, stores, loads = _resource_usage(compiled.asm["ptx"], arch, ptxas)
             except Exception as exc:  # report every failing variant, not just the first
                 failures += 1

@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 
-from ._args import LossJob
+from .job import LOSS_CODES, LossJob
 
-__all__ = ["NAME", "build_info", "forward", "scale_", "unavailable"]
+__all__ = ["DISTILLS", "NAME", "build_info", "forward", "scale_", "unavailable"]
 
 NAME = "c"
 # Whether `forward` computes the distillation term of a job with teacher logits.
 DISTILLS = False
-_LOSS_CODES = {"ce": 0, "ls": 1, "maxsup": 2}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _ABI_VERSION = 3
 _SRC = Path(__file__).resolve().parent / "csrc" / "fused_loss.c"
@@ -333,7 +332,7 @@ def forward(job: LossJob) -> torch.Tensor:
     a.gscale = float(job.grad_scale)
     a.dtype = _DTYPES[job.logits.dtype]
     a.soft_dtype = _DTYPES[job.soft.dtype] if job.soft is not None else 0
-    a.kind, a.scale_mode, a.want_split = _LOSS_CODES[job.loss], 0, int(job.want_split)
+    a.kind, a.scale_mode, a.want_split = LOSS_CODES[job.loss], 0, int(job.want_split)
     a.nthreads = _num_threads(job.num_rows * job.num_classes)
     rc = _lib().hfm_run(ctypes.byref(a))
     if rc == 2:

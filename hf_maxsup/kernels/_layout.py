@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["row_layout", "rows_disjoint"]
+__all__ = ["row_layout", "rows_disjoint", "walkable_rows"]
 
 
 def row_layout(x: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -38,3 +38,14 @@ def rows_disjoint(x: torch.Tensor, layout: tuple[int, int, int, int]) -> bool:
     if n_inner > 1 and abs(s_inner) < num_classes:
         return False
     return not (n_outer > 1 and abs(s_outer) < (n_inner - 1) * abs(s_inner) + num_classes)
+
+
+def walkable_rows(logits: torch.Tensor, writable: bool) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """`(logits, layout)`: logits whose rows a backend can walk (class dimension contiguous, at most two levels of row
+    strides; rows disjoint when `writable`, as the gradient goes over them), copied only when they are not."""
+    z = logits if logits.stride(-1) == 1 or logits.shape[-1] == 1 else logits.contiguous()
+    layout = row_layout(z)
+    if layout is None or (writable and not rows_disjoint(z, layout)):
+        z = z.contiguous()
+        layout = row_layout(z)
+    return z, layout

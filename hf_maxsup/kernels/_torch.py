@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ._args import SUMS, LossJob
+from .job import SUMS, LossJob
 
-__all__ = ["NAME", "forward", "scale_", "unavailable"]
+__all__ = ["DISTILLS", "NAME", "forward", "scale_", "unavailable"]
 
 NAME = "torch"
 DISTILLS = True

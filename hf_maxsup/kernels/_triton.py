@@ -1,12 +1,12 @@
 """Triton backend of the loss engine: one program per row, two sweeps over the row (statistics, then gradient).
 
-Implements the contract of `hf_maxsup.kernels._args` (`LossJob`, `SUMS`). For every row the first sweep keeps an
-online max / sum-exp (the running sum is rescaled when the max grows), the sum of the logits, the first index of the
+Implements the contract of `hf_maxsup.kernels.job` (`LossJob`, `SUMS`, `Backend`). For every row the first sweep keeps
+an online max / sum-exp (the running sum is rescaled when the max grows), the sum of the logits, the first index of the
 max, and when needed the sum `t * z` (soft targets) or the two halves of the LS term. The second sweep, only when a
 gradient is wanted, reads the row again and writes the gradient in the logits' dtype (possibly over the logits: every
-block is read before the same program writes it). Per-row terms go to an `(N, 5)` float32 buffer that is summed in
-float64 on the device, so the result does not depend on the order in which programs run and nothing is synchronised
-with the host.
+block is read before the same program writes it). Per-row terms go to an `(N, 6)` float32 buffer that is summed in
+float64 on the device, so the result does not depend on the order in which programs run and nothing is synchronised with
+the host.
 
 Every compiled specialisation the launcher can ask for is listed by `specialisations()`, which `python -m
 hf_maxsup.kernels --aot sm_80,sm_90` compiles ahead of time to check registers and spills on machines without a GPU.
@@ -22,25 +22,24 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._args import LOSS_NAMES, SUMS, LossJob
+from .job import LOSS_CODES, LOSS_NAMES, SUMS, LossJob
 
 try:  # triton is optional ("hf_maxsup[gpu]"): without it this module still imports and reports itself unavailable
     import triton
     import triton.language as tl
 
-    _IMPORT_ERROR: str | None = None
+    IMPORT_ERROR: str | None = None  # why triton did not import
 except Exception as exc:  # ImportError, or a broken install failing at import time
     triton = None
     tl = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
-__all__ = ["NAME", "forward", "scale_", "specialisations", "unavailable"]
+__all__ = ["DISTILLS", "IMPORT_ERROR", "NAME", "Specialisation", "forward", "scale_", "specialisations", "unavailable"]
 
 NAME = "triton"
 DISTILLS = True
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_LOSS_CODE = {loss: code for code, loss in enumerate(LOSS_NAMES)}  # "ce": 0, "ls": 1, "maxsup": 2 (the constexpr KIND)
 _TL_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 # (BLOCK, num_warps) by number of classes: the smallest block that holds the row, up to 4096 columns per block.
@@ -74,7 +73,7 @@ def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
         `str` or `None`: a short sentence naming the fix, or `None`.
     """
     if triton is None:
-        return f'triton is not installed ({_IMPORT_ERROR}): pip install "hf_maxsup[gpu]"'
+        return f'triton is not installed ({IMPORT_ERROR}): pip install "hf_maxsup[gpu]"'
     device = torch.device(device)
     if dtype not in _DTYPES:
         return f"the triton backend takes float32, bfloat16 or float16 logits, not {dtype}: use the torch backend"
@@ -93,6 +92,7 @@ def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def _interpreted() -> bool:
     """Whether the kernels of this module were built by the interpreter (decided when `@triton.jit` ran)."""
+    # lazy: triton is optional, and this is reached only once it imported
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(_loss_row_kernel, InterpretedFunction)
@@ -217,12 +217,28 @@ if triton is not None:
         return kl, lse_s, lse_t
 
     @triton.jit
-    def _zero_row(g_row, K, BLOCK: tl.constexpr):
-        """Zero gradient row of an ignored label."""
-        cols = tl.arange(0, BLOCK)
-        for k0 in range(0, K, BLOCK):
-            k = k0 + cols
-            tl.store(g_row + k, tl.zeros([BLOCK], tl.float32).to(g_row.dtype.element_ty), mask=k < K)
+    def _ignored_row(g_row, stats_row, K, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+        """The row of an ignored label: a zero gradient row (when the gradient is written) and 0 for its 6 terms."""
+        if WRITE_GRAD:
+            cols = tl.arange(0, BLOCK)
+            for k0 in range(0, K, BLOCK):
+                k = k0 + cols
+                tl.store(g_row + k, tl.zeros([BLOCK], tl.float32).to(g_row.dtype.element_ty), mask=k < K)
+        for j in tl.static_range(6):
+            tl.store(stats_row + j, 0.0)
+
+    @triton.jit
+    def _label_terms(m, lse, zy, sum_z, sum_tz, K, alpha, KIND: tl.constexpr, HARD: tl.constexpr):
+        """The labels' terms of one row from its statistics: `(ce, reg, ce + alpha * reg)`."""
+        target_z = zy if HARD else sum_tz  # sum_k t_k z_k
+        ce = lse - target_z
+        if KIND == 0:
+            reg = 0.0
+        elif KIND == 1:
+            reg = target_z - sum_z / K
+        else:
+            reg = m - sum_z / K
+        return ce, reg, ce + alpha * reg
 
     @triton.jit
     def _loss_row_kernel(
@@ -231,7 +247,8 @@ if triton is not None:
         KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr,
         DISTILL: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """One program per row `r = o * n_inner + i`: the row's 5 terms into `stats_ptr[r]`, its gradient (opt.)."""
+        """One program per row `r = o * n_inner + i`: the row's 6 terms (`SUMS`) into `stats_ptr[r]` and, with
+        `WRITE_GRAD`, its gradient into `g_ptr`."""
         r = tl.program_id(0).to(tl.int64)  # int64 offsets: N * K may exceed 2**31
         o = r // n_inner
         i = r - o * n_inner
@@ -245,23 +262,12 @@ if triton is not None:
         if HARD:
             label = tl.load(y_ptr + r)
             if label == ignore_index:
-                if WRITE_GRAD:
-                    _zero_row(g_row, K, BLOCK)
-                for j in tl.static_range(6):
-                    tl.store(stats_row + j, 0.0)
+                _ignored_row(g_row, stats_row, K, WRITE_GRAD, BLOCK)
                 return
             y = label.to(tl.int32)  # in [0, K) once ignored rows are out (checked by the dispatcher)
             zy = tl.load(z_row + y).to(tl.float32)
         m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, BLOCK)
-        target_z = zy if HARD else sum_tz  # sum_k t_k z_k
-        ce = lse - target_z
-        if KIND == 0:
-            reg = 0.0
-        elif KIND == 1:
-            reg = target_z - sum_z / K
-        else:
-            reg = m - sum_z / K
-        loss = ce + alpha * reg
+        ce, reg, loss = _label_terms(m, lse, zy, sum_z, sum_tz, K, alpha, KIND, HARD)
         inv_t = 1.0 / temperature
         kl = 0.0
         lse_s = 0.0
@@ -277,26 +283,8 @@ if triton is not None:
         tl.store(stats_row + 4, neg / K)
         if WRITE_GRAD:
             scale = tl.load(scale_ptr)  # a device scalar: no host synchronisation to learn it
-            _row_grad(
-                z_row,
-                g_row,
-                t_row,
-                u_row,
-                y,
-                K,
-                lse,
-                arg,
-                alpha,
-                scale,
-                beta * temperature,
-                inv_t,
-                lse_s,
-                lse_t,
-                KIND,
-                HARD,
-                DISTILL,
-                BLOCK,
-            )
+            _row_grad(z_row, g_row, t_row, u_row, y, K, lse, arg, alpha, scale, beta * temperature, inv_t, lse_s, lse_t,
+                      KIND, HARD, DISTILL, BLOCK)  # fmt: skip
 
     @triton.jit
     def _scale_kernel(g_ptr, factor_ptr, n, BLOCK: tl.constexpr):
@@ -327,6 +315,19 @@ class Specialisation:
     constexprs: dict[str, object] = field(hash=False)
     num_warps: int
 
+    def compile(self, capability: int):
+        """Compiles this variant for NVIDIA GPUs of compute capability `capability` (80, 90, ...), which needs no GPU.
+
+        Returns:
+            Triton's compiled kernel (its PTX in `.asm["ptx"]`).
+        """
+        # lazy: triton is optional, and its compiler's entry points serve `--aot` only (the backend runs without them)
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        src = ASTSource(fn=globals()[self.kernel], signature=self.signature, constexprs=self.constexprs)
+        return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": self.num_warps})
+
 
 def _row_specialisation(
     loss, logits_dtype, soft_dtype, teacher_dtype, write_grad, split, block, num_warps
@@ -341,7 +342,7 @@ def _row_specialisation(
                  "stats_ptr": "*fp32", "scale_ptr": "*fp32", "n_inner": "i64", "s_outer": "i64", "s_inner": "i64",
                  "gs_outer": "i64", "gs_inner": "i64", "K": "i32", "ignore_index": "i64", "alpha": "fp32",
                  "beta": "fp32", "temperature": "fp32"}  # fmt: skip
-    constexprs = {"KIND": _LOSS_CODE[loss], "HARD": soft_dtype is None, "WRITE_GRAD": write_grad, "SPLIT": split,
+    constexprs = {"KIND": LOSS_CODES[loss], "HARD": soft_dtype is None, "WRITE_GRAD": write_grad, "SPLIT": split,
                   "DISTILL": teacher_dtype is not None, "BLOCK": block}  # fmt: skip
     signature.update({name: "constexpr" for name in constexprs})
     target = "labels" if soft_dtype is None else f"soft-{_TL_NAMES[soft_dtype]}"
@@ -379,11 +380,11 @@ def forward(job: LossJob) -> torch.Tensor:
     """Runs the row kernel over `job`: fills `job.grad` and `job.row_loss` when set, returns the sums of `SUMS`.
 
     Args:
-        job (`LossJob`): the validated work (see `hf_maxsup.kernels._args`).
+        job (`LossJob`): the validated work (see `hf_maxsup.kernels.job`).
 
     Returns:
-        `torch.Tensor`: `(5,)` on the logits' device, float64 (float32 where the device has none): the sums over kept
-        rows of loss, ce, reg, ls_regularization, ls_error_amplification (the last two 0 unless `job.want_split`).
+        `torch.Tensor`: `(6,)` on the logits' device, float64 (float32 where the device has none): the sums over kept
+        rows of `SUMS` (the LS halves 0 unless `job.want_split`, `distill` 0 without a teacher).
     """
     logits = job.logits
     device = logits.device
@@ -403,7 +404,7 @@ def forward(job: LossJob) -> torch.Tensor:
             logits, grad, labels, soft, teacher, stats, job.grad_scale,
             n_inner, s_outer, s_inner, gs_outer, gs_inner, num_classes, job.ignore_index, float(job.alpha),
             float(job.distill_alpha), float(job.temperature),
-            KIND=_LOSS_CODE[job.loss], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
+            KIND=LOSS_CODES[job.loss], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
             DISTILL=job.teacher is not None, BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
     if job.row_loss is not None:

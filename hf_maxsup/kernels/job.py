@@ -1,4 +1,5 @@
-"""The one contract between the dispatcher and every backend: what a backend receives, and what it fills in.
+"""The contract between the engine and its backends: the job a backend receives (`LossJob`), what it returns
+(`SUMS`) and what a backend module is (`Backend`).
 
 A backend makes ONE pass over the rows of `LossJob.logits` and, for every row, computes the loss terms in float32
 (float64 for float64 logits) and, when `LossJob.grad` is set, writes the row's gradient, multiplied by
@@ -32,19 +33,22 @@ Ties in the max go to the first index (torch.max's rule). A row holding NaN give
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["LOSS_NAMES", "SUMS", "LossJob"]
+__all__ = ["LOSS_CODES", "LOSS_NAMES", "SUMS", "Backend", "LossJob"]
 
 LOSS_NAMES = ("ce", "ls", "maxsup")
+# The integer code of each loss in the kernels: `K_CE`, `K_LS`, `K_MAXSUP` in csrc/fused_loss.c, Triton's `KIND`.
+LOSS_CODES = {loss: code for code, loss in enumerate(LOSS_NAMES)}
 # The order of the sums every backend returns.
 SUMS = ("loss", "ce", "reg", "ls_regularization", "ls_error_amplification", "distill")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossJob:
-    """One call's work, already validated by the dispatcher.
+    """One call's work, already validated by the dispatcher; built by keyword.
 
     Attributes:
         loss (`str`): `"ce"`, `"ls"` or `"maxsup"`.
@@ -106,3 +110,27 @@ class LossJob:
     def want_split(self) -> bool:
         """Whether the LS decomposition is asked for (and defined: LS with class indices)."""
         return self.want_components and self.loss == "ls" and self.labels is not None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the dispatcher needs of a backend: a module (`_c`, `_triton`, `_torch`) with these names. A new backend
+    is such a module, named in `dispatch.BACKENDS` and in its device's preference there.
+
+    Attributes:
+        NAME (`str`): the name `HF_MAXSUP_BACKEND` and `kernel_info()` use.
+        DISTILLS (`bool`): whether `forward` computes the distillation term of a job with teacher logits.
+    """
+
+    NAME: str
+    DISTILLS: bool
+
+    def unavailable(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        """Why the backend cannot serve `dtype` logits on `device` (a short sentence naming the fix), or `None`."""
+
+    def forward(self, job: LossJob) -> torch.Tensor:
+        """One pass over `job`'s rows: fills `job.grad` and `job.row_loss` when set; returns the sums of `SUMS` over
+        kept rows, float64 (float32 on devices without it) on the logits' device."""
+
+    def scale_(self, grad: torch.Tensor, factor: torch.Tensor) -> None:
+        """`grad *= factor` in place; `factor` a 0-dim float32 tensor on `grad`'s device (often 1: skip the pass)."""

@@ -1,0 +1,60 @@
+"""The one reduction of every backend's sums: what they are divided by, the logged means, and the factors the
+gradient is written and handed over with. All from device tensors: on a GPU nothing waits for the device."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .job import SUMS
+
+__all__ = ["component_means", "denominator", "grad_scales"]
+
+# float16 gradients are stored times a power of two (undone in backward), so that small probabilities divided by
+# the item count do not flush to zero before the loss scale is applied.
+_F16_HEADROOM = 32768.0
+
+
+def denominator(reduction: str, num_items_in_batch, n_kept: torch.Tensor) -> torch.Tensor | None:
+    """What the summed loss is divided by, as a float32 tensor on `n_kept`'s device (None for `reduction="none"`):
+    `num_items_in_batch` when given, else 1 (`"sum"`) or the kept count (`"mean"`)."""
+    n = num_items_in_batch
+    if n is not None:
+        # A micro-batch of an accumulated batch may be all ignored; an all-ignored accumulated batch gives 0 / 1.
+        if isinstance(n, torch.Tensor):
+            return n.to(n_kept.device, torch.float32).clamp_min(1)
+        return torch.full((), max(float(n), 1.0), dtype=torch.float32, device=n_kept.device)
+    if reduction == "sum":
+        return torch.ones((), dtype=torch.float32, device=n_kept.device)
+    if reduction == "mean":
+        return n_kept.clamp_min(1).float()
+    return None
+
+
+def grad_scales(dtype: torch.dtype, alpha: float, divisor: torch.Tensor | None, device: torch.device):
+    """`(grad_scale, post)`: the factor a backend writes the gradient with (a 0-dim float32 tensor on `device`) and
+    the one backward applies: `1 / divisor` and 1, or for float16 a power-of-two headroom that `post` undoes (with
+    the division); `divisor` is `None` for `reduction="none"`, whose per-row weights come in backward."""
+    headroom = 1.0
+    if dtype == torch.float16:
+        headroom = max(1.0, 2.0 ** math.floor(math.log2(_F16_HEADROOM / (1.0 + 2.0 * abs(alpha)))))
+    if divisor is None:
+        return torch.full((), headroom, dtype=torch.float32, device=device), 1.0 / headroom
+    if dtype == torch.float16:
+        return torch.full((), headroom, dtype=torch.float32, device=device), 1.0 / (divisor * headroom)
+    return divisor.reciprocal(), 1.0
+
+
+def component_means(
+    loss: str, sums: torch.Tensor, n_kept: torch.Tensor, *, hard: bool, distill: bool = False
+) -> dict[str, torch.Tensor]:
+    """Means over kept rows of the logged terms (the LS halves for LS with class indices, `distill` with a teacher),
+    detached float32 0-dim tensors on the sums' device."""
+    means = (sums / n_kept.clamp_min(1)).float()
+    names = ["ce"] + (["reg"] if loss != "ce" else [])
+    if loss == "ls" and hard:
+        names += ["ls_regularization", "ls_error_amplification"]
+    if distill:
+        names.append("distill")
+    return {name: means[SUMS.index(name)] for name in names}
