@@ -15,6 +15,8 @@ check, and the count of kept rows that sizes the matmuls).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from . import kernels
@@ -81,7 +83,22 @@ def _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_ba
     check_label_range(target, weight.shape[0], ignore_index, f"the head has V={weight.shape[0]} outputs")
 
 
-def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool, row_scale=None, row_loss=None):
+@dataclass(kw_only=True)
+class _Call:
+    """One `fused_linear_loss` call's settings, and the components its forward fills in."""
+
+    loss: str
+    alpha: float
+    ignore_index: int
+    reduction: str
+    num_items_in_batch: object
+    needs_grad: bool
+    want_components: bool
+    chunk_size: int
+    components: dict = field(default_factory=dict)
+
+
+def _sweep(h, weight, bias, labels, call: _Call, want_grad: bool, row_scale=None, row_loss=None):
     """One pass over the kept rows in chunks. Returns the sums of `SUMS` and, with `want_grad`, the unscaled
     gradients `(grad_h, grad_weight, grad_bias)`; `row_scale` `(n,)` multiplies each row's gradient first."""
     half = weight.dtype in (torch.float16, torch.bfloat16)
@@ -90,18 +107,18 @@ def _sweep(h, weight, bias, labels, call: dict, chunk_size: int, want_grad: bool
     grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if want_grad else None
     grad_b = torch.zeros(weight.shape[0], dtype=acc, device=h.device) if want_grad and bias is not None else None
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=h.device)
-    for start in range(0, h.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
+    for start in range(0, h.shape[0], call.chunk_size):
+        rows = slice(start, start + call.chunk_size)
         h_chunk = h[rows]
         logits = torch.addmm(bias, h_chunk, weight.t()) if bias is not None else h_chunk @ weight.t()
         sums += kernels.rows_loss_and_grad_(
             logits,
             labels[rows],
-            loss=call["loss"],
-            alpha=call["alpha"],
-            ignore_index=call["ignore_index"],
+            loss=call.loss,
+            alpha=call.alpha,
+            ignore_index=call.ignore_index,
             want_grad=want_grad,
-            want_components=call["want_components"],
+            want_components=call.want_components,
             row_loss=row_loss[rows] if row_loss is not None else None,
         ).to(sums.dtype)
         if not want_grad:
@@ -121,20 +138,20 @@ class _FusedLinearLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, target, call):
         h = hidden.reshape(-1, hidden.shape[-1])
         labels = target.reshape(-1).to(device=h.device, dtype=torch.int64)
-        kept = labels.ne(call["ignore_index"]).nonzero().squeeze(1)
+        kept = labels.ne(call.ignore_index).nonzero().squeeze(1)
         h_kept, y_kept = h.index_select(0, kept), labels.index_select(0, kept)
-        none = call["reduction"] == "none"
+        none = call.reduction == "none"
         row_loss = torch.empty(kept.numel(), dtype=torch.float32, device=h.device) if none else None
-        want_grad = call["needs_grad"] and not none  # "none": the gradient needs the per-row weights of backward
-        sums, grads = _sweep(h_kept, weight, bias, y_kept, call, call["chunk_size"], want_grad, row_loss=row_loss)
+        want_grad = call.needs_grad and not none  # "none": the gradient needs the per-row weights of backward
+        sums, grads = _sweep(h_kept, weight, bias, y_kept, call, want_grad, row_loss=row_loss)
         n_kept = torch.full((), kept.numel(), device=h.device)
-        if call["want_components"]:
-            call["components"].update(kernels.component_means(call["loss"], sums, n_kept, hard=True))
+        if call.want_components:
+            call.components.update(kernels.component_means(call.loss, sums, n_kept, hard=True))
         ctx.call, ctx.shapes = call, (hidden.shape, weight.dtype)
         if none:
             ctx.save_for_backward(h_kept, weight, bias, y_kept, kept)
             return h.new_zeros(h.shape[0], dtype=torch.float32).index_copy_(0, kept, row_loss).view(target.shape)
-        divisor = kernels.denominator(call["reduction"], call["num_items_in_batch"], n_kept)
+        divisor = kernels.denominator(call.reduction, call.num_items_in_batch, n_kept)
         if want_grad:
             ctx.grads = [None if g is None else g.div_(divisor) for g in grads]
             ctx.kept = kept
@@ -143,12 +160,10 @@ class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         hidden_shape, dtype = ctx.shapes
-        if ctx.call["reduction"] == "none":
+        if ctx.call.reduction == "none":
             h_kept, weight, bias, y_kept, kept = ctx.saved_tensors
             row_scale = grad_output.reshape(-1).index_select(0, kept).float()
-            _, (grad_h, grad_w, grad_b) = _sweep(
-                h_kept, weight, bias, y_kept, ctx.call, ctx.call["chunk_size"], True, row_scale=row_scale
-            )
+            _, (grad_h, grad_w, grad_b) = _sweep(h_kept, weight, bias, y_kept, ctx.call, True, row_scale=row_scale)
         else:
             if getattr(ctx, "grads", None) is None:
                 raise RuntimeError(
@@ -212,65 +227,115 @@ def fused_linear_loss(
     n_rows = hidden.numel() // hidden.shape[-1]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     alpha = 0.0 if loss == "ce" else smoothing_weight(float(alpha), weight.shape[0], mass if loss == "ls" else "all")
-    call = {
-        "loss": loss,
-        "alpha": alpha,
-        "ignore_index": ignore_index,
-        "reduction": reduction,
-        "num_items_in_batch": num_items_in_batch,
-        "needs_grad": needs_grad,
-        "want_components": return_components,
-        "components": {},
-        "chunk_size": chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0]),
-    }
+    call = _Call(
+        loss=loss,
+        alpha=alpha,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        num_items_in_batch=num_items_in_batch,
+        needs_grad=needs_grad,
+        want_components=return_components,
+        chunk_size=chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0]),
+    )
     value = _FusedLinearLoss.apply(hidden, weight, bias, target, call)
-    return (value, call["components"]) if return_components else value
+    return (value, call.components) if return_components else value
 
 
-def _named(loss: str, doc: str):
-    def fn(
+def linear_cross_entropy(
+    hidden,
+    weight,
+    target,
+    alpha: float = 0.0,
+    *,
+    bias=None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    return_components: bool = False,
+    chunk_size: int | None = None,
+    **options,
+):
+    """Cross-entropy of `hidden @ weight.T + bias` without materialising the logits.
+
+    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."""
+    return fused_linear_loss(
         hidden,
         weight,
         target,
-        alpha: float = 0.1 if loss != "ce" else 0.0,
-        *,
-        bias=None,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        num_items_in_batch=None,
-        return_components: bool = False,
-        chunk_size: int | None = None,
+        loss="ce",
+        alpha=alpha,
+        bias=bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        num_items_in_batch=num_items_in_batch,
+        return_components=return_components,
+        chunk_size=chunk_size,
         **options,
-    ):
-        return fused_linear_loss(
-            hidden,
-            weight,
-            target,
-            loss=loss,
-            alpha=alpha,
-            bias=bias,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            num_items_in_batch=num_items_in_batch,
-            return_components=return_components,
-            chunk_size=chunk_size,
-            **options,
-        )
-
-    fn.__doc__ = doc + "\n\n    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."
-    return fn
+    )
 
 
-linear_cross_entropy = _named("ce", "Cross-entropy of `hidden @ weight.T + bias` without materialising the logits.")
-label_smoothing_linear_cross_entropy = _named(
-    "ls",
-    "Label smoothing of `hidden @ weight.T + bias` without materialising the logits (torch's "
-    "`F.linear_cross_entropy` falls back to the full logits when `label_smoothing != 0`).",
-)
-maxsup_linear_cross_entropy = _named("maxsup", "MaxSup of `hidden @ weight.T + bias` without materialising the logits.")
-for _fn, _name in (
-    (linear_cross_entropy, "linear_cross_entropy"),
-    (label_smoothing_linear_cross_entropy, "label_smoothing_linear_cross_entropy"),
-    (maxsup_linear_cross_entropy, "maxsup_linear_cross_entropy"),
+def label_smoothing_linear_cross_entropy(
+    hidden,
+    weight,
+    target,
+    alpha: float = 0.1,
+    *,
+    bias=None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    return_components: bool = False,
+    chunk_size: int | None = None,
+    **options,
 ):
-    _fn.__name__ = _fn.__qualname__ = _name
+    """Label smoothing of `hidden @ weight.T + bias` without materialising the logits (torch's
+    `F.linear_cross_entropy` falls back to the full logits when `label_smoothing != 0`).
+
+    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."""
+    return fused_linear_loss(
+        hidden,
+        weight,
+        target,
+        loss="ls",
+        alpha=alpha,
+        bias=bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        num_items_in_batch=num_items_in_batch,
+        return_components=return_components,
+        chunk_size=chunk_size,
+        **options,
+    )
+
+
+def maxsup_linear_cross_entropy(
+    hidden,
+    weight,
+    target,
+    alpha: float = 0.1,
+    *,
+    bias=None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_items_in_batch=None,
+    return_components: bool = False,
+    chunk_size: int | None = None,
+    **options,
+):
+    """MaxSup of `hidden @ weight.T + bias` without materialising the logits.
+
+    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."""
+    return fused_linear_loss(
+        hidden,
+        weight,
+        target,
+        loss="maxsup",
+        alpha=alpha,
+        bias=bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        num_items_in_batch=num_items_in_batch,
+        return_components=return_components,
+        chunk_size=chunk_size,
+        **options,
+    )

@@ -81,9 +81,7 @@ def _check_labels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"labels must be integer class indices or float soft targets; got dtype {target.dtype}.")
     if target.shape != logits.shape[:-1]:
-        hint = ""
-        if target.shape == (*logits.shape[:-1], 1):
-            hint = " Squeeze the labels' last dimension."
+        hint = " Squeeze the labels' last dimension." if target.shape == (*logits.shape[:-1], 1) else ""
         raise ValueError(
             f"labels of shape {tuple(target.shape)} do not match logits of shape {tuple(logits.shape)}: class "
             f"indices need shape {tuple(logits.shape[:-1])} (the logits' shape without the class dimension).{hint}"
@@ -138,15 +136,7 @@ def check_loss_options(loss: str, alpha: float = 0.0, reduction: str = "mean", n
         raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
 
 
-def _check_inputs(
-    loss: str,
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float,
-    ignore_index: int,
-    reduction: str,
-    num_items_in_batch,
-) -> None:
+def _check_inputs(loss, logits, target, alpha, ignore_index, reduction, num_items_in_batch) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
         raise ValueError(
             "logits must be a floating-point tensor of shape (N, K) or (B, T, V), classes last; got "
@@ -190,6 +180,23 @@ def _loss(
     )
 
 
+def _check_teacher(input, teacher_logits, distill_alpha, distill_temperature) -> None:
+    if (
+        not isinstance(teacher_logits, torch.Tensor)
+        or not teacher_logits.is_floating_point()
+        or (isinstance(input, torch.Tensor) and teacher_logits.shape != input.shape)
+    ):
+        raise ValueError(
+            f"teacher_logits must be a floating-point tensor of the student's logits' shape "
+            f"{tuple(getattr(input, 'shape', ()))}; got {type(teacher_logits).__name__} "
+            f"{tuple(getattr(teacher_logits, 'shape', ()))}. Teacher and student must share the classes."
+        )
+    if not float(distill_alpha) >= 0:
+        raise ValueError(f"distill_alpha must be >= 0; got {distill_alpha}.")
+    if not float(distill_temperature) > 0:
+        raise ValueError(f"distill_temperature must be > 0; got {distill_temperature}.")
+
+
 def distillation_loss(
     input,
     teacher_logits,
@@ -229,20 +236,7 @@ def distillation_loss(
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
     """
-    if (
-        not isinstance(teacher_logits, torch.Tensor)
-        or not teacher_logits.is_floating_point()
-        or (isinstance(input, torch.Tensor) and teacher_logits.shape != input.shape)
-    ):
-        raise ValueError(
-            f"teacher_logits must be a floating-point tensor of the student's logits' shape "
-            f"{tuple(getattr(input, 'shape', ()))}; got {type(teacher_logits).__name__} "
-            f"{tuple(getattr(teacher_logits, 'shape', ()))}. Teacher and student must share the classes."
-        )
-    if not float(distill_alpha) >= 0:
-        raise ValueError(f"distill_alpha must be >= 0; got {distill_alpha}.")
-    if not float(distill_temperature) > 0:
-        raise ValueError(f"distill_temperature must be > 0; got {distill_temperature}.")
+    _check_teacher(input, teacher_logits, distill_alpha, distill_temperature)
     return _loss(
         loss,
         input,
@@ -391,11 +385,7 @@ def maxsup_cross_entropy(
 for _fn in (cross_entropy, label_smoothing_cross_entropy, maxsup_cross_entropy):
     _fn.__doc__ += _SHARED_ARGS_DOC
 
-LOSSES: dict[str, Callable] = {
-    "ce": cross_entropy,
-    "ls": label_smoothing_cross_entropy,
-    "maxsup": maxsup_cross_entropy,
-}
+LOSSES: dict[str, Callable] = {"ce": cross_entropy, "ls": label_smoothing_cross_entropy, "maxsup": maxsup_cross_entropy}
 
 
 def get_loss_fn(loss: str) -> Callable:
@@ -412,7 +402,7 @@ class _AlphaLoss(nn.Module):
         self.alpha, self.ignore_index, self.reduction = alpha, ignore_index, reduction
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        return type(self)._fn(
+        return self._fn(
             input,
             target,
             self.alpha,
@@ -453,16 +443,8 @@ class LabelSmoothingLoss(_AlphaLoss):
         smoothing_weight(0.0, 2, mass)  # an unknown mass fails here, not at the first batch
         self.mass = mass
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        return label_smoothing_cross_entropy(
-            input,
-            target,
-            self.alpha,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            num_items_in_batch=num_items_in_batch,
-            mass=self.mass,
-        )
+    def _fn(self, *args, **kwargs) -> torch.Tensor:
+        return label_smoothing_cross_entropy(*args, mass=self.mass, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mass={self.mass!r}"
