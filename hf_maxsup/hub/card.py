@@ -181,8 +181,8 @@ def _run_facts(trainer, output_dir: str) -> dict:
 
 
 def _loss_func_of(trainer):
-    """The trainer's loss function (a MaxSupLossFunc), checked by the settings the card reads: by name, so that this
-    module does not import trainer.py, which imports it."""
+    """The trainer's loss function (a MaxSupLossFunc), checked by the settings the card reads: by name, so that the
+    hub does not import the trainer package, which imports it."""
     loss_fn = getattr(trainer, "compute_loss_func", None)
     if not all(hasattr(loss_fn, name) for name in ("loss", "alpha", "alpha_end", "schedule", "ls_mass")):
         raise TypeError(
