@@ -22,7 +22,7 @@ from tiny_run import (
 )
 from transformers import Gemma2ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, T5ForConditionalGeneration
 
-import hf_maxsup.trainer
+import hf_maxsup.trainer.loss_func
 from hf_maxsup import (
     MaxSupSeq2SeqTrainer,
     MaxSupSeq2SeqTrainingArguments,
@@ -108,13 +108,13 @@ def train_one_step(family, fused, batch_size, accumulation, tmp_path, model=None
 def fused_calls(monkeypatch):
     """Counts the calls of the fused linear loss, so that a test knows the fused path ran."""
     calls = []
-    real = hf_maxsup.trainer.fused_linear_loss
+    real = hf_maxsup.trainer.loss_func.fused_linear_loss
 
     def spy(hidden, *args, **kwargs):
         calls.append(tuple(hidden.shape))
         return real(hidden, *args, **kwargs)
 
-    monkeypatch.setattr(hf_maxsup.trainer, "fused_linear_loss", spy)
+    monkeypatch.setattr(hf_maxsup.trainer.loss_func, "fused_linear_loss", spy)
     return calls
 
 

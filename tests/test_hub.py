@@ -248,7 +248,7 @@ def test_push_without_hub_keeps_the_trained_model(failure, tmp_path, serve, monk
         expected = "hf auth login"
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    with caplog.at_level(logging.WARNING, logger="hf_maxsup.hub"):
+    with caplog.at_level(logging.WARNING, logger="hf_maxsup.trainer"):
         trainer = make_trainer(
             tmp_path / "out",
             loss="maxsup",

@@ -1,0 +1,33 @@
+"""Trainer subclasses that train with MaxSup or label smoothing, and the loss callable they share.
+
+- `config`: [`LossConfig`], the loss settings with every default and every check;
+- `arguments`: [`MaxSupTrainingArguments`], [`MaxSupSeq2SeqTrainingArguments`] (the loss settings as fields);
+- `loss_func`: [`MaxSupLossFunc`], the loss as a `compute_loss_func` and a callback driving alpha, for any Trainer;
+- `teacher`: the teacher of a distillation, loaded and checked;
+- `trainer`: [`MaxSupTrainer`], [`MaxSupSeq2SeqTrainer`].
+
+`MaxSupTrainer` is a drop-in `transformers.Trainer`: the loss is chosen with `MaxSupTrainingArguments(loss=...,
+loss_alpha=...)`. Users of other `Trainer` subclasses (trl's, their own) get the same loss from [`MaxSupLossFunc`]:
+
+```python
+loss_fn = MaxSupLossFunc("maxsup", alpha=0.1, alpha_end=0.2)
+trainer = Trainer(model, args, compute_loss_func=loss_fn, callbacks=[loss_fn], ...)
+```
+
+Distillation: `MaxSupTrainingArguments(teacher_model_name_or_path=..., distill_alpha=..., distill_temperature=...)`,
+or `MaxSupTrainer(..., teacher=model)`, adds the teacher's soft targets to that loss (see [`MaxSupTrainer`]).
+"""
+
+from .arguments import MaxSupSeq2SeqTrainingArguments, MaxSupTrainingArguments
+from .config import LossConfig
+from .loss_func import MaxSupLossFunc
+from .trainer import MaxSupSeq2SeqTrainer, MaxSupTrainer
+
+__all__ = [
+    "LossConfig",
+    "MaxSupLossFunc",
+    "MaxSupSeq2SeqTrainer",
+    "MaxSupSeq2SeqTrainingArguments",
+    "MaxSupTrainer",
+    "MaxSupTrainingArguments",
+]
