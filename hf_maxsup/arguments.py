@@ -1,7 +1,9 @@
 """The recipes' command-line arguments: the model, the data of each task, and how a run treats its `output_dir`.
 
-Each dataclass is one group of flags of [`hf_maxsup.recipes.parse_args`]; the names follow the transformers example
-scripts (`run_image_classification.py`, `run_classification.py`, `run_translation.py`), ours kept as aliases.
+Each dataclass is one group of flags of [`hf_maxsup.runner.parse_args`]; the names follow the transformers example
+scripts (`run_image_classification.py`, `run_classification.py`, `run_translation.py`), ours kept as aliases. Each
+task's column group (`ImageColumns`, `TextColumns`, `TranslationColumns`) names the columns the task reads, with the
+flag of each ([`~ImageColumns.columns`]), for the recipes and the reports alike.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ class DataSourceArguments:
             )
         _chain_post_init(self, DataSourceArguments)
 
+    def data_files(self) -> dict[str, str]:
+        """The local data files given, by split (`train`, `validation`, `test`)."""
+        files = {"train": self.train_file, "validation": self.validation_file, "test": self.test_file}
+        return {split: path for split, path in files.items() if path is not None}
+
 
 @dataclass
 class DataArguments(DataSourceArguments):
@@ -92,12 +99,9 @@ class DataArguments(DataSourceArguments):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1; got {getattr(self, name)}. Leave it out for no limit.")
 
-    def columns(self) -> dict:
-        """The columns the task reads, each mapped to the flag that names it (for errors that list the columns)."""
-        return {}
-
-    def sources(self) -> dict:
-        """Sources of the task beyond files and the Hub (the image folders of the image task)."""
+    def columns(self) -> dict[str | None, str]:
+        """The columns the task reads, each mapped to the flag that names it: none here, each task's subclass takes
+        them from its column group (e.g. [`ImageColumns.columns`])."""
         return {}
 
 
@@ -141,6 +145,15 @@ class ImageColumns:
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
 
+    def columns(self) -> dict[str | None, str]:
+        """The columns the image task reads, each mapped to the flag that names it (for errors that name the flag)."""
+        return {self.image_column_name: "--image_column_name", self.label_column_name: "--label_column_name"}
+
+    def image_folders(self) -> dict[str, str]:
+        """The image folders given, by split (`train`, `validation`)."""
+        folders = {"train": self.train_dir, "validation": self.validation_dir}
+        return {split: path for split, path in folders.items() if path is not None}
+
 
 @dataclass
 class TextColumns:
@@ -169,6 +182,15 @@ class TextColumns:
                 )
             self.text_column_name, self.text_pair_column_name = names[0], (names[1] if len(names) == 2 else None)
 
+    def columns(self) -> dict[str | None, str]:
+        """The columns the text task reads, each mapped to the flag that names it (the pair column is `None` when
+        not given)."""
+        return {
+            self.text_column_name: "--text_column_name",
+            self.text_pair_column_name: "--text_pair_column_name",
+            self.label_column_name: "--label_column_name",
+        }
+
 
 @dataclass
 class TranslationColumns:
@@ -180,6 +202,10 @@ class TranslationColumns:
     source_prefix: str = field(default="", metadata={"help": "Prefix of every source, e.g. for T5."})
     max_source_length: int = field(default=128, metadata={"help": "Longer sources are truncated."})
     max_target_length: int = field(default=128, metadata={"help": "Longer targets are truncated."})
+
+    def columns(self) -> dict[str | None, str]:
+        """The column the translation task reads, mapped to the flag that names it."""
+        return {self.translation_column_name: "--translation_column_name"}
 
 
 @dataclass
@@ -200,12 +226,6 @@ class ImageDataArguments(ImageColumns, DataArguments):
             self.validation_split_percentage = round(100 * self.train_val_split)
         super().__post_init__()
 
-    def columns(self) -> dict:
-        return {self.image_column_name: "--image_column_name", self.label_column_name: "--label_column_name"}
-
-    def sources(self) -> dict:
-        return {"train_dir": self.train_dir, "validation_dir": self.validation_dir}
-
 
 @dataclass
 class TextDataArguments(TextColumns, DataArguments):
@@ -216,13 +236,6 @@ class TextDataArguments(TextColumns, DataArguments):
             "each batch is padded to its longest text."
         },
     )
-
-    def columns(self) -> dict:
-        return {
-            self.text_column_name: "--text_column_name",
-            self.text_pair_column_name: "--text_pair_column_name",
-            self.label_column_name: "--label_column_name",
-        }
 
 
 @dataclass
@@ -255,6 +268,3 @@ class TranslationDataArguments(TranslationColumns, DataArguments):
             "is padded to its longest sequence."
         },
     )
-
-    def columns(self) -> dict:
-        return {self.translation_column_name: "--translation_column_name"}

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .runner.output_dir import SAFETENSORS_WEIGHTS, earlier_run_files, last_complete_checkpoint
+
 __all__ = [
     "Member",
     "check_reportable",
@@ -35,7 +37,6 @@ __all__ = [
 REPORTED_TASKS = ("image-classification", "text-classification", "text2text-generation")
 
 MEMBER_FILE = "hf_maxsup_compare.json"
-FINAL_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 # Set by compare for every member; the recipe must not get them from the passthrough arguments as well.
 RESERVED = {
     "--loss": "--losses",
@@ -81,7 +82,7 @@ def check_passthrough(args: Sequence[str]) -> None:
 
 def is_finished(output_dir: str) -> bool:
     """Whether a member's output directory holds its final weights and its evaluation results."""
-    return any(os.path.isfile(os.path.join(output_dir, name)) for name in FINAL_WEIGHTS) and os.path.isfile(
+    return any(os.path.isfile(os.path.join(output_dir, name)) for name in SAFETENSORS_WEIGHTS) and os.path.isfile(
         os.path.join(output_dir, "eval_results.json")
     )
 
@@ -180,8 +181,6 @@ def train_members(
     Raises:
         `RuntimeError`: a member's recipe failed; rerunning the same command resumes from there.
     """
-    from .recipes import earlier_run_files, last_complete_checkpoint
-
     check_passthrough(passthrough)
     for i, member in enumerate(members, 1):
         prefix = f"[hf-maxsup compare] member {i}/{len(members)} ({member.name})"

@@ -16,14 +16,13 @@ from hf_maxsup.cli import run_recipe
 from hf_maxsup.data import encode_labels, image_transform
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_image_model
-from hf_maxsup.recipes import data_source, maybe_lora, reliability_diagram_writer, run, start
+from hf_maxsup.runner import data_source, maybe_lora, reliability_diagram_writer, run, start
 
 
 def main():
-    model_args, data_args, training_args, raw = start(
-        "image-classification", ImageModelArguments, ImageDataArguments, MaxSupTrainingArguments
-    )
-    raw, labels = encode_labels(raw, data_args.label_column_name)
+    plan = start("image-classification", ImageModelArguments, ImageDataArguments, MaxSupTrainingArguments)
+    model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
+    raw, labels = encode_labels(plan.raw, data_args.label_column_name)
     model, image_processor = build_image_model(
         labels,
         model_args.model_name_or_path,
@@ -51,7 +50,7 @@ def main():
     )
     run(
         trainer,
-        training_args,
+        plan,
         eval_dataset=evaluation,
         predict_dataset=test,
         card_kwargs={

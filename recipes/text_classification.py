@@ -20,7 +20,7 @@ from hf_maxsup.cli import run_recipe
 from hf_maxsup.data import encode_labels, text_preprocess_function
 from hf_maxsup.metrics import classification_compute_metrics
 from hf_maxsup.models import build_text_model
-from hf_maxsup.recipes import (
+from hf_maxsup.runner import (
     build_with_shared_tokenizer,
     data_source,
     maybe_lora,
@@ -34,13 +34,13 @@ logger = logging.getLogger(__name__)
 
 
 def main():
-    model_args, data_args, training_args, raw = start(
-        "text-classification", ModelArguments, TextDataArguments, MaxSupTrainingArguments
-    )
-    raw, labels = encode_labels(raw, data_args.label_column_name)
+    plan = start("text-classification", ModelArguments, TextDataArguments, MaxSupTrainingArguments)
+    model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
+    raw, labels = encode_labels(plan.raw, data_args.label_column_name)
     model, tokenizer = build_with_shared_tokenizer(
         build_text_model,
         training_args,
+        plan.checkpoint,
         labels=labels,
         model_name_or_path=model_args.model_name_or_path,
         train_texts=raw["train"][data_args.text_column_name],
@@ -73,7 +73,7 @@ def main():
     )
     run(
         trainer,
-        training_args,
+        plan,
         eval_dataset=tokenized["validation"],
         predict_dataset=tokenized.get("test"),
         card_kwargs={

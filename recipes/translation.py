@@ -31,7 +31,7 @@ from hf_maxsup.cli import run_recipe
 from hf_maxsup.data import translation_preprocess_function
 from hf_maxsup.metrics import translation_compute_metrics
 from hf_maxsup.models import build_translation_model
-from hf_maxsup.recipes import build_with_shared_tokenizer, data_source, maybe_lora, run, start, tokenize
+from hf_maxsup.runner import build_with_shared_tokenizer, data_source, maybe_lora, run, start, tokenize
 
 
 def check_languages(pairs, data_args) -> None:
@@ -53,19 +53,6 @@ def set_generation(training_args, data_args) -> None:
         training_args.generation_num_beams = data_args.num_beams
 
 
-def preprocess_function(tokenizer, data_args):
-    return translation_preprocess_function(
-        tokenizer,
-        data_args.source_lang,
-        data_args.target_lang,
-        data_args.source_prefix,
-        data_args.max_source_length,
-        data_args.max_target_length,
-        data_args.translation_column_name,
-        data_args.pad_to_max_length,
-    )
-
-
 def signature_writer(compute_metrics, output_dir: str):
     """An `on_eval` callback that prints the sacreBLEU signatures and saves them to `sacrebleu_signatures.json`."""
 
@@ -79,14 +66,14 @@ def signature_writer(compute_metrics, output_dir: str):
 
 
 def main():
-    model_args, data_args, training_args, raw = start(
-        "translation", TranslationModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments
-    )
-    pairs = raw["train"][data_args.translation_column_name]
+    plan = start("translation", TranslationModelArguments, TranslationDataArguments, MaxSupSeq2SeqTrainingArguments)
+    model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
+    pairs = plan.raw["train"][data_args.translation_column_name]
     check_languages(pairs, data_args)
     model, tokenizer = build_with_shared_tokenizer(
         build_translation_model,
         training_args,
+        plan.checkpoint,
         model_name_or_path=model_args.model_name_or_path,
         train_pairs=pairs,
         source_lang=data_args.source_lang,
@@ -99,7 +86,8 @@ def main():
     )
     model = maybe_lora(model, model_args, "translation")
     set_generation(training_args, data_args)
-    tokenized = tokenize(raw, preprocess_function(tokenizer, data_args), data_args, training_args)
+    preprocess = translation_preprocess_function(tokenizer, data_args, data_args.pad_to_max_length)
+    tokenized = tokenize(plan.raw, preprocess, data_args, training_args)
     compute_metrics = translation_compute_metrics(tokenizer) if training_args.predict_with_generate else None
     trainer = MaxSupSeq2SeqTrainer(
         model=model,
@@ -113,7 +101,7 @@ def main():
     pair = f"{data_args.source_lang}-{data_args.target_lang}"
     run(
         trainer,
-        training_args,
+        plan,
         eval_dataset=tokenized["validation"],
         predict_dataset=tokenized.get("test"),
         card_kwargs={

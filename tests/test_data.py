@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
 
+from hf_maxsup.arguments import DataSourceArguments, TranslationColumns
 from hf_maxsup.data import (
     TASKS,
     check_columns,
@@ -99,15 +100,15 @@ def test_local_csv_files_and_validation_split(tmp_path):
     (tmp_path / "train.csv").write_text(rows)
     (tmp_path / "test.csv").write_text("sentence,label\nhello,pos\n")
 
-    dataset = load_task_dataset(
-        "text-classification", train_file=str(tmp_path / "train.csv"), test_file=str(tmp_path / "test.csv"), seed=0
-    )
+    files = DataSourceArguments(train_file=str(tmp_path / "train.csv"), test_file=str(tmp_path / "test.csv"))
+    dataset = load_task_dataset("text-classification", files, seed=0)
     assert sorted(dataset) == ["test", "train", "validation"]
     assert (len(dataset["train"]), len(dataset["validation"]), len(dataset["test"])) == (18, 2, 1)
     assert dataset["train"].column_names == ["sentence", "label"]
 
     no_split = load_task_dataset(
-        "text-classification", train_file=str(tmp_path / "train.csv"), validation_split_percentage=0
+        "text-classification",
+        DataSourceArguments(train_file=str(tmp_path / "train.csv"), validation_split_percentage=0),
     )
     assert list(no_split) == ["train"]
 
@@ -118,8 +119,9 @@ def test_local_json_files(tmp_path):
         (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(pair) for pair in pairs))
     dataset = load_task_dataset(
         "translation",
-        train_file=str(tmp_path / "train.jsonl"),
-        validation_file=str(tmp_path / "validation.jsonl"),
+        DataSourceArguments(
+            train_file=str(tmp_path / "train.jsonl"), validation_file=str(tmp_path / "validation.jsonl")
+        ),
     )
     assert list(dataset) == ["train", "validation"]
     assert dataset["validation"][2]["translation"] == {"en": "word 2", "de": "wort 2"}
@@ -131,12 +133,15 @@ def test_file_format_errors(tmp_path):
     (tmp_path / "train.xml").write_text("<a/>")
     with pytest.raises(ValueError, match="same format"):
         load_task_dataset(
-            "text-classification", train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "valid.json")
+            "text-classification",
+            DataSourceArguments(train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "valid.json")),
         )
     with pytest.raises(ValueError, match="Unsupported data file extension '.xml'"):
-        load_task_dataset("text-classification", train_file=str(tmp_path / "train.xml"))
+        load_task_dataset("text-classification", DataSourceArguments(train_file=str(tmp_path / "train.xml")))
     with pytest.raises(ValueError, match="only one data source"):
-        load_task_dataset("text-classification", dataset_name="glue", train_file=str(tmp_path / "train.csv"))
+        load_task_dataset(
+            "text-classification", DataSourceArguments(dataset_name="glue", train_file=str(tmp_path / "train.csv"))
+        )
 
 
 def test_image_folder(tmp_path):
@@ -145,13 +150,17 @@ def test_image_folder(tmp_path):
         (tmp_path / label).mkdir()
         for i in range(5):
             Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
-    dataset = load_task_dataset("image-classification", train_dir=str(tmp_path), validation_split_percentage=20)
+    dataset = load_task_dataset(
+        "image-classification",
+        DataSourceArguments(validation_split_percentage=20),
+        image_folders={"train": str(tmp_path)},
+    )
     assert (len(dataset["train"]), len(dataset["validation"])) == (8, 2)
     assert dataset["train"].features["label"].names == ["cat", "dog"]
     assert dataset["train"][0]["image"].size == (10, 12)
 
     with pytest.raises(ValueError, match="only supported for image-classification"):
-        load_task_dataset("text-classification", train_dir=str(tmp_path))
+        load_task_dataset("text-classification", image_folders={"train": str(tmp_path)})
 
 
 def test_hub_dataset_offline_gives_actionable_error(monkeypatch):
@@ -161,7 +170,9 @@ def test_hub_dataset_offline_gives_actionable_error(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError) as info:
-        load_task_dataset("text-classification", dataset_name="hf-maxsup/does-not-exist", dataset_config_name="x")
+        load_task_dataset(
+            "text-classification", DataSourceArguments(dataset_name="hf-maxsup/does-not-exist", dataset_config_name="x")
+        )
     message = str(info.value)
     assert "Could not load dataset 'hf-maxsup/does-not-exist' (config 'x')" in message
     assert "--train_file" in message and "leave out --dataset_name" in message
@@ -237,9 +248,8 @@ def test_text_preprocess_function(word_tokenizer):
 
 def test_translation_preprocess_function(word_tokenizer):
     batch = {"translation": [{"en": "a b", "fr": "c d e f g"}, {"en": "a", "fr": "b"}]}
-    preprocess = translation_preprocess_function(
-        word_tokenizer, "en", "fr", source_prefix="translate: ", max_source_length=8, max_target_length=3
-    )
+    columns = TranslationColumns(source_prefix="translate: ", max_source_length=8, max_target_length=3)
+    preprocess = translation_preprocess_function(word_tokenizer, columns)
     outputs = preprocess(batch)
     assert word_tokenizer.convert_ids_to_tokens(outputs["input_ids"][0]) == ["[CLS]", "translate:", "a", "b", "[SEP]"]
     assert word_tokenizer.convert_ids_to_tokens(outputs["labels"][0]) == ["[CLS]", "c", "[SEP]"]

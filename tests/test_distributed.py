@@ -26,7 +26,7 @@ from transformers import (
     ConvNextForImageClassification,
 )
 
-from hf_maxsup.recipes import _check_fsdp2_ties, describe_engine, fsdp_layers_to_wrap
+from hf_maxsup.runner.engines import check_fsdp2_ties, describe_engine, fsdp_layers_to_wrap
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -204,9 +204,9 @@ def test_fsdp_layers_and_ties_of_the_recipe_models():
     assert fsdp_layers_to_wrap(tiny_marian()) == ["MarianDecoderLayer", "MarianEncoderLayer"]  # it names none
     assert fsdp_layers_to_wrap(convnext) == ["ConvNextLayer", "ConvNextStage"]
     for model in (tiny_bert(), convnext):
-        _check_fsdp2_ties(model)
+        check_fsdp2_ties(model)
     with pytest.raises(RuntimeError, match=r"tied across model.shared, model.encoder.embed_tokens.*ds_zero3.json"):
-        _check_fsdp2_ties(tiny_marian())
+        check_fsdp2_ties(tiny_marian())
 
 
 def test_describe_engine():

@@ -14,6 +14,7 @@ from transformers import (
     default_data_collator,
 )
 
+from hf_maxsup.arguments import TranslationColumns
 from hf_maxsup.data import image_transform, text_preprocess_function, translation_preprocess_function
 from hf_maxsup.models import apply_lora, build_image_model, build_text_model, build_translation_model
 
@@ -152,7 +153,9 @@ def test_translation_model_tokenizer_and_generate(tmp_path):
     assert reloaded(text_target="Jésus pleura.")["input_ids"] == labels
     assert (reloaded.pad_token_id, reloaded.eos_token_id) == (0, 1)
 
-    features = translation_preprocess_function(tokenizer, "en", "fr")({"translation": PAIRS[:3]})
+    features = translation_preprocess_function(tokenizer, TranslationColumns(source_lang="en", target_lang="fr"))(
+        {"translation": PAIRS[:3]}
+    )
     batch = DataCollatorForSeq2Seq(tokenizer, model=model)(_rows(features))
     assert (batch["labels"] == -100).any() and batch["decoder_input_ids"][0, 0] == 0
     assert torch.isfinite(model(**batch).loss)

@@ -11,7 +11,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSeq2SeqLM,
 
 from hf_maxsup import MaxSupSeq2SeqTrainingArguments
 from hf_maxsup.models import build_translation_model
-from hf_maxsup.recipes import build_with_shared_tokenizer
+from hf_maxsup.runner import build_with_shared_tokenizer
 
 AUTO = {
     "image_classification": AutoModelForImageClassification,
@@ -203,20 +203,18 @@ def test_resumed_run_reuses_the_checkpoint_tokenizer(tmp_path):
     # A tokenizer trained anew may differ from the one the checkpoint's embeddings were trained with.
     pairs = [{"en": f"word{i} and more", "fr": f"mot{i} et plus"} for i in range(200)]
     _, saved = build_translation_model(train_pairs=pairs[:20], vocab_size=60)
-    saved.save_pretrained(tmp_path / "checkpoint-5")
+    checkpoint = str(tmp_path / "checkpoint-5")
+    saved.save_pretrained(checkpoint)
     args = MaxSupSeq2SeqTrainingArguments(
-        output_dir=str(tmp_path),
-        resume_from_checkpoint=str(tmp_path / "checkpoint-5"),
-        do_train=True,
-        use_cpu=True,
-        report_to="none",
+        output_dir=str(tmp_path), resume_from_checkpoint=checkpoint, do_train=True, use_cpu=True, report_to="none"
     )
-    model, tokenizer = build_with_shared_tokenizer(build_translation_model, args, train_pairs=pairs)
+    model, tokenizer = build_with_shared_tokenizer(build_translation_model, args, checkpoint, train_pairs=pairs)
     assert tokenizer.get_vocab() == saved.get_vocab()
     assert model.config.vocab_size == len(saved)
     fresh, _ = build_with_shared_tokenizer(
         build_translation_model,
         MaxSupSeq2SeqTrainingArguments(output_dir=str(tmp_path / "fresh"), use_cpu=True, report_to="none"),
+        None,
         train_pairs=pairs,
     )
     assert fresh.config.vocab_size != len(saved)  # without a checkpoint the tokenizer is trained on the data

@@ -20,7 +20,7 @@ from tiny_run import collate, tiny_bert, tiny_dataset
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments, cli
 from hf_maxsup.compare import Member, train_members
 from hf_maxsup.hub import HubPushError
-from hf_maxsup.recipes import last_complete_checkpoint
+from hf_maxsup.runner import last_complete_checkpoint
 
 IMAGE = "image_classification"
 
@@ -92,8 +92,8 @@ def test_second_run_into_a_locked_output_dir_fails_naming_the_holder(tmp_path):
             "-c",
             textwrap.dedent(f"""
         import sys, time
-        from hf_maxsup.recipes import _lock_output_dir
-        _lock_output_dir({str(out)!r}); print("locked", flush=True); time.sleep(120)"""),
+        from hf_maxsup.runner.output_dir import lock_output_dir
+        lock_output_dir({str(out)!r}); print("locked", flush=True); time.sleep(120)"""),
         ],
         stdout=subprocess.PIPE,
         text=True,

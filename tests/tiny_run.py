@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import BertForSequenceClassification, BertForTokenClassification, MarianMTModel, TrainerCallback
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
-from hf_maxsup.recipes import prepare_engine
+from hf_maxsup.runner import prepare_engine
 
 VOCAB, PAD, EOS = 50, 0, 1
 # Marian's special tokens, which every tiny seq2seq model shares: decoding starts from PAD.

@@ -69,8 +69,9 @@ def load_source(task: str, data: SourceOptions, seed: int = RECIPE_SEED):
     the task reads are checked in every split, as the recipes check them ([`~hf_maxsup.data.check_columns`])."""
     from ..data import check_columns, load_task_dataset
 
-    raw = load_task_dataset(task, seed=seed, **data.sources(task))
-    check_columns(raw, data.columns(task))
+    folders = data.task_image_folders(task)
+    raw = load_task_dataset(task, data, image_folders=folders, cache_dir=data.cache_dir, token=data.token, seed=seed)
+    check_columns(raw, data.task_columns(task))
     return raw
 
 

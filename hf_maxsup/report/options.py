@@ -16,6 +16,13 @@ from ..arguments import DataSourceArguments, HubArguments, ImageColumns, TextCol
 
 __all__ = ["DataOptions", "SourceOptions", "TranslationDataOptions", "option", "option_flags"]
 
+# The column group of each task's data: the columns a report checks are those the task's recipe reads.
+TASK_COLUMNS = {
+    "image-classification": ImageColumns,
+    "text-classification": TextColumns,
+    "translation": TranslationColumns,
+}
+
 
 def option(
     default, help: str, *, recipe: bool = False, flag: str | None = None, aliases: tuple = (), **argparse_kwargs
@@ -82,14 +89,18 @@ class SourceOptions(DataSourceArguments, HubArguments):
     )
     batch_size: int = option(128, "Batch size of the evaluation passes.", flag="analysis_batch_size", metavar="N")
 
-    def sources(self, task: str) -> dict:
-        """Where the data of `task` comes from, as the keywords of `hf_maxsup.data.load_task_dataset`."""
-        names = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
-        return {name: getattr(self, name) for name in (*names, "cache_dir", "token", "validation_split_percentage")}
+    def task_columns(self, task: str) -> dict[str | None, str]:
+        """The columns `task` reads, each mapped to its flag, as `hf_maxsup.data.check_columns` takes them: those of
+        the task's column group (e.g. [`~hf_maxsup.arguments.TextColumns.columns`]), none when these options lack it."""
+        group = TASK_COLUMNS.get(task)
+        return group.columns(self) if group is not None and isinstance(self, group) else {}
 
-    def columns(self, task: str) -> dict[str | None, str]:
-        """The columns the task reads, each mapped to its flag, as `hf_maxsup.data.check_columns` takes them."""
-        return {}
+    def task_image_folders(self, task: str) -> dict[str, str]:
+        """The image folders given, by split, when `task` is the image task: given for a text model, they are left
+        out, not refused."""
+        if task != "image-classification" or not isinstance(self, ImageColumns):
+            return {}
+        return self.image_folders()
 
     def to_json(self) -> dict:
         """The options as `results.json` records them: all but the token."""
@@ -98,7 +109,8 @@ class SourceOptions(DataSourceArguments, HubArguments):
 
 @dataclass
 class DataOptions(SourceOptions, ImageColumns, TextColumns):
-    """Which data classifiers are evaluated on, and the options of the report's extra measurements."""
+    """Which data classifiers are evaluated on, and the options of the report's extra measurements. It holds the
+    columns of the image and the text task: those of the checkpoints' task are [`~SourceOptions.task_columns`]."""
 
     probe: bool = option(True, "Skip the linear probe on scikit-learn's digits.")
     probe_samples: int | None = option(
@@ -111,21 +123,6 @@ class DataOptions(SourceOptions, ImageColumns, TextColumns):
         (0, 1, 2), "The three class ids of the penultimate-feature projection plot.", nargs=3, metavar="CLASS"
     )
 
-    def sources(self, task: str) -> dict:
-        if task != "image-classification":  # image folders, given for a text model, are left out, not refused
-            return super().sources(task)
-        return {**super().sources(task), "train_dir": self.train_dir, "validation_dir": self.validation_dir}
-
-    def columns(self, task: str) -> dict[str | None, str]:
-        columns = {self.label_column_name: "--label_column_name"}
-        if task == "image-classification":
-            columns[self.image_column_name] = "--image_column_name"
-        elif task == "text-classification":
-            columns.update(
-                {self.text_column_name: "--text_column_name", self.text_pair_column_name: "--text_pair_column_name"}
-            )
-        return columns
-
 
 @dataclass
 class TranslationDataOptions(SourceOptions, TranslationColumns):
@@ -135,6 +132,3 @@ class TranslationDataOptions(SourceOptions, TranslationColumns):
     num_beams: int = option(
         1, "Beams of the generation.", recipe=True, flag="generation_num_beams", aliases=("num_beams",), metavar="N"
     )
-
-    def columns(self, task: str = "translation") -> dict[str | None, str]:
-        return {self.translation_column_name: "--translation_column_name"}

@@ -100,15 +100,7 @@ def _encoded_batches(model, tokenizer, raw, data: TranslationDataOptions):
     from ..data import translation_preprocess_function
 
     encoded = raw.map(
-        translation_preprocess_function(
-            tokenizer,
-            data.source_lang,
-            data.target_lang,
-            data.source_prefix,
-            data.max_source_length,
-            data.max_target_length,
-            data.translation_column_name,
-        ),
+        translation_preprocess_function(tokenizer, data),
         batched=True,
         remove_columns=raw.column_names,
     )

@@ -1,38 +1,30 @@
-"""Data loading and preprocessing shared by the hf_maxsup recipes.
+"""Loading the recipes' data and checking it before any work, with errors that name the flag, file, column and row.
 
-Every recipe gets its data through [`load_task_dataset`]: a dataset on the Hugging Face Hub, local data files, an
-image folder, or, when nothing is given, a small real data set vendored in `hf_maxsup/_embedded/` so that the recipes
-run offline out of the box. The `*_transform` / `*_preprocess_function` helpers return the functions the recipes
-map over (or attach to) the data, mirroring the official `transformers` examples.
+Every recipe (and every report) gets its data through [`load_task_dataset`]: a dataset on the Hugging Face Hub, local
+data files, an image folder, or, when nothing is given, a small real data set vendored in `hf_maxsup/_embedded/` so
+that the recipes run offline out of the box. [`check_columns`] and [`encode_labels`] check what the recipe reads.
 """
+
+from __future__ import annotations
 
 import codecs
 import itertools
 import os
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
-from PIL import Image, ImageOps
+from PIL import Image
 
-__all__ = [
-    "TASKS",
-    "check_columns",
-    "encode_labels",
-    "image_transform",
-    "load_embedded_dataset",
-    "load_task_dataset",
-    "text_preprocess_function",
-    "translation_preprocess_function",
-]
+from ..arguments import DataSourceArguments
+
+__all__ = ["TASKS", "check_columns", "encode_labels", "load_embedded_dataset", "load_task_dataset"]
 
 TASKS = ("image-classification", "text-classification", "translation")
 
-_EMBEDDED_DIR = Path(__file__).resolve().parent / "_embedded"
+_EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "_embedded"
 _EMBEDDED_SUBDIRS = {
     "image-classification": "fashion_mnist",
     "text-classification": "reuters_r8",
@@ -251,54 +243,39 @@ def _load_image_folders(task: str, data_dirs: dict[str, str], cache_dir) -> Data
 
 def load_task_dataset(
     task: str,
-    dataset_name: str | None = None,
-    dataset_config_name: str | None = None,
-    train_file: str | None = None,
-    validation_file: str | None = None,
-    test_file: str | None = None,
-    train_dir: str | None = None,
-    validation_dir: str | None = None,
+    source: DataSourceArguments | None = None,
+    *,
+    image_folders: dict[str, str] | None = None,
     cache_dir: str | None = None,
     token: str | bool | None = None,
-    validation_split_percentage: int = 10,
     seed: int = 42,
     non_empty_columns: Sequence[str] = (),
 ) -> DatasetDict:
     """
     Load the data for a recipe from exactly one of these sources (mixing them is an error):
 
-    1. `dataset_name` (+ `dataset_config_name`): a dataset on the Hugging Face Hub (or a local dataset script or
-       folder), through `datasets.load_dataset`.
-    2. `train_file` / `validation_file` / `test_file`: local csv, json, jsonl or parquet files, all of one format.
-    3. `train_dir` / `validation_dir` (image classification only): image folders laid out as `<dir>/<label>/<image>`,
-       loaded with the `imagefolder` builder.
+    1. `source.dataset_name` (+ `dataset_config_name`): a dataset on the Hugging Face Hub (or a local dataset script
+       or folder), through `datasets.load_dataset`.
+    2. `source.train_file` / `validation_file` / `test_file`: local csv, json, jsonl or parquet files, all of one
+       format.
+    3. `image_folders` (image classification only): image folders laid out as `<dir>/<label>/<image>`, loaded with
+       the `imagefolder` builder.
     4. Nothing: the embedded data of [`load_embedded_dataset`].
 
-    When there is a `train` split but no `validation` split, `validation_split_percentage` % of `train` is held out
-    (shuffled with `seed`) as `validation`.
+    When there is a `train` split but no `validation` split, `source.validation_split_percentage` % of `train` is held
+    out (shuffled with `seed`) as `validation`.
 
     Args:
-        task (`str`):
-            One of `"image-classification"`, `"text-classification"`, `"translation"`.
-        dataset_name (`str`, *optional*):
-            Name of a dataset on the Hub.
-        dataset_config_name (`str`, *optional*):
-            Configuration name of that dataset.
-        train_file, validation_file, test_file (`str`, *optional*):
-            Local data files.
-        train_dir, validation_dir (`str`, *optional*):
-            Local image folders.
-        cache_dir (`str`, *optional*):
-            Where `datasets` caches downloaded and prepared data.
-        token (`str` or `bool`, *optional*):
-            Hub token for private datasets.
-        validation_split_percentage (`int`, *optional*, defaults to 10):
-            Share of `train` held out as `validation` when the source has no validation split; 0 disables it.
-        seed (`int`, *optional*, defaults to 42):
-            Seed of that split.
-        non_empty_columns (`Sequence[str]`, *optional*):
-            Columns that must have no empty cell (the ones a recipe reads); checked before the split, so that the
-            error names the file and row.
+        task (`str`): one of `"image-classification"`, `"text-classification"`, `"translation"`.
+        source ([`~hf_maxsup.arguments.DataSourceArguments`], *optional*): the recipe's (or report's) data source
+            flags; by default none, so the embedded data.
+        image_folders (`dict[str, str]`, *optional*): split (`train`, `validation`) -> image folder, as
+            [`~hf_maxsup.arguments.ImageColumns.image_folders`] gives them.
+        cache_dir (`str`, *optional*): where `datasets` caches downloaded and prepared data.
+        token (`str` or `bool`, *optional*): Hub token for private datasets.
+        seed (`int`, *optional*, defaults to 42): seed of the held-out validation split.
+        non_empty_columns (`Sequence[str]`, *optional*): columns that must have no empty cell (the ones a recipe
+            reads); checked before the split, so that the error names the file and row.
 
     Returns:
         [`~datasets.DatasetDict`]
@@ -309,28 +286,22 @@ def load_task_dataset(
         `RuntimeError`: the Hub dataset could not be loaded (e.g. offline); the original exception is chained.
     """
     _check_task(task)
-    data_files = {
-        split: path
-        for split, path in (("train", train_file), ("validation", validation_file), ("test", test_file))
-        if path is not None
-    }
-    data_dirs = {
-        split: path for split, path in (("train", train_dir), ("validation", validation_dir)) if path is not None
-    }
-    dataset = _load_source(task, dataset_name, dataset_config_name, data_files, data_dirs, cache_dir, token)
+    source = source or DataSourceArguments()
+    data_files = source.data_files()
+    dataset = _load_source(task, source, data_files, image_folders or {}, cache_dir, token)
     _check_no_empty_cells(dataset, non_empty_columns, data_files)
-    return _hold_out_validation(dataset, validation_split_percentage, seed)
+    return _hold_out_validation(dataset, source.validation_split_percentage, seed)
 
 
-def _load_source(task: str, dataset_name, dataset_config_name, data_files: dict, data_dirs: dict, cache_dir, token):
+def _load_source(task: str, source: DataSourceArguments, data_files: dict, data_dirs: dict, cache_dir, token):
     """The data of the one source given (see [`load_task_dataset`]), the embedded data when none is."""
-    if sum(map(bool, (dataset_name, data_files, data_dirs))) > 1:
+    if sum(map(bool, (source.dataset_name, data_files, data_dirs))) > 1:
         raise ValueError(
             "Pass only one data source: --dataset_name, local files (--train_file/--validation_file/--test_file) "
             "or image folders (--train_dir/--validation_dir)."
         )
-    if dataset_name is not None:
-        return _load_hub_dataset(task, dataset_name, dataset_config_name, cache_dir, token)
+    if source.dataset_name is not None:
+        return _load_hub_dataset(task, source.dataset_name, source.dataset_config_name, cache_dir, token)
     if data_dirs:
         return _load_image_folders(task, data_dirs, cache_dir)
     if data_files:
@@ -427,173 +398,3 @@ def encode_labels(dataset: DatasetDict, label_column: str = "label") -> tuple[Da
             )
         encoded[split] = data
     return encoded, names
-
-
-def _random_flip_and_shift(image: Image.Image, max_shift: float = 0.1) -> Image.Image:
-    # Mild on purpose: mirrored clothes are still the same class, and small shifts fight overfitting on small data
-    # without slowing down the short training runs the recipes default to. Uses `random`, seeded by `set_seed`.
-    if random.random() < 0.5:
-        image = ImageOps.mirror(image)
-    shift = max(1, round(max_shift * min(image.size)))
-    dx, dy = random.randint(-shift, shift), random.randint(-shift, shift)
-    return image.transform(image.size, Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy))
-
-
-def image_transform(
-    image_processor,
-    image_column: str = "image",
-    label_column: str = "label",
-    augment: bool = False,
-) -> Callable[[dict], dict]:
-    """
-    Build an on-the-fly transform for `Dataset.with_transform`, so decoded images are never stored.
-
-    Images are converted to the number of channels the processor normalises (one mean value -> grayscale `"L"`,
-    otherwise, and for timm's processors, `"RGB"`), optionally augmented (random horizontal flip and a shift of up to
-    10 % of the image side), then passed through `image_processor` (resize, rescale, normalise).
-
-    Example:
-
-    ```python
-    train = dataset["train"].with_transform(image_transform(image_processor, augment=True))
-    trainer = Trainer(..., train_dataset=train, data_collator=default_data_collator,
-                      args=TrainingArguments(..., remove_unused_columns=False))
-    ```
-
-    Args:
-        image_processor ([`~transformers.BaseImageProcessor`]):
-            The processor of the model.
-        image_column (`str`, *optional*, defaults to `"image"`):
-            Column with the images (`datasets.Image`).
-        label_column (`str`, *optional*, defaults to `"label"`):
-            Column with the label ids; returned as `labels` when present.
-        augment (`bool`, *optional*, defaults to `False`):
-            Apply the random augmentation (use for the training split only).
-
-    Returns:
-        `Callable[[dict], dict]`: batch -> `{"pixel_values": [...], "labels": [...]}`.
-    """
-    # timm's processor (TimmWrapperImageProcessor) keeps its mean in `data_config`; timm models read RGB.
-    mean = getattr(image_processor, "image_mean", None)
-    mode = "L" if mean is not None and np.size(mean) == 1 else "RGB"
-
-    def convert(image: Image.Image) -> Image.Image:
-        try:
-            return image.convert(mode)
-        except OSError as err:  # PIL decodes lazily: a truncated JPEG fails only here
-            name = getattr(image, "filename", None) or "an image"
-            raise ValueError(f"cannot decode {name}: {err}. Delete or replace that file and run again.") from err
-
-    def transform(batch: dict) -> dict:
-        images = [convert(image) for image in batch[image_column]]
-        if augment:
-            images = [_random_flip_and_shift(image) for image in images]
-        outputs = {"pixel_values": list(image_processor(images, return_tensors="pt")["pixel_values"])}
-        if label_column in batch:
-            outputs["labels"] = batch[label_column]
-        return outputs
-
-    return transform
-
-
-def text_preprocess_function(
-    tokenizer,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    label_column: str = "label",
-    max_seq_length: int = 128,
-    pad_to_max_length: bool = False,
-) -> Callable[[dict], dict]:
-    """
-    Build the tokenization function for `Dataset.map(..., batched=True)` of a text classification dataset.
-
-    Texts are truncated to `max_seq_length` tokens and, unless `pad_to_max_length`, not padded: pad per batch with
-    [`~transformers.DataCollatorWithPadding`].
-
-    Args:
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            The tokenizer of the model.
-        text_column (`str`, *optional*, defaults to `"text"`):
-            Column with the (first) text.
-        text_pair_column (`str`, *optional*):
-            Column with the second text of sentence-pair tasks (e.g. `text_a` / `text_b`).
-        label_column (`str`, *optional*, defaults to `"label"`):
-            Column with the label ids; returned as `labels` when present.
-        max_seq_length (`int`, *optional*, defaults to 128):
-            Maximum number of tokens, special tokens included.
-        pad_to_max_length (`bool`, *optional*, defaults to `False`):
-            Pad every text to `max_seq_length` (fixed shapes, e.g. for TPUs), as `run_classification.py` does by
-            default.
-
-    Returns:
-        `Callable[[dict], dict]`: batch -> `{"input_ids", "attention_mask", ..., "labels"}`.
-    """
-
-    def preprocess(batch: dict) -> dict:
-        pairs = batch[text_pair_column] if text_pair_column is not None else None
-        outputs = tokenizer(
-            batch[text_column],
-            pairs,
-            truncation=True,
-            max_length=max_seq_length,
-            padding="max_length" if pad_to_max_length else False,
-        )
-        if label_column in batch:
-            outputs["labels"] = batch[label_column]
-        return outputs
-
-    return preprocess
-
-
-def translation_preprocess_function(
-    tokenizer,
-    source_lang: str,
-    target_lang: str,
-    source_prefix: str = "",
-    max_source_length: int = 128,
-    max_target_length: int = 128,
-    translation_column: str = "translation",
-    pad_to_max_length: bool = False,
-) -> Callable[[dict], dict]:
-    """
-    Build the tokenization function for `Dataset.map(..., batched=True)` of a translation dataset, as in the
-    official `run_translation.py`.
-
-    Sources are `source_prefix + example[source_lang]` (T5 needs e.g. `"translate English to French: "`), targets
-    are tokenized with `text_target=` so tokenizers with language-specific target handling do the right thing.
-    Unless `pad_to_max_length`, nothing is padded: pad per batch with [`~transformers.DataCollatorForSeq2Seq`], which
-    pads `labels` with -100.
-
-    Args:
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            The tokenizer of the model.
-        source_lang, target_lang (`str`):
-            Keys of the translation dicts, e.g. `"en"` and `"fr"`.
-        source_prefix (`str`, *optional*, defaults to `""`):
-            Text prepended to every source.
-        max_source_length, max_target_length (`int`, *optional*, defaults to 128):
-            Maximum number of tokens of sources and targets.
-        translation_column (`str`, *optional*, defaults to `"translation"`):
-            Column with the `{lang: text}` dicts.
-        pad_to_max_length (`bool`, *optional*, defaults to `False`):
-            Pad sources to `max_source_length` and targets to `max_target_length` (fixed shapes); the padding of the
-            targets becomes -100, so the loss ignores it, as in `run_translation.py`.
-
-    Returns:
-        `Callable[[dict], dict]`: batch -> `{"input_ids", "attention_mask", "labels"}`.
-    """
-
-    def preprocess(batch: dict) -> dict:
-        sources = [source_prefix + pair[source_lang] for pair in batch[translation_column]]
-        targets = [pair[target_lang] for pair in batch[translation_column]]
-        padding = "max_length" if pad_to_max_length else False
-        outputs = tokenizer(sources, max_length=max_source_length, truncation=True, padding=padding)
-        labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True, padding=padding)
-        outputs["labels"] = (
-            [[token if token != tokenizer.pad_token_id else -100 for token in row] for row in labels["input_ids"]]
-            if pad_to_max_length
-            else labels["input_ids"]
-        )
-        return outputs
-
-    return preprocess

@@ -1,0 +1,42 @@
+"""What the recipe scripts in `recipes/` share: they call [`start`], build their task's model and data on the
+[`RunPlan`] it returns, and call [`run`].
+
+- `parse`: the flags (or a config file), the recipes' defaults, the launch checks, logging.
+- `output_dir`: the lock, complete checkpoints, overwrite refusal, which checkpoint a run resumes (no torch import).
+- `resume`: a resumed checkpoint's loss history and whether its weights fit.
+- `engines`: the engine's name and the FSDP fixes.
+- `flow`: `start` -> `RunPlan` -> `run`, and the helpers a script builds with.
+
+Each module's other public names are imported from the module itself.
+
+The names below are imported on first use, so that `hf_maxsup.runner.output_dir` (which `compare` uses) does not pull
+in torch.
+"""
+
+import importlib
+
+# The modules of this package, and the names a recipe script (or a tool) uses of each.
+_PUBLIC = {
+    "flow": [
+        "RunPlan",
+        "start",
+        "run",
+        "build_with_shared_tokenizer",
+        "data_source",
+        "maybe_lora",
+        "reliability_diagram_writer",
+        "tokenize",
+    ],
+    "engines": ["describe_engine", "fsdp_layers_to_wrap", "prepare_engine"],
+    "output_dir": ["earlier_run_files", "last_complete_checkpoint"],
+    "parse": ["parse_args", "recipe_defaults"],
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)

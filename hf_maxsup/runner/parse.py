@@ -1,0 +1,182 @@
+"""The recipes' command line: their flags (or one `.json` / `.yaml` config file), the defaults the recipes set, the
+checks of the launch, and logging.
+
+`--help` lists the recipe's own options (model, data, loss, run) first, then the options of transformers'
+`TrainingArguments` under a heading of their own, with a one-line usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import typing
+from dataclasses import field, fields, make_dataclass
+
+import datasets
+import torch
+import transformers
+import yaml
+from accelerate.utils import DistributedType
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
+
+__all__ = ["RecipeArgumentParser", "parse_args", "recipe_defaults"]
+
+logger = logging.getLogger(__name__)
+
+TRAINING_GROUP = "transformers TrainingArguments"
+TRAINING_GROUP_HELP = "The options of transformers' (Seq2Seq)TrainingArguments, as in its examples."
+# The usage line would list every option once more (some 350 lines).
+USAGE = "%(prog)s [options] | %(prog)s CONFIG.json|CONFIG.yaml"
+
+
+def _split_fields(training_type: type) -> tuple[type, type]:
+    """Two dataclasses holding the fields of `training_type` between them: the recipe's own (the loss settings), and
+    those of transformers' (Seq2Seq)TrainingArguments, the latter in the argument group `HfArgumentParser` gives a
+    dataclass with an `_argument_group_name`."""
+    hints = typing.get_type_hints(training_type)
+    theirs = {spec.name for spec in fields(Seq2SeqTrainingArguments)}
+    own, inherited = [], []
+    for spec in fields(training_type):
+        if spec.init:  # as HfArgumentParser, which declares no option for the others
+            # A field belongs to one dataclass: each part gets a copy.
+            copy = field(default=spec.default, default_factory=spec.default_factory, metadata=spec.metadata)
+            (inherited if spec.name in theirs else own).append((spec.name, hints[spec.name], copy))
+    grouped = {"_argument_group_name": TRAINING_GROUP}
+    return make_dataclass("RecipeOptions", own), make_dataclass("TransformersOptions", inherited, namespace=grouped)
+
+
+class RecipeArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` over the recipe's dataclasses, whose `--help` lists the options of transformers'
+    `TrainingArguments` after the recipe's own, under a heading of their own, with a one-line usage.
+
+    The options are declared from the training arguments split in two dataclasses, the recipe's own fields and those
+    of transformers (in their own group); parsing fills the recipe's dataclasses, whose fields are those of the
+    split, so that parsing is `HfArgumentParser`'s unchanged.
+
+    Args:
+        dataclass_types (`list[type]`): the recipe's dataclasses, one of them a `TrainingArguments`.
+    """
+
+    def __init__(self, dataclass_types: list[type]):
+        training_type = next(kind for kind in dataclass_types if issubclass(kind, TrainingArguments))
+        own, inherited = _split_fields(training_type)
+        declared = [own if kind is training_type else kind for kind in dataclass_types]
+        super().__init__([*declared, inherited], usage=USAGE)
+        self.dataclass_types = list(dataclass_types)  # what parsing fills: the same fields, as the recipe declared them
+
+    def add_argument_group(self, title=None, description=None, **kwargs):
+        # HfArgumentParser titles the group of a dataclass but gives it no description.
+        if title == TRAINING_GROUP and description is None:
+            description = TRAINING_GROUP_HELP
+        return super().add_argument_group(title, description, **kwargs)
+
+
+def parse_args(*dataclass_types):
+    """Parse the command line into the given dataclasses, or a single `.json` / `.yaml` config file holding them all.
+
+    Also sets up logging as the transformers examples do. When the launcher started several processes on a machine
+    without GPUs, `use_cpu` is turned on (see [`_cpu_only_launch`]); a launch whose engine cannot run here stops with
+    a message that says why.
+
+    Returns:
+        `tuple`: one instance of each dataclass, in order.
+    """
+    parser = RecipeArgumentParser(dataclass_types)
+    defaults = recipe_defaults()
+    parser.set_defaults(**defaults)  # also what --help shows
+    overrides = {"use_cpu": True} if _cpu_only_launch() else {}
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
+        parsed = _parse_config_file(parser, sys.argv[1], overrides, defaults)
+    else:
+        extra = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+        parsed = parser.parse_args_into_dataclasses(args=[*sys.argv[1:], *extra])
+    training_args = next(args for args in parsed if isinstance(args, TrainingArguments))
+    _set_up_logging(training_args.get_process_log_level())
+    if overrides:
+        logger.info(f"{_launched_processes()} processes on a machine without GPUs: training on the CPU (use_cpu).")
+    _check_launch(training_args)
+    return parsed
+
+
+def _set_up_logging(level: int) -> None:
+    """Log to stdout at the process's level (`--log_level`, `--log_level_replica`), as the transformers examples do:
+    the runner's own loggers, `datasets`' and `transformers`'."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    logging.getLogger(__package__).setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def recipe_defaults() -> dict:
+    """The training arguments the recipes set where the user does not: log every 2 % of training (the Trainer reads
+    a `logging_steps` below 1 as a share of the steps), so that the loss and its components (`ce`, `reg`, `alpha`)
+    show up in short runs too, evaluate at the end of each epoch, and, without an accelerator, do not pin memory (the
+    DataLoader would warn about it on every evaluation)."""
+    defaults = {"logging_steps": 0.02, "eval_strategy": "epoch"}
+    if not torch.accelerator.is_available():
+        defaults["dataloader_pin_memory"] = False
+    return defaults
+
+
+def _launched_processes() -> int:
+    """How many processes the launcher (`accelerate launch`, `torchrun`, `deepspeed`) started, 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _cpu_only_launch() -> bool:
+    """Several processes on a machine without GPUs.
+
+    accelerate finds no distributed backend there unless told `use_cpu`: each process then believes it is alone,
+    DeepSpeed (which counts the launched processes itself) fails on the "auto" batch sizes, and other engines run
+    the same training once per process into one `output_dir`.
+    """
+    return _launched_processes() > 1 and not torch.accelerator.is_available()
+
+
+def _check_launch(training_args) -> None:
+    """Stop a launch that would not run as the launcher was told, before any work.
+
+    Raises:
+        `RuntimeError`: the processes do not form one run, or FSDP was asked for where accelerate cannot run it.
+    """
+    launched = _launched_processes()
+    if training_args.world_size != launched:
+        raise RuntimeError(
+            f"the launcher started {launched} processes, but each sees a run of "
+            f"{training_args.world_size}: they would train separately into one --output_dir. Check "
+            "the launcher's settings (accelerate config, --num_processes, --use_cpu)."
+        )
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    on_gpus = training_args.distributed_state.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU)
+    if fsdp_asked and launched > 1 and not on_gpus:
+        # accelerate turns FSDP on only for GPU-type backends; on CPU it would silently run plain DDP.
+        raise RuntimeError(
+            "FSDP was asked for (accelerate config with distributed_type: FSDP), but this machine "
+            "has no GPUs and accelerate runs FSDP only on GPUs: the run would be plain DDP. Launch "
+            "with recipes/configs/cpu_2proc.yaml (DDP) or recipes/configs/deepspeed.yaml (ZeRO) "
+            "instead, or on a machine with GPUs."
+        )
+
+
+def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, defaults: dict):
+    """Parse a `.json` / `.yaml` config file, over `defaults` and with `overrides` on top, with errors that name the
+    file and the fix rather than a traceback from the parser."""
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
+            "arguments, or pass them on the command line."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        if not isinstance(values, dict):
+            raise ValueError("it must hold one mapping of argument names to values")
+        return parser.parse_dict({**defaults, **values, **overrides})
+    except (ValueError, yaml.YAMLError) as err:  # bad syntax, not UTF-8 (both ValueErrors), unknown keys
+        raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
