@@ -241,101 +241,26 @@ def fused_linear_loss(
     return (value, call.components) if return_components else value
 
 
-def linear_cross_entropy(
-    hidden,
-    weight,
-    target,
-    alpha: float = 0.0,
-    *,
-    bias=None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    num_items_in_batch=None,
-    return_components: bool = False,
-    chunk_size: int | None = None,
-    **options,
-):
+def linear_cross_entropy(hidden, weight, target, alpha: float = 0.0, **kwargs):
     """Cross-entropy of `hidden @ weight.T + bias` without materialising the logits.
 
-    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."""
-    return fused_linear_loss(
-        hidden,
-        weight,
-        target,
-        loss="ce",
-        alpha=alpha,
-        bias=bias,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        num_items_in_batch=num_items_in_batch,
-        return_components=return_components,
-        chunk_size=chunk_size,
-        **options,
-    )
+    Arguments as in [`fused_linear_loss`], with `alpha` positional and the others by keyword (`bias`,
+    `ignore_index`, `reduction`, `num_items_in_batch`, `return_components`, `chunk_size`, ...)."""
+    return fused_linear_loss(hidden, weight, target, loss="ce", alpha=alpha, **kwargs)
 
 
-def label_smoothing_linear_cross_entropy(
-    hidden,
-    weight,
-    target,
-    alpha: float = 0.1,
-    *,
-    bias=None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    num_items_in_batch=None,
-    return_components: bool = False,
-    chunk_size: int | None = None,
-    **options,
-):
+def label_smoothing_linear_cross_entropy(hidden, weight, target, alpha: float = 0.1, **kwargs):
     """Label smoothing of `hidden @ weight.T + bias` without materialising the logits (torch's
     `F.linear_cross_entropy` falls back to the full logits when `label_smoothing != 0`).
 
-    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."""
-    return fused_linear_loss(
-        hidden,
-        weight,
-        target,
-        loss="ls",
-        alpha=alpha,
-        bias=bias,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        num_items_in_batch=num_items_in_batch,
-        return_components=return_components,
-        chunk_size=chunk_size,
-        **options,
-    )
+    Arguments as in [`fused_linear_loss`], with `alpha` positional and the others by keyword (`bias`,
+    `ignore_index`, `reduction`, `num_items_in_batch`, `return_components`, `chunk_size`, ...)."""
+    return fused_linear_loss(hidden, weight, target, loss="ls", alpha=alpha, **kwargs)
 
 
-def maxsup_linear_cross_entropy(
-    hidden,
-    weight,
-    target,
-    alpha: float = 0.1,
-    *,
-    bias=None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    num_items_in_batch=None,
-    return_components: bool = False,
-    chunk_size: int | None = None,
-    **options,
-):
+def maxsup_linear_cross_entropy(hidden, weight, target, alpha: float = 0.1, **kwargs):
     """MaxSup of `hidden @ weight.T + bias` without materialising the logits.
 
-    Arguments as in [`fused_linear_loss`] (with `alpha` positional)."""
-    return fused_linear_loss(
-        hidden,
-        weight,
-        target,
-        loss="maxsup",
-        alpha=alpha,
-        bias=bias,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        num_items_in_batch=num_items_in_batch,
-        return_components=return_components,
-        chunk_size=chunk_size,
-        **options,
-    )
+    Arguments as in [`fused_linear_loss`], with `alpha` positional and the others by keyword (`bias`,
+    `ignore_index`, `reduction`, `num_items_in_batch`, `return_components`, `chunk_size`, ...)."""
+    return fused_linear_loss(hidden, weight, target, loss="maxsup", alpha=alpha, **kwargs)

@@ -8,7 +8,7 @@
 The names below are imported on first use, so that reading a card's metadata does not import torch.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
 # public name -> the module of this package that defines it
 _EXPORTS = {
@@ -30,14 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ The names below are imported on first use, so that `hf_maxsup.runner.output_dir`
 in torch.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
 # The modules of this package, and the names a recipe script (or a tool) uses of each.
 _PUBLIC = {
@@ -31,12 +31,8 @@ _PUBLIC = {
     "output_dir": ["earlier_run_files", "last_complete_checkpoint"],
     "parse": ["parse_args", "recipe_defaults"],
 }
-_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+_EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
+__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
