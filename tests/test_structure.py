@@ -1,6 +1,7 @@
 """The shape of the package: what a newcomer relies on when reading or installing it (docs/architecture.md)."""
 
 import ast
+import importlib.resources
 import subprocess
 import sys
 import zipfile
@@ -110,6 +111,16 @@ def test_the_recipes_ship_with_the_package():
     assert "hf_maxsup.scripts" in find_namespace_packages(str(ROOT), include=["hf_maxsup*"])
 
 
+def test_the_card_template_has_one_source():
+    """`model_cards/` holds the one copy of the card template; the package reads it through `hf_maxsup/templates`, a
+    link in a checkout (and a copy in a built wheel)."""
+    from hf_maxsup.hub.card import TEMPLATE_NAME
+
+    assert (PACKAGE / "templates").resolve() == ROOT / "model_cards"
+    packaged = importlib.resources.files("hf_maxsup").joinpath("templates", TEMPLATE_NAME)
+    assert packaged.read_bytes() == (ROOT / "model_cards" / TEMPLATE_NAME).read_bytes()
+
+
 @pytest.mark.slow
 def test_the_wheel_holds_the_recipes_and_their_configs(tmp_path):
     subprocess.run(
@@ -120,6 +131,7 @@ def test_the_wheel_holds_the_recipes_and_their_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"hf_maxsup/scripts/{recipe}" for recipe in RECIPES} <= names
     assert {"hf_maxsup/scripts/configs/deepspeed.yaml", "hf_maxsup/scripts/configs/ds_zero3.json"} <= names
+    assert "hf_maxsup/templates/maxsup_model_card.md.jinja" in names
 
 
 @pytest.mark.parametrize("task", ["image", "text", "translation"])
