@@ -464,3 +464,15 @@ def test_the_loss_codes_are_those_of_the_c_kernel():
     c_codes = {name.removeprefix("K_").lower(): int(code) for name, code in re.findall(r"(K_\w+) = (\d+)", enum)}
     assert kernels.LOSS_CODES == c_codes == {"ce": 0, "ls": 1, "maxsup": 2}
     assert tuple(kernels.LOSS_CODES) == kernels.LOSS_NAMES
+
+
+def test_the_ctypes_arguments_mirror_the_c_struct():
+    """`_c._Args` and `hfm_args` in csrc/fused_loss.c: the same fields in the same order (no field the kernel never
+    reads, such as a scaling mode only one value of which was ever passed)."""
+    source = (Path(kernels.__file__).parent / "csrc" / "fused_loss.c").read_text()
+    body = re.search(r"typedef struct \{(.*?)\} hfm_args;", source, re.DOTALL).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.DOTALL)
+    # the declared names: the words followed by a comma or the end of their declaration (`int64_t n_outer, n_inner`)
+    c_fields = [name for decl in body.split(";") for name in re.findall(r"(\w+)\s*(?:\[\d+\])?\s*(?=,|$)", decl)]
+    assert c_fields == [name for name, _ in _c._Args._fields_]
+    assert "scale_mode" not in source

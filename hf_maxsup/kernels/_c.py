@@ -40,7 +40,7 @@ NAME = "c"
 # Whether `forward` computes the distillation term of a job with teacher logits.
 DISTILLS = False
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _SRC = Path(__file__).resolve().parent / "csrc" / "fused_loss.c"
 # Below this many logits the kernel runs on one thread: starting threads costs more than it saves.
 _MT_MIN_ELEMS = 1 << 17
@@ -80,7 +80,6 @@ class _Args(ctypes.Structure):
         ("dtype", ctypes.c_int32),
         ("soft_dtype", ctypes.c_int32),
         ("kind", ctypes.c_int32),
-        ("scale_mode", ctypes.c_int32),
         ("want_split", ctypes.c_int32),
         ("nthreads", ctypes.c_int32),
     ]
@@ -332,7 +331,7 @@ def forward(job: LossJob) -> torch.Tensor:
     a.gscale = float(job.grad_scale)
     a.dtype = _DTYPES[job.logits.dtype]
     a.soft_dtype = _DTYPES[job.soft.dtype] if job.soft is not None else 0
-    a.kind, a.scale_mode, a.want_split = LOSS_CODES[job.loss], 0, int(job.want_split)
+    a.kind, a.want_split = LOSS_CODES[job.loss], int(job.want_split)
     a.nthreads = _num_threads(job.num_rows * job.num_classes)
     rc = _lib().hfm_run(ctypes.byref(a))
     if rc == 2:

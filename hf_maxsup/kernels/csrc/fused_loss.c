@@ -2,7 +2,7 @@
  * hf_maxsup fused loss kernel: cross-entropy / label smoothing / Max Suppression,
  * forward value and gradient in ONE sweep over the logits.
  *
- * Built on first use by hf_maxsup/_fused.py (gcc/cc, -O3 [-march=native]) and loaded with ctypes.
+ * Built on first use by hf_maxsup/kernels/_c.py (gcc/cc, -O3 [-march=native]) and loaded with ctypes.
  * No Python headers, no torch headers: plain C99 + GCC vector extensions + pthreads.
  *
  * Per row z (K logits, class dim contiguous), read once from memory in blocks of HFM_BS elements:
@@ -35,7 +35,7 @@
 #include <unistd.h>
 #endif
 
-#define HFM_ABI_VERSION 3
+#define HFM_ABI_VERSION 4
 #define VL 16
 #define HFM_BS 2048 /* block length (elements); multiple of VL; 8 KiB of fp32 in L1 */
 
@@ -53,7 +53,7 @@ enum { K_CE = 0, K_LS = 1, K_MAXSUP = 2 };
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* ------------------------------------------------------------------------------------------------ */
-/* argument block, mirrored by a ctypes.Structure in _fused.py (keep the order and the types!)       */
+/* argument block, mirrored by a ctypes.Structure in _c.py (keep the order and the types!)           */
 typedef struct {
     const void *logits;    /* row r = o * n_inner + i starts at logits + (o * ls_outer + i * ls_inner) */
     void *grad;            /* NULL: no gradient (forward only); may equal logits (in place)           */
@@ -64,13 +64,12 @@ typedef struct {
     int64_t gs_outer, gs_inner;                   /* gradient layout, in elements */
     int64_t K;
     int64_t ignore_index;
-    double out[8]; /* out: [0] sum loss, [1] sum ce, [2] sum reg, [3] sum ls_reg, [4] sum ls_amp, [5] n_kept */
+    double out[8]; /* out: [0] sum loss, [1] sum ce, [2] sum reg, [3] sum ls_reg, [4] sum ls_amp */
     float alpha;
-    float gscale;       /* gradient multiplier (scale_mode 0) */
+    float gscale;       /* the gradient is written times this factor */
     int32_t dtype;      /* logits and gradient dtype */
     int32_t soft_dtype; /* dtype of soft targets */
     int32_t kind;
-    int32_t scale_mode; /* 0: multiply the gradient by gscale; 1: by gscale / n_kept (0 if none kept) */
     int32_t want_split; /* 1: accumulate the LS decomposition (LS, hard labels) */
     int32_t nthreads;
 } hfm_args;
@@ -546,20 +545,13 @@ static int use_streaming_stores(const hfm_args *a, int64_t N) {
 /* returns 0 on success, 2 when a kept label is outside [0, K) (nothing written then), 3 out of memory */
 int hfm_run(hfm_args *a) {
     const int64_t N = a->n_outer * a->n_inner;
-    int64_t n_kept = N;
     if (a->labels) {
-        n_kept = 0;
         for (int64_t r = 0; r < N; r++) {
             const int64_t y = a->labels[r];
-            if (y == a->ignore_index) continue;
-            if (y < 0 || y >= a->K) return 2; /* checked before anything is written */
-            n_kept++;
+            if (y != a->ignore_index && (y < 0 || y >= a->K)) return 2; /* checked before anything is written */
         }
     }
-    float gscale = a->gscale;
-    if (a->scale_mode == 1) gscale = n_kept > 0 ? (float)((double)a->gscale / (double)n_kept) : 0.f;
     for (int q = 0; q < 8; q++) a->out[q] = 0;
-    a->out[5] = (double)n_kept;
     if (N == 0) return 0;
 
     int nt = a->nthreads < 1 ? 1 : a->nthreads;
@@ -572,7 +564,7 @@ int hfm_run(hfm_args *a) {
     if (job.chunk_rows < 1) job.chunk_rows = 1;
     job.n_chunks = (N + job.chunk_rows - 1) / job.chunk_rows;
     job.next = 0;
-    job.gscale = gscale;
+    job.gscale = a->gscale;
     job.stream = use_streaming_stores(a, N);
     job.failed = 0;
     job.sums = (double *)calloc((size_t)job.n_chunks * 5, sizeof(double));
