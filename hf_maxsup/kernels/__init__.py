@@ -12,18 +12,19 @@ Layout, one idea per module:
   (`unavailable(device, dtype)`, `forward(job)`, `scale_(grad, factor)`).
 - `dispatch.py`: which backend serves a call. `auto` picks `c` on a CPU, `triton` on a GPU when Triton imports,
   `torch` otherwise (and for float64); `HF_MAXSUP_BACKEND=auto|c|triton|torch` forces one; [`kernel_info`] says
-  which backend serves a device and why the faster ones do not.
+  which backend serves a device and why the faster ones do not; [`check_environment`] checks the engine's
+  environment variables before any work.
 - `function.py`: one call, [`fused_loss`] (rows laid out without copies for views, the backend's pass, the
   autograd `Function`) and [`rows_loss_and_grad_`] (one pass over rows a caller chunks itself).
 - `reduction.py`: the one reduction of the backends' sums (`mean`, `sum`, `none`, `num_items_in_batch`, from
   device tensors), the logged means and the gradient's scale.
-- the backends: `_c.py` + `csrc/fused_loss.c` (the one-pass C kernel on CPU tensors, built on first use into a
-  private, hash-verified cache), `_triton.py` (the Triton kernels on GPUs, and the list of their compiled
-  variants that `python -m hf_maxsup.kernels --aot sm_80,sm_90` checks), `_torch.py` (chunked PyTorch on any
-  device); `_layout.py`: row strides, so that views need no copy.
+- the backends: `_c.py` + `csrc/fused_loss.c` (the one-pass C kernel on CPU tensors, built on first use by
+  `_cbuild.py` into a private, hash-verified cache), `_triton.py` (the Triton kernels on GPUs, and the list of
+  their compiled variants that `python -m hf_maxsup.kernels --aot sm_80,sm_90` checks), `_torch.py` (chunked
+  PyTorch on any device); `_layout.py`: row strides, so that views need no copy.
 """
 
-from .dispatch import BACKENDS, kernel_info, select_backend
+from .dispatch import BACKENDS, check_environment, kernel_info, select_backend
 from .function import fused_loss, rows_loss_and_grad_
 from .job import LOSS_CODES, LOSS_NAMES, SUMS, Backend, LossJob
 from .reduction import component_means, denominator
@@ -35,6 +36,7 @@ __all__ = [
     "SUMS",
     "Backend",
     "LossJob",
+    "check_environment",
     "component_means",
     "denominator",
     "fused_loss",

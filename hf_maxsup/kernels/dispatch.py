@@ -11,7 +11,7 @@ import torch
 from . import _c, _torch
 from .job import Backend
 
-__all__ = ["BACKENDS", "kernel_info", "select_backend"]
+__all__ = ["BACKENDS", "check_environment", "kernel_info", "select_backend"]
 
 logger = logging.getLogger("hf_maxsup.kernels")
 
@@ -40,6 +40,18 @@ def _forced() -> str:
     if value not in ("auto", *BACKENDS):
         raise ValueError(f"HF_MAXSUP_BACKEND={value!r} is not a backend; use one of auto, {', '.join(BACKENDS)}.")
     return value
+
+
+def check_environment() -> None:
+    """Checks the engine's environment variables, so that a typo stops a run before any work instead of at its first
+    loss: `HF_MAXSUP_BACKEND` (auto, c, triton or torch) and the C kernel's `HF_MAXSUP_NUM_THREADS`,
+    `HF_MAXSUP_STREAM` and `HF_MAXSUP_CFLAGS`. Builds and imports nothing.
+
+    Raises:
+        `ValueError`: naming the variable and the values it may take.
+    """
+    _forced()
+    _c.check_environment()
 
 
 def _warn_once(message: str) -> None:

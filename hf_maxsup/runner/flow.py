@@ -17,6 +17,7 @@ from ..arguments import DataArguments, ImageColumns, ModelArguments, RunArgument
 from ..auto import unwrap_peft
 from ..data import check_columns, load_task_dataset
 from ..hub import RELIABILITY_DIAGRAM, HubPushError
+from ..kernels import check_environment
 from ..models import apply_lora, check_model_name_or_path
 from .engines import prepare_engine, save_final_model
 from .output_dir import (
@@ -82,6 +83,7 @@ def start(task: str, model_type: type, data_type: type, training_type: type) -> 
         [`RunPlan`]
     """
     model_args, data_args, training_args, run_args = parse_args(model_type, data_type, training_type, RunArguments)
+    check_environment()  # the loss engine's HF_MAXSUP_* variables, before any work
     checkpoint, history = preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(task, data_args, model_args, seed=training_args.seed)

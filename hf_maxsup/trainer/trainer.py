@@ -16,7 +16,7 @@ import torch
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from .. import heads
+from .. import heads, kernels
 from ..auto import is_causal_lm
 from ..hub import HUB_ERRORS, HubPushError, failure_message, uploads_without_pickles, write_model_card
 from .arguments import MaxSupSeq2SeqTrainingArguments, MaxSupTrainingArguments
@@ -52,6 +52,7 @@ class _MaxSupMixin:
     """
 
     def __init__(self, *args, **kwargs):
+        kernels.check_environment()  # HF_MAXSUP_BACKEND and the C kernel's settings, before the Trainer is built
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if not isinstance(training_args, (MaxSupTrainingArguments, MaxSupSeq2SeqTrainingArguments)):
             raise TypeError(
