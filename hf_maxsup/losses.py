@@ -24,14 +24,13 @@ import torch
 from torch import nn
 
 from . import kernels
+from .validation import check_logit_inputs, check_loss_options, check_teacher
 
 __all__ = [
     "LOSSES",
     "LS_MASSES",
     "LabelSmoothingLoss",
     "MaxSupLoss",
-    "check_label_range",
-    "check_loss_options",
     "cross_entropy",
     "distillation_loss",
     "get_loss_fn",
@@ -39,116 +38,6 @@ __all__ = [
     "maxsup_cross_entropy",
     "smoothing_weight",
 ]
-
-_REDUCTIONS = ("none", "sum", "mean")
-# Soft targets are checked to be distributions; mixup of bf16 one-hots is only accurate to ~1e-2.
-_SOFT_TARGET_ATOL = 1e-2
-
-
-def _check_soft_targets(logits: torch.Tensor, target: torch.Tensor) -> None:
-    if target.shape != logits.shape:
-        raise ValueError(
-            f"soft targets must have the logits' shape {tuple(logits.shape)}; got {tuple(target.shape)}. "
-            "For class indices pass an integer tensor of shape logits.shape[:-1]."
-        )
-    target = target.detach()
-    # Row-sized reductions only (no logits-sized temporaries), and one host synchronisation for the whole check.
-    row_min = target.amin(-1).float()
-    row_sums = target.sum(-1, dtype=torch.float32)
-    if bool(((row_min >= 0) & ((row_sums - 1).abs() <= _SOFT_TARGET_ATOL)).all()):
-        return
-    if bool((row_min < 0).any()):
-        worst = row_min.argmin()
-        raise ValueError(
-            f"soft targets must be probability distributions over the last dimension; row "
-            f"{_row_name(worst, row_min.shape)} has a negative entry ({row_min.flatten()[worst].item():.4g}). Clip "
-            "them with `target.clamp_min(0)` (then renormalise) or check how the targets are mixed."
-        )
-    worst = (row_sums - 1).abs().argmax()
-    raise ValueError(
-        f"soft targets must be probability distributions over the last dimension (non-negative, summing to 1); "
-        f"row {_row_name(worst, row_sums.shape)} sums to {row_sums.flatten()[worst].item():.4f}. Normalise them "
-        "with `target / target.sum(-1, keepdim=True)`."
-    )
-
-
-def _row_name(flat_index: torch.Tensor, shape) -> str:
-    index = torch.unravel_index(flat_index.cpu(), tuple(shape)) if len(shape) else ()
-    return str(tuple(int(i) for i in index)) if len(shape) != 1 else str(int(flat_index))
-
-
-def _check_labels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
-    if target.dtype == torch.bool or target.is_complex():
-        raise ValueError(f"labels must be integer class indices or float soft targets; got dtype {target.dtype}.")
-    if target.shape != logits.shape[:-1]:
-        hint = " Squeeze the labels' last dimension." if target.shape == (*logits.shape[:-1], 1) else ""
-        raise ValueError(
-            f"labels of shape {tuple(target.shape)} do not match logits of shape {tuple(logits.shape)}: class "
-            f"indices need shape {tuple(logits.shape[:-1])} (the logits' shape without the class dimension).{hint}"
-        )
-    check_label_range(target, logits.shape[-1], ignore_index, f"the logits have K={logits.shape[-1]} classes")
-
-
-def check_label_range(target: torch.Tensor, num_classes: int, ignore_index: int, classes: str) -> None:
-    """Check that every class index of `target` other than `ignore_index` is in `[0, num_classes)`: the check of the
-    logit losses here and of the fused linear losses of `hf_maxsup.linear`.
-
-    Args:
-        target (`torch.Tensor`): integer class indices.
-        num_classes (`int`): the number of classes the model scores.
-        ignore_index (`int`): the label value that marks positions to skip.
-        classes (`str`): where `num_classes` comes from, for the message, e.g. `"the logits have K=5 classes"`.
-
-    Raises:
-        `ValueError`: naming the first label out of range.
-    """
-    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):  # the one host synchronisation of a call on a GPU: a wrong label must not read out of bounds
-        value = target[bad][0].item()
-        raise ValueError(
-            f"label value {value} is outside [0, {num_classes}): {classes}. Set the model's num_labels (or a language "
-            f"model's vocabulary size) to the number of classes, or mark positions to skip with "
-            f"ignore_index={ignore_index}."
-        )
-
-
-def check_loss_options(loss: str, alpha: float = 0.0, reduction: str = "mean", num_items_in_batch=None) -> None:
-    """Check the options that every loss of hf_maxsup takes: the logit losses here and the fused linear losses of
-    `hf_maxsup.linear`. The defaults pass, so that a caller checks only what it has.
-
-    Args:
-        loss (`str`): the loss, `"ce"`, `"ls"` or `"maxsup"`.
-        alpha (`float`, *optional*, defaults to 0.0): the weight of the regulariser, in `[0, 1)` (any for `"ce"`).
-        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"`.
-        num_items_in_batch (`int` or `torch.Tensor`, *optional*): the divisor of the summed loss, which
-            `reduction="none"` does not have.
-
-    Raises:
-        `ValueError`: saying which option is wrong and what it may be.
-    """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}.")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
-    if num_items_in_batch is not None and reduction == "none":
-        raise ValueError("num_items_in_batch divides the summed loss: it cannot be used with reduction='none'.")
-    if loss != "ce" and not 0.0 <= float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in [0, 1); got {alpha}.")
-
-
-def _check_inputs(loss, logits, target, alpha, ignore_index, reduction, num_items_in_batch) -> None:
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
-        raise ValueError(
-            "logits must be a floating-point tensor of shape (N, K) or (B, T, V), classes last; got "
-            f"{type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}."
-        )
-    if not isinstance(target, torch.Tensor):
-        raise ValueError(f"target must be a tensor of class indices or soft targets; got {type(target).__name__}.")
-    check_loss_options(loss, alpha, reduction, num_items_in_batch)
-    if target.is_floating_point():
-        _check_soft_targets(logits, target)
-    else:
-        _check_labels(logits, target, ignore_index)
 
 
 def _loss(
@@ -164,7 +53,7 @@ def _loss(
     mass="all",
     **distill,
 ):
-    _check_inputs(loss, input, target, alpha, ignore_index, reduction, num_items_in_batch)
+    target = check_logit_inputs(loss, input, target, alpha, ignore_index, reduction, num_items_in_batch)
     alpha = 0.0 if loss == "ce" else smoothing_weight(float(alpha), input.shape[-1], mass)
     return kernels.fused_loss(
         input,
@@ -178,23 +67,6 @@ def _loss(
         return_components=return_components,
         **distill,
     )
-
-
-def _check_teacher(input, teacher_logits, distill_alpha, distill_temperature) -> None:
-    if (
-        not isinstance(teacher_logits, torch.Tensor)
-        or not teacher_logits.is_floating_point()
-        or (isinstance(input, torch.Tensor) and teacher_logits.shape != input.shape)
-    ):
-        raise ValueError(
-            f"teacher_logits must be a floating-point tensor of the student's logits' shape "
-            f"{tuple(getattr(input, 'shape', ()))}; got {type(teacher_logits).__name__} "
-            f"{tuple(getattr(teacher_logits, 'shape', ()))}. Teacher and student must share the classes."
-        )
-    if not float(distill_alpha) >= 0:
-        raise ValueError(f"distill_alpha must be >= 0; got {distill_alpha}.")
-    if not float(distill_temperature) > 0:
-        raise ValueError(f"distill_temperature must be > 0; got {distill_temperature}.")
 
 
 def distillation_loss(
@@ -236,7 +108,7 @@ def distillation_loss(
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
     """
-    _check_teacher(input, teacher_logits, distill_alpha, distill_temperature)
+    check_teacher(input, teacher_logits, distill_alpha, distill_temperature)
     return _loss(
         loss,
         input,

@@ -170,6 +170,15 @@ def test_modules_and_registry():
         (lambda x, y: get_loss_fn("maxsup")(x, y, 0.1, reduction="none", num_items_in_batch=3), "reduction='none'"),
         (lambda x, y: get_loss_fn("ce")(x.long(), y), "floating-point tensor"),
         (lambda x, y: get_loss_fn("ce")(x, y > 0), "dtype torch.bool"),
+        (lambda x, y: get_loss_fn("maxsup")(x, y, None), "alpha must be in [0, 1); got None"),
+        (lambda x, y: get_loss_fn("ls")(x, y, "0.1x"), "alpha must be in [0, 1); got '0.1x'"),
+        (lambda x, y: get_loss_fn("maxsup")(x, y, torch.tensor(0.1, requires_grad=True)), "alpha.detach()"),
+        (lambda x, y: get_loss_fn("ce")(x, y, torch.tensor(0.1, requires_grad=True)), "no gradient"),
+        (lambda x, y: get_loss_fn("maxsup")(x, y, 0.1, num_items_in_batch=-3), "must be a number >= 0"),
+        (lambda x, y: get_loss_fn("maxsup")(x, y, 0.1, num_items_in_batch=-0.5), "got -0.5"),
+        (lambda x, y: get_loss_fn("ls")(x, y, 0.1, num_items_in_batch=float("nan")), "got nan"),
+        (lambda x, y: get_loss_fn("ce")(x, y, num_items_in_batch=True), "got True"),
+        (lambda x, y: get_loss_fn("ce")(x, y.to(torch.uint8) + 3), "label value 5 is outside [0, 5)"),
     ],
 )
 def test_bad_input_gets_a_clear_error(call, message):
