@@ -21,7 +21,8 @@ import torch
 
 from . import kernels
 from .kernels import SUMS
-from .losses import check_label_range, check_loss_options, smoothing_weight
+from .losses import smoothing_weight
+from .validation import check_label_range, check_loss_options, class_indices
 
 __all__ = [
     "default_chunk_size",
@@ -51,7 +52,8 @@ def default_chunk_size(num_rows: int, hidden_size: int, vocab_size: int) -> int:
     return min(rows, 1 << max(num_rows - 1, 0).bit_length())
 
 
-def _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_batch, ignore_index) -> None:
+def _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_batch, ignore_index) -> torch.Tensor:
+    """Checks the inputs and options; returns the labels as int64."""
     if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point() or hidden.dim() < 2:
         raise ValueError(
             f"hidden must be a floating-point tensor of shape (N, H) or (B, T, H); got "
@@ -80,7 +82,9 @@ def _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_ba
             f"{tuple(hidden.shape)}: they need shape {tuple(hidden.shape[:-1])}."
         )
     check_loss_options(loss, alpha, reduction, num_items_in_batch)
-    check_label_range(target, weight.shape[0], ignore_index, f"the head has V={weight.shape[0]} outputs")
+    labels = class_indices(target)
+    check_label_range(labels, weight.shape[0], ignore_index, f"the head has V={weight.shape[0]} outputs")
+    return labels
 
 
 @dataclass(kw_only=True)
@@ -159,6 +163,12 @@ class _FusedLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # create_graph=True: autograd would record gradients that have no graph
+            raise RuntimeError(
+                "hf_maxsup fused linear loss: double backward (create_graph=True, e.g. a gradient penalty) is not "
+                "supported: its gradients are computed chunk by chunk without a graph. Use the logit losses of "
+                "hf_maxsup.losses on the logits (hidden @ weight.T + bias), whose double backward is exact."
+            )
         hidden_shape, dtype = ctx.shapes
         if ctx.call.reduction == "none":
             h_kept, weight, bias, y_kept, kept = ctx.saved_tensors
@@ -223,7 +233,7 @@ def fused_linear_loss(
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
     """
-    _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_batch, ignore_index)
+    target = _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_batch, ignore_index)
     n_rows = hidden.numel() // hidden.shape[-1]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     alpha = 0.0 if loss == "ce" else smoothing_weight(float(alpha), weight.shape[0], mass if loss == "ls" else "all")

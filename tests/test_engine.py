@@ -181,6 +181,21 @@ def test_minus_inf_logits_ce(backend):
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the Triton interpreter's numpy
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_near_the_float32_limit(backend, kind):
+    """Logits of +-2e38 (sums, means and LS gaps beyond the float32 range, the loss itself within it): exact, as the
+    float64 reference, wherever a block's float32 sums overflow (rows longer than one vector, a row of one block)."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 40, generator=gen) * 1e37
+    x[:, :6] = torch.tensor([2e38, 2.2e38, -2e38, 1.9e38, -2.3e38, 2.1e38])
+    x[1, 20:26] = torch.tensor([2e38, 2.2e38, -2e38, 1.9e38, -2.3e38, 2.3e38])
+    y = torch.tensor([0, 2, 7, IGN, 21, 39])
+    loss, _ = check(x, y, kind)
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("dtype,gtol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("kind", KINDS)
 def test_half_inputs_are_computed_in_float32(backend, dtype, gtol, kind):
@@ -346,7 +361,7 @@ def test_no_grad_leaves_the_logits_untouched(backend):
     assert abs(float(comps["reg"]) - components("maxsup", x, y, ALPHA)["reg"]) < 1e-4
 
 
-def test_second_backward_and_double_backward_raise(backend):
+def test_second_backward_raises_and_double_backward_after_in_place_is_refused(backend):
     y = torch.randint(0, 50, (8,))
     x = torch.randn(8, 50, requires_grad=True)
     loss = get_loss_fn("maxsup")(x, y, ALPHA)
@@ -354,9 +369,83 @@ def test_second_backward_and_double_backward_raise(backend):
     with pytest.raises(RuntimeError, match="already handed"):
         loss.backward()
     x2 = torch.randn(8, 50, requires_grad=True)
-    (g,) = torch.autograd.grad(get_loss_fn("ls")(x2, y, ALPHA), x2, create_graph=True)
-    with pytest.raises(RuntimeError):
-        g.sum().backward()
+    logits = x2 * 2.0
+    with pytest.raises(RuntimeError, match="inplace_backward=True overwrote"):
+        torch.autograd.grad(get_loss_fn("ls")(logits, y, ALPHA, inplace_backward=True), x2, create_graph=True)
+
+
+def _penalised_weight_grad(loss_of_logits, x, w):
+    """The weight's gradient of a gradient penalty `|d loss / d x|^2` with logits `x @ w` (double backward)."""
+    x, w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    loss = loss_of_logits(x @ w)
+    (grad_x,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
+    grad_x.pow(2).sum().backward()
+    return w.grad, x.grad
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["labels", "soft", "none"])
+def test_double_backward_is_exact(backend, kind, target):
+    """A gradient penalty through a linear layer: d/dW |d loss / d x|^2 needs the derivative of the loss's gradient,
+    which the stored gradient alone does not give (1.920 instead of 2.076 before)."""
+    gen = torch.Generator().manual_seed(21)
+    x, w = torch.randn(6, 8, generator=gen), torch.randn(8, 11, generator=gen) * 0.7
+    y = torch.tensor([1, 2, IGN, 4, 5, 0])
+    t = torch.softmax(torch.randn(6, 11, generator=gen) * 2, -1) if target == "soft" else y
+    reduction = "none" if target == "none" else "mean"
+    weight = torch.rand(6, generator=gen) + 0.5 if reduction == "none" else 1.0
+
+    def reference(z):
+        items, keep = per_item(kind, z, t, ALPHA)
+        return items * weight if reduction == "none" else items.sum() / keep.sum()
+
+    ref = _penalised_weight_grad(reference, x.double(), w.double())
+    ours = _penalised_weight_grad(lambda z: get_loss_fn(kind)(z, t, ALPHA, reduction=reduction) * weight, x, w)
+    for got, want in zip(ours, ref):
+        assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_soft_targets_that_require_grad_get_their_gradient(backend, kind):
+    """As F.cross_entropy gives one: through targets on the simplex (`softmax(theta)`) the same gradient, and for
+    the targets themselves the gradient of this loss (`-(1 - alpha) z` per row for LS, `-z` otherwise, scaled)."""
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(5, 2, 13, generator=gen) * 3
+    theta = torch.randn(5, 2, 13, generator=gen)
+    ref_x, ref_theta = (v.double().requires_grad_(True) for v in (x, theta))
+    ref_items, _ = per_item(kind, ref_x, torch.softmax(ref_theta, -1), ALPHA)
+    (ref_items.sum() / 10).backward()
+    xx, th = x.clone().requires_grad_(True), theta.clone().requires_grad_(True)
+    get_loss_fn(kind)(xx, torch.softmax(th, -1), ALPHA, inplace_backward=True).backward()
+    assert float((th.grad.double() - ref_theta.grad).abs().max()) < 1e-6
+    assert float((xx.grad.double() - ref_x.grad).abs().max()) < 1e-6
+    if kind == "ce":  # the same as torch's, through the simplex
+        th2 = theta.clone().requires_grad_(True)
+        F.cross_entropy(x.flatten(0, 1), torch.softmax(th2, -1).flatten(0, 1)).backward()
+        assert float((th2.grad - th.grad).abs().max()) < 1e-6
+    t = torch.softmax(theta, -1).requires_grad_(True)  # a leaf: the gradient of this loss's own formula
+    ref_t = t.detach().double().requires_grad_(True)
+    ref_items, _ = per_item(kind, x.double(), ref_t, ALPHA)
+    ref_items.sum().backward()
+    get_loss_fn(kind)(x.clone().requires_grad_(True), t, ALPHA, reduction="sum").backward()
+    assert float((t.grad.double() - ref_t.grad).abs().max()) < 1e-5 * float(ref_t.grad.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_integer_label_dtypes_reach_the_kernels_as_int64(backend, dtype):
+    """uint8 labels are class indices 0-255 (a uint8 comparison with -100 would wrap it to 156): checked and
+    computed as int64, on every backend; out of range, refused before any kernel reads them."""
+    gen = torch.Generator().manual_seed(23)
+    num_classes = 200 if dtype == torch.uint8 else 120
+    y = torch.randint(0, min(num_classes, torch.iinfo(dtype).max), (40,), generator=gen)
+    y[:3] = torch.tensor([156, 0, 1]) if dtype == torch.uint8 else torch.tensor([IGN, 0, 119])
+    x = torch.randn(40, num_classes, generator=gen) * 3
+    loss, grad = check(x, y, "maxsup")  # int64 labels, against the reference
+    small_loss, _, small_grad = run(x, y.to(dtype), "maxsup")
+    assert torch.equal(small_loss, loss) and torch.equal(small_grad, grad)
+    if dtype == torch.uint8:
+        with pytest.raises(ValueError, match="label value 156 is outside"):
+            get_loss_fn("ce")(x[:, :100], y.to(dtype))
 
 
 # ---------------------------------------------------------------------------------------------------

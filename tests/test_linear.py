@@ -178,6 +178,11 @@ def test_never_materialises_the_logits(backend, monkeypatch):
         (lambda h, w, y: fused_linear_loss(h, w, y, alpha=1.0), "alpha must be in [0, 1)"),
         (lambda h, w, y: fused_linear_loss(h, w, y, reduction="none", num_items_in_batch=3), "reduction='none'"),
         (lambda h, w, y: fused_linear_loss(h.long(), w, y), "floating-point tensor"),
+        (lambda h, w, y: fused_linear_loss(h, w, y, alpha=None), "alpha must be in [0, 1); got None"),
+        (lambda h, w, y: fused_linear_loss(h, w, y, alpha=torch.tensor(0.1, requires_grad=True)), "alpha.detach()"),
+        (lambda h, w, y: fused_linear_loss(h, w, y, num_items_in_batch=-3), "must be a number >= 0 (the count"),
+        (lambda h, w, y: fused_linear_loss(h, w, y, num_items_in_batch=float("nan")), "got nan"),
+        (lambda h, w, y: fused_linear_loss(h, w[:200], torch.full(y.shape, 250, dtype=torch.uint8)), "value 250"),
     ],
 )
 def test_bad_input_gets_a_clear_error(call, message):
@@ -185,6 +190,25 @@ def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises(ValueError) as error:
         call(hidden, weight, labels)
     assert message in str(error.value)
+
+
+def test_double_backward_is_refused(backend):
+    hidden, weight, bias, labels = make()
+    h = hidden.clone().requires_grad_(True)
+    loss = fused_linear_loss(h, weight, labels, bias=bias)
+    with pytest.raises(RuntimeError, match="double backward .* is not supported.*hf_maxsup.losses"):
+        torch.autograd.grad(loss, h, create_graph=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_integer_label_dtypes_are_class_indices(backend, dtype):
+    hidden, weight, bias, labels = make(vocab=200, seed=8)
+    if dtype == torch.uint8:
+        labels = labels.clamp_min(0)  # uint8 has no -100; and 156 stays class 156
+        labels[0] = 156
+    expected = ours("maxsup", hidden, weight, bias, labels, chunk_size=7)
+    got = ours("maxsup", hidden, weight, bias, labels.to(dtype), chunk_size=7)
+    assert torch.equal(got[0], expected[0]) and all(torch.equal(a, b) for a, b in zip(got[2], expected[2]))
 
 
 def test_ls_mass_others_matches_fairseq(backend):

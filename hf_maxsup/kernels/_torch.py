@@ -40,26 +40,27 @@ def _distill_terms(job: LossJob, z: torch.Tensor, u: torch.Tensor):
     return kl, student.exp_(), teacher.exp_()
 
 
-def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None, distill):
-    """Per-row terms of one chunk (float32/float64 `z`): stats `(rows, 6)`, argmax, lse and the kept mask."""
+def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None, distill, acc):
+    """Per-row terms of one chunk (float32/float64 `z`): stats `(rows, 6)` in `acc` (float64 where the device has it,
+    so that rows near the float32 limit stay exact), argmax, lse and the kept mask."""
     top, argmax = z.max(-1, keepdim=True)  # the first index of the max, as torch.max defines it
     lse = (z - top).exp_().sum(-1).log_().add_(top.squeeze(-1))
-    mean = z.mean(-1)
-    stats = torch.zeros(z.shape[0], 6, dtype=z.dtype, device=z.device)
+    mean = z.sum(-1, dtype=acc) / job.num_classes
+    stats = torch.zeros(z.shape[0], 6, dtype=acc, device=z.device)
     keep = None
     if y is not None:
         keep = y != job.ignore_index
         safe_y = y.masked_fill(~keep, 0).unsqueeze(-1)
-        z_target = z.gather(-1, safe_y).squeeze(-1)
+        z_target = z.gather(-1, safe_y).squeeze(-1).to(acc)
         if job.want_split:
-            gap = z_target.unsqueeze(-1) - z
+            gap = z_target.unsqueeze(-1) - z.to(acc)  # a chunk in acc: z_y - z_k may exceed the float32 range
             stats[:, 3] = gap.clamp_min(0).sum(-1) / job.num_classes
             stats[:, 4] = gap.clamp_max_(0).sum(-1) / job.num_classes
     else:
-        z_target = (t * z).sum(-1)
-    stats[:, 1] = lse - z_target
+        z_target = (t * z).sum(-1, dtype=acc)
+    stats[:, 1] = lse.to(acc) - z_target
     if job.loss == "maxsup":
-        stats[:, 2] = top.squeeze(-1) - mean
+        stats[:, 2] = top.squeeze(-1).to(acc) - mean
     elif job.loss == "ls":
         stats[:, 2] = z_target - mean
     stats[:, 0] = stats[:, 1] + job.alpha * stats[:, 2]
@@ -117,8 +118,8 @@ def forward(job: LossJob) -> torch.Tensor:
             t = job.soft[rows].to(compute) if job.soft is not None else None
             u = job.teacher[rows].to(compute) if job.teacher is not None else None
             distill = _distill_terms(job, z, u) if u is not None else None  # before z is overwritten (in place)
-            stats, argmax, lse, keep = _chunk_terms(job, z, y, t, distill)
-            sums += stats.sum(0, dtype=acc)
+            stats, argmax, lse, keep = _chunk_terms(job, z, y, t, distill, acc)
+            sums += stats.sum(0)
             if job.row_loss is not None:
                 job.row_loss[rows] = stats[:, 0]
             if grad is not None:

@@ -4,9 +4,9 @@ Implements the contract of `hf_maxsup.kernels.job` (`LossJob`, `SUMS`, `Backend`
 an online max / sum-exp (the running sum is rescaled when the max grows), the sum of the logits, the first index of the
 max, and when needed the sum `t * z` (soft targets) or the two halves of the LS term. The second sweep, only when a
 gradient is wanted, reads the row again and writes the gradient in the logits' dtype (possibly over the logits: every
-block is read before the same program writes it). Per-row terms go to an `(N, 6)` float32 buffer that is summed in
-float64 on the device, so the result does not depend on the order in which programs run and nothing is synchronised with
-the host.
+block is read before the same program writes it). Per-row terms go to an `(N, 6)` float64 buffer (float32 on
+devices without float64) that is summed on the device, so the result does not depend on the order in which programs
+run and nothing is synchronised with the host.
 
 Every compiled specialisation the launcher can ask for is listed by `specialisations()`, which `python -m
 hf_maxsup.kernels --aot sm_80,sm_90` compiles ahead of time to check registers and spills on machines without a GPU.
@@ -110,19 +110,47 @@ def _sum_dtype(device: torch.device) -> torch.dtype:
 if triton is not None:
 
     @triton.jit
+    def _block_sum(v, WIDE: tl.constexpr):
+        """The sum of a block, in float64 with `WIDE`: summed in float32 and summed again in float64 only when that
+        overflowed (logits near the float32 limit) or met a NaN, so that such rows stay exact at no cost otherwise."""
+        part = tl.sum(v, axis=0)
+        if WIDE:
+            part = part.to(tl.float64)
+            if part - part != 0.0:
+                part = tl.sum(v.to(tl.float64), axis=0)
+        return part
+
+    @triton.jit
+    def _split_sums(x, zy, mask, WIDE: tl.constexpr):
+        """The block's two halves of the LS term, `sum max(z_y - z_k, 0)` and `sum min(z_y - z_k, 0)`; the
+        differences taken again in float64 (`WIDE`) when the float32 ones overflowed."""
+        d = zy - tl.where(mask, x, zy)  # masked tail: d = 0
+        pos = tl.sum(tl.maximum(d, 0.0), axis=0)
+        neg = tl.sum(tl.minimum(d, 0.0), axis=0)
+        if WIDE:
+            pos = pos.to(tl.float64)
+            neg = neg.to(tl.float64)
+            if (pos - pos) + (neg - neg) != 0.0:
+                d64 = zy.to(tl.float64) - tl.where(mask, x, zy).to(tl.float64)
+                pos = tl.sum(tl.maximum(d64, 0.0), axis=0)
+                neg = tl.sum(tl.minimum(d64, 0.0), axis=0)
+        return pos, neg
+
+    @triton.jit
     def _row_stats(
         z_row, t_row, K, zy,
-        KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr,
+        KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr, WIDE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """Sweep 1 over one row: max, log-sum-exp, first argmax (MaxSup gradient), sum z, sum t*z (soft), LS halves."""
+        """Sweep 1 over one row: max, log-sum-exp, first argmax (MaxSup gradient), sum z, sum t*z (soft), LS halves;
+        the sums in float64 with `WIDE`."""
         cols = tl.arange(0, BLOCK)
         m = tl.full([], float("-inf"), tl.float32)  # running max
         s = tl.zeros([], tl.float32)  # running sum of exp(z - m)
-        sum_z = tl.zeros([], tl.float32)
-        sum_tz = tl.zeros([], tl.float32)
-        pos = tl.zeros([], tl.float32)
-        neg = tl.zeros([], tl.float32)
+        sum_z = _block_sum(tl.zeros([BLOCK], tl.float32), WIDE)  # zeros of the sums' type
+        sum_tz = sum_z
+        pos = sum_z
+        neg = sum_z
         arg = tl.zeros([], tl.int32)
         for k0 in range(0, K, BLOCK):
             k = k0 + cols
@@ -140,14 +168,14 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
             m = m_new
-            sum_z += tl.sum(xs, axis=0)
+            sum_z += _block_sum(xs, WIDE)
             if not HARD:
                 t = tl.load(t_row + k, mask=mask, other=0.0).to(tl.float32)
-                sum_tz += tl.sum(t * xs, axis=0)
+                sum_tz += _block_sum(t * xs, WIDE)
             if SPLIT:
-                d = zy - tl.where(mask, x, zy)  # masked tail: d = 0
-                pos += tl.sum(tl.maximum(d, 0.0), axis=0)
-                neg += tl.sum(tl.minimum(d, 0.0), axis=0)
+                block_pos, block_neg = _split_sums(x, zy, mask, WIDE)
+                pos += block_pos
+                neg += block_neg
         lse = m + tl.log(s)
         return m, lse, arg, sum_z, sum_tz, pos, neg
 
@@ -229,15 +257,15 @@ if triton is not None:
 
     @triton.jit
     def _label_terms(m, lse, zy, sum_z, sum_tz, K, alpha, KIND: tl.constexpr, HARD: tl.constexpr):
-        """The labels' terms of one row from its statistics: `(ce, reg, ce + alpha * reg)`."""
-        target_z = zy if HARD else sum_tz  # sum_k t_k z_k
-        ce = lse - target_z
+        """The labels' terms of one row from its statistics: `(ce, reg, ce + alpha * reg)`, in the sums' type."""
+        target_z = zy.to(sum_z.dtype) if HARD else sum_tz  # sum_k t_k z_k
+        ce = lse.to(sum_z.dtype) - target_z
         if KIND == 0:
             reg = 0.0
         elif KIND == 1:
             reg = target_z - sum_z / K
         else:
-            reg = m - sum_z / K
+            reg = m.to(sum_z.dtype) - sum_z / K
         return ce, reg, ce + alpha * reg
 
     @triton.jit
@@ -245,10 +273,10 @@ if triton is not None:
         z_ptr, g_ptr, y_ptr, t_ptr, u_ptr, stats_ptr, scale_ptr,
         n_inner, s_outer, s_inner, gs_outer, gs_inner, K, ignore_index, alpha, beta, temperature,
         KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr,
-        DISTILL: tl.constexpr, BLOCK: tl.constexpr,
+        DISTILL: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """One program per row `r = o * n_inner + i`: the row's 6 terms (`SUMS`) into `stats_ptr[r]` and, with
-        `WRITE_GRAD`, its gradient into `g_ptr`."""
+        """One program per row `r = o * n_inner + i`: the row's 6 terms (`SUMS`) into `stats_ptr[r]` (float64 with
+        `WIDE`, float32 on devices without float64) and, with `WRITE_GRAD`, its gradient into `g_ptr`."""
         r = tl.program_id(0).to(tl.int64)  # int64 offsets: N * K may exceed 2**31
         o = r // n_inner
         i = r - o * n_inner
@@ -266,7 +294,9 @@ if triton is not None:
                 return
             y = label.to(tl.int32)  # in [0, K) once ignored rows are out (checked by the dispatcher)
             zy = tl.load(z_row + y).to(tl.float32)
-        m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, BLOCK)
+        m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(
+            z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, WIDE, BLOCK
+        )
         ce, reg, loss = _label_terms(m, lse, zy, sum_z, sum_tz, K, alpha, KIND, HARD)
         inv_t = 1.0 / temperature
         kl = 0.0
@@ -274,7 +304,7 @@ if triton is not None:
         lse_t = 0.0
         if DISTILL:
             kl, lse_s, lse_t = _distill_stats(z_row, u_row, K, inv_t, BLOCK)
-            loss += beta * temperature * temperature * kl
+            loss += beta * temperature * temperature * kl.to(loss.dtype)
         tl.store(stats_row + 0, loss)
         tl.store(stats_row + 5, kl)
         tl.store(stats_row + 1, ce)
@@ -339,11 +369,12 @@ def _row_specialisation(
     ut = _TL_NAMES[teacher_dtype] if teacher_dtype is not None else zt  # no teacher: the logits stand in for u_ptr
     # Integers as int64, the wide case (the JIT picks int32 for small values, which needs no more registers).
     signature = {"z_ptr": f"*{zt}", "g_ptr": f"*{zt}", "y_ptr": "*i64", "t_ptr": f"*{tt}", "u_ptr": f"*{ut}",
-                 "stats_ptr": "*fp32", "scale_ptr": "*fp32", "n_inner": "i64", "s_outer": "i64", "s_inner": "i64",
+                 "stats_ptr": "*fp64", "scale_ptr": "*fp32", "n_inner": "i64", "s_outer": "i64", "s_inner": "i64",
                  "gs_outer": "i64", "gs_inner": "i64", "K": "i32", "ignore_index": "i64", "alpha": "fp32",
                  "beta": "fp32", "temperature": "fp32"}  # fmt: skip
+    # WIDE (float64 terms): the GPUs `--aot` targets all have float64
     constexprs = {"KIND": LOSS_CODES[loss], "HARD": soft_dtype is None, "WRITE_GRAD": write_grad, "SPLIT": split,
-                  "DISTILL": teacher_dtype is not None, "BLOCK": block}  # fmt: skip
+                  "DISTILL": teacher_dtype is not None, "WIDE": True, "BLOCK": block}  # fmt: skip
     signature.update({name: "constexpr" for name in constexprs})
     target = "labels" if soft_dtype is None else f"soft-{_TL_NAMES[soft_dtype]}"
     teacher = f",teacher-{ut}" if teacher_dtype is not None else ""
@@ -390,7 +421,8 @@ def forward(job: LossJob) -> torch.Tensor:
     device = logits.device
     n_outer, n_inner, s_outer, s_inner = job.layout
     num_rows, num_classes = job.num_rows, job.num_classes
-    stats = torch.empty((num_rows, len(SUMS)), dtype=torch.float32, device=device)
+    sum_dtype = _sum_dtype(device)
+    stats = torch.empty((num_rows, len(SUMS)), dtype=sum_dtype, device=device)
     if num_rows > 0:
         hard = job.labels is not None
         # Arguments a variant does not read still get a tensor of the dtype `specialisations()` lists for them.
@@ -405,11 +437,11 @@ def forward(job: LossJob) -> torch.Tensor:
             n_inner, s_outer, s_inner, gs_outer, gs_inner, num_classes, job.ignore_index, float(job.alpha),
             float(job.distill_alpha), float(job.temperature),
             KIND=LOSS_CODES[job.loss], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
-            DISTILL=job.teacher is not None, BLOCK=block, num_warps=num_warps,
+            DISTILL=job.teacher is not None, WIDE=sum_dtype == torch.float64, BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
     if job.row_loss is not None:
         job.row_loss.copy_(stats[:, 0])
-    return stats.sum(0, dtype=_sum_dtype(device))
+    return stats.sum(0)
 
 
 def scale_(grad: torch.Tensor, factor: torch.Tensor) -> None:

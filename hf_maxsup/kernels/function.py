@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from . import differentiable
 from ._layout import walkable_rows
 from .dispatch import select_backend
 from .job import SUMS, Backend, LossJob
@@ -49,7 +49,8 @@ def _targets(target: torch.Tensor, z: torch.Tensor):
 
 
 def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace_backward: bool, want_grad: bool):
-    """Runs the backend over the rows; returns `(loss, grad or None, post factor)` and fills `call.components`."""
+    """Runs the backend over the rows; returns `(loss, grad or None, grad_scale, post factor)` and fills
+    `call.components`."""
     z, layout = walkable_rows(logits, inplace_backward and want_grad)
     num_classes, device = z.shape[-1], z.device
     labels, soft = _targets(target, z)
@@ -92,19 +93,68 @@ def _execute(call: _Call, logits: torch.Tensor, target: torch.Tensor, inplace_ba
     if inplace_backward and grad is not None:
         torch.autograd.graph.increment_version(z)
         grad = z.detach()  # a fresh alias, which autograd can adopt as .grad without a copy
-    return loss, grad, post
+    return loss, grad, grad_scale, post
+
+
+def _unit(ctx, grad_output: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What each row's unscaled gradient is multiplied by: `grad_output` per row (`reduction="none"`), else
+    `grad_output / denominator`; broadcastable over the logits, in `dtype`."""
+    if ctx.call.reduction == "none":
+        return grad_output.to(dtype).unsqueeze(-1)
+    return grad_output.to(dtype) * ctx.grad_scale.to(dtype) * ctx.post
+
+
+def _graph_backward(ctx, grad_output: torch.Tensor):
+    """The backward that autograd records (`create_graph=True`): the gradients from the differentiable formulas of
+    the saved logits, so that their own derivatives (a gradient penalty's) are right."""
+    logits, target, teacher = ctx.saved_tensors
+    if logits is None:
+        raise RuntimeError(
+            "hf_maxsup fused loss: double backward (create_graph=True) needs the logits, which inplace_backward=True "
+            "overwrote with their gradient. Compute the loss with inplace_backward=False (in MaxSupTrainer: "
+            "MaxSupTrainingArguments(loss_inplace_backward=False))."
+        )
+    call = ctx.call
+    soft = target if target.is_floating_point() else None
+    unit = _unit(ctx, grad_output, torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    settings = dict(loss=call.loss, alpha=call.alpha)
+    grad_logits = differentiable.logits_grad(
+        logits,
+        None if soft is not None else target,
+        soft,
+        teacher,
+        ignore_index=call.ignore_index,
+        distill_alpha=call.distill_alpha,
+        temperature=call.temperature,
+        **settings,
+    )
+    grad_target = None
+    if ctx.needs_input_grad[1]:
+        grad_target = (differentiable.soft_target_grad(logits, **settings) * unit).to(target.dtype)
+    return (grad_logits * unit).to(logits.dtype), grad_target, None, None
 
 
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, call, inplace_backward):
-        loss, grad, post = _execute(call, logits, target, inplace_backward, want_grad=True)
-        ctx.call, ctx.grad, ctx.post, ctx.shape = call, grad, post, logits.shape
+        loss, grad, grad_scale, post = _execute(call, logits, target, inplace_backward, logits.requires_grad)
+        ctx.call, ctx.grad, ctx.grad_scale, ctx.post, ctx.shape = call, grad, grad_scale, post, logits.shape
+        # The logits are kept for the soft targets' gradient and for double backward (read only there), unless they
+        # hold the gradient now.
+        ctx.save_for_backward(None if inplace_backward else logits, target, call.teacher)
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            return _graph_backward(ctx, grad_output)
+        grad_target = None
+        if ctx.needs_input_grad[1]:  # soft targets that require grad (never in place: see fused_loss)
+            logits, target, _ = ctx.saved_tensors
+            grad_target = differentiable.soft_target_grad(logits, loss=ctx.call.loss, alpha=ctx.call.alpha)
+            grad_target = (grad_target * _unit(ctx, grad_output, grad_target.dtype)).to(target.dtype)
+        if not ctx.needs_input_grad[0]:
+            return None, grad_target, None, None
         grad = ctx.grad
         if grad is None:
             raise RuntimeError(
@@ -118,7 +168,7 @@ class _FusedLoss(torch.autograd.Function):
                 grad.mul_(factor.unsqueeze(-1))
         else:
             ctx.call.backend.scale_(grad, factor)
-        return (grad if grad.shape == ctx.shape else grad.view(ctx.shape)), None, None, None
+        return (grad if grad.shape == ctx.shape else grad.view(ctx.shape)), grad_target, None, None
 
 
 def fused_loss(
@@ -144,7 +194,12 @@ def fused_loss(
     With `inplace_backward=True` the gradient is written into the logits' storage: the logits are destroyed (they
     hold the gradient afterwards). Their autograd version counter is bumped, so that a node that saved them for its
     own backward raises instead of using destroyed values. Without a gradient to compute (no grad mode, or logits
-    that do not require grad) the logits are never written.
+    that do not require grad) the logits are never written, nor when soft targets require grad (their gradient is
+    computed from the logits in backward).
+
+    Double backward (`create_graph=True`, e.g. a gradient penalty) is exact: the backward is then the differentiable
+    formula of `hf_maxsup.kernels.differentiable` on the logits, which the loss keeps; after `inplace_backward=True`
+    it raises, the logits being gone.
     """
     call = _Call(
         backend=select_backend(logits.device, logits.dtype, distill=teacher is not None),
@@ -158,10 +213,12 @@ def fused_loss(
         distill_alpha=float(distill_alpha),
         temperature=float(temperature),
     )
-    if torch.is_grad_enabled() and logits.requires_grad:
-        value = _FusedLoss.apply(logits, target, call, bool(inplace_backward))
+    grad_target = target.is_floating_point() and target.requires_grad
+    if torch.is_grad_enabled() and (logits.requires_grad or grad_target):
+        # soft targets' gradient is read from the logits: they are not overwritten then
+        value = _FusedLoss.apply(logits, target, call, bool(inplace_backward) and not grad_target)
     else:
-        value, _, _ = _execute(call, logits, target, inplace_backward=False, want_grad=False)
+        value, _, _, _ = _execute(call, logits, target, inplace_backward=False, want_grad=False)
     return (value, call.components) if return_components else value
 
 

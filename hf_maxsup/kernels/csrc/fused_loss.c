@@ -189,10 +189,12 @@ ALWAYS_INLINE void sstore(void *p, int64_t i, float f, int dt) {
     }
 }
 
-/* exp(x) for x <= 0 (Cephes expf polynomial, rel. error ~1e-7).  x is clamped at -87 (exp = 1.6e-38,
- * i.e. "zero" next to the row's sum >= 1); NaN is not propagated (NaN rows are detected elsewhere). */
+/* exp(x) for x <= 0 (Cephes expf polynomial, rel. error ~1e-7).  Below -87 (exp < 1.6e-38, below float32's
+ * normal range and nothing next to the row's sum >= 1) the result is 0; NaN is not propagated (NaN rows are detected
+ * elsewhere). */
 ALWAYS_INLINE vf vexp_nonpos(vf x) {
     const vf magic = vsplat(12582912.0f); /* 1.5 * 2^23: round to nearest integer */
+    const vi below = x < vsplat(-87.0f);
     x = vmaxf(x, vsplat(-87.0f));
     vf t = x * vsplat(1.44269504088896341f) + magic;
     vf n = t - magic;
@@ -208,10 +210,10 @@ ALWAYS_INLINE vf vexp_nonpos(vf x) {
     vf y = p * (r * r) + r + vsplat(1.0f);
 #if defined(__AVX512F__)
     (void)ni;
-    return (vf)_mm512_scalef_ps((__m512)y, (__m512)n);
+    return vsel(below, vsplat(0.f), (vf)_mm512_scalef_ps((__m512)y, (__m512)n));
 #else
     vf scale = (vf)((ni + 127) << 23);
-    return y * scale;
+    return vsel(below, vsplat(0.f), y * scale);
 #endif
 }
 
@@ -263,6 +265,22 @@ typedef struct {
     double S, sumz, sumtz, spos, sneg;
 } row_stats;
 
+/* The sums of sweep_row over the vector part [k0, kv) of a block, in double: the rare path taken when a float32 lane
+ * overflowed (logits near the float32 limit), so that such rows are exact where the terms themselves fit. */
+static void block_sums_double(const void *z, const void *t, int64_t k0, int64_t kv, float zy, int want_split,
+                              double *bz, double *btz, double *bp, double *bn, const int DT, const int SD) {
+    *bz = *btz = *bp = *bn = 0;
+    for (int64_t k = k0; k < kv; k++) {
+        const double x = sload(z, k, DT);
+        *bz += x;
+        if (SD >= 0) *btz += (double)sload(t, k, SD) * x;
+        if (want_split) {
+            const double d = (double)zy - x;
+            if (d > 0) *bp += d; else *bn += d;
+        }
+    }
+}
+
 /* The one read of a row from memory, block by block: per-lane running max, the sums (z, t*z for soft targets, the
  * two halves of the LS term), then exp(z - running max) from L1 into the scratch row, with the running sum rescaled
  * once per block when the max grows (online softmax). DT, SD are compile-time constants after inlining. */
@@ -298,13 +316,16 @@ ALWAYS_INLINE row_stats sweep_row(const void *z, const void *t, int64_t K, float
             pz += x;
             if (!hard) ptz += (double)sload(t, k, SD) * x;
             if (want_split) {
-                float d = zy - x;
+                double d = (double)zy - x;
                 if (d > 0) pp += d; else pn += d;
             }
         }
-        st.sumz += hsum(az) + pz;
-        if (!hard) st.sumtz += hsum(atz) + ptz;
-        if (want_split) { st.spos += hsum(ap) + pp; st.sneg += hsum(an) + pn; }
+        double bz = hsum(az), btz = hard ? 0 : hsum(atz), bp = want_split ? hsum(ap) : 0, bn = want_split ? hsum(an) : 0;
+        if (!isfinite(bz) || !isfinite(btz) || !isfinite(bp) || !isfinite(bn)) /* fp32 lanes overflowed (|z| ~ 1e38) */
+            block_sums_double(z, t, k0, kv, zy, want_split, &bz, &btz, &bp, &bn, DT, SD);
+        st.sumz += bz + pz;
+        if (!hard) st.sumtz += btz + ptz;
+        if (want_split) { st.spos += bp + pp; st.sneg += bn + pn; }
         float Mb = hmax(vmax); /* online softmax update, once per block */
         if (tmax > Mb) Mb = tmax;
         if (Mb > st.M) {
