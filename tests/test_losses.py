@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from _reference import fairseq_label_smoothed_nll_loss, loss_and_grad
 
-from hf_maxsup import LOSSES, LabelSmoothingLoss, MaxSupLoss, get_loss_fn
+from hf_maxsup import LOSSES, LabelSmoothingLoss, MaxSupLoss, MaxSupLossFunc, get_loss_fn
 
 KINDS = ["ce", "ls", "maxsup"]
 SHAPES = [(7, 5), (2, 3, 11)]
@@ -182,6 +182,7 @@ def test_modules_and_registry():
     ],
 )
 def test_bad_input_gets_a_clear_error(call, message):
+    """Each mistake refused before any work, with a message naming it (also for MaxSupLossFunc's alpha)."""
     logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
     with pytest.raises(ValueError) as error:
         call(logits, target)
@@ -206,3 +207,9 @@ def test_ls_mass_others_is_fairseqs_label_smoothing(backend, shape):
     assert abs(float(default) - float(expected.detach())) > 1e-4
     with pytest.raises(ValueError, match="mass must be one of all, others"):
         get_loss_fn("ls")(logits.detach(), target, ALPHA, mass="target")
+
+
+@pytest.mark.parametrize("alpha", [None, "0.1", float("nan")])
+def test_the_loss_function_refuses_an_alpha_that_is_not_a_number(alpha):
+    with pytest.raises(ValueError, match=r"loss_alpha must be in \[0, 1\); got"):
+        MaxSupLossFunc("maxsup", alpha=alpha)

@@ -92,8 +92,8 @@ class LossConfig:
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown loss_alpha_schedule {schedule!r}; valid names: {', '.join(SCHEDULES)}.")
         for name, value in (("loss_alpha", alpha), ("loss_alpha_end", self.alpha_end)):
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1); got {value}.")
+            if (value is not None or name == "loss_alpha") and not (isinstance(value, (int, float)) and 0 <= value < 1):
+                raise ValueError(f"{name} must be in [0, 1); got {value!r}.")
         alpha_at(0.0, schedule, alpha, self.alpha_end)  # rejects a constant schedule given a different alpha_end
         if schedule == "linear" and self.alpha_end is None and not alpha + 0.1 < 1.0:
             raise ValueError(
