@@ -54,6 +54,15 @@ class _LossArguments:
             "the logits (prediction_loss_only=False) computes them as usual."
         },
     )
+    loss_inplace_backward: bool = field(
+        default=True,
+        metadata={
+            "help": "Write the loss's gradient into the logits' own buffer during the forward pass, saving one "
+            "logits-sized buffer, in training steps whose logits nothing else reads: not when the model's last op "
+            "saved them for its backward (an exp or log_softmax head, also inside a torch.compile'd graph). Set "
+            "False to keep outputs.logits intact (e.g. for code of your own that reads them after the loss)."
+        },
+    )
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -117,6 +126,7 @@ class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
     `loss_alpha_schedule` (`"linear"` or `"constant"`) and `loss_ls_mass` (`"all"` or `"others"`, label smoothing
     only), checked when the arguments are created,
     `fused_linear_loss` (compute the loss of a language model's head without its logits, see [`hf_maxsup.heads`]),
+    `loss_inplace_backward` (the gradient written over the logits where nothing else reads them; default True),
     and distillation: `teacher_model_name_or_path`, `distill_alpha` (the weight beta >= 0 of the distillation term,
     0.5 by default with a teacher) and `distill_temperature` (T > 0, default 2.0).
     """

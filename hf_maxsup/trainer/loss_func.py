@@ -297,11 +297,20 @@ class MaxSupLossFunc(TrainerCallback):
 
 
 def _saved_for_backward(logits: torch.Tensor) -> bool:
-    """Whether the op that produced `logits` keeps them for its own backward (e.g. `exp`, `sigmoid`), in which case
-    overwriting them with their gradient would break that backward.
+    """Whether the op that produced `logits` may keep them for its own backward (`exp`, `log_softmax`, a compiled
+    graph whose last op saves its output), in which case overwriting them with their gradient would break that
+    backward. A built-in node lists what it saved as `_saved_*` attributes, a Python one (a `torch.compile`d
+    graph's `CompiledFunctionBackward`, an `autograd.Function`) as `saved_tensors`; a node that cannot be read
+    counts as saving them.
     """
     fn = logits.grad_fn
-    return fn is not None and any(
-        isinstance(value, torch.Tensor) and value.data_ptr() == logits.data_ptr()
-        for value in (getattr(fn, name) for name in dir(fn) if name.startswith("_saved_"))
-    )
+    if fn is None:
+        return False
+    storage = logits.untyped_storage().data_ptr()
+    try:
+        saved = [getattr(fn, name) for name in dir(fn) if name.startswith("_saved_")]
+        if hasattr(fn, "saved_tensors"):
+            saved += list(fn.saved_tensors)
+    except RuntimeError:  # freed already, or not readable: assume the worst
+        return True
+    return any(isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == storage for value in saved)

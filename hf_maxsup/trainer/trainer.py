@@ -126,7 +126,7 @@ class _MaxSupMixin:
             # prediction_step asks for outputs even when it keeps only the loss; there are no logits to give.
             return (loss, {}) if return_outputs else loss
         # Evaluation that keeps the logits (prediction_loss_only=False) takes the usual path, logits included.
-        self.loss_func.inplace_backward = not return_outputs
+        self.loss_func.inplace_backward = self.args.loss_inplace_backward and not return_outputs
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):
