@@ -15,12 +15,9 @@ check, and the count of kept rows that sizes the matmuls).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from . import kernels
-from .kernels import SUMS
 from .losses import smoothing_weight
 from .validation import check_label_range, check_loss_options, class_indices
 
@@ -87,111 +84,6 @@ def _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_ba
     return labels
 
 
-@dataclass(kw_only=True)
-class _Call:
-    """One `fused_linear_loss` call's settings, and the components its forward fills in."""
-
-    loss: str
-    alpha: float
-    ignore_index: int
-    reduction: str
-    num_items_in_batch: object
-    needs_grad: bool
-    want_components: bool
-    chunk_size: int
-    components: dict = field(default_factory=dict)
-
-
-def _sweep(h, weight, bias, labels, call: _Call, want_grad: bool, row_scale=None, row_loss=None):
-    """One pass over the kept rows in chunks. Returns the sums of `SUMS` and, with `want_grad`, the unscaled
-    gradients `(grad_h, grad_weight, grad_bias)`; `row_scale` `(n,)` multiplies each row's gradient first."""
-    half = weight.dtype in (torch.float16, torch.bfloat16)
-    acc = torch.float32 if half else weight.dtype
-    grad_h = torch.empty_like(h) if want_grad else None
-    grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if want_grad else None
-    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=h.device) if want_grad and bias is not None else None
-    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=h.device)
-    for start in range(0, h.shape[0], call.chunk_size):
-        rows = slice(start, start + call.chunk_size)
-        h_chunk = h[rows]
-        logits = torch.addmm(bias, h_chunk, weight.t()) if bias is not None else h_chunk @ weight.t()
-        sums += kernels.rows_loss_and_grad_(
-            logits,
-            labels[rows],
-            loss=call.loss,
-            alpha=call.alpha,
-            ignore_index=call.ignore_index,
-            want_grad=want_grad,
-            want_components=call.want_components,
-            row_loss=row_loss[rows] if row_loss is not None else None,
-        ).to(sums.dtype)
-        if not want_grad:
-            continue
-        if row_scale is not None:
-            logits.mul_(row_scale[rows].unsqueeze(-1))
-        torch.mm(logits, weight, out=grad_h[rows])
-        # half inputs: the chunk's products are added to a float32 accumulator (a chunk-sized upcast)
-        grad_w.addmm_(logits.t().to(acc), h_chunk.to(acc))
-        if grad_b is not None:
-            grad_b += logits.sum(0, dtype=acc)
-    return sums, (grad_h, grad_w, grad_b)
-
-
-class _FusedLinearLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, target, call):
-        h = hidden.reshape(-1, hidden.shape[-1])
-        labels = target.reshape(-1).to(device=h.device, dtype=torch.int64)
-        kept = labels.ne(call.ignore_index).nonzero().squeeze(1)
-        h_kept, y_kept = h.index_select(0, kept), labels.index_select(0, kept)
-        none = call.reduction == "none"
-        row_loss = torch.empty(kept.numel(), dtype=torch.float32, device=h.device) if none else None
-        want_grad = call.needs_grad and not none  # "none": the gradient needs the per-row weights of backward
-        sums, grads = _sweep(h_kept, weight, bias, y_kept, call, want_grad, row_loss=row_loss)
-        n_kept = torch.full((), kept.numel(), device=h.device)
-        if call.want_components:
-            call.components.update(kernels.component_means(call.loss, sums, n_kept, hard=True))
-        ctx.call, ctx.shapes = call, (hidden.shape, weight.dtype)
-        if none:
-            ctx.save_for_backward(h_kept, weight, bias, y_kept, kept)
-            return h.new_zeros(h.shape[0], dtype=torch.float32).index_copy_(0, kept, row_loss).view(target.shape)
-        divisor = kernels.denominator(call.reduction, call.num_items_in_batch, n_kept)
-        if want_grad:
-            ctx.grads = [None if g is None else g.div_(divisor) for g in grads]
-            ctx.kept = kept
-        return sums[0].float() / divisor
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if torch.is_grad_enabled():  # create_graph=True: autograd would record gradients that have no graph
-            raise RuntimeError(
-                "hf_maxsup fused linear loss: double backward (create_graph=True, e.g. a gradient penalty) is not "
-                "supported: its gradients are computed chunk by chunk without a graph. Use the logit losses of "
-                "hf_maxsup.losses on the logits (hidden @ weight.T + bias), whose double backward is exact."
-            )
-        hidden_shape, dtype = ctx.shapes
-        if ctx.call.reduction == "none":
-            h_kept, weight, bias, y_kept, kept = ctx.saved_tensors
-            row_scale = grad_output.reshape(-1).index_select(0, kept).float()
-            _, (grad_h, grad_w, grad_b) = _sweep(h_kept, weight, bias, y_kept, ctx.call, True, row_scale=row_scale)
-        else:
-            if getattr(ctx, "grads", None) is None:
-                raise RuntimeError(
-                    "hf_maxsup fused linear loss: backward twice through the same loss is not "
-                    "supported (the gradients were handed over). Recompute the loss."
-                )
-            (grad_h, grad_w, grad_b), ctx.grads = ctx.grads, None
-            factor = grad_output.float()
-            for grad in (grad_h, grad_w, grad_b):  # our own buffers: scaled in place, no second copy
-                if grad is not None:
-                    grad.mul_(factor)
-            kept = ctx.kept
-        full = grad_h.new_zeros((hidden_shape.numel() // hidden_shape[-1], hidden_shape[-1]))
-        full.index_copy_(0, kept, grad_h)
-        grad_w = grad_w.to(dtype)
-        return full.view(hidden_shape), grad_w, grad_b.to(dtype) if grad_b is not None else None, None, None
-
-
 def fused_linear_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -235,20 +127,23 @@ def fused_linear_loss(
     """
     target = _check(hidden, weight, bias, target, loss, alpha, reduction, num_items_in_batch, ignore_index)
     n_rows = hidden.numel() // hidden.shape[-1]
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     alpha = 0.0 if loss == "ce" else smoothing_weight(float(alpha), weight.shape[0], mass if loss == "ls" else "all")
-    call = _Call(
+    value, totals = kernels.fused_linear_loss(
+        hidden,
+        weight,
+        target,
         loss=loss,
         alpha=alpha,
+        bias=bias,
         ignore_index=ignore_index,
         reduction=reduction,
         num_items_in_batch=num_items_in_batch,
-        needs_grad=needs_grad,
-        want_components=return_components,
         chunk_size=chunk_size or default_chunk_size(n_rows, weight.shape[1], weight.shape[0]),
+        want_split=return_components and loss == "ls",
     )
-    value = _FusedLinearLoss.apply(hidden, weight, bias, target, call)
-    return (value, call.components) if return_components else value
+    if not return_components:
+        return value
+    return value, kernels.component_means(loss, totals, hard=True)
 
 
 def linear_cross_entropy(hidden, weight, target, alpha: float = 0.0, **kwargs):

@@ -3,15 +3,14 @@
 CE and LS come from `F.cross_entropy` (with `label_smoothing=alpha`), MaxSup from `CE + alpha * (max - mean)` with
 the first index of the max for ties (found here without `torch.max`); gradients from autograd in float64. Nothing
 here shares code with the package. Also fairseq's label smoothing, written out (the reference of `mass="others"`),
-and `AllocSpy`, which counts the storages a loss allocates, op by op (the reference of the memory checks).
+and `AllocSpy`, which records the blocks a loss allocates, op by op (the reference of the memory checks).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.profiler import ProfilerActivity, profile
 
 IGN = -100
 
@@ -159,17 +158,19 @@ def fairseq_label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=-100):
     return ((1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss).sum()
 
 
-class AllocSpy(TorchDispatchMode):
-    """Records the size of every new storage an aten op produces (outputs that alias no input)."""
+class AllocSpy:
+    """Records the size of every block the CPU allocator hands out while it is active, with the aten op that asked
+    for it (`torch.profiler`'s memory events, the op's own allocations net of what it freed itself): inside the
+    engine's torch operators too, which a dispatch mode would see as one opaque call.
+    """
 
-    def __init__(self):
-        super().__init__()
-        self.allocs = []
+    def __enter__(self):
+        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profile.__enter__()
+        return self
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.allocs.append((str(func), t.untyped_storage().nbytes()))
-        return out
+    def __exit__(self, *exc):
+        self._profile.__exit__(*exc)
+        events = self._profile.events()
+        self.allocs = [(e.name, e.self_cpu_memory_usage) for e in events if e.self_cpu_memory_usage > 0]
+        return False

@@ -109,10 +109,11 @@ def test_num_items_in_batch_and_accumulation(backend, kind, as_tensor):
 @pytest.mark.parametrize("kind", KINDS)
 def test_bfloat16_inputs_accumulate_in_float32(backend, kind):
     """The reference sees the same bf16 logits as the loss (a rounding can move MaxSup's argmax), then chains the
-    float64 gradient of those logits through the float64 matmuls: what is left is our accumulation error. 64 chunks
-    of 8 rows: the weight's and the bias's gradients summed over them in bfloat16 instead of float32 are off by
-    about 1e-2 of their largest entry, against 2e-3 to 5e-3 here (the results themselves are bf16)."""
-    hidden, weight, bias, labels = make(shape=(8, 64), hidden_size=32, vocab=1000, dtype=torch.bfloat16, seed=2)
+    float64 gradient of those logits through the float64 matmuls: what is left is our accumulation error. 128 chunks
+    of 8 rows: the weight's and the bias's gradients summed over them in bfloat16 instead of float32 are off by 2e-2
+    to 4e-2 of their largest entry, against 2e-3 to 8e-3 here (the results themselves are bf16, and the Triton
+    interpreter rounds its bf16 stores towards zero)."""
+    hidden, weight, bias, labels = make(shape=(8, 128), hidden_size=32, vocab=1000, dtype=torch.bfloat16, seed=2)
     loss, _, grads = ours(kind, hidden, weight, bias, labels, chunk_size=8)
     z = torch.addmm(bias, hidden.reshape(-1, 32), weight.t()).double().requires_grad_(True)
     items, keep = per_item(kind, z, labels, ALPHA)
@@ -122,9 +123,9 @@ def test_bfloat16_inputs_accumulate_in_float32(backend, kind):
     ref_grads = ((z.grad @ w).view(hidden.shape), z.grad.t() @ h, z.grad.sum(0))
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss.double(), ref_loss.detach(), rtol=1e-5, atol=1e-6)
-    for name, grad, ref, tol in zip(("hidden", "weight", "bias"), grads, ref_grads, (1e-2, 7e-3, 7e-3)):
+    for name, grad, ref in zip(("hidden", "weight", "bias"), grads, ref_grads):
         assert grad.dtype == torch.bfloat16
-        assert_rel(grad, ref, tol, name)
+        assert_rel(grad, ref, 1.2e-2, name)
 
 
 def test_chunk_sizes_agree_and_all_ignored_gives_zero(backend):

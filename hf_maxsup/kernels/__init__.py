@@ -25,8 +25,10 @@ Layout, one idea per module:
 """
 
 from .dispatch import BACKENDS, check_environment, kernel_info, select_backend
-from .function import fused_loss, rows_loss_and_grad_
+from .function import fused_loss
 from .job import LOSS_CODES, LOSS_NAMES, SUMS, Backend, LossJob
+from .linear import fused_linear_loss
+from .ops import rows_loss_and_grad_
 from .reduction import component_means, denominator
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "check_environment",
     "component_means",
     "denominator",
+    "fused_linear_loss",
     "fused_loss",
     "kernel_info",
     "rows_loss_and_grad_",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["row_layout", "rows_disjoint", "walkable_rows"]
+__all__ = ["row_layout", "rows_disjoint", "walkable_rows", "writable_in_place"]
 
 
 def row_layout(x: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -49,3 +49,12 @@ def walkable_rows(logits: torch.Tensor, writable: bool) -> tuple[torch.Tensor, t
         z = z.contiguous()
         layout = row_layout(z)
     return z, layout
+
+
+def writable_in_place(logits: torch.Tensor) -> bool:
+    """Whether the gradient can be written over `logits` themselves: their rows walkable as they are (class dimension
+    contiguous, two levels of row strides at most) and disjoint."""
+    if logits.stride(-1) != 1 and logits.shape[-1] != 1:
+        return False
+    layout = row_layout(logits)
+    return layout is not None and rows_disjoint(logits, layout)

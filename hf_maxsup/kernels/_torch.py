@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .job import SUMS, LossJob
+from .reduction import sums_dtype
 
 __all__ = ["DISTILLS", "NAME", "forward", "scale_", "unavailable"]
 
@@ -42,22 +43,28 @@ def _distill_terms(job: LossJob, z: torch.Tensor, u: torch.Tensor):
 
 def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None, distill, acc):
     """Per-row terms of one chunk (float32/float64 `z`): stats `(rows, 6)` in `acc` (float64 where the device has it,
-    so that rows near the float32 limit stay exact), argmax, lse and the kept mask."""
+    so that rows near the float32 limit stay exact), argmax, lse, the mask of kept rows with a label in range and
+    that of those out of range."""
     top, argmax = z.max(-1, keepdim=True)  # the first index of the max, as torch.max defines it
     lse = (z - top).exp_().sum(-1).log_().add_(top.squeeze(-1))
-    mean = z.sum(-1, dtype=acc) / job.num_classes
+    # Sums of z / K: no partial sum can leave the float32 range where the logits are near its limit (sums of z, or
+    # gaps z_y - z_k, could), and no float64 copy of the chunk is needed.
+    z_k = z * (1.0 / job.num_classes)
+    mean = z_k.sum(-1).to(acc)
     stats = torch.zeros(z.shape[0], 6, dtype=acc, device=z.device)
-    keep = None
+    keep = bad = None
     if y is not None:
         keep = y != job.ignore_index
-        safe_y = y.masked_fill(~keep, 0).unsqueeze(-1)
+        # a label outside [0, K) (not checked inside a compiled graph) is never read: its row gets NaN
+        bad = keep & ((y < 0) | (y >= job.num_classes))
+        safe_y = y.masked_fill(~keep | bad, 0).unsqueeze(-1)
         z_target = z.gather(-1, safe_y).squeeze(-1).to(acc)
         if job.want_split:
-            gap = z_target.unsqueeze(-1) - z.to(acc)  # a chunk in acc: z_y - z_k may exceed the float32 range
-            stats[:, 3] = gap.clamp_min(0).sum(-1) / job.num_classes
-            stats[:, 4] = gap.clamp_max_(0).sum(-1) / job.num_classes
+            gap = z_k.neg_().add_(z_target.to(z.dtype).unsqueeze(-1) * (1.0 / job.num_classes))  # (z_y - z_k) / K
+            stats[:, 3] = gap.clamp_min(0).sum(-1)
+            stats[:, 4] = gap.clamp_max_(0).sum(-1)
     else:
-        z_target = (t * z).sum(-1, dtype=acc)
+        z_target = (t * z).sum(-1).to(acc)  # sum_k t_k |z_k| <= max |z|: within range
     stats[:, 1] = lse.to(acc) - z_target
     if job.loss == "maxsup":
         stats[:, 2] = top.squeeze(-1).to(acc) - mean
@@ -69,15 +76,18 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
         stats[:, 0] += job.distill_alpha * job.temperature**2 * stats[:, 5]
     if keep is not None:
         # masked_fill, not a product: NaN/inf of ignored rows must not leak into the sums.
-        stats.masked_fill_(~keep.unsqueeze(-1), 0.0)
-    return stats, argmax, lse, keep
+        stats.masked_fill_(~keep.unsqueeze(-1), 0.0).masked_fill_(bad.unsqueeze(-1), float("nan"))
+        keep = keep & ~bad
+    return stats, argmax, lse, keep, bad
 
 
-def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, distill, argmax, lse, keep, scale: torch.Tensor) -> None:
+def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, distill, argmax, lse, masks, scale: torch.Tensor) -> None:
     """`out = (softmax(z) - c1 t - c0 + alpha onehot(argmax) [+ b T (s - q)]) * scale`, written into `out` (maybe z's
-    own rows)."""
+    own rows); `masks` are `(kept rows with a label in range, rows whose label is out of range)`, `None`s for soft
+    targets."""
     c0 = job.alpha / job.num_classes if job.loss != "ce" else 0.0
     c1 = 1.0 - job.alpha if job.loss == "ls" else 1.0
+    keep, bad = masks
     grad = z.sub(lse.unsqueeze(-1)).exp_()  # every read of z is done before `out` (maybe z itself) is written
     if c0:
         grad.sub_(c0)
@@ -91,7 +101,7 @@ def _write_grad(job: LossJob, out: torch.Tensor, z, y, t, distill, argmax, lse, 
         _, student, teacher = distill
         grad.add_(student.sub_(teacher), alpha=job.distill_alpha * job.temperature)
     if keep is not None:
-        grad.masked_fill_(~keep.unsqueeze(-1), 0.0)
+        grad.masked_fill_(~keep.unsqueeze(-1), 0.0).masked_fill_(bad.unsqueeze(-1), float("nan"))
     out.copy_(grad.mul_(scale))
 
 
@@ -100,7 +110,7 @@ def forward(job: LossJob) -> torch.Tensor:
     num_classes = job.num_classes
     device = job.logits.device
     compute = torch.float64 if job.logits.dtype == torch.float64 else torch.float32
-    acc = torch.float32 if device.type == "mps" else torch.float64
+    acc = sums_dtype(device)
     logits = _rows(job.logits, job.layout, num_classes)
     grad = None
     if job.grad is not None:
@@ -118,12 +128,12 @@ def forward(job: LossJob) -> torch.Tensor:
             t = job.soft[rows].to(compute) if job.soft is not None else None
             u = job.teacher[rows].to(compute) if job.teacher is not None else None
             distill = _distill_terms(job, z, u) if u is not None else None  # before z is overwritten (in place)
-            stats, argmax, lse, keep = _chunk_terms(job, z, y, t, distill, acc)
+            stats, argmax, lse, keep, bad = _chunk_terms(job, z, y, t, distill, acc)
             sums += stats.sum(0)
             if job.row_loss is not None:
                 job.row_loss[rows] = stats[:, 0]
             if grad is not None:
-                _write_grad(job, grad[o, i : i + step], z, y, t, distill, argmax, lse, keep, scale)
+                _write_grad(job, grad[o, i : i + step], z, y, t, distill, argmax, lse, (keep, bad), scale)
     return sums
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .job import LOSS_CODES, LOSS_NAMES, SUMS, LossJob
+from .reduction import sums_dtype
 
 try:  # triton is optional ("hf_maxsup[gpu]"): without it this module still imports and reports itself unavailable
     import triton
@@ -96,15 +97,6 @@ def _interpreted() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(_loss_row_kernel, InterpretedFunction)
-
-
-def _sum_dtype(device: torch.device) -> torch.dtype:
-    """float64 for the returned sums, unless the device has no float64 (some Intel GPUs)."""
-    if device.type == "xpu":
-        props = torch.xpu.get_device_properties(device)
-        if not getattr(props, "has_fp64", True):
-            return torch.float32
-    return torch.float64
 
 
 if triton is not None:
@@ -245,15 +237,16 @@ if triton is not None:
         return kl, lse_s, lse_t
 
     @triton.jit
-    def _ignored_row(g_row, stats_row, K, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-        """The row of an ignored label: a zero gradient row (when the gradient is written) and 0 for its 6 terms."""
+    def _constant_row(g_row, stats_row, K, value, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+        """A row whose gradient (when it is written) and 6 terms are all `value`: 0 for an ignored label, NaN for a
+        label outside [0, K) (never read: inside a compiled graph nothing checked the labels before)."""
         if WRITE_GRAD:
             cols = tl.arange(0, BLOCK)
             for k0 in range(0, K, BLOCK):
                 k = k0 + cols
-                tl.store(g_row + k, tl.zeros([BLOCK], tl.float32).to(g_row.dtype.element_ty), mask=k < K)
+                tl.store(g_row + k, tl.full([BLOCK], value, tl.float32).to(g_row.dtype.element_ty), mask=k < K)
         for j in tl.static_range(6):
-            tl.store(stats_row + j, 0.0)
+            tl.store(stats_row + j, value)
 
     @triton.jit
     def _label_terms(m, lse, zy, sum_z, sum_tz, K, alpha, KIND: tl.constexpr, HARD: tl.constexpr):
@@ -290,9 +283,13 @@ if triton is not None:
         if HARD:
             label = tl.load(y_ptr + r)
             if label == ignore_index:
-                _ignored_row(g_row, stats_row, K, WRITE_GRAD, BLOCK)
+                _constant_row(g_row, stats_row, K, 0.0, WRITE_GRAD, BLOCK)
                 return
-            y = label.to(tl.int32)  # in [0, K) once ignored rows are out (checked by the dispatcher)
+            out_of_range = (label < 0) | (label >= K)
+            if out_of_range:
+                _constant_row(g_row, stats_row, K, float("nan"), WRITE_GRAD, BLOCK)
+                return
+            y = label.to(tl.int32)
             zy = tl.load(z_row + y).to(tl.float32)
         m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(
             z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, WIDE, BLOCK
@@ -421,7 +418,7 @@ def forward(job: LossJob) -> torch.Tensor:
     device = logits.device
     n_outer, n_inner, s_outer, s_inner = job.layout
     num_rows, num_classes = job.num_rows, job.num_classes
-    sum_dtype = _sum_dtype(device)
+    sum_dtype = sums_dtype(device)
     stats = torch.empty((num_rows, len(SUMS)), dtype=sum_dtype, device=device)
     if num_rows > 0:
         hard = job.labels is not None

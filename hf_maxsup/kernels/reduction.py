@@ -9,11 +9,21 @@ import torch
 
 from .job import SUMS
 
-__all__ = ["component_means", "denominator", "grad_scales"]
+__all__ = ["component_means", "denominator", "grad_scales", "sums_dtype"]
 
 # float16 gradients are stored times a power of two (undone in backward), so that small probabilities divided by
 # the item count do not flush to zero before the loss scale is applied.
 _F16_HEADROOM = 32768.0
+
+
+def sums_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the sums every backend returns on `device`: float64, or float32 where the device has no float64
+    (Apple's mps, some Intel GPUs)."""
+    if device.type == "mps":
+        return torch.float32
+    if device.type == "xpu" and not getattr(torch.xpu.get_device_properties(device), "has_fp64", True):
+        return torch.float32
+    return torch.float64
 
 
 def denominator(reduction: str, num_items_in_batch, n_kept: torch.Tensor) -> torch.Tensor | None:
@@ -46,12 +56,18 @@ def grad_scales(dtype: torch.dtype, alpha: float, divisor: torch.Tensor | None, 
     return divisor.reciprocal(), 1.0
 
 
-def component_means(
-    loss: str, sums: torch.Tensor, n_kept: torch.Tensor, *, hard: bool, distill: bool = False
-) -> dict[str, torch.Tensor]:
+def component_means(loss: str, totals: torch.Tensor, *, hard: bool, distill: bool = False) -> dict[str, torch.Tensor]:
     """Means over kept rows of the logged terms (the LS halves for LS with class indices, `distill` with a teacher),
-    detached float32 0-dim tensors on the sums' device."""
-    means = (sums / n_kept.clamp_min(1)).float()
+    detached float32 0-dim tensors on the sums' device.
+
+    Args:
+        loss (`str`): `"ce"`, `"ls"` or `"maxsup"`.
+        totals (`torch.Tensor`): the sums of `SUMS` over kept rows, then the kept count (as the operators return).
+        hard (`bool`): whether the targets were class indices.
+        distill (`bool`, *optional*, defaults to `False`): whether there was a teacher.
+    """
+    totals = totals.detach()
+    means = (totals[:-1] / totals[-1].clamp_min(1)).float()
     names = ["ce"] + (["reg"] if loss != "ce" else [])
     if loss == "ls" and hard:
         names += ["ls_regularization", "ls_error_amplification"]
