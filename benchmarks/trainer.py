@@ -14,10 +14,13 @@ Two models, each with its own table per batch shape:
   body (hidden 256, 2 layers), `MaxSupTrainer` against stock `Trainer(label_smoothing_factor=0.1)`, at 8 x 512
   tokens (4,096 tokens: fp32 logits of 2 GiB, and as much for their gradient).
 
-Both include `fused_linear_loss=True` rows, which never materialise the logits. Each candidate trains in a fresh
-process on the same random token data with the same seed; the first step is excluded from the timing (allocator
-warm-up). Peak memory is the process's peak RSS. Ratios are to the stock label-smoothing trainer measured in the
-same run. `--vocab`, `--d_model`, `--layers` and `--shapes` override the sizes of every model run.
+Both include a `torch_compile=True` row (the model compiled by the Trainer with inductor, the loss eager beside it,
+with the in-place gradient where the compiled graph did not save the logits) beside the same trainer in eager mode,
+and `fused_linear_loss=True` rows, which never materialise the logits. Each candidate trains in a fresh process on
+the same random token data with the same seed; the first step is excluded from the timing (allocator warm-up, and
+the compilation of the compiled rows). Peak memory is the process's peak RSS. Ratios are to the stock
+label-smoothing trainer measured in the same run. `--vocab`, `--d_model`, `--layers` and `--shapes` override the
+sizes of every model run.
 """
 
 import argparse
@@ -27,7 +30,8 @@ import subprocess
 import sys
 import time
 
-# model -> sizes, batch shapes and candidates (table row -> (loss, fused_linear_loss); "stock" is transformers')
+# model -> sizes, batch shapes and candidates (table row -> (loss, fused_linear_loss, torch_compile); "stock" is
+# transformers')
 MODELS = {
     "marian": {
         "title": "Marian-size model: V={vocab}, d_model={d_model}, {layers}+{layers} layers",
@@ -36,10 +40,11 @@ MODELS = {
         "layers": 6,
         "shapes": ["8x64", "32x128"],
         "candidates": {
-            "stock Seq2SeqTrainer, label_smoothing_factor=0.1": ("stock", False),
-            "MaxSupSeq2SeqTrainer, loss=ls (alpha 0.1)": ("ls", False),
-            "MaxSupSeq2SeqTrainer, loss=maxsup (alpha 0.1 -> 0.2)": ("maxsup", False),
-            "MaxSupSeq2SeqTrainer, loss=ls, fused_linear_loss=True": ("ls", True),
+            "stock Seq2SeqTrainer, label_smoothing_factor=0.1": ("stock", False, False),
+            "MaxSupSeq2SeqTrainer, loss=ls (alpha 0.1)": ("ls", False, False),
+            "MaxSupSeq2SeqTrainer, loss=maxsup (alpha 0.1 -> 0.2)": ("maxsup", False, False),
+            "MaxSupSeq2SeqTrainer, loss=maxsup, torch_compile=True": ("maxsup", False, True),
+            "MaxSupSeq2SeqTrainer, loss=ls, fused_linear_loss=True": ("ls", True, False),
         },
     },
     "llama": {
@@ -49,9 +54,10 @@ MODELS = {
         "layers": 2,
         "shapes": ["8x512"],
         "candidates": {
-            "stock Trainer, label_smoothing_factor=0.1": ("stock", False),
-            "MaxSupTrainer, loss=ls (alpha 0.1)": ("ls", False),
-            "MaxSupTrainer, loss=ls, fused_linear_loss=True": ("ls", True),
+            "stock Trainer, label_smoothing_factor=0.1": ("stock", False, False),
+            "MaxSupTrainer, loss=ls (alpha 0.1)": ("ls", False, False),
+            "MaxSupTrainer, loss=ls, torch_compile=True": ("ls", False, True),
+            "MaxSupTrainer, loss=ls, fused_linear_loss=True": ("ls", True, False),
         },
     },
 }
@@ -139,6 +145,7 @@ def child(args) -> dict:
         seed=0,
         disable_tqdm=True,
         logging_steps=10**6,
+        torch_compile=args.compile,
     )
     seq2seq = args.model == "marian"
     if args.child == "stock":
@@ -182,7 +189,7 @@ def run_model(model_name: str, args) -> None:
     print(spec["title"].format(**sizes) + f", {args.steps} timed steps")
     for shape in sizes["shapes"]:
         results = {}
-        for name, (kind, fused) in spec["candidates"].items():
+        for name, (kind, fused, compiled) in spec["candidates"].items():
             command = [
                 sys.executable,
                 __file__,
@@ -201,6 +208,7 @@ def run_model(model_name: str, args) -> None:
                 "--steps",
                 str(args.steps),
                 *(["--fused"] if fused else []),
+                *(["--compile"] if compiled else []),
             ]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results[name] = json.loads(out.strip().splitlines()[-1])
@@ -226,6 +234,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps (one more runs first, untimed)")
     parser.add_argument("--child", choices=["stock", "ls", "maxsup"], help=argparse.SUPPRESS)
     parser.add_argument("--fused", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=list(MODELS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     args = parser.parse_args()
