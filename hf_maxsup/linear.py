@@ -117,7 +117,7 @@ def fused_linear_loss(
         num_items_in_batch (`int` or `torch.Tensor`, *optional*): when given, the loss is the sum over kept items
             divided by it (the `Trainer`'s gradient-accumulation contract).
         return_components (`bool`, *optional*, defaults to `False`): also return the logged terms (`"ce"`,
-            `"reg"` and, for LS, its decomposition), means over kept items, as in `hf_maxsup.losses`.
+            `"reg"`, for LS its decomposition, and `"misclassified"`), means over kept items, as in `hf_maxsup.losses`.
         chunk_size (`int`, *optional*): rows per chunk; by default [`default_chunk_size`].
         mass (`str`, *optional*, defaults to `"all"`): for `"ls"`, where the smoothing mass goes: `"all"` (torch,
             transformers) or `"others"` (fairseq, tensor2tensor); see `hf_maxsup.losses.smoothing_weight`.

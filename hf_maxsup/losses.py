@@ -103,7 +103,8 @@ def distillation_loss(
         distill_temperature (`float`, *optional*, defaults to 2.0): the temperature T, > 0.
         ignore_index, reduction, num_items_in_batch, inplace_backward: as for the other losses.
         return_components (`bool`, *optional*, defaults to `False`): also return the components of `loss` and
-            `"distill"`, the KL before its weight `distill_alpha * T**2`, means over kept items.
+            `"distill"`, the KL before its weight `distill_alpha * T**2`, means over kept items (`"misclassified"` as
+            for the other losses).
 
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.
@@ -150,7 +151,8 @@ _SHARED_ARGS_DOC = """
         return_components (`bool`, *optional*, defaults to `False`):
             Also return a dict of detached 0-dim float32 tensors, means over kept items: `"ce"`, `"reg"` (the
             regulariser before the `alpha` weight) and, for LS with class indices, its decomposition into
-            `"ls_regularization"` and `"ls_error_amplification"` (MaxSup paper, Corollary 3.4).
+            `"ls_regularization"` and `"ls_error_amplification"` (MaxSup paper, Corollary 3.4), and for class indices
+            `"misclassified"`: the fraction of kept items whose label is not the first index of the max.
 
     Returns:
         `torch.Tensor`: the loss (float32), or `(loss, components)` when `return_components=True`.

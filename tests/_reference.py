@@ -85,14 +85,28 @@ def loss_and_grad(kind, logits, target, alpha, reduction="mean", num_items=None,
 
 
 def components(kind, logits, target, alpha, ignore_index: int = IGN) -> dict[str, float]:
-    """Means over kept items of the logged terms: `ce`, `reg` and, for LS with labels, its two halves."""
+    """Means over kept items of the logged terms: `ce`, `reg`, for LS with labels its two halves, and with labels
+    the fraction misclassified."""
     with torch.no_grad():
         terms, keep = row_terms(kind, logits, target, alpha, ignore_index)
     n = max(int(keep.sum()), 1)
     names = ["ce"] + (["reg"] if kind != "ce" else [])
     if kind == "ls" and not target.is_floating_point():
         names += ["ls_regularization", "ls_error_amplification"]
-    return {name: float(terms[name].sum()) / n for name in names}
+    means = {name: float(terms[name].sum()) / n for name in names}
+    if not target.is_floating_point():
+        means["misclassified"] = float((misclassified(logits, target) & keep).sum()) / n
+    return means
+
+
+def misclassified(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row `(N,)`, whether the label is not the first index of the max (a tie with an earlier class counts),
+    found without `torch.max`."""
+    num_classes = logits.shape[-1]
+    z, y = logits.detach().double().reshape(-1, num_classes), target.reshape(-1)
+    cols = torch.arange(num_classes).expand_as(z)
+    first = torch.where(z == z.max(-1, keepdim=True).values, cols, num_classes).min(-1).values
+    return first != y
 
 
 def grad_terms_magnitude(kind, logits, target, alpha, scale, ignore_index: int = IGN) -> torch.Tensor:

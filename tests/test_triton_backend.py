@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from _reference import row_terms
+from _reference import misclassified, row_terms
 
 pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
@@ -35,10 +35,11 @@ def reference(z, kind, alpha, labels=None, soft=None, ignore_index=IGNORE):
     summed loss `grad` `(N, K)`, on the CPU."""
     z = z.detach().cpu().to(torch.float64).requires_grad_()
     target = labels.cpu() if labels is not None else soft.cpu()
-    terms, _ = row_terms(kind, z, target, alpha, ignore_index)
+    terms, keep = row_terms(kind, z, target, alpha, ignore_index)
     terms["loss"].sum().backward()
     out = {name: terms[name].detach() for name in ("loss", "ce", "reg")}
     out["lsr"], out["lsa"] = terms["ls_regularization"].detach(), terms["ls_error_amplification"].detach()
+    out["mis"] = (misclassified(z, labels.cpu()) & keep).double() if labels is not None else torch.zeros_like(z[:, 0])
     out["grad"] = z.grad
     return out
 
@@ -73,10 +74,11 @@ def assert_grad(grad, ref, dtype, scale=1.0):
 
 
 def assert_sums(sums, ref, dtype, split):
-    """The 5 returned sums against the reference's per-row terms."""
+    """The returned sums against the reference's per-row terms."""
     rtol = TOL[dtype][1]
-    assert sums.shape == (6,) and sums.dtype == torch.float64
+    assert sums.shape == (7,) and sums.dtype == torch.float64
     assert sums[5].item() == 0.0  # no teacher: no distillation term
+    assert sums[6].item() == ref["mis"].sum().item()  # rows whose label is not the first index of the max
     names = ("loss", "ce", "reg", "lsr", "lsa")
     for j, name in enumerate(names):
         want = ref[name].sum().item() if (j < 3 or split) else 0.0
@@ -210,7 +212,8 @@ def test_value_only_and_no_components():
     torch.testing.assert_close(value_only, with_grad, rtol=0, atol=0)
     no_split = _triton.forward(make_job("ls", 0.2, z, labels=y, grad=None, components=False))
     torch.testing.assert_close(no_split[:3], with_grad[:3], rtol=0, atol=0)
-    assert (no_split[3:] == 0).all() and (with_grad[3:5] != 0).all() and with_grad[5] == 0
+    assert (no_split[3:6] == 0).all() and (with_grad[3:5] != 0).all() and with_grad[5] == 0
+    assert no_split[6] == with_grad[6] > 0  # the misclassified rows are counted whatever is asked
 
 
 def test_all_ignored():
@@ -287,6 +290,9 @@ def test_specialisations_cover_the_launcher():
         }
         assert picked == blocks
     assert len({s.name for s in specs}) == len(specs)
+    # with a teacher the launcher gives ptxas a register budget on NVIDIA GPUs, and the AOT check compiles with it
+    rows = [s for s in specs if s.kernel == "_loss_row_kernel"]
+    assert all((s.maxnreg == _triton._DISTILL_MAX_REGISTERS) == s.constexprs["DISTILL"] for s in rows)
     assert {s.kernel for s in specs} == {"_loss_row_kernel", "_scale_kernel"}
 
 

@@ -193,7 +193,8 @@ def forward(job: LossJob) -> torch.Tensor:
         raise MemoryError("hf_maxsup kernel: could not allocate its per-thread row buffers")
     if rc != 0:
         raise RuntimeError(f"hf_maxsup kernel failed ({rc})")
-    return torch.tensor([*a.out[:5], 0.0], dtype=torch.float64)  # no distillation term: the dispatcher knows
+    # no distillation term (the dispatcher knows)
+    return torch.tensor([*a.out[:5], 0.0, a.out[5]], dtype=torch.float64)
 
 
 def scale_(grad: torch.Tensor, factor: torch.Tensor) -> None:

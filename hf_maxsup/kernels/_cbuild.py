@@ -32,7 +32,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "Build", "build_and_load"]
 
 # The version of the argument block `hfm_args` (HFM_ABI_VERSION in csrc/fused_loss.c).
-ABI_VERSION = 4
+ABI_VERSION = 5
 _SRC = Path(__file__).resolve().parent / "csrc" / "fused_loss.c"
 _BASE_FLAGS = [
     "-O3",

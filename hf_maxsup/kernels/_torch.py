@@ -51,7 +51,7 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
     # gaps z_y - z_k, could), and no float64 copy of the chunk is needed.
     z_k = z * (1.0 / job.num_classes)
     mean = z_k.sum(-1).to(acc)
-    stats = torch.zeros(z.shape[0], 6, dtype=acc, device=z.device)
+    stats = torch.zeros(z.shape[0], len(SUMS), dtype=acc, device=z.device)
     keep = bad = None
     if y is not None:
         keep = y != job.ignore_index
@@ -59,6 +59,7 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
         bad = keep & ((y < 0) | (y >= job.num_classes))
         safe_y = y.masked_fill(~keep | bad, 0).unsqueeze(-1)
         z_target = z.gather(-1, safe_y).squeeze(-1).to(acc)
+        stats[:, 6] = argmax.squeeze(-1) != safe_y.squeeze(-1)  # torch.max's index is the first one
         if job.want_split:
             gap = z_k.neg_().add_(z_target.to(z.dtype).unsqueeze(-1) * (1.0 / job.num_classes))  # (z_y - z_k) / K
             stats[:, 3] = gap.clamp_min(0).sum(-1)
@@ -66,6 +67,8 @@ def _chunk_terms(job: LossJob, z: torch.Tensor, y: torch.Tensor | None, t: torch
     else:
         z_target = (t * z).sum(-1).to(acc)  # sum_k t_k |z_k| <= max |z|: within range
     stats[:, 1] = lse.to(acc) - z_target
+    if y is not None:  # a NaN row's misclassified is NaN, as its other terms
+        stats[:, 6].masked_fill_(stats[:, 1].isnan(), float("nan"))
     if job.loss == "maxsup":
         stats[:, 2] = top.squeeze(-1).to(acc) - mean
     elif job.loss == "ls":

@@ -2,11 +2,12 @@
 
 Implements the contract of `hf_maxsup.kernels.job` (`LossJob`, `SUMS`, `Backend`). For every row the first sweep keeps
 an online max / sum-exp (the running sum is rescaled when the max grows), the sum of the logits, the first index of the
-max, and when needed the sum `t * z` (soft targets) or the two halves of the LS term. The second sweep, only when a
-gradient is wanted, reads the row again and writes the gradient in the logits' dtype (possibly over the logits: every
-block is read before the same program writes it). Per-row terms go to an `(N, 6)` float64 buffer (float32 on
-devices without float64) that is summed on the device, so the result does not depend on the order in which programs
-run and nothing is synchronised with the host.
+max, with class indices the max of the classes before the label (the label is the first index of the max, i.e. not
+`misclassified`, when that is below its logit and the row max is not above it), and when needed the sum `t * z` (soft
+targets) or the two halves of the LS term. The second sweep, only when a gradient is wanted, reads the row again and
+writes the gradient in the logits' dtype (possibly over the logits: every block is read before the same program writes
+it). Per-row terms go to an `(N, 7)` float64 buffer (float32 on devices without float64) that is summed on the device,
+so the result does not depend on the order in which programs run and nothing is synchronised with the host.
 
 Every compiled specialisation the launcher can ask for is listed by `specialisations()`, which `python -m
 hf_maxsup.kernels --aot sm_80,sm_90` compiles ahead of time to check registers and spills on machines without a GPU.
@@ -50,6 +51,9 @@ _ROW_CONFIGS = ((128, 1), (1024, 4), (4096, 8))
 # With a teacher a block holds twice the live values (student and teacher, plain and tempered): half the columns per
 # block keep the largest one within the registers (blocks of 4096 and 2048 columns spilled a few bytes).
 _DISTILL_ROW_CONFIGS = ((128, 1), (1024, 4))
+# The registers a thread may use with a teacher (NVIDIA GPUs): ptxas's own target for these variants (48) made it spill
+# a few bytes in some of them; given this budget they use up to 90 and none spills.
+_DISTILL_MAX_REGISTERS = 96
 # One program scales this many gradient elements in `scale_`.
 _SCALE_CONFIG = (4096, 8)
 
@@ -103,19 +107,33 @@ if triton is not None:
 
     @triton.jit
     def _block_sum(v, WIDE: tl.constexpr):
-        """The sum of a block, in float64 with `WIDE`: summed in float32 and summed again in float64 only when that
-        overflowed (logits near the float32 limit) or met a NaN, so that such rows stay exact at no cost otherwise."""
+        """The sum of a block, in float64 with `WIDE`: summed in float32, and summed again scaled by 2**-64 only when
+        that overflowed (logits near the float32 limit) or met a NaN, so that such rows stay exact at no cost
+        otherwise (a float64 copy of the block spilled registers)."""
         part = tl.sum(v, axis=0)
         if WIDE:
             part = part.to(tl.float64)
             if part - part != 0.0:
-                part = tl.sum(v.to(tl.float64), axis=0)
+                part = tl.sum(v * 5.421010862427522e-20, axis=0).to(tl.float64) * 1.8446744073709552e19
         return part
 
     @triton.jit
+    def _over_k(x, K):
+        """`x / K`; for float64 `x` times `1 / K` refined from float32 by two Newton steps (within an ulp), because
+        ptxas compiles a float64 division into a subroutine call, around which it spilled registers."""
+        if x.dtype == tl.float64:
+            k = K.to(tl.float64)
+            r = (1.0 / K.to(tl.float32)).to(tl.float64)
+            r = r * (2.0 - k * r)
+            r = r * (2.0 - k * r)
+            return x * r
+        return x / K
+
+    @triton.jit
     def _split_sums(x, zy, mask, WIDE: tl.constexpr):
-        """The block's two halves of the LS term, `sum max(z_y - z_k, 0)` and `sum min(z_y - z_k, 0)`; the
-        differences taken again in float64 (`WIDE`) when the float32 ones overflowed."""
+        """The block's two halves of the LS term, `sum max(z_y - z_k, 0)` and `sum min(z_y - z_k, 0)`; with `WIDE`
+        in float64, the differences taken again scaled by 2**-64 (as in `_block_sum`) when the float32 ones
+        overflowed."""
         d = zy - tl.where(mask, x, zy)  # masked tail: d = 0
         pos = tl.sum(tl.maximum(d, 0.0), axis=0)
         neg = tl.sum(tl.minimum(d, 0.0), axis=0)
@@ -123,27 +141,36 @@ if triton is not None:
             pos = pos.to(tl.float64)
             neg = neg.to(tl.float64)
             if (pos - pos) + (neg - neg) != 0.0:
-                d64 = zy.to(tl.float64) - tl.where(mask, x, zy).to(tl.float64)
-                pos = tl.sum(tl.maximum(d64, 0.0), axis=0)
-                neg = tl.sum(tl.minimum(d64, 0.0), axis=0)
+                d = zy * 5.421010862427522e-20 - tl.where(mask, x, zy) * 5.421010862427522e-20
+                pos = tl.sum(tl.maximum(d, 0.0), axis=0).to(tl.float64) * 1.8446744073709552e19
+                neg = tl.sum(tl.minimum(d, 0.0), axis=0).to(tl.float64) * 1.8446744073709552e19
         return pos, neg
 
     @triton.jit
     def _row_stats(
-        z_row, t_row, K, zy,
+        z_row, t_row, K, y, zy,
         KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr, WIDE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """Sweep 1 over one row: max, log-sum-exp, first argmax (MaxSup gradient), sum z, sum t*z (soft), LS halves;
-        the sums in float64 with `WIDE`."""
+        """Sweep 1 over one row: max, log-sum-exp, first argmax (MaxSup gradient), the max before the label (hard
+        labels), sum z, sum t*z (soft), LS halves; the sums in float64 with `WIDE`."""
         cols = tl.arange(0, BLOCK)
         m = tl.full([], float("-inf"), tl.float32)  # running max
         s = tl.zeros([], tl.float32)  # running sum of exp(z - m)
-        sum_z = _block_sum(tl.zeros([BLOCK], tl.float32), WIDE)  # zeros of the sums' type
+        if WIDE:  # the sums' type
+            sum_z = tl.zeros([], tl.float64)
+        else:
+            sum_z = tl.zeros([], tl.float32)
         sum_tz = sum_z
         pos = sum_z
         neg = sum_z
         arg = tl.zeros([], tl.int32)
+        m_before = tl.full([], float("-inf"), tl.float32)  # max over the classes before the label
+        if HARD:
+            # its part in the label's block read before the sweep (which reads it again from the cache): inside the
+            # sweep, the masked max added live values that made ptxas spill in some variants
+            k = y - y % BLOCK + cols
+            m_before = tl.max(tl.load(z_row + k, mask=k < y, other=float("-inf")).to(tl.float32), axis=0)
         for k0 in range(0, K, BLOCK):
             k = k0 + cols
             mask = k < K
@@ -160,6 +187,8 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
             m = m_new
+            if HARD:  # and in the blocks before the label's
+                m_before = tl.where(k0 + BLOCK <= y, tl.maximum(m_before, block_max), m_before)
             sum_z += _block_sum(xs, WIDE)
             if not HARD:
                 t = tl.load(t_row + k, mask=mask, other=0.0).to(tl.float32)
@@ -169,7 +198,7 @@ if triton is not None:
                 pos += block_pos
                 neg += block_neg
         lse = m + tl.log(s)
-        return m, lse, arg, sum_z, sum_tz, pos, neg
+        return m, lse, arg, m_before, sum_z, sum_tz, pos, neg
 
     @triton.jit
     def _row_grad(
@@ -238,14 +267,14 @@ if triton is not None:
 
     @triton.jit
     def _constant_row(g_row, stats_row, K, value, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-        """A row whose gradient (when it is written) and 6 terms are all `value`: 0 for an ignored label, NaN for a
+        """A row whose gradient (when it is written) and 7 terms are all `value`: 0 for an ignored label, NaN for a
         label outside [0, K) (never read: inside a compiled graph nothing checked the labels before)."""
         if WRITE_GRAD:
             cols = tl.arange(0, BLOCK)
             for k0 in range(0, K, BLOCK):
                 k = k0 + cols
                 tl.store(g_row + k, tl.full([BLOCK], value, tl.float32).to(g_row.dtype.element_ty), mask=k < K)
-        for j in tl.static_range(6):
+        for j in tl.static_range(7):  # len(SUMS)
             tl.store(stats_row + j, value)
 
     @triton.jit
@@ -256,9 +285,9 @@ if triton is not None:
         if KIND == 0:
             reg = 0.0
         elif KIND == 1:
-            reg = target_z - sum_z / K
+            reg = target_z - _over_k(sum_z, K)
         else:
-            reg = m.to(sum_z.dtype) - sum_z / K
+            reg = m.to(sum_z.dtype) - _over_k(sum_z, K)
         return ce, reg, ce + alpha * reg
 
     @triton.jit
@@ -268,16 +297,19 @@ if triton is not None:
         KIND: tl.constexpr, HARD: tl.constexpr, WRITE_GRAD: tl.constexpr, SPLIT: tl.constexpr,
         DISTILL: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        """One program per row `r = o * n_inner + i`: the row's 6 terms (`SUMS`) into `stats_ptr[r]` (float64 with
+        """One program per row `r = o * n_inner + i`: the row's 7 terms (`SUMS`) into `stats_ptr[r]` (float64 with
         `WIDE`, float32 on devices without float64) and, with `WRITE_GRAD`, its gradient into `g_ptr`."""
-        r = tl.program_id(0).to(tl.int64)  # int64 offsets: N * K may exceed 2**31
-        o = r // n_inner
+        # the row split in int32 (a grid's rows and n_inner fit: a 64-bit division is a subroutine call, around which
+        # ptxas spilled), the offsets in int64 (N * K may exceed 2**31)
+        o32 = tl.program_id(0) // n_inner.to(tl.int32)
+        r = tl.program_id(0).to(tl.int64)
+        o = o32.to(tl.int64)
         i = r - o * n_inner
         z_row = z_ptr + (o * s_outer + i * s_inner)
         g_row = g_ptr + (o * gs_outer + i * gs_inner)
         t_row = t_ptr + r * K
         u_row = u_ptr + r * K
-        stats_row = stats_ptr + r * 6
+        stats_row = stats_ptr + r * 7  # len(SUMS)
         y = 0
         zy = 0.0
         if HARD:
@@ -291,23 +323,29 @@ if triton is not None:
                 return
             y = label.to(tl.int32)
             zy = tl.load(z_row + y).to(tl.float32)
-        m, lse, arg, sum_z, sum_tz, pos, neg = _row_stats(
-            z_row, t_row, K, zy, KIND, HARD, WRITE_GRAD, SPLIT, WIDE, BLOCK
+        m, lse, arg, m_before, sum_z, sum_tz, pos, neg = _row_stats(
+            z_row, t_row, K, y, zy, KIND, HARD, WRITE_GRAD, SPLIT, WIDE, BLOCK
         )
         ce, reg, loss = _label_terms(m, lse, zy, sum_z, sum_tz, K, alpha, KIND, HARD)
+        # the terms stored before the teacher's sweep, so that none stays live across it: the labels' loss here, its
+        # distillation term added by `forward` (a value kept across the sweep spilled)
+        tl.store(stats_row + 0, loss)
+        tl.store(stats_row + 1, ce)
+        tl.store(stats_row + 2, reg)
+        tl.store(stats_row + 3, _over_k(pos, K))
+        tl.store(stats_row + 4, _over_k(neg, K))
+        if HARD:  # the label is not the first index of the max: a larger logit, or an equal one before it
+            missed = tl.where((m > zy) | (m_before >= zy), 1.0, 0.0)
+            tl.store(stats_row + 6, tl.where(ce == ce, missed, float("nan")))  # NaN for a NaN row, as its terms
+        else:
+            tl.store(stats_row + 6, 0.0)
         inv_t = 1.0 / temperature
         kl = 0.0
         lse_s = 0.0
         lse_t = 0.0
         if DISTILL:
             kl, lse_s, lse_t = _distill_stats(z_row, u_row, K, inv_t, BLOCK)
-            loss += beta * temperature * temperature * kl.to(loss.dtype)
-        tl.store(stats_row + 0, loss)
         tl.store(stats_row + 5, kl)
-        tl.store(stats_row + 1, ce)
-        tl.store(stats_row + 2, reg)
-        tl.store(stats_row + 3, pos / K)
-        tl.store(stats_row + 4, neg / K)
         if WRITE_GRAD:
             scale = tl.load(scale_ptr)  # a device scalar: no host synchronisation to learn it
             _row_grad(z_row, g_row, t_row, u_row, y, K, lse, arg, alpha, scale, beta * temperature, inv_t, lse_s, lse_t,
@@ -334,6 +372,7 @@ class Specialisation:
         signature (`dict[str, str]`): Triton type of every argument (`"*bf16"`, `"i64"`, `"constexpr"`, ...).
         constexprs (`dict[str, object]`): values of the constexpr arguments.
         num_warps (`int`): warps per program.
+        maxnreg (`int` or `None`): the registers a thread may use (`None`: ptxas decides).
     """
 
     name: str
@@ -341,6 +380,7 @@ class Specialisation:
     signature: dict[str, str] = field(hash=False)
     constexprs: dict[str, object] = field(hash=False)
     num_warps: int
+    maxnreg: int | None = None
 
     def compile(self, capability: int):
         """Compiles this variant for NVIDIA GPUs of compute capability `capability` (80, 90, ...), which needs no GPU.
@@ -353,7 +393,8 @@ class Specialisation:
         from triton.compiler import ASTSource
 
         src = ASTSource(fn=globals()[self.kernel], signature=self.signature, constexprs=self.constexprs)
-        return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": self.num_warps})
+        options = {"num_warps": self.num_warps, **({"maxnreg": self.maxnreg} if self.maxnreg else {})}
+        return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
 
 
 def _row_specialisation(
@@ -379,7 +420,8 @@ def _row_specialisation(
         f"loss_row[{loss},{zt},{target}{teacher},{'grad' if write_grad else 'value'}{',split' if split else ''},"
         f"B{block}]"
     )
-    return Specialisation(name, "_loss_row_kernel", signature, constexprs, num_warps)
+    maxnreg = _DISTILL_MAX_REGISTERS if teacher_dtype is not None else None
+    return Specialisation(name, "_loss_row_kernel", signature, constexprs, num_warps, maxnreg)
 
 
 def specialisations() -> list[Specialisation]:
@@ -411,7 +453,7 @@ def forward(job: LossJob) -> torch.Tensor:
         job (`LossJob`): the validated work (see `hf_maxsup.kernels.job`).
 
     Returns:
-        `torch.Tensor`: `(6,)` on the logits' device, float64 (float32 where the device has none): the sums over kept
+        `torch.Tensor`: `(7,)` on the logits' device, float64 (float32 where the device has none): the sums over kept
         rows of `SUMS` (the LS halves 0 unless `job.want_split`, `distill` 0 without a teacher).
     """
     logits = job.logits
@@ -419,7 +461,7 @@ def forward(job: LossJob) -> torch.Tensor:
     n_outer, n_inner, s_outer, s_inner = job.layout
     num_rows, num_classes = job.num_rows, job.num_classes
     sum_dtype = sums_dtype(device)
-    stats = torch.empty((num_rows, len(SUMS)), dtype=sum_dtype, device=device)
+    stats = torch.empty((num_rows, len(SUMS)), dtype=sum_dtype, device=device)  # 7 columns, as the kernel writes
     if num_rows > 0:
         hard = job.labels is not None
         # Arguments a variant does not read still get a tensor of the dtype `specialisations()` lists for them.
@@ -428,6 +470,9 @@ def forward(job: LossJob) -> torch.Tensor:
         grad = job.grad if job.grad is not None else logits
         gs_outer, gs_inner = job.grad_strides if job.grad is not None else (0, 0)
         block, num_warps = _row_config(num_classes, distill=job.teacher is not None)
+        # the register budget is an option of NVIDIA's compiler only (ROCm reports "cuda" too)
+        nvidia = device.type == "cuda" and torch.version.hip is None
+        budget = {"maxnreg": _DISTILL_MAX_REGISTERS} if job.teacher is not None and nvidia else {}
         teacher = job.teacher if job.teacher is not None else logits
         _loss_row_kernel[(num_rows,)](
             logits, grad, labels, soft, teacher, stats, job.grad_scale,
@@ -435,7 +480,10 @@ def forward(job: LossJob) -> torch.Tensor:
             float(job.distill_alpha), float(job.temperature),
             KIND=LOSS_CODES[job.loss], HARD=hard, WRITE_GRAD=job.grad is not None, SPLIT=job.want_split,
             DISTILL=job.teacher is not None, WIDE=sum_dtype == torch.float64, BLOCK=block, num_warps=num_warps,
+            **budget,
         )  # fmt: skip
+    if job.teacher is not None:  # the kernel's column 0 is the labels' loss
+        stats[:, 0].add_(stats[:, 5], alpha=job.distill_alpha * job.temperature**2)
     if job.row_loss is not None:
         job.row_loss.copy_(stats[:, 0])
     return stats.sum(0)

@@ -18,6 +18,11 @@ Per kept row `z` (K logits), with `t` the one-hot label (or the soft target row)
            with c0 = a / K, c1 = 1 - a (ls) / 1 (ce, maxsup); c0 = 0 for ce
     ls_regularization     = sum_k max(z_y - z_k, 0) / K     (ls with hard labels, want_components only)
     ls_error_amplification = sum_k min(z_y - z_k, 0) / K
+    misclassified = 1 if the label y is not the first index of the max of z, else 0  (hard labels; 0 for soft)
+
+`misclassified` counts a row whose label ties with the max at a later index than another class as misclassified:
+the same first-index rule as MaxSup's argmax and `torch.max`. It comes from the sweep's own max and label logit; the
+first index of the max is looked for only when the label's logit is the max.
 
 With teacher logits `u` (distillation; temperature `T`, weight `b`), with `q = softmax(u / T)` and
 `s = softmax(z / T)`, the row also gets
@@ -43,7 +48,7 @@ LOSS_NAMES = ("ce", "ls", "maxsup")
 # The integer code of each loss in the kernels: `K_CE`, `K_LS`, `K_MAXSUP` in csrc/fused_loss.c, Triton's `KIND`.
 LOSS_CODES = {loss: code for code, loss in enumerate(LOSS_NAMES)}
 # The order of the sums every backend returns.
-SUMS = ("loss", "ce", "reg", "ls_regularization", "ls_error_amplification", "distill")
+SUMS = ("loss", "ce", "reg", "ls_regularization", "ls_error_amplification", "distill", "misclassified")
 
 
 @dataclass(kw_only=True)

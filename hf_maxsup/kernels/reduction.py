@@ -57,7 +57,8 @@ def grad_scales(dtype: torch.dtype, alpha: float, divisor: torch.Tensor | None, 
 
 
 def component_means(loss: str, totals: torch.Tensor, *, hard: bool, distill: bool = False) -> dict[str, torch.Tensor]:
-    """Means over kept rows of the logged terms (the LS halves for LS with class indices, `distill` with a teacher),
+    """Means over kept rows of the logged terms (the LS halves for LS with class indices, `distill` with a teacher,
+    `misclassified` with class indices: the fraction of kept rows whose label is not the first index of the max),
     detached float32 0-dim tensors on the sums' device.
 
     Args:
@@ -73,4 +74,6 @@ def component_means(loss: str, totals: torch.Tensor, *, hard: bool, distill: boo
         names += ["ls_regularization", "ls_error_amplification"]
     if distill:
         names.append("distill")
+    if hard:
+        names.append("misclassified")
     return {name: means[SUMS.index(name)] for name in names}

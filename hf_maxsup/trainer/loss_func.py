@@ -28,8 +28,9 @@ __all__ = ["LossComponents", "MaxSupLossFunc"]
 
 
 class LossComponents:
-    """The loss components (`ce`, `reg`, `alpha`, LS's decomposition, `distill`) of each call, summed separately for
-    training (under autograd) and evaluation (under `no_grad`, as the Trainer evaluates) until they are logged.
+    """The loss components (`ce`, `reg`, `alpha`, LS's decomposition, `distill`, `misclassified`) of each call, summed
+    separately for training (under autograd) and evaluation (under `no_grad`, as the Trainer evaluates) until they
+    are logged.
     """
 
     def __init__(self):
@@ -81,7 +82,8 @@ class MaxSupLossFunc(TrainerCallback):
 
     It is also a `TrainerCallback`: registered in `callbacks`, it follows the training progress so that alpha follows
     its schedule (a pure function of `global_step / max_steps`, hence reproduced on resume). It accumulates the loss
-    components (`ce`, `reg`, `alpha` and the LS decomposition) for logging, averaged over each logging window (a mean
+    components (`ce`, `reg`, `alpha`, the LS decomposition and `misclassified`, the fraction of kept rows whose label is
+    not the top-1 logit) for logging, averaged over each logging window (a mean
     of per-micro-batch means: a diagnostic, not re-weighted by item counts). [`MaxSupTrainer`] logs them averaged
     over processes, everywhere the Trainer logs; under another Trainer this callback adds the main process's to the
     log history and to what the callbacks registered after it see (the Trainer's own printer and `report_to`

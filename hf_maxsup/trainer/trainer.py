@@ -232,7 +232,8 @@ class MaxSupTrainer(_MaxSupMixin, Trainer):
     [`MaxSupTrainingArguments`]. It works with classification heads, encoder-decoders, causal LMs (labels shifted)
     and PEFT-wrapped models, honours `num_items_in_batch` (exact gradient accumulation) and
     `average_tokens_across_devices`, and logs `ce`, `reg`, `alpha` (and for LS `ls_regularization`,
-    `ls_error_amplification`) averaged over each logging window.
+    `ls_error_amplification`) and `misclassified` (the fraction of kept rows whose label is not the top-1 logit)
+    averaged over each logging window.
 
     With `fused_linear_loss=True` (the model families of [`hf_maxsup.heads.HEADS`]) the training and evaluation loss
     come from the output head's input and weight by [`~hf_maxsup.linear.fused_linear_loss`]: the `(tokens, V)`

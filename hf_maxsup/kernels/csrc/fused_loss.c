@@ -35,9 +35,10 @@
 #include <unistd.h>
 #endif
 
-#define HFM_ABI_VERSION 4
+#define HFM_ABI_VERSION 5 /* 5: out[5] is the misclassified count */
 #define VL 16
 #define HFM_BS 2048 /* block length (elements); multiple of VL; 8 KiB of fp32 in L1 */
+#define HFM_NSUMS 6 /* the sums a run returns in out[] */
 
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
@@ -64,7 +65,7 @@ typedef struct {
     int64_t gs_outer, gs_inner;                   /* gradient layout, in elements */
     int64_t K;
     int64_t ignore_index;
-    double out[8]; /* out: [0] sum loss, [1] sum ce, [2] sum reg, [3] sum ls_reg, [4] sum ls_amp */
+    double out[8]; /* out: [0] sum loss, [1] sum ce, [2] sum reg, [3] sum ls_reg, [4] sum ls_amp, [5] misclassified */
     float alpha;
     float gscale;       /* the gradient is written times this factor */
     int32_t dtype;      /* logits and gradient dtype */
@@ -241,7 +242,7 @@ typedef struct {
     float gscale;
     int stream;   /* write the gradient with non-temporal stores */
     int failed;   /* atomic; informational (other threads take over the rows) */
-    double *sums; /* n_chunks x 5 */
+    double *sums; /* n_chunks x HFM_NSUMS */
 } hfm_job;
 
 /* first k in [k0, k1) with z[k] == M (M is attained there) */
@@ -463,6 +464,18 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
         sums[3] += st.spos / (double)K;
         sums[4] += st.sneg / (double)K;
     }
+    /* misclassified: the label is not the first index of the max (a tie to an earlier index counts); the first
+     * index is looked for only when the label's logit is the max, in the one block where the max was reached */
+    int64_t amax = -1;
+    if (hard) {
+        double miss = NAN;
+        if (!bad && zy < M) miss = 1;
+        else if (!bad) {
+            amax = row_argmax(z, bm, K, M, DT);
+            miss = amax != y;
+        }
+        sums[5] += miss;
+    }
     if (!g) return;
     if (bad) {
         fill_nan(g, K, DT);
@@ -470,7 +483,7 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
     }
     const float c0 = kind == K_CE ? 0.f : a->alpha * (1.0f / (float)K);
     const float c1 = kind == K_LS ? 1.f - a->alpha : 1.f;
-    const int64_t amax = kind == K_MAXSUP ? row_argmax(z, bm, K, M, DT) : 0;
+    if (kind == K_MAXSUP && amax < 0) amax = row_argmax(z, bm, K, M, DT);
     const double invS = 1.0 / st.S;
     write_grad(g, t, scratch, bm, K, M, invS, scale, c0, c1, stream, DT, SD);
     fix_special_entries(a, g, t, scratch, bm, y, amax, M, invS, scale, c0, c1, DT, SD);
@@ -494,7 +507,7 @@ ALWAYS_INLINE void run_rows(hfm_job *job, const int DT, const int SD) {
         if (c >= job->n_chunks) break;
         const int64_t r0 = c * job->chunk_rows;
         const int64_t r1 = r0 + job->chunk_rows < job->N ? r0 + job->chunk_rows : job->N;
-        double *sums = job->sums + 5 * c;
+        double *sums = job->sums + HFM_NSUMS * c;
         for (int64_t r = r0; r < r1; r++) {
             const int64_t o = r / a->n_inner, i = r % a->n_inner;
             const char *z = (const char *)a->logits + (size_t)(o * a->ls_outer + i * a->ls_inner) * esz;
@@ -588,7 +601,7 @@ int hfm_run(hfm_args *a) {
     job.gscale = a->gscale;
     job.stream = use_streaming_stores(a, N);
     job.failed = 0;
-    job.sums = (double *)calloc((size_t)job.n_chunks * 5, sizeof(double));
+    job.sums = (double *)calloc((size_t)job.n_chunks * HFM_NSUMS, sizeof(double));
     if (!job.sums) return 3;
     pthread_t th[64];
     int started[64] = {0};
@@ -601,7 +614,7 @@ int hfm_run(hfm_args *a) {
         return 3;
     }
     for (int64_t c = 0; c < job.n_chunks; c++)
-        for (int q = 0; q < 5; q++) a->out[q] += job.sums[5 * c + q];
+        for (int q = 0; q < HFM_NSUMS; q++) a->out[q] += job.sums[HFM_NSUMS * c + q];
     free(job.sums);
     return 0;
 }
