@@ -281,9 +281,7 @@ def test_specialisations_cover_the_launcher():
     specs = _triton.specialisations()
     for distill in (False, True):
         blocks = {
-            s.constexprs["BLOCK"]
-            for s in specs
-            if s.kernel == "_loss_row_kernel" and s.constexprs["DISTILL"] == distill
+            s.constexprs["BLOCK"] for s in specs if s.kernel == "loss_row_kernel" and s.constexprs["DISTILL"] == distill
         }
         picked = {
             _triton._row_config(k, distill)[0] for k in (1, 2, 100, 128, 129, 1000, 1024, 1025, 4096, 5003, 262144)
@@ -291,9 +289,9 @@ def test_specialisations_cover_the_launcher():
         assert picked == blocks
     assert len({s.name for s in specs}) == len(specs)
     # with a teacher the launcher gives ptxas a register budget on NVIDIA GPUs, and the AOT check compiles with it
-    rows = [s for s in specs if s.kernel == "_loss_row_kernel"]
+    rows = [s for s in specs if s.kernel == "loss_row_kernel"]
     assert all((s.maxnreg == _triton._DISTILL_MAX_REGISTERS) == s.constexprs["DISTILL"] for s in rows)
-    assert {s.kernel for s in specs} == {"_loss_row_kernel", "_scale_kernel"}
+    assert {s.kernel for s in specs} == {"loss_row_kernel", "scale_kernel"}
 
 
 def _run_aot(*args: str) -> tuple[list[str], float]:
