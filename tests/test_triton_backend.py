@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from _device import DEVICE  # HF_MAXSUP_TEST_DEVICE=cuda: the GPU
 from _reference import row_terms
 
 pytest.importorskip("triton")
@@ -22,7 +23,6 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
 
 from hf_maxsup.kernels import LossJob, _triton  # noqa: E402
 
-DEVICE = torch.device("cpu") if os.environ.get("TRITON_INTERPRET") == "1" else torch.device("cuda")
 IGNORE = -100
 # (relative tolerance of the gradient, of the sums): the sums are float32 from exact inputs whatever the dtype; the
 # gradient is rounded to the logits' dtype
