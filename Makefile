@@ -1,6 +1,9 @@
 # The README's two commands, on a fresh machine with Python >= 3.10:
 #   make demo   installs what is needed and trains the README's main model (MaxSup on the embedded Fashion-MNIST)
 #   make test   installs what is needed and runs the test suite (what CI runs: .ci/run calls it)
+#   make test-floors   the dependencies at pyproject.toml's lower bounds, in .venv-floors, and the fast tests of the
+#               engine, the losses, the trainer and the Hub against them (CI runs it after make test)
+#   make gpu-wheels    downloads into .whl/ the wheels benchmarks/gpu_day_one.py needs on the GPU machine (docs/gpu.md)
 # Each installs into the active virtual environment ($VIRTUAL_ENV), or creates .venv and installs there when none is
 # active. `make -n demo` prints the steps without running them.
 
@@ -14,7 +17,7 @@ endif
 # The one DeepSpeed op every run on CPU compiles on first use, kept between runs.
 TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 
-.PHONY: demo test lint install install-deepspeed
+.PHONY: demo test lint install install-deepspeed test-floors gpu-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +48,26 @@ lint: install
 
 test: lint install-deepspeed
 	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) -m pytest -q
+
+# Each dependency at exactly its lower bound (.ci/floors.py reads them from pyproject.toml), in its own venv: a bound
+# is written there only once this passes with it. torch stays the local CPU wheel 2.13 (PyPI's torch 2.11 for Linux
+# pulls several GB of CUDA packages): its floor, 2.11, is the GPU machine's, run by benchmarks/gpu_day_one.py there.
+# numpy < 2.4: triton 3.6's interpreter (tests only) converts 1-element arrays with int(), an error from numpy 2.4.
+# The AOT check is left out: its spill budget holds for the triton of `make test` (triton 3.6 spills 4 bytes in one
+# distillation variant on sm_90).
+FLOORS_VENV ?= .venv-floors
+FLOOR_TESTS ?= tests/test_engine.py tests/test_losses.py tests/test_triton_backend.py tests/test_triton_losses.py \
+	tests/test_distill_loss.py tests/test_trainer.py tests/test_hub.py
+
+$(FLOORS_VENV)/bin/python:
+	$(PYTHON) -m venv $(FLOORS_VENV)
+
+test-floors: $(FLOORS_VENV)/bin/python
+	$(FLOORS_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(PYTHON) .ci/floors.py test gpu > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --quiet -c $(FLOORS_VENV)/floors.txt -e ".[test,gpu]" "numpy<2.4"
+	DS_ACCELERATOR=cpu $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" -k "not aot" \
+	    $(FLOOR_TESTS)
+
+gpu-wheels:
+	PYTHON=$(PYTHON) bash benchmarks/prepare_gpu_wheels.sh

@@ -28,6 +28,12 @@ __all__ = ["MaxSupSeq2SeqTrainer", "MaxSupTrainer"]
 logger = logging.getLogger(__name__)
 
 
+def _private(private: bool | None) -> dict:
+    """`private` as a keyword for the Trainer's Hub methods when it is given: transformers < 5.23 has no such
+    parameter (there `args.hub_private_repo` decides)."""
+    return {} if private is None else {"private": private}
+
+
 def _check_student(model) -> None:
     """Refuses the models MaxSup and LS do not apply to: regression, multi-label, fewer than two classes."""
     config = getattr(model, "config", None)
@@ -184,7 +190,7 @@ class _MaxSupMixin:
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         try:
-            super().init_hf_repo(token=token, private=private)
+            super().init_hf_repo(token=token, **_private(private))
         except HUB_ERRORS as err:
             # Trainer.__init__ calls this: train and save locally anyway; push_to_hub tries again and raises.
             logger.warning(failure_message(err, self, token, saved=False))
@@ -216,9 +222,9 @@ class _MaxSupMixin:
             if self.hub_model_id is None:
                 # Trainer.push_to_hub would create the repository before saving: do it first, so that a failure
                 # can be caught below and the model saved all the same.
-                super().init_hf_repo(token=token if token is not None else self.args.hub_token, private=private)
+                super().init_hf_repo(token=token if token is not None else self.args.hub_token, **_private(private))
             with uploads_without_pickles():
-                return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+                return super().push_to_hub(commit_message, blocking, token, revision, **_private(private), **kwargs)
         except HUB_ERRORS as err:
             if self.hub_model_id is None:  # failed before Trainer.push_to_hub saved the model
                 self.save_model(_internal_call=True)
