@@ -13,35 +13,18 @@
 command line's flags (built from the options) and its device check do not import torch.
 """
 
-import importlib
+from ..lazy import lazy_exports
 
-# public name -> the module of this package that defines it
+# each module of this package -> the public names it defines
 _EXPORTS = {
-    "analyze_checkpoints": "classification",
-    "analyze_paths": "classification",
-    "analyze_run": "classification",
-    "resolve_device": "device",
-    "evaluate_distillation": "distillation",
-    "write_distillation_report": "distillation",
-    "DataOptions": "options",
-    "SourceOptions": "options",
-    "TranslationDataOptions": "options",
-    "Run": "runs",
-    "RunResult": "runs",
-    "analyze_translation_checkpoints": "translation",
-    "analyze_translation_run": "translation",
+    "classification": ("analyze_checkpoints", "analyze_paths", "analyze_run"),
+    "device": ("resolve_device",),
+    "distillation": ("evaluate_distillation", "write_distillation_report"),
+    "options": ("DataOptions", "SourceOptions", "TranslationDataOptions"),
+    "runs": ("Run", "RunResult"),
+    "translation": ("analyze_translation_checkpoints", "analyze_translation_run"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,30 +8,15 @@ The names below are imported on first use, so that planning and training members
 torch) does not import the reports.
 """
 
-import importlib
+from ..lazy import lazy_exports
 
-# public name -> the module of this package that defines it
+# each module of this package -> the public names it defines
 _EXPORTS = {
-    "check_reportable": "compare",
-    "run_compare": "compare",
-    "run_study": "distill",
-    "Member": "members",
-    "default_recipe": "members",
-    "is_finished": "members",
-    "plan_members": "members",
-    "train_members": "members",
+    "compare": ("check_reportable", "run_compare"),
+    "distill": ("run_study",),
+    "members": ("Member", "default_recipe", "is_finished", "plan_members", "train_members"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
