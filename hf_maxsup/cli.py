@@ -150,6 +150,7 @@ def _add_analyze_parser(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `hf-maxsup` and its three commands; arguments it does not know are the recipe's."""
     parser = argparse.ArgumentParser(
         prog="hf-maxsup",
         description="Compare CE, label smoothing and MaxSup on your model and data.",
