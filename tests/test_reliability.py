@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from tiny_run import collate, tiny_bert, tiny_dataset
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments, cli
-from hf_maxsup.compare import Member, train_members
 from hf_maxsup.hub import HubPushError
 from hf_maxsup.runner import last_complete_checkpoint
+from hf_maxsup.studies.members import Member, train_members
 
 IMAGE = "image_classification"
 

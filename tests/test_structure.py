@@ -94,7 +94,7 @@ def test_the_losses_do_not_import_transformers():
 
 def test_compare_reads_output_dirs_without_torch():
     """`compare` judges its members' folders (complete checkpoints, earlier runs) with runner.output_dir alone."""
-    imports = "import sys, hf_maxsup.compare, hf_maxsup.runner.output_dir"
+    imports = "import sys, hf_maxsup.studies.members, hf_maxsup.runner.output_dir"
     code = f"{imports}; print(sorted({{'torch', 'transformers'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
@@ -103,7 +103,7 @@ def test_compare_reads_output_dirs_without_torch():
 def test_the_recipes_ship_with_the_package():
     from setuptools import find_namespace_packages
 
-    from hf_maxsup.compare import default_recipe
+    from hf_maxsup.studies.members import default_recipe
 
     assert Path(default_recipe()) == ROOT / "recipes" / "image_classification.py"
     assert (PACKAGE / "scripts").resolve() == ROOT / "recipes"

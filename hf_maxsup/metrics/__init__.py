@@ -30,6 +30,7 @@ def path(name: str) -> str:
 
 
 def _load(name: str):
+    # Imported when a module is loaded: `path()` (all a user of `evaluate.load` needs) stays free of its imports.
     import evaluate
 
     # In memory: no cache files to lock or clean up when every process of a distributed run evaluates.
