@@ -5,7 +5,7 @@ import base64
 import json
 
 import httpx2
-from tiny_run import collate, tiny_bert, tiny_dataset
+from _tiny import collate, tiny_bert, tiny_dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 

@@ -19,7 +19,7 @@ from hf_maxsup.report.runs import MEMBER_FILE
 from hf_maxsup.studies.compare import check_reportable
 from hf_maxsup.studies.members import Member, check_same_settings, is_finished
 
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "image_classification.py")
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "image_classification.py")
 # A few optimizer steps on a few images: the point is the plumbing, not the numbers.
 RECIPE_ARGS = tiny_training_args(32, 32)
 REPORT_ARGS = ["--max_analysis_samples", "64", "--probe_samples", "100"]

@@ -216,7 +216,7 @@ def test_a_run_result_is_what_results_json_lists(tmp_path):
     assert saved == [json_safe(result.to_json()) for result in results]
     assert RunResult(**saved[0]).to_json() == saved[0]  # and back: the figures' arrays are not in it
     # The same entries as the committed reports'.
-    committed = json.loads((Path(__file__).parent.parent / "docs/compare_fmnist/results.json").read_text())
+    committed = json.loads((Path(__file__).parents[2] / "docs/compare_fmnist/results.json").read_text())
     assert (
         list(saved[0])
         == list(committed["runs"][0])
