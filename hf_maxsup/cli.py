@@ -4,12 +4,13 @@
     hf-maxsup analyze runs/ce runs/ls runs/maxsup --output_dir report/
     hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --output_dir distill/ [recipe args]
 
-`compare` runs the recipe (default: `recipes/image_classification.py` of this checkout) once per loss and seed, every
-argument it does not know itself going to the recipe, then writes the report of [`hf_maxsup.report`] (classifiers, or
-translation models: [`hf_maxsup.report.translation`]). Rerunning an interrupted comparison skips the finished members
-and resumes the interrupted one from its last checkpoint. `analyze` writes the same report for checkpoints that exist
-already (local folders or Hub ids). `distill` trains one student per teacher and seed and reports which teachers
-distil well ([`hf_maxsup.distill_study`]). The report's data flags are built from the fields of
+This module parses; each command is one call ([`ENTRY_POINTS`]). `compare` runs the recipe (default:
+`recipes/image_classification.py` of this checkout) once per loss and seed, every argument it does not know itself
+going to the recipe, then writes the report of its task ([`hf_maxsup.studies.compare`]). Rerunning an interrupted
+comparison skips the finished members and resumes the interrupted one from its last checkpoint. `analyze` writes the
+report of classifiers for checkpoints that exist already, local folders or Hub ids
+([`hf_maxsup.report.classification`]). `distill` trains one student per teacher and seed and reports which teachers
+distil well ([`hf_maxsup.studies.distill`]). The report's data flags are built from the fields of
 [`~hf_maxsup.report.DataOptions`] and [`~hf_maxsup.report.TranslationDataOptions`].
 """
 
@@ -18,21 +19,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
+import importlib
 import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["compare_from_recipe", "main", "run_recipe"]
+from .report.device import resolve_device
+from .report.options import DataOptions, TranslationDataOptions, option_flags
+
+__all__ = ["ENTRY_POINTS", "build_parser", "compare_from_recipe", "main", "run_recipe"]
+
+# What each command calls, as "module:function", imported once its command line is parsed, as console-script entry
+# points are: the studies and reports import torch and transformers (seconds), which `hf-maxsup --help`, a mistyped
+# flag or a device this machine lacks must not wait for.
+ENTRY_POINTS = {
+    "analyze": "hf_maxsup.report.classification:analyze_paths",
+    "compare": "hf_maxsup.studies.compare:run_compare",
+    "distill": "hf_maxsup.studies.distill:run_study",
+}
 
 log = functools.partial(print, flush=True)
 
 
+def entry_point(command: str) -> Callable:
+    """The function [`ENTRY_POINTS`] names for `command`, imported now."""
+    module, _, name = ENTRY_POINTS[command].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _add_flags(parser, options: type, *, recipe: bool) -> None:
     """Declares the flags of an options dataclass of the report: the recipe's data flags or the report's own."""
-    from .report.options import option_flags
-
     for flags, kwargs in option_flags(options, recipe=recipe):
         parser.add_argument(*flags, **kwargs)
 
@@ -53,8 +70,6 @@ def _options(options: type, *given: dict):
 
 
 def _add_report_options(parser: argparse.ArgumentParser) -> None:
-    from .report import DataOptions
-
     group = parser.add_argument_group("report")
     group.add_argument("--output_dir", required=True, help="Folder of the report (report.md, results.json, PNGs).")
     group.add_argument(
@@ -110,8 +125,6 @@ def _add_compare_parser(commands) -> None:
 
 
 def _add_analyze_parser(commands) -> None:
-    from .report import DataOptions
-
     analyze = commands.add_parser(
         "analyze",
         allow_abbrev=False,
@@ -137,6 +150,7 @@ def _add_analyze_parser(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `hf-maxsup` and its three commands; arguments it does not know are the recipe's."""
     parser = argparse.ArgumentParser(
         prog="hf-maxsup",
         description="Compare CE, label smoothing and MaxSup on your model and data.",
@@ -158,7 +172,7 @@ def _add_distill_parser(commands) -> None:
         description="Train the same student from each teacher (e.g. the members of hf-maxsup compare) and seed "
         "through a recipe, with --teacher_model_name_or_path, and on the labels alone; then report the students' "
         "accuracy, NLL and ECE per teacher beside the teachers' own accuracy and the entropy of their non-target "
-        "distribution (hf_maxsup.distill_study). Every argument not listed here is passed to the recipe (the "
+        "distribution (hf_maxsup.studies.distill). Every argument not listed here is passed to the recipe (the "
         "student: e.g. --model_architecture resnet-small --num_train_epochs 8). Rerun the same command to resume.",
         epilog="example:\n  hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --seeds 0 1 2 "
         "--output_dir distill/ --model_architecture resnet-small",
@@ -183,14 +197,11 @@ def _add_distill_parser(commands) -> None:
     _add_report_options(distill)
 
 
-def run_distill(args, passthrough, argv) -> dict:
-    from .distill_study import run_study
-    from .report import DataOptions
-
+def _distill(args, passthrough: Sequence[str], argv: Sequence[str]) -> dict:
     # The teachers' non-target entropy at T is measured on the training examples the students see.
     limit = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     limit.add_argument("--max_train_samples", type=int, default=None)
-    content = run_study(
+    content = entry_point("distill")(
         args.teachers,
         args.output_dir,
         seeds=args.seeds,
@@ -213,60 +224,14 @@ def run_distill(args, passthrough, argv) -> dict:
     return content
 
 
-def _card_loss_and_seed(path: str) -> tuple[str | None, int | None]:
-    """The loss named in a local checkpoint's model card and the seed compare recorded, when there are any."""
-    from .compare import MEMBER_FILE
-
-    loss = seed = None
-    for folder in (path, os.path.dirname(os.path.normpath(path))):
-        member = os.path.join(folder, MEMBER_FILE)
-        if os.path.isfile(member):
-            with open(member, encoding="utf-8") as f:
-                recorded = json.load(f)
-            loss, seed = recorded.get("loss"), recorded.get("seed")
-            break
-    if loss is None:
-        from .hub import read_card_metadata
-
-        try:
-            loss = (read_card_metadata(path) or {}).get("loss")
-        except ValueError:  # a card we did not write: use the folder name
-            loss = None
-    return loss, seed
-
-
-def _check_checkpoint_path(path: str) -> None:
-    """Refuse, before loading anything, a local path that is missing or holds no saved model."""
-    if os.path.isdir(path):
-        if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "adapter_config.json")):
-            inside = sorted(name for name in os.listdir(path) if name.startswith("checkpoint-"))
-            hint = f" It holds {', '.join(inside[-3:])}: give one of those." if inside else ""
-            raise ValueError(
-                f"{path} is not a checkpoint: it has no config.json.{hint} Give a run's output folder "
-                "(after training finished), a checkpoint-* folder, or a Hub id."
-            )
-    elif os.path.exists(path):
-        raise ValueError(f"{path} is a file, not a checkpoint: give the folder holding config.json and the weights.")
-    elif os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
-        raise ValueError(f"{path}: no such folder (and it is not a Hub id of the form org/model). Check the path.")
-
-
-def run_analyze(args, argv) -> dict:
-    from .report import DataOptions, Run, analyze_checkpoints
-
+def _analyze(args, argv: Sequence[str]) -> dict:
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise SystemExit(f"--labels names {len(args.labels)} groups for {len(args.checkpoints)} checkpoints.")
-    for path in args.checkpoints:
-        _check_checkpoint_path(path)
-    runs = []
-    for i, path in enumerate(args.checkpoints):
-        loss, seed = _card_loss_and_seed(path) if os.path.isdir(path) else (None, None)
-        label = args.labels[i] if args.labels else loss or os.path.basename(os.path.normpath(path))
-        runs.append(Run(path=path, label=label, seed=seed))
-    return analyze_checkpoints(
-        runs,
+    return entry_point("analyze")(
+        args.checkpoints,
         args.output_dir,
         _options(DataOptions, vars(args)),
+        labels=args.labels,
         device=args.device,
         log=log,
         title="Side-by-side report",
@@ -274,53 +239,23 @@ def run_analyze(args, argv) -> dict:
     )
 
 
-def run_compare(args, passthrough, argv) -> dict:
-    import time
-
-    from .compare import check_passthrough, default_recipe, member_task, plan_members, train_members
-    from .report import DataOptions, Run, TranslationDataOptions, analyze_checkpoints, analyze_translation_checkpoints
-
-    recipe = args.recipe or default_recipe()
-    check_passthrough(passthrough)
-    runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
-    members = plan_members(runs_dir, args.losses, args.seeds)
-    log(
-        f"[hf-maxsup compare] {len(members)} members ({len(args.losses)} losses x {len(args.seeds)} seeds) with "
-        f"{recipe}; runs in {runs_dir}"
+def _compare(args, passthrough: Sequence[str], argv: Sequence[str]) -> dict:
+    return entry_point("compare")(
+        args.output_dir,
+        losses=args.losses,
+        seeds=args.seeds,
+        recipe=args.recipe,
+        runs_dir=args.runs_dir,
+        python=args.python,
+        passthrough=passthrough,
+        data=_options(DataOptions, vars(args), _recipe_data(DataOptions, passthrough)),
+        translation_data=_options(
+            TranslationDataOptions, vars(args), _recipe_data(TranslationDataOptions, passthrough)
+        ),
+        device=args.device,
+        command="hf-maxsup " + shlex.join(argv),
+        log=log,
     )
-    start = time.monotonic()
-    train_members(members, recipe, passthrough, python=args.python, log=log)
-    trained = time.monotonic() - start
-    runs = [Run(path=member.output_dir, label=member.loss, seed=member.seed) for member in members]
-    notes = [
-        (
-            f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`. "
-            "ls uses a constant alpha and maxsup the linear 0.1 → 0.2 schedule unless --loss_alpha* say "
-            "otherwise."
-        )
-    ]
-    report = {
-        "device": args.device,
-        "log": log,
-        "notes": notes,
-        "command": "hf-maxsup " + shlex.join(argv),
-        "extra": {
-            "recipe": recipe,
-            "recipe_args": list(passthrough),
-            "losses": args.losses,
-            "seeds": args.seeds,
-            "runs_dir": runs_dir,
-            "train_seconds_this_invocation": round(trained, 1),
-        },
-    }
-    if member_task(members[0].output_dir)[1] == "text2text-generation":
-        data = _options(TranslationDataOptions, vars(args), _recipe_data(TranslationDataOptions, passthrough))
-        content = analyze_translation_checkpoints(runs, args.output_dir, data, **report)
-    else:
-        data = _options(DataOptions, vars(args), _recipe_data(DataOptions, passthrough))
-        content = analyze_checkpoints(runs, args.output_dir, data, title="CE / LS / MaxSup side by side", **report)
-    log(f"[hf-maxsup compare] report written to {os.path.join(args.output_dir, 'report.md')}")
-    return content
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,17 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args, passthrough = parser.parse_known_args(argv)
     try:
-        from .report import resolve_device
-
         args.device = resolve_device(args.device)  # a device this machine lacks is refused before any work
         if args.command == "distill":
-            run_distill(args, passthrough, argv)
+            _distill(args, passthrough, argv)
         elif args.command == "analyze":
             if passthrough:
                 parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
-            run_analyze(args, argv)
+            _analyze(args, argv)
         else:
-            run_compare(args, passthrough, argv)
+            _compare(args, passthrough, argv)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: a Hub id that cannot be loaded, a full disk, ...
         print(f"hf-maxsup {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -370,6 +303,7 @@ def run_recipe(main: Callable[[], object], recipe: str) -> None:
 def _end_process_group() -> None:
     """Destroys the process group of a distributed run as its script ends: without it, gloo's worker threads can
     outlive the interpreter and abort a finished run's process (SIGABRT, a non-zero exit after everything is saved)."""
+    # Imported on call: the recipe has imported torch already, and `hf-maxsup --help` needs no torch.
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -4,8 +4,8 @@ push. The `serve` fixture that routes huggingface_hub to a FakeHub is in conftes
 import base64
 import json
 
+from _tiny import collate, tiny_bert, tiny_dataset
 from huggingface_hub.utils import httpx  # huggingface_hub's HTTP client: httpx in 1.x, httpx2 in 2.x
-from tiny_run import collate, tiny_bert, tiny_dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 

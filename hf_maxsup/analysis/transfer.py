@@ -11,7 +11,7 @@ handwritten digits, upscaled from 8x8 to the model's input size.
 
 import numpy as np
 
-from ._utils import _to_labels, _to_numpy
+from ._utils import to_labels, to_numpy
 
 __all__ = ["digits_probe_dataset", "linear_probe"]
 
@@ -36,20 +36,21 @@ def linear_probe(
     Returns:
         `float`: top-1 accuracy on the test split, in [0, 1].
     """
+    # scikit-learn is optional (the `analysis` extra): imported when a probe is fitted.
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
     except ImportError as err:
         raise ImportError("The linear probe needs scikit-learn: run `pip install hf_maxsup[analysis]`.") from err
-    train_features, test_features = _to_numpy(train_features), _to_numpy(test_features)
+    train_features, test_features = to_numpy(train_features), to_numpy(test_features)
     for name, features in (("train_features", train_features), ("test_features", test_features)):
         if features.ndim != 2 or len(features) == 0 or not np.isfinite(features).all():
             raise ValueError(f"{name} must be a finite array of shape (N, D) with N >= 1, got {features.shape}.")
     if train_features.shape[1] != test_features.shape[1]:
         raise ValueError(f"train and test features differ in width: {train_features.shape} vs {test_features.shape}.")
-    train_labels = _to_labels(train_labels, len(train_features))
-    test_labels = _to_labels(test_labels, len(test_features))
+    train_labels = to_labels(train_labels, len(train_features))
+    test_labels = to_labels(test_labels, len(test_features))
     if len(np.unique(train_labels)) < 2:
         raise ValueError("the probe's training split must hold at least two classes.")
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
@@ -74,11 +75,13 @@ def digits_probe_dataset(image_size: int = 28, test_size: float = 0.5, seed: int
     Returns:
         `datasets.DatasetDict` with `train` and `test` splits, columns `image` (PIL, mode `"L"`) and `label` (`int`).
     """
+    # scikit-learn is optional (the `analysis` extra): imported when the probe data is built.
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as err:
         raise ImportError("The digits probe needs scikit-learn: run `pip install hf_maxsup[analysis]`.") from err
+    # Imported with the probe data: the array functions of this package need neither datasets nor PIL.
     from datasets import Dataset, DatasetDict, Features, Image, Value
     from PIL import Image as PILImage
 

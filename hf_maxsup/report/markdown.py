@@ -1,7 +1,8 @@
-"""The Markdown report and `results.json`: the tables, the regime check and the claims in words, the figures.
+"""The Markdown of the reports and their `results.json`: tables, the claims and the regime check in words, the files.
 
-[`write_report`] writes the report of classifiers; its pieces ([`summary_table`], [`check_line`], [`regime_lines`],
-[`run_table`], [`results_content`], [`write_files`]) serve the translation and distillation reports too.
+The pieces every task's report is made of ([`Column`], [`summary_table`], [`run_table`], [`check_line`],
+[`regime_lines`], [`opening_lines`], [`results_content`], [`write_files`]); each task's module puts them together
+([`~hf_maxsup.report.classification.write_report`], ...).
 """
 
 from __future__ import annotations
@@ -11,39 +12,61 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from .figures import save_figures
 from .runs import RunResult
-from .summary import (
-    REGIME_METRICS,
-    TABLE_METRICS,
-    Column,
-    format_summary,
-    maxsup_ls_note,
-    paper_checks,
-    regime_check,
-    summarize,
-    summarize_runs,
-)
+from .stats import format_summary, summarize
 
 __all__ = [
-    "REPORT_FILES",
+    "Column",
     "check_line",
     "json_safe",
     "markdown_table",
     "opening_lines",
+    "percent",
     "regime_lines",
     "results_content",
     "run_table",
     "summary_table",
     "training_time_line",
     "write_files",
-    "write_report",
 ]
 
-REPORT_FILES = ("report.md", "results.json", "reliability_diagrams.png", "projections.png", "risk_coverage.png")
+
+class Column(NamedTuple):
+    """A column of the report's tables: the metric, its header, and how it is shown (`value * scale` with `decimals`
+    decimals).
+
+    Args:
+        key (`str`): the metric's key in a run's `metrics`.
+        header (`str`): the column's header.
+        scale (`float`, *optional*, defaults to 1.0): e.g. 100 for a percentage.
+        decimals (`int`, *optional*, defaults to 3)
+    """
+
+    key: str
+    header: str
+    scale: float = 1.0
+    decimals: int = 3
+
+    def format(self, summary: dict[str, float]) -> str:
+        """The summary of this metric over runs as `"mean ± std"`, see [`format_summary`]."""
+        return format_summary(summary, self.scale, self.decimals)
+
+    def format_value(self, value: float) -> str:
+        """One run's value of this metric (`"—"` when it is NaN)."""
+        return self.format(summarize([value]))
+
+    def renamed(self, key: str, header: str) -> Column:
+        """The same display for another metric, e.g. the teacher's accuracy beside the student's."""
+        return Column(key, header, self.scale, self.decimals)
+
+
+def percent(key: str, header: str) -> Column:
+    """A column of a fraction shown in % with two decimals; the header gets its "(%)"."""
+    return Column(key, f"{header} (%)", 100.0, 2)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -53,8 +76,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def check_line(check: dict, columns: Sequence[Column] = (*TABLE_METRICS, *REGIME_METRICS)) -> str:
-    """A claim as a Markdown list item: both means ± std (scaled as in `columns`), agrees or not, the spread."""
+def check_line(check: dict, columns: Sequence[Column]) -> str:
+    """A claim as a Markdown list item: both means ± std (scaled as in the column of its metric among `columns`),
+    agrees or not, the spread."""
     scale, decimals = next(((s, d) for key, _, s, d in columns if key == check["metric"]), (1.0, 3))
 
     def value(mean, std):
@@ -210,99 +234,3 @@ def write_files(output_dir: str, lines: Sequence[str], content: dict) -> dict:
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(content), f, indent=2)
     return content
-
-
-# The papers' own numbers, for scale beside these runs' claims.
-PAPERS_SCALE = (
-    "For scale: MaxSup paper, ResNet-50 on ImageNet: d_within / R² CE 0.331 / 0.445, LS 0.254 / 0.461, MaxSup "
-    "0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller et al.: ECE 0.071 → 0.035 with LS "
-    "(Inception-v4, ImageNet)."
-)
-
-
-def _table_lines(summary: dict, regime: dict | None, first: str) -> list[str]:
-    """The two tables of the classification report, each with the words it needs, and the regime check."""
-    return [
-        (
-            "Lower is better for NLL, ECE, AURC and the confidence on errors; d_within is the intra-class cosine "
-            "distance of the normalised penultimate features, R² = 1 − d_within/d_total their inter-class "
-            "separability; the linear probe is a logistic regression on the frozen penultimate features of "
-            "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits."
-        ),
-        "",
-        summary_table(summary, first, TABLE_METRICS),
-        "",
-        (
-            "The regime and the numbers behind the last checks: confidence − accuracy > 0 is over-confidence; the "
-            "training accuracy is measured on training examples; the logit-normalised AURC ranks by "
-            "max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen on held-out data; the LS error amplification is "
-            "the term the LS run logged during training (mean over its logging windows)."
-        ),
-        "",
-        summary_table(summary, first, REGIME_METRICS),
-        "",
-        *regime_lines(summary, regime),
-    ]
-
-
-def _figure_lines(figures: dict, class_names: Sequence[str], projection_classes: Sequence[int]) -> list[str]:
-    """The figures' section: each figure under the sentence that says what it shows."""
-    lines = ["## Figures", "", "Reliability diagrams (15 equal-width bins; counts on top of the bars):", ""]
-    lines += [f"![reliability diagrams]({figures['reliability']})", ""]
-    if "projections" in figures:
-        classes = ", ".join(class_names[c] for c in projection_classes)
-        lines += [
-            (
-                f"Penultimate features of the classes {classes} projected on the plane through their templates "
-                "(Müller et al. 2019):"
-            ),
-            "",
-            f"![projections]({figures['projections']})",
-            "",
-        ]
-    return [*lines, "Risk-coverage curves:", "", f"![risk-coverage]({figures['risk_coverage']})", ""]
-
-
-def write_report(
-    results: Sequence[RunResult],
-    output_dir: str,
-    *,
-    title: str = "CE / LS / MaxSup side by side",
-    command: str | None = None,
-    data_note: str | None = None,
-    notes: Sequence[str] = (),
-    projection_classes: Sequence[int] = (0, 1, 2),
-    extra: dict | None = None,
-) -> dict:
-    """Writes `report.md`, `results.json` and the figures of analysed runs (as [`analyze_run`] returns them).
-
-    `report.md`: one row per group of runs (a loss, over its seeds) with accuracy, NLL, ECE, adaptive ECE, AURC,
-    d_within, R², mean confidence on errors and the digits linear probe, as mean ± standard deviation; a second table
-    for the regime check (CE's confidence − accuracy and training accuracy, with a warning when CE is not
-    over-confident or does not fit its training set) and the logit-normalised AURC and logged LS error amplification;
-    the claims of the papers, each agreeing or not and beyond the seeds' spread or not; the figures; one row per run.
-
-    Returns:
-        `dict`: the content of `results.json`.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    summary = summarize_runs(results)
-    checks = paper_checks(summary)
-    regime = regime_check(summary)
-    figures = save_figures(results, output_dir, projection_classes)
-    lines = opening_lines(title, command, data_note, summary)
-    lines += _table_lines(summary, regime, "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model")
-    if checks:
-        lines += ["## What the papers report, and what these runs show", ""]
-        lines += [*(check_line(check) for check in checks), ""]
-        note = maxsup_ls_note(summary)
-        lines += [note, "", PAPERS_SCALE, ""] if note else [PAPERS_SCALE, ""]
-    lines += [*notes, ""] if notes else []
-    time_line = training_time_line([result.path for result in results])
-    lines += [time_line, ""] if time_line else []
-    lines += _figure_lines(figures, results[0].class_names, projection_classes)
-    lines += ["## Every run", "", run_table(results, TABLE_METRICS), ""]
-    content = results_content(
-        results, TABLE_METRICS, summary, checks, regime, title, command, data_note, extra, figures=figures
-    )
-    return write_files(output_dir, lines, content)

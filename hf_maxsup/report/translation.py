@@ -3,13 +3,15 @@
 [`analyze_translation_checkpoints`] loads each sequence-to-sequence checkpoint with its tokenizer, and on the same
 evaluation split (the source's `test` split by default):
 
-- runs the model teacher-forced on the references: the token-level NLL of the references, and the next-token
-  predictions (top-1 softmax probability against whether it is the reference token) for the token-level accuracy,
-  mean confidence and ECE (15 equal-width bins, as Müller et al. 2019 measure translation calibration);
+- runs the model (loaded with [`~hf_maxsup.hub.load_for_analysis`]: safetensors only, no remote code)
+  teacher-forced on the references: the token-level NLL of the references, and the next-token predictions (top-1
+  softmax probability against whether it is the reference token) for the token-level accuracy, mean confidence and
+  ECE (15 equal-width bins, as Müller et al. 2019 measure translation calibration);
 - generates translations (beam search with `num_beams`) and scores them with sacreBLEU's default BLEU and chrF;
 
 then writes `report.md` (table of mean ± std over seeds, the regime check, the claims of Müller et al. 2019) and
-`results.json` into one folder. `hf-maxsup compare` calls it when the recipe trains a translation model.
+`results.json` into one folder. `hf-maxsup compare` calls it when the recipe trains a translation model. A new claim
+is one [`~hf_maxsup.report.stats.Claim`] in [`TRANSLATION_CLAIMS`].
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
+from transformers import DataCollatorForSeq2Seq, EvalPrediction
 
-from .evaluate import RECIPE_SEED, batches, evaluate_all, evaluation_split, load_source, resolve_device
+from ..data import translation_preprocess_function
+from ..metrics import translation_compute_metrics
+from .device import resolve_device
+from .evaluate import RECIPE_SEED, batches, evaluate_all, evaluation_split, load_checkpoint, load_source
 from .markdown import (
+    Column,
     check_line,
     opening_lines,
+    percent,
     regime_lines,
     results_content,
     run_table,
@@ -31,7 +40,7 @@ from .markdown import (
 )
 from .options import TranslationDataOptions
 from .runs import Run, RunResult
-from .summary import Column, paper_checks, percent, regime_check, summarize_runs
+from .stats import Claim, paper_checks, regime_check, summarize_runs
 
 __all__ = [
     "TRANSLATION_CLAIMS",
@@ -55,16 +64,15 @@ TRANSLATION_METRICS = (
 # Müller, Kornblith, Hinton 2019 (EN-DE Transformer): BLEU improves with LS while the NLL of the references gets
 # worse, and the token-level ECE drops from 0.056 to 0.019.
 TRANSLATION_CLAIMS = (
-    ("LS improves BLEU over CE (Müller et al. 2019)", "bleu", "ls", ">", "ce", None),
-    ("LS makes the references' NLL worse than CE's (Müller et al. 2019)", "nll", "ls", ">", "ce", None),
-    (
+    Claim("LS improves BLEU over CE (Müller et al. 2019)", "bleu", "ls", ">", "ce"),
+    Claim("LS makes the references' NLL worse than CE's (Müller et al. 2019)", "nll", "ls", ">", "ce"),
+    Claim(
         "LS improves token-level calibration: lower ECE of the next-token predictions (Müller et al. 2019: 0.056 → "
         "0.019)",
         "token_ece",
         "ls",
         "<",
         "ce",
-        None,
     ),
 )
 
@@ -95,10 +103,6 @@ def token_calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
 
 def _encoded_batches(model, tokenizer, raw, data: TranslationDataOptions):
     """Padded batches of `input_ids`, `attention_mask` and `labels` (-100 on padding), as the recipe trains on."""
-    from transformers import DataCollatorForSeq2Seq
-
-    from ..data import translation_preprocess_function
-
     encoded = raw.map(
         translation_preprocess_function(tokenizer, data),
         batched=True,
@@ -109,11 +113,6 @@ def _encoded_batches(model, tokenizer, raw, data: TranslationDataOptions):
 
 def _score_batches(model, tokenizer, batches, data: TranslationDataOptions, device: str) -> dict[str, float]:
     """Teacher-forced NLL and token calibration of the references, and BLEU / chrF of the generations."""
-    import torch
-    from transformers import EvalPrediction
-
-    from ..metrics import translation_compute_metrics
-
     nll, confidence, correct, generated, references = [], [], [], [], []
     for batch in batches:
         batch = {key: value.to(device) for key, value in batch.items()}
@@ -161,12 +160,14 @@ def analyze_translation_run(
         log (`Callable`): progress messages.
         device (`str`, *optional*): where the model runs (default: see [`resolve_device`]).
     """
-    import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
     device = resolve_device(device)
-    model = AutoModelForSeq2SeqLM.from_pretrained(run.path, token=data.token).eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(run.path, token=data.token)
+    model, tokenizer, _ = load_checkpoint(
+        run.path,
+        device,
+        data.token,
+        tasks=("text2text-generation",),
+        covers="sequence-to-sequence (translation) models",
+    )
     split, raw = eval_data(RECIPE_SEED if run.seed is None else run.seed)
     log(f"  evaluating {run.path} on the {split} split ({len(raw)} pairs, beam {data.num_beams})")
     with torch.inference_mode():
@@ -232,7 +233,7 @@ def analyze_translation_checkpoints(
 
     Args:
         runs (`Sequence[Run]`), output_dir (`str`), device (`str`, *optional*), log (`Callable`): as for
-            [`~hf_maxsup.report.analyze_checkpoints`].
+            [`~hf_maxsup.report.classification.analyze_checkpoints`].
         data ([`TranslationDataOptions`], *optional*): evaluation data and generation (default: the embedded pairs).
         **report_kwargs: passed to [`write_translation_report`] (`title`, `command`, `notes`, `extra`).
 

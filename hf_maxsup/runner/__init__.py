@@ -13,10 +13,10 @@ The names below are imported on first use, so that `hf_maxsup.runner.output_dir`
 in torch.
 """
 
-from .._lazy import lazy_exports
+from ..lazy import lazy_exports
 
 # The modules of this package, and the names a recipe script (or a tool) uses of each.
-_PUBLIC = {
+_EXPORTS = {
     "flow": [
         "RunPlan",
         "start",
@@ -31,8 +31,6 @@ _PUBLIC = {
     "output_dir": ["earlier_run_files", "last_complete_checkpoint"],
     "parse": ["parse_args", "recipe_defaults"],
 }
-_EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names}
-
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

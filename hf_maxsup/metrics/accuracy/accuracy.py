@@ -7,7 +7,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from hf_maxsup.analysis._utils import _check_logits_labels
+from hf_maxsup.analysis._utils import check_logits_labels
 
 _DESCRIPTION = """
 Top-1 accuracy of the argmax of the logits, and top-5 accuracy when there are more than 5 classes.
@@ -46,7 +46,7 @@ class Accuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        logits, labels = _check_logits_labels(predictions, references)
+        logits, labels = check_logits_labels(predictions, references)
         results = {"accuracy": float((logits.argmax(axis=1) == labels).mean())}
         if logits.shape[1] > 5:
             # In the top 5 iff fewer than 5 classes score strictly higher than the reference (ties count as hits).

@@ -15,7 +15,7 @@ from hf_maxsup.analysis import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from hf_maxsup.analysis._utils import _check_logits_labels, _softmax
+from hf_maxsup.analysis._utils import check_logits_labels, softmax
 
 _DESCRIPTION = """
 Calibration of the softmax of a classifier (ECE with 15 equal-width bins, adaptive ECE with 15
@@ -64,8 +64,8 @@ class Calibration(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, n_bins=15):
-        logits, labels = _check_logits_labels(predictions, references)
-        confidence = _softmax(logits).max(axis=1)
+        logits, labels = check_logits_labels(predictions, references)
+        confidence = softmax(logits).max(axis=1)
         correct = logits.argmax(axis=1) == labels
         return {
             "ece": expected_calibration_error(logits, labels, n_bins=n_bins),

@@ -14,10 +14,12 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from hf_maxsup import cli
-from hf_maxsup.compare import MEMBER_FILE, Member, _check_same_settings, check_reportable, is_finished
-from hf_maxsup.report import REPORT_FILES
+from hf_maxsup.report.classification import REPORT_FILES
+from hf_maxsup.report.runs import MEMBER_FILE
+from hf_maxsup.studies.compare import check_reportable
+from hf_maxsup.studies.members import Member, check_same_settings, is_finished
 
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "image_classification.py")
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "image_classification.py")
 # A few optimizer steps on a few images: the point is the plumbing, not the numbers.
 RECIPE_ARGS = tiny_training_args(32, 32)
 REPORT_ARGS = ["--max_analysis_samples", "64", "--probe_samples", "100"]
@@ -127,10 +129,10 @@ def test_compare_rejects_flags_it_sets_itself(tmp_path):
 
 def test_member_trained_with_other_arguments_is_not_reused(tmp_path):
     member = Member("ce", 0, str(tmp_path / "ce-seed0"))
-    _check_same_settings(member, RECIPE, ["--num_train_epochs", "1"])
-    _check_same_settings(member, RECIPE, ["--num_train_epochs", "1"])  # same arguments: fine
+    check_same_settings(member, RECIPE, ["--num_train_epochs", "1"])
+    check_same_settings(member, RECIPE, ["--num_train_epochs", "1"])  # same arguments: fine
     with pytest.raises(ValueError, match="other arguments"):
-        _check_same_settings(member, RECIPE, ["--num_train_epochs", "2"])
+        check_same_settings(member, RECIPE, ["--num_train_epochs", "2"])
 
 
 def test_recipe_compare_flag(monkeypatch):
@@ -167,16 +169,16 @@ def test_models_the_report_cannot_analyse_stop_the_comparison_early(tmp_path):
 
 
 def test_device_reaches_the_model(compared, tmp_path, monkeypatch):
-    import hf_maxsup.analysis as analysis
+    import hf_maxsup.report.measures as measures
 
     seen = []
-    collect_features = analysis.collect_features
+    collect_features = measures.collect_features
 
     def spy(model, dataloader, device=None, **kwargs):
         seen.append((str(device), {str(parameter.device) for parameter in model.parameters()}))
         return collect_features(model, dataloader, device=device, **kwargs)
 
-    monkeypatch.setattr(analysis, "collect_features", spy)
+    monkeypatch.setattr(measures, "collect_features", spy)
     report, _, _ = compared
     out = tmp_path / "analysis"
     argv = ["analyze", str(report / "runs" / "ce-seed0"), "--output_dir", str(out), "--device", "cpu"]

@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 from _runs import run_result
 
-from hf_maxsup.report import (
-    FIT_ACCURACY,
-    maxsup_ls_note,
-    paper_checks,
-    regime_check,
-    regime_lines,
-    summarize_runs,
-    training_time_line,
-    write_report,
-)
+from hf_maxsup.report.classification import PAPER_CLAIMS, maxsup_ls_note, write_report
+from hf_maxsup.report.markdown import regime_lines, training_time_line
+from hf_maxsup.report.measures import logged_ls_terms
+from hf_maxsup.report.stats import FIT_ACCURACY, paper_checks, regime_check, summarize_runs
 
 
 def runs(label, **metrics):
@@ -25,7 +19,7 @@ def runs(label, **metrics):
 
 
 def checks_of(summary):
-    return {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary)}
+    return {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary, PAPER_CLAIMS)}
 
 
 def test_the_three_new_claims_agree_beyond_the_spread():
@@ -199,8 +193,6 @@ def test_maxsup_against_ls_claims_give_the_share_of_the_error_amplification(tmp_
         {"eval_loss": 0.7, "step": 20},
     ]
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-    from hf_maxsup.report.evaluate import logged_ls_terms
-
     terms = logged_ls_terms(str(tmp_path))
     assert terms["train_ls_error_share"] == pytest.approx(0.03 / 3.03)
     shares = [0.0099, 0.0101]

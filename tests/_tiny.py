@@ -1,22 +1,10 @@
-"""Tiny models, data and a tiny training run shared by the trainer tests, with their arguments (`COMMON`), a
-gradient capture (`GradCapture`) and the gradient comparison (`max_relative_error`).
-
-Run as a script (also under `accelerate launch`) it trains a tiny token classifier and writes the final parameters
-and the logged losses to `--output_dir`, so that runs with different process counts can be compared. With `--save`
-it saves the model and its card as the recipes do instead of the parameters: under ZeRO-3 and FSDP no process holds
-them all, and the saved model is what a user gets.
-"""
-
-import argparse
-import json
-import os
+"""Tiny models and data shared by the trainer tests, with their arguments (`COMMON`), a gradient capture
+(`GradCapture`) and the gradient comparison (`max_relative_error`). `distributed/tiny_run.py` trains with them in
+launched processes."""
 
 import torch
 from datasets import Dataset
 from transformers import BertForSequenceClassification, BertForTokenClassification, MarianMTModel, TrainerCallback
-
-from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
-from hf_maxsup.runner import prepare_engine
 
 VOCAB, PAD, EOS = 50, 0, 1
 # Marian's special tokens, which every tiny seq2seq model shares: decoding starts from PAD.
@@ -102,60 +90,3 @@ def collate(batch):
 def max_relative_error(a, b):
     """The largest relative difference (by norm) of the gradients `a` and `b`, over the names of `b` not near 0."""
     return max(((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-12)).item() for n in b if b[n].norm() > 1e-8)
-
-
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--loss", default="maxsup")
-    parser.add_argument("--per_device_train_batch_size", type=int, default=8)
-    parser.add_argument("--max_steps", type=int, default=3)
-    parser.add_argument("--deepspeed", help="DeepSpeed JSON config, as the recipes take it.")
-    parser.add_argument("--accelerator_config", help="JSON file of accelerate settings (see tests/fsdp_on_cpu.py).")
-    parser.add_argument("--save", action="store_true", help="Save the model and its card, not params.pt.")
-    parser.add_argument("--teacher", help="Distil from the token classifier saved in this folder.")
-    # SGD: Adam would amplify rounding noise in parameters whose true gradient is 0 (e.g. attention key biases).
-    args = parser.parse_args()
-    training_args = MaxSupTrainingArguments(
-        output_dir=args.output_dir,
-        loss=args.loss,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        max_steps=args.max_steps,
-        learning_rate=0.5,
-        optim="sgd",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        max_grad_norm=0.0,
-        dataloader_drop_last=True,
-        deepspeed=args.deepspeed,
-        accelerator_config=args.accelerator_config,
-        teacher_model_name_or_path=args.teacher,
-    )
-    trainer = MaxSupTrainer(
-        model=tiny_bert(token_level=True),
-        args=training_args,
-        train_dataset=tiny_dataset(64, task="token"),
-        data_collator=collate,
-    )
-    prepare_engine(trainer)
-    trainer.train()
-    if args.save:
-        trainer.save_model()
-    elif trainer.is_world_process_zero():
-        torch.save(
-            {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-            os.path.join(args.output_dir, "params.pt"),
-        )
-    if trainer.is_world_process_zero():
-        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-        with open(os.path.join(args.output_dir, "logs.json"), "w") as f:
-            json.dump(logs, f)
-    if torch.distributed.is_initialized():  # as the recipes do (cli.run_recipe): gloo's threads may abort the exit
-        torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -13,14 +13,14 @@ import pytest
 import torch
 from _hub import FakeHub, make_trainer
 from _runs import RECIPES, TINY, run_recipe
+from _tiny import collate, tiny_bert, tiny_dataset
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from tiny_run import collate, tiny_bert, tiny_dataset
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments, cli
-from hf_maxsup.compare import Member, train_members
 from hf_maxsup.hub import HubPushError
 from hf_maxsup.runner import last_complete_checkpoint
+from hf_maxsup.studies.members import Member, train_members
 
 IMAGE = "image_classification"
 

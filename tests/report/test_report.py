@@ -12,16 +12,9 @@ pytest.importorskip("matplotlib")
 from _runs import run_result
 
 from hf_maxsup.analysis import digits_probe_dataset, linear_probe
-from hf_maxsup.report import (
-    REPORT_FILES,
-    TABLE_METRICS,
-    compute_metrics,
-    format_summary,
-    paper_checks,
-    summarize,
-    summarize_runs,
-    write_report,
-)
+from hf_maxsup.report.classification import PAPER_CLAIMS, REPORT_FILES, TABLE_METRICS, write_report
+from hf_maxsup.report.measures import compute_metrics
+from hf_maxsup.report.stats import format_summary, paper_checks, summarize, summarize_runs
 
 # --- aggregation -----------------------------------------------------------------------------------------------------
 
@@ -76,7 +69,7 @@ def test_paper_checks_verdicts_and_spread():
             run_result("maxsup", {"ece": 0.031, "d_within": 0.26, "accuracy": 0.91}),
         ]
     )
-    checks = {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary)}
+    checks = {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary, PAPER_CLAIMS)}
     ece = checks[("ece", "ls", "ce")]
     # Means 0.021 vs 0.055; stds 0.0014 + 0.0071 = 0.0085 < 0.034.
     assert ece["agrees"] and ece["beyond_spread"] and ece["difference"] == pytest.approx(-0.034)
@@ -89,7 +82,9 @@ def test_paper_checks_verdicts_and_spread():
     assert not accuracy["agrees"] and accuracy["difference"] == pytest.approx(-0.005)
     # No AURC or probe numbers given: those claims are left out; one run per group: spread unknown.
     assert ("aurc", "ls", "ce") not in checks
-    single = paper_checks(summarize_runs([run_result("ce", {"ece": 0.1}), run_result("ls", {"ece": 0.05})]))
+    single = paper_checks(
+        summarize_runs([run_result("ce", {"ece": 0.1}), run_result("ls", {"ece": 0.05})]), PAPER_CLAIMS
+    )
     assert single[0]["agrees"] and single[0]["beyond_spread"] is None
 
 
@@ -211,7 +206,8 @@ def test_labels_are_mapped_to_the_models_ids():
 def test_a_run_result_is_what_results_json_lists(tmp_path):
     from pathlib import Path
 
-    from hf_maxsup.report import RunResult, json_safe
+    from hf_maxsup.report import RunResult
+    from hf_maxsup.report.markdown import json_safe
 
     rng = np.random.default_rng(0)
     results = [fake_result(label, 0, rng) for label in ("ce", "ls", "maxsup")]
@@ -220,7 +216,7 @@ def test_a_run_result_is_what_results_json_lists(tmp_path):
     assert saved == [json_safe(result.to_json()) for result in results]
     assert RunResult(**saved[0]).to_json() == saved[0]  # and back: the figures' arrays are not in it
     # The same entries as the committed reports'.
-    committed = json.loads((Path(__file__).parent.parent / "docs/compare_fmnist/results.json").read_text())
+    committed = json.loads((Path(__file__).parents[2] / "docs/compare_fmnist/results.json").read_text())
     assert (
         list(saved[0])
         == list(committed["runs"][0])

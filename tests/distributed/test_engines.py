@@ -1,9 +1,9 @@
 """The engines of `recipes/configs/` on 2 CPU processes (gloo), each through `accelerate launch` with our config.
 
-Each engine trains `tests/tiny_run.py` (tiny BERT, maxsup, SGD) on 2 processes x 4 examples and must give the losses
-and final parameters of 1 process x 8 examples, and save a loadable model with our card. DeepSpeed needs the
-`deepspeed` extra (`.ci/run` installs it and builds its op up front); FSDP runs through `tests/fsdp_on_cpu.py`, as
-accelerate runs FSDP only on GPUs.
+Each engine trains `tests/distributed/tiny_run.py` (tiny BERT, maxsup, SGD) on 2 processes x 4 examples and must give
+the losses and final parameters of 1 process x 8 examples, and save a loadable model with our card. DeepSpeed needs
+the `deepspeed` extra (`.ci/run` installs it and builds its op up front); FSDP runs through
+`tests/distributed/fsdp_on_cpu.py`, as accelerate runs FSDP only on GPUs.
 """
 
 import importlib.util
@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _env import subprocess_env
+from _env import FSDP_ON_CPU, ROOT, TINY_RUN, subprocess_env
+from _tiny import tiny_bert, tiny_marian
 from accelerate.utils import DistributedType
 from huggingface_hub import ModelCard
-from tiny_run import tiny_bert, tiny_marian
 from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -28,11 +28,7 @@ from transformers import (
 
 from hf_maxsup.runner.engines import check_fsdp2_ties, describe_engine, fsdp_layers_to_wrap
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 CONFIGS = os.path.join(ROOT, "recipes", "configs")
-TINY_RUN = os.path.join(TESTS, "tiny_run.py")
-FSDP_ON_CPU = os.path.join(TESTS, "fsdp_on_cpu.py")
 # On CI a missing deepspeed is a failed set-up, not a reason to skip.
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None and not os.environ.get("CI"),

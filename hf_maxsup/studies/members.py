@@ -1,4 +1,4 @@
-"""Training the same model with several losses and seeds through a recipe script, resumably.
+"""Training the members of a study (a loss and a seed each) through a recipe script, resumably.
 
 Each member (a loss and a seed) runs `python <recipe> <passthrough> --loss L --seed S --output_dir <runs>/L-seedS
 --do_train --do_eval` in a subprocess, so the recipe's own argument parsing, data loading, progress bar and model card
@@ -6,7 +6,10 @@ are used unchanged. A member is *finished* when its output directory holds the f
 `adapter_model.safetensors`) and `eval_results.json`: running the same comparison again skips it. An unfinished member
 with a complete `checkpoint-*` folder is resumed from the newest complete one (`--resume_from_checkpoint last`; one
 left incomplete by a crash during its save is skipped); one without is trained again from the start
-(with `--overwrite_output_dir` when it left files: compare owns the member folders).
+(with `--overwrite_output_dir` when it left files: compare owns the member folders). Each member's folder records the
+settings it was trained with ([`~hf_maxsup.report.runs.MEMBER_FILE`]): a rerun with other arguments is refused, and
+the report labels the member from it. Nothing here imports torch or transformers: the folders are judged by
+[`hf_maxsup.runner.output_dir`] alone.
 """
 
 from __future__ import annotations
@@ -20,23 +23,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner.output_dir import SAFETENSORS_WEIGHTS, earlier_run_files, last_complete_checkpoint
+from ..report.runs import MEMBER_FILE, read_member_record
+from ..runner.output_dir import SAFETENSORS_WEIGHTS, earlier_run_files, last_complete_checkpoint
 
 __all__ = [
+    "DEFAULT_ARGS",
+    "RESERVED",
     "Member",
-    "check_reportable",
+    "check_passthrough",
+    "check_same_settings",
     "default_recipe",
     "is_finished",
-    "member_task",
+    "member_command",
     "plan_members",
     "train_members",
 ]
-
-# The tasks of the models the comparison reports on: classifiers (hf_maxsup.report) and translation models
-# (hf_maxsup.report.translation).
-REPORTED_TASKS = ("image-classification", "text-classification", "text2text-generation")
-
-MEMBER_FILE = "hf_maxsup_compare.json"
 # Set by compare for every member; the recipe must not get them from the passthrough arguments as well.
 RESERVED = {
     "--loss": "--losses",
@@ -51,19 +52,22 @@ DEFAULT_ARGS = ("--save_total_limit", "2")
 
 @dataclass
 class Member:
+    """One run of a study: its loss, its seed and the folder it trains into."""
+
     loss: str
     seed: int
     output_dir: str
 
     @property
     def name(self) -> str:
+        """How the progress lines name the member, e.g. `ls seed 1`."""
         return f"{self.loss} seed {self.seed}"
 
 
 def default_recipe() -> str:
     """The image-classification recipe shipped with the package: `hf_maxsup/scripts/` is the repository's `recipes/`
     (a link in a checkout, a copy in a wheel), so the path is the checkout's own script when there is one."""
-    path = (Path(__file__).parent / "scripts" / "image_classification.py").resolve()
+    path = (Path(__file__).parent.parent / "scripts" / "image_classification.py").resolve()
     if not path.is_file():
         raise FileNotFoundError(
             f"no recipe at {path}: this installation of hf_maxsup lacks its scripts. Reinstall it, or pass --recipe "
@@ -100,6 +104,9 @@ def member_command(
     resume: bool = False,
     overwrite: bool = False,
 ) -> list[str]:
+    """The command line that trains `member`: the recipe with compare's defaults, the passthrough arguments, the
+    member's loss, seed and folder; `--resume_from_checkpoint last` to resume, `--overwrite_output_dir` to replace
+    what an interrupted member left."""
     command = [
         python,
         recipe,
@@ -120,13 +127,15 @@ def member_command(
     return command + (["--overwrite_output_dir"] if overwrite else [])
 
 
-def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
-    """Refuses to reuse a member directory trained with other arguments; records them on first use."""
-    path = os.path.join(member.output_dir, MEMBER_FILE)
+def check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
+    """Refuses to reuse a member's folder trained with other arguments; records them there on first use.
+
+    Raises:
+        `ValueError`: the folder's [`~hf_maxsup.report.runs.MEMBER_FILE`] names other recipe arguments, loss or seed.
+    """
     settings = {"recipe": os.path.abspath(recipe), "loss": member.loss, "seed": member.seed, "args": list(passthrough)}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f)
+    recorded = read_member_record(member.output_dir)
+    if recorded is not None:
         if (
             recorded.get("args") != settings["args"]
             or recorded.get("loss") != member.loss
@@ -139,28 +148,8 @@ def _check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]
             )
         return
     os.makedirs(member.output_dir, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with open(os.path.join(member.output_dir, MEMBER_FILE), "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=2)
-
-
-def member_task(output_dir: str) -> tuple[str, str | None]:
-    """(architecture, task) of a member's saved model, from its `config.json`."""
-    from .auto import task_of
-
-    with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as f:
-        architecture = (json.load(f).get("architectures") or [""])[0]
-    return architecture, task_of(architecture)
-
-
-def check_reportable(output_dir: str) -> None:
-    """Raises a ValueError unless the member's saved model is an image or text classifier or a sequence-to-sequence
-    (translation) model: what the reports cover."""
-    architecture, task = member_task(output_dir)
-    if task not in REPORTED_TASKS:
-        raise ValueError(
-            f"{output_dir} holds a {architecture or 'model of unknown architecture'} ({task or 'unknown task'}): the "
-            "comparison report covers image and text classifiers and translation (sequence-to-sequence) models only."
-        )
 
 
 def train_members(
@@ -171,12 +160,13 @@ def train_members(
     python: str = sys.executable,
     log: Callable[[str], None] = print,
     env: dict | None = None,
-    check: Callable[[str], None] | None = check_reportable,
+    check: Callable[[str], None] | None = None,
 ) -> None:
     """Trains every unfinished member in turn (see the module docstring), printing which member of how many.
 
-    `check` is called on the output directory of the first member once it is finished, so that a model the report
-    cannot analyse stops the comparison before the other members are trained.
+    `check`, when given, is called on the output directory of the first member once it is finished, so that a model
+    the report cannot analyse stops the comparison before the other members are trained
+    ([`~hf_maxsup.studies.compare.check_reportable`]).
 
     Raises:
         `RuntimeError`: a member's recipe failed; rerunning the same command resumes from there.
@@ -184,7 +174,7 @@ def train_members(
     check_passthrough(passthrough)
     for i, member in enumerate(members, 1):
         prefix = f"[hf-maxsup compare] member {i}/{len(members)} ({member.name})"
-        _check_same_settings(member, recipe, passthrough)
+        check_same_settings(member, recipe, passthrough)
         if is_finished(member.output_dir):
             log(f"{prefix}: finished earlier, skipped ({member.output_dir})")
             if check is not None and i == 1:

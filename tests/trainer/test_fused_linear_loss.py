@@ -5,8 +5,7 @@ import os
 import pytest
 import torch
 from _env import run_one_and_two_processes
-from datasets import Dataset
-from tiny_run import (
+from _tiny import (
     COMMON,
     ENCODER_DECODER_SIZES,
     EOS,
@@ -20,6 +19,7 @@ from tiny_run import (
     tiny_marian,
     tiny_model,
 )
+from datasets import Dataset
 from transformers import Gemma2ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, T5ForConditionalGeneration
 
 import hf_maxsup.trainer.loss_func
@@ -181,7 +181,8 @@ def test_two_processes_match_one(tmp_path):
     """DDP (gloo, CPU): the fused path runs the wrapped forward, so gradients are all-reduced as usual."""
     script = tmp_path / "run.py"
     script.write_text(
-        "import argparse\nfrom test_fused_linear_trainer import train_two_steps\n"
+        f"import argparse, sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_fused_linear_loss import train_two_steps\n"
         "parser = argparse.ArgumentParser()\n"
         "parser.add_argument('--per_device_train_batch_size', type=int)\nparser.add_argument('--output_dir')\n"
         "args = parser.parse_args()\ntrain_two_steps(args.output_dir, args.per_device_train_batch_size)\n"

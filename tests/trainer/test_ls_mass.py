@@ -3,8 +3,8 @@ argument checks and the model card."""
 
 import pytest
 import torch
+from _tiny import collate, tiny_bert, tiny_dataset
 from huggingface_hub import ModelCard
-from tiny_run import collate, tiny_bert, tiny_dataset
 
 from hf_maxsup import MaxSupLossFunc, MaxSupTrainer, MaxSupTrainingArguments
 from hf_maxsup.heads import LinearHeadInputs

@@ -1,13 +1,12 @@
 """MaxSupTrainer: exact gradient accumulation, multi-process equivalence, resume, logging and bad configurations."""
 
 import json
-import os
 
 import pytest
 import torch
-from _env import run_one_and_two_processes
+from _env import TINY_RUN, run_one_and_two_processes
 from _reference import per_item
-from tiny_run import COMMON, GradCapture, collate, max_relative_error, tiny_bert, tiny_dataset, tiny_marian
+from _tiny import COMMON, GradCapture, collate, max_relative_error, tiny_bert, tiny_dataset, tiny_marian
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from hf_maxsup import (
@@ -17,8 +16,6 @@ from hf_maxsup import (
     MaxSupTrainer,
     MaxSupTrainingArguments,
 )
-
-TESTS = os.path.dirname(__file__)
 
 
 def one_step_gradients(task, loss, batch_size, accumulation, tmp_path):
@@ -67,7 +64,7 @@ def test_gradient_accumulation_is_exact(task, loss, tmp_path):
 
 def test_two_processes_match_one(tmp_path):
     """Same global batch on 1 process and on 2 (DDP on CPU, gloo): same losses and parameters after 3 steps."""
-    outputs = run_one_and_two_processes(os.path.join(TESTS, "tiny_run.py"), tmp_path)
+    outputs = run_one_and_two_processes(TINY_RUN, tmp_path)
     logs = {name: json.load(open(output / "logs.json")) for name, output in outputs.items()}
     assert [entry["epoch"] for entry in logs["one"]] == [entry["epoch"] for entry in logs["two"]]
     # ce and reg are logged as averages of per-process means, which differ from the global mean: only diagnostics.

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from _runs import run_result, tiny_training_args
 
-from hf_maxsup.report import TRANSLATION_CLAIMS, paper_checks, summarize_runs, token_calibration
+from hf_maxsup.report.stats import paper_checks, summarize_runs
+from hf_maxsup.report.translation import TRANSLATION_CLAIMS, token_calibration
 
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "translation.py")
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "translation.py")
 # A tiny Marian, a few steps: the point is the plumbing (train, teacher-forced pass, generation, report).
 TINY = [
     *tiny_training_args(48, 8),

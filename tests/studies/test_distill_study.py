@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hf_maxsup.cli import main
-from hf_maxsup.distill_study import non_target_entropy
+from hf_maxsup.report.distillation import non_target_entropy
 
 
 def test_non_target_entropy_from_its_definition():

@@ -3,9 +3,9 @@
 accelerate turns FSDP on only for GPU-type backends, so on CPU an FSDP config runs as plain DDP. Relabelled as a
 multi-GPU state with the device kept on the CPU, FSDP really shards (parameters become DTensors) over gloo.
 
-    accelerate launch --config_file recipes/configs/fsdp.yaml tests/fsdp_on_cpu.py SCRIPT ARGS...
+    accelerate launch --config_file recipes/configs/fsdp.yaml tests/distributed/fsdp_on_cpu.py SCRIPT ARGS...
 
-runs `SCRIPT` (a recipe or `tests/tiny_run.py`) in each process after the relabelling, with
+runs `SCRIPT` (a recipe or `tests/distributed/tiny_run.py`) in each process after the relabelling, with
 `--accelerator_config` pointing at settings that make the training arguments keep the relabelled state.
 """
 

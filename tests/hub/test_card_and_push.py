@@ -3,15 +3,14 @@
 import functools
 import logging
 import os
-from pathlib import Path
 
 import pytest
 import torch
 from _hub import COMMON, NUM_LABELS, FakeHub, make_trainer
+from _tiny import collate, tiny_bert, tiny_dataset, tiny_marian
 from huggingface_hub import ModelCard, constants, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from peft import LoraConfig, TaskType, get_peft_model
-from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
 from transformers import AutoModelForSequenceClassification
 
 from hf_maxsup import (
@@ -20,8 +19,6 @@ from hf_maxsup import (
 )
 from hf_maxsup.hub import HubPushError, load_for_analysis
 from hf_maxsup.metrics import classification_compute_metrics
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @functools.cache

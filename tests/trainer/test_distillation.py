@@ -7,16 +7,15 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from _env import run_one_and_two_processes
+from _env import ROOT, TINY_RUN, run_one_and_two_processes
 from _reference import per_item
+from _tiny import collate, tiny_bert, tiny_dataset, tiny_marian
 from huggingface_hub import ModelCard
 from safetensors import safe_open
-from tiny_run import collate, tiny_bert, tiny_dataset, tiny_marian
 from transformers import HfArgumentParser, TrainerCallback
 
 from hf_maxsup import MaxSupSeq2SeqTrainer, MaxSupSeq2SeqTrainingArguments, MaxSupTrainer, MaxSupTrainingArguments
 
-TESTS = os.path.dirname(__file__)
 COMMON = dict(report_to=[], use_cpu=True, seed=0, max_grad_norm=0.0, save_strategy="no", disable_tqdm=True)
 BETA, T = 0.7, 3.0
 
@@ -97,9 +96,7 @@ def test_gradient_accumulation_with_teacher_is_exact(task, tmp_path):
 def test_two_processes_match_one_with_teacher(tmp_path):
     """A teacher loaded from teacher_model_name_or_path in each process: same losses and parameters on 1 and 2."""
     tiny_bert(token_level=True, seed=1).save_pretrained(tmp_path / "teacher")
-    outputs = run_one_and_two_processes(
-        os.path.join(TESTS, "tiny_run.py"), tmp_path, "--teacher", str(tmp_path / "teacher"), "--max_steps", "2"
-    )
+    outputs = run_one_and_two_processes(TINY_RUN, tmp_path, "--teacher", str(tmp_path / "teacher"), "--max_steps", "2")
     logs = {name: json.load(open(output / "logs.json")) for name, output in outputs.items()}
     assert all("distill" in entry for entry in logs["one"])
     torch.testing.assert_close(
@@ -192,7 +189,7 @@ def test_bad_teachers(tmp_path):
 
 def test_zero3_is_refused(tmp_path):
     pytest.importorskip("deepspeed")
-    config = os.path.join(TESTS, "..", "recipes", "configs", "ds_zero3.json")
+    config = os.path.join(ROOT, "recipes", "configs", "ds_zero3.json")
     args = MaxSupTrainingArguments(output_dir=str(tmp_path), deepspeed=config, **COMMON)
     with pytest.raises(ValueError, match="ZeRO-3 is not supported"):
         MaxSupTrainer(

@@ -6,7 +6,7 @@ import os
 import pytest
 
 pytest.importorskip("sklearn")
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart_digits.py")
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "quickstart_digits.py")
 
 
 def test_maxsup_trains_on_digits(tmp_path):

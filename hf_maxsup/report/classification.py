@@ -1,0 +1,393 @@
+"""The report of classifiers: CE, LS and MaxSup side by side on image or text classification, checked against the
+papers (Müller et al. 2019, Xia et al. 2024, the MaxSup paper).
+
+[`analyze_checkpoints`] evaluates every run on the same data ([`analyze_run`]: loaded with
+[`~hf_maxsup.hub.load_for_analysis`], measured by [`~hf_maxsup.report.measures`]) and writes `report.md`,
+`results.json` and the figures ([`write_report`]); [`analyze_paths`] is `hf-maxsup analyze`: the same for
+checkpoints given by path or Hub id. A new claim of a paper is one [`~hf_maxsup.report.stats.Claim`] in
+[`PAPER_CLAIMS`] (its metric measured in [`~hf_maxsup.report.measures.compute_metrics`], shown in a column of
+[`TABLE_METRICS`] or [`REGIME_METRICS`]).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from ..analysis import digits_probe_dataset, find_feature_layer
+from .device import resolve_device
+from .evaluate import RECIPE_SEED, evaluate_all, evaluation_split, load_checkpoint, load_source
+from .figures import save_figures
+from .markdown import (
+    Column,
+    check_line,
+    opening_lines,
+    percent,
+    regime_lines,
+    results_content,
+    run_table,
+    summary_table,
+    training_time_line,
+    write_files,
+)
+from .measures import ClassifierPass, compute_metrics, logged_ls_terms, probe_accuracy, regime_and_selective_metrics
+from .options import DataOptions
+from .runs import Run, RunResult, checkpoint_runs
+from .stats import Claim, format_summary, paper_checks, regime_check, summarize_runs
+
+__all__ = [
+    "ACCURACY",
+    "CONFIDENCE_GAP",
+    "ECE",
+    "NLL",
+    "PAPER_CLAIMS",
+    "REGIME_METRICS",
+    "REPORT_FILES",
+    "TABLE_METRICS",
+    "analyze_checkpoints",
+    "analyze_paths",
+    "analyze_run",
+    "maxsup_ls_note",
+    "write_report",
+]
+
+REPORT_FILES = ("report.md", "results.json", "reliability_diagrams.png", "projections.png", "risk_coverage.png")
+
+ACCURACY = percent("accuracy", "accuracy")
+NLL = Column("nll", "NLL")
+ECE = percent("ece", "ECE")
+CONFIDENCE_GAP = Column("confidence_minus_accuracy", "confidence − accuracy")
+# The first table of the classification report, in order.
+TABLE_METRICS = (
+    ACCURACY,
+    NLL,
+    ECE,
+    percent("adaptive_ece", "adaptive ECE"),
+    percent("aurc", "AURC"),
+    Column("d_within", "d_within"),
+    Column("r2", "R²"),
+    Column("mean_confidence_wrong", "mean confidence on errors"),
+    percent("linear_probe_digits", "linear probe (digits)"),
+)
+# The second table: the regime check and the numbers behind the three checks that the first table does not show.
+REGIME_METRICS = (
+    Column("mean_confidence", "mean confidence"),
+    CONFIDENCE_GAP,
+    percent("train_accuracy", "training accuracy"),
+    percent("aurc_logit_norm", "AURC, logit-normalised"),
+    Column("logit_norm_p", "p of the normalisation", decimals=1),
+    Column("train_ls_error_amplification", "logged LS error amplification", decimals=4),
+    percent("train_ls_error_share", "its share of LS's logged term"),
+)
+
+
+def _logit_norm_note(summary: dict) -> str | None:
+    """The norm order p of the LS runs' logit normalisation."""
+    p = summary.get("ls", {}).get("logit_norm_p", {})
+    return f"p = {format_summary(p, 1.0, 1)}, chosen per run on held-out data from 1..10" if p.get("n") else None
+
+
+def _error_amplification_note(summary: dict) -> str | None:
+    """The error-amplification term the LS runs logged during training, which MaxSup does not have."""
+    logged = summary.get("ls", {}).get("train_ls_error_amplification", {})
+    if not logged.get("n"):
+        return None
+    return (
+        f"the LS runs logged an error-amplification term (1/K)Σ_(z_n>z_y)(z_y − z_n) of "
+        f"{format_summary(logged, 1.0, 4)} per example (mean over training), which MaxSup does not have"
+    )
+
+
+# What the papers report of classifiers.
+PAPER_CLAIMS = (
+    Claim("LS lowers ECE compared with CE (Müller et al. 2019)", "ece", "ls", "<", "ce"),
+    Claim("LS lowers d_within (tighter classes) compared with CE (MaxSup paper)", "d_within", "ls", "<", "ce"),
+    Claim("MaxSup keeps d_within above LS (MaxSup paper)", "d_within", "maxsup", ">", "ls"),
+    Claim("MaxSup accuracy is at least LS's (MaxSup paper)", "accuracy", "maxsup", ">=", "ls"),
+    Claim("LS makes AURC worse than CE (Xia et al. 2024)", "aurc", "ls", ">", "ce"),
+    Claim(
+        "LS loses linear-probe transfer accuracy; MaxSup keeps it (MaxSup paper)",
+        "linear_probe_digits",
+        "maxsup",
+        ">",
+        "ls",
+    ),
+    Claim(
+        "Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024)",
+        "aurc_logit_norm",
+        "ls",
+        "<",
+        "ls",
+        metric_b="aurc",
+        note=_logit_norm_note,
+    ),
+    Claim(
+        "MaxSup's inter-class separability R² is at least LS's (MaxSup paper: CE 0.445, LS 0.461, MaxSup 0.497)",
+        "r2",
+        "maxsup",
+        ">=",
+        "ls",
+    ),
+    Claim(
+        "MaxSup is less confident than LS on misclassified examples: no error-amplification term (MaxSup paper)",
+        "mean_confidence_wrong",
+        "maxsup",
+        "<",
+        "ls",
+        note=_error_amplification_note,
+    ),
+)
+# The papers' own numbers, for scale beside these runs' claims.
+PAPERS_SCALE = (
+    "For scale: MaxSup paper, ResNet-50 on ImageNet: d_within / R² CE 0.331 / 0.445, LS 0.254 / 0.461, MaxSup "
+    "0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller et al.: ECE 0.071 → 0.035 with LS "
+    "(Inception-v4, ImageNet)."
+)
+
+
+def maxsup_ls_note(summary: dict) -> str | None:
+    """How far MaxSup's training can differ from LS's in these runs, from the LS runs' logged decomposition: the two
+    terms differ only on the training examples that another class outranks, where LS has its error amplification."""
+    share = summary.get("ls", {}).get("train_ls_error_share", {})
+    if not share.get("n") or "maxsup" not in summary:
+        return None
+    return (
+        "MaxSup against LS: MaxSup's term differs from LS's only on the training examples that another class "
+        f"outranks, where LS has its error amplification; in the LS runs it was {format_summary(share, 100.0, 2)} % "
+        "of their logged LS term (mean over training). The smaller that share, the closer the two losses are at "
+        "equal alpha, and the more their difference is that of their alpha schedules."
+    )
+
+
+# --- evaluating ------------------------------------------------------------------------------------------------------
+
+
+def _run_metrics(run: Run, classifier: ClassifierPass, splits, split: str, collected: dict, probe_data) -> dict:
+    """Every metric of one run: those of its arrays, the regime and selective ones, the logged LS terms, the probe."""
+    data = classifier.data
+    metrics = compute_metrics(collected["logits"], collected["labels"], collected["features"])
+    metrics.update(
+        regime_and_selective_metrics(classifier.collect, splits, split, collected["logits"], collected["labels"], data)
+    )
+    metrics.update(logged_ls_terms(run.path) if os.path.isdir(run.path) else {})
+    probed = data.probe and classifier.task == "image-classification"
+    metrics["linear_probe_digits"] = probe_accuracy(classifier.features, data, probe_data) if probed else float("nan")
+    return metrics
+
+
+def analyze_run(
+    run: Run,
+    data: DataOptions,
+    source: Callable | None = None,
+    probe_data=None,
+    log: Callable = print,
+    *,
+    device: str | None = None,
+) -> RunResult:
+    """Evaluates one checkpoint: metrics, and the arrays the figures need.
+
+    Args:
+        run ([`Run`]): the checkpoint.
+        data ([`DataOptions`]): evaluation data and options.
+        source (`Callable[[str, int], DatasetDict]`, *optional*): `(task, seed) -> every split of the data`, to share
+            the loaded data between runs; defaults to loading it.
+        probe_data (`DatasetDict`, *optional*): the digits probe data, shared between runs.
+        log (`Callable`): progress messages.
+        device (`str`, *optional*): where the model runs (default: see [`resolve_device`]).
+    """
+    device = resolve_device(device)
+    model, processor, task = load_checkpoint(
+        run.path,
+        device,
+        data.token,
+        tasks=("image-classification", "text-classification"),
+        covers="image and text classifiers",
+    )
+    source = source or (lambda task, seed: load_source(task, data, seed))
+    splits = source(task, RECIPE_SEED if run.seed is None else run.seed)
+    split, raw = evaluation_split(splits, data)
+    log(f"  evaluating {run.path} on the {split} split ({len(raw)} examples)")
+    classifier = ClassifierPass(model, processor, task, data, device)
+    collected = classifier.collect(raw)
+    return RunResult(
+        label=run.label,
+        seed=run.seed,
+        path=run.path,
+        task=task,
+        split=split,
+        num_examples=len(raw),
+        metrics=_run_metrics(run, classifier, splits, split, collected, probe_data),
+        logits=collected["logits"],
+        labels=collected["labels"],
+        features=collected["features"],
+        class_weights=find_feature_layer(model, None).weight.detach().float().cpu().numpy(),
+        class_names=[str(model.config.id2label[i]) for i in range(model.config.num_labels)],
+    )
+
+
+def _data_note(data: DataOptions, results: Sequence[RunResult], probe) -> str:
+    """What the runs were evaluated on, in words: the source, each split and its size, the extra measurements."""
+    splits = {(result.task, result.split, result.num_examples) for result in results}
+    origin = data.dataset_name or data.test_file or data.validation_file or "the embedded data of the task"
+    note = "Evaluated on " + "; ".join(f"{origin}, {split} split ({n} examples)" for _, split, n in sorted(splits))
+    if data.train_samples:
+        note += f"; training accuracy on the first {data.train_samples} training examples"
+    if data.probe:
+        note += (
+            f"; linear probe on scikit-learn digits ({len(probe['train'])} / {len(probe['test'])} train / test images)."
+        )
+    return note
+
+
+def analyze_checkpoints(
+    runs: Sequence[Run],
+    output_dir: str,
+    data: DataOptions | None = None,
+    *,
+    device: str | None = None,
+    log: Callable = print,
+    **report_kwargs,
+) -> dict:
+    """Evaluates every run on the same data and writes the report of [`write_report`] into `output_dir`.
+
+    Args:
+        runs (`Sequence[Run]`): the checkpoints, grouped by their labels.
+        output_dir (`str`): the report's folder.
+        data ([`DataOptions`], *optional*): evaluation data and options (default: the task's embedded data).
+        device (`str`, *optional*): where the models run: `"cuda"` when a GPU is available, else `"cpu"` by default.
+        log (`Callable`): progress messages.
+        **report_kwargs: passed to [`write_report`] (`title`, `command`, `notes`, `extra`, ...).
+
+    Returns:
+        `dict`: the content of `results.json`.
+    """
+    data = data or DataOptions()
+    device = resolve_device(device)
+    cache = {}
+
+    def source(task, seed):
+        # Only a validation split cut from train depends on the training seed.
+        if (task, seed) not in cache:
+            cache[(task, seed)] = load_source(task, data, seed)
+        return cache[(task, seed)]
+
+    probe = digits_probe_dataset(max_samples=data.probe_samples) if data.probe and runs else None
+    results = evaluate_all(runs, lambda run: analyze_run(run, data, source, probe, log, device=device), log)
+    report_kwargs.setdefault("data_note", _data_note(data, results, probe))
+    report_kwargs.setdefault("projection_classes", data.projection_classes)
+    extra = {"data_options": data.to_json(), **(report_kwargs.pop("extra", None) or {})}
+    return write_report(results, output_dir, extra=extra, **report_kwargs)
+
+
+def analyze_paths(
+    paths: Sequence[str],
+    output_dir: str,
+    data: DataOptions | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    **kwargs,
+) -> dict:
+    """`hf-maxsup analyze`: the report of checkpoints given by path or Hub id, each checked before any is loaded and
+    labelled as [`~hf_maxsup.report.runs.checkpoint_runs`] says (`labels`, else the loss the run recorded).
+
+    Args:
+        paths (`Sequence[str]`): run output folders, `checkpoint-*` folders or Hub ids.
+        output_dir (`str`), data ([`DataOptions`], *optional*): as for [`analyze_checkpoints`].
+        labels (`Sequence[str]`, *optional*): a group name per path.
+        **kwargs: passed to [`analyze_checkpoints`] (`device`, `log`, `title`, `command`, ...).
+
+    Returns:
+        `dict`: the content of `results.json`.
+    """
+    return analyze_checkpoints(checkpoint_runs(paths, labels), output_dir, data, **kwargs)
+
+
+# --- writing ---------------------------------------------------------------------------------------------------------
+
+
+def _table_lines(summary: dict, regime: dict | None, first: str) -> list[str]:
+    """The two tables of the classification report, each with the words it needs, and the regime check."""
+    return [
+        (
+            "Lower is better for NLL, ECE, AURC and the confidence on errors; d_within is the intra-class cosine "
+            "distance of the normalised penultimate features, R² = 1 − d_within/d_total their inter-class "
+            "separability; the linear probe is a logistic regression on the frozen penultimate features of "
+            "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits."
+        ),
+        "",
+        summary_table(summary, first, TABLE_METRICS),
+        "",
+        (
+            "The regime and the numbers behind the last checks: confidence − accuracy > 0 is over-confidence; the "
+            "training accuracy is measured on training examples; the logit-normalised AURC ranks by "
+            "max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen on held-out data; the LS error amplification is "
+            "the term the LS run logged during training (mean over its logging windows)."
+        ),
+        "",
+        summary_table(summary, first, REGIME_METRICS),
+        "",
+        *regime_lines(summary, regime),
+    ]
+
+
+def _figure_lines(figures: dict, class_names: Sequence[str], projection_classes: Sequence[int]) -> list[str]:
+    """The figures' section: each figure under the sentence that says what it shows."""
+    lines = ["## Figures", "", "Reliability diagrams (15 equal-width bins; counts on top of the bars):", ""]
+    lines += [f"![reliability diagrams]({figures['reliability']})", ""]
+    if "projections" in figures:
+        classes = ", ".join(class_names[c] for c in projection_classes)
+        lines += [
+            (
+                f"Penultimate features of the classes {classes} projected on the plane through their templates "
+                "(Müller et al. 2019):"
+            ),
+            "",
+            f"![projections]({figures['projections']})",
+            "",
+        ]
+    return [*lines, "Risk-coverage curves:", "", f"![risk-coverage]({figures['risk_coverage']})", ""]
+
+
+def write_report(
+    results: Sequence[RunResult],
+    output_dir: str,
+    *,
+    title: str = "CE / LS / MaxSup side by side",
+    command: str | None = None,
+    data_note: str | None = None,
+    notes: Sequence[str] = (),
+    projection_classes: Sequence[int] = (0, 1, 2),
+    extra: dict | None = None,
+) -> dict:
+    """Writes `report.md`, `results.json` and the figures of analysed runs (as [`analyze_run`] returns them).
+
+    `report.md`: one row per group of runs (a loss, over its seeds) with accuracy, NLL, ECE, adaptive ECE, AURC,
+    d_within, R², mean confidence on errors and the digits linear probe, as mean ± standard deviation; a second table
+    for the regime check (CE's confidence − accuracy and training accuracy, with a warning when CE is not
+    over-confident or does not fit its training set) and the logit-normalised AURC and logged LS error amplification;
+    the claims of the papers, each agreeing or not and beyond the seeds' spread or not; the figures; one row per run.
+
+    Returns:
+        `dict`: the content of `results.json`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    summary = summarize_runs(results)
+    checks = paper_checks(summary, PAPER_CLAIMS)
+    regime = regime_check(summary)
+    figures = save_figures(results, output_dir, projection_classes)
+    lines = opening_lines(title, command, data_note, summary)
+    lines += _table_lines(summary, regime, "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model")
+    if checks:
+        lines += ["## What the papers report, and what these runs show", ""]
+        lines += [*(check_line(check, (*TABLE_METRICS, *REGIME_METRICS)) for check in checks), ""]
+        note = maxsup_ls_note(summary)
+        lines += [note, "", PAPERS_SCALE, ""] if note else [PAPERS_SCALE, ""]
+    lines += [*notes, ""] if notes else []
+    time_line = training_time_line([result.path for result in results])
+    lines += [time_line, ""] if time_line else []
+    lines += _figure_lines(figures, results[0].class_names, projection_classes)
+    lines += ["## Every run", "", run_table(results, TABLE_METRICS), ""]
+    content = results_content(
+        results, TABLE_METRICS, summary, checks, regime, title, command, data_note, extra, figures=figures
+    )
+    return write_files(output_dir, lines, content)
