@@ -56,8 +56,9 @@ test: lint install-deepspeed
 # The AOT check is left out: its spill budget holds for the triton of `make test` (triton 3.6 spills 4 bytes in one
 # distillation variant on sm_90).
 FLOORS_VENV ?= .venv-floors
-FLOOR_TESTS ?= tests/test_engine.py tests/test_losses.py tests/test_triton_backend.py tests/test_triton_losses.py \
-	tests/test_distill_loss.py tests/test_trainer.py tests/test_hub.py
+FLOOR_TESTS ?= tests/kernels/test_engine.py tests/kernels/test_losses.py tests/kernels/test_triton_backend.py \
+	tests/kernels/test_triton_losses.py tests/kernels/test_distillation_loss.py tests/trainer/test_trainer.py \
+	tests/hub/test_card_and_push.py
 
 $(FLOORS_VENV)/bin/python:
 	$(PYTHON) -m venv $(FLOORS_VENV)

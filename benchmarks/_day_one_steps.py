@@ -34,7 +34,7 @@ import trainer as trainer_bench  # noqa: E402
 
 __all__ = ["LINEAR_CANDIDATES", "LOSS_CANDIDATES", "SIZES", "STEPS", "TEST_FILES", "TRAIN_CANDIDATES", "emit"]
 
-TEST_FILES = ["tests/test_triton_losses.py", "tests/test_triton_backend.py"]
+TEST_FILES = ["tests/kernels/test_triton_losses.py", "tests/kernels/test_triton_backend.py"]
 LOSS_CANDIDATES = [
     "ce", "ce_ls", "hf_label_smoother", "liger_ls", "ours_ls", "ours_ls_inplace", "ours_maxsup", "ours_maxsup_inplace",
 ]  # fmt: skip

@@ -8,7 +8,7 @@ Four steps, in this order, each in a process of its own (a crash or a CUDA error
 appended to DIR/day_one.md and written into DIR/day_one.json as soon as it ends, so that a time-out still leaves the
 first results (the processes' output goes to DIR/day_one.log):
 
-  a. tests:  the Triton tests (tests/test_triton_losses.py, tests/test_triton_backend.py) on the GPU
+  a. tests:  the Triton tests (tests/kernels/test_triton_losses.py, test_triton_backend.py) on the GPU
              (HF_MAXSUP_TEST_DEVICE=cuda) against the float64 reference: every loss, reduction and dtype, ignored
              rows, ties (the compiled kernel's first-index rule: the interpreter does not check it), soft targets,
              distillation, K = 32k and 128k, in place; pass/fail counts per file and the failures;

@@ -1,4 +1,4 @@
-"""The device the Triton tests run their kernels on (`test_triton_backend.py`, `test_triton_losses.py`).
+"""The device the Triton tests run their kernels on (`kernels/test_triton_backend.py`, `kernels/test_triton_losses.py`).
 
 `HF_MAXSUP_TEST_DEVICE=cuda` runs them on the GPU (`benchmarks/gpu_day_one.py` sets it there); unset, they run where
 the environment allows: on the CPU under Triton's interpreter when `TRITON_INTERPRET=1` (conftest.py sets it on a
