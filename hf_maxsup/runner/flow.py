@@ -24,6 +24,7 @@ from .output_dir import (
     WEIGHTS,
     claim_output_dir,
     drop_incomplete_checkpoints,
+    last_complete_checkpoint,
     model_to_evaluate,
     refuse_to_overwrite,
     release_output_dir,
@@ -391,7 +392,7 @@ def run(trainer, plan: RunPlan, eval_dataset=None, predict_dataset=None, card_kw
     try:
         results = _carry_out(trainer, plan, eval_dataset, predict_dataset, card_kwargs if write_card else None, on_eval)
     except (OSError, RuntimeError) as err:
-        if (full := full_disk_error(err, output_dir)) is None:
+        if (full := full_disk_error(err, output_dir, _going_on(output_dir, training_args.do_train))) is None:
             raise
         raise full from err
     if training_args.push_to_hub:
@@ -400,6 +401,14 @@ def run(trainer, plan: RunPlan, eval_dataset=None, predict_dataset=None, card_kw
         _log_outputs(output_dir)
     release_output_dir(output_dir)
     return results
+
+
+def _going_on(output_dir: str, trains: bool) -> str:
+    """How a run that stopped on a full disk goes on once there is room."""
+    checkpoint = last_complete_checkpoint(output_dir, log=lambda _: None) if trains else None
+    if checkpoint is not None:
+        return f"run again with --resume_from_checkpoint last: it continues from {checkpoint}"
+    return "run again" + (" with --overwrite_output_dir (no checkpoint was saved in full)" if trains else "")
 
 
 def _carry_out(trainer, plan: RunPlan, eval_dataset, predict_dataset, card_kwargs: dict | None, on_eval) -> dict:

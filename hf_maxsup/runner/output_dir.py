@@ -158,13 +158,13 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
         parent = os.path.dirname(os.path.normpath(resume))
         previous = last_complete_checkpoint(parent, log=lambda _: None, before=resume)  # the message names it
         fix = (
-            f"Resume from the previous complete one with --resume_from_checkpoint {previous}"
+            f"Give an earlier checkpoint: --resume_from_checkpoint {previous} is the previous complete one"
             if previous
-            else "There is no complete checkpoint before it: start the run again without --resume_from_checkpoint"
+            else "There is no complete earlier checkpoint: start the run again without --resume_from_checkpoint"
         )
         raise ValueError(
-            f"--resume_from_checkpoint {resume}: {reason.replace('it is', 'the checkpoint is', 1)}. {fix} "
-            "(or give 'last' for the newest complete one, which skips incomplete and damaged checkpoints)."
+            f"--resume_from_checkpoint {resume}: {reason.replace('it is', 'the checkpoint is', 1)}. {fix}, or give "
+            "'last' for the newest complete one (it skips incomplete and damaged checkpoints)."
         )
     return resume
 

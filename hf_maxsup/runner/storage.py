@@ -72,13 +72,13 @@ def check_writable_folder(folder: str, what: str, fix: str) -> None:
             pass
     except OSError as err:
         reason = err.strerror or str(err)
-        where = (
-            f" ({err.filename})" if err.filename and os.path.abspath(err.filename) != os.path.abspath(folder) else ""
-        )
+        # Name the folder above it where creating failed, e.g. a read-only HOME under which the cache would be made.
+        above = err.filename and os.path.abspath(folder).startswith(os.path.abspath(err.filename) + os.sep)
+        where = f" ({err.filename})" if above else ""
         raise ValueError(f"{what} {folder} cannot be written to: {reason}{where}. Fix: {fix}.") from err
 
 
-def full_disk_error(err: BaseException, output_dir: str) -> OSError | None:
+def full_disk_error(err: BaseException, output_dir: str, then: str) -> OSError | None:
     """The error to raise instead of `err`, a failed write, when the disk of `output_dir` is full: an `OSError`
     (`ENOSPC`) naming the folder, the space left and how to go on; `None` when `err` is something else.
 
@@ -86,23 +86,21 @@ def full_disk_error(err: BaseException, output_dir: str) -> OSError | None:
         err (`BaseException`): what the write raised: an `OSError` with `ENOSPC` or `EDQUOT`, or the `RuntimeError`
             of torch's zip writer, put down to a full disk when under 64 MiB are left.
         output_dir (`str`): the run's folder.
+        then (`str`): how to go on once there is room, e.g. `"run again with --resume_from_checkpoint last"`.
     """
     try:
         free = shutil.disk_usage(output_dir).free
     except OSError:
         free = None
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        pass
-    elif not (isinstance(err, RuntimeError) and any(words in str(err) for words in _TORCH_WRITE_FAILED)):
-        return None
-    elif free is None or free >= _NEARLY_FULL:
+    no_space = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    torch_failed = isinstance(err, RuntimeError) and any(words in str(err) for words in _TORCH_WRITE_FAILED)
+    if not (no_space or (torch_failed and free is not None and free < _NEARLY_FULL)):
         return None
     left = f"{free / 2**20:.1f} MiB left" if free is not None else "space left unknown"
     return OSError(
         errno.ENOSPC,
         f"the disk of --output_dir {output_dir} is full ({left}); a write failed: {err}. Free space there (or give "
-        "an --output_dir on a disk with room, or keep fewer checkpoints with --save_total_limit), then run again with "
-        "--resume_from_checkpoint last: it continues from the newest complete checkpoint and skips a half-written one.",
+        f"an --output_dir on a disk with room, or keep fewer checkpoints with --save_total_limit), then {then}.",
     )
 
 
