@@ -52,15 +52,12 @@ def encode_labels(dataset: DatasetDict, label_column: str = "label") -> tuple[Da
     if not splits:
         raise ValueError(f"Label column {label_column!r} not found in any split.")
     feature = next(iter(splits.values())).features[label_column]
-    dtype = getattr(feature, "dtype", None)
-    if not isinstance(feature, ClassLabel) and (
-        dtype not in ("string", "large_string") and not str(dtype).startswith(("int", "uint"))
-    ):
+    class_label, dtype = isinstance(feature, ClassLabel), str(getattr(feature, "dtype", None))
+    if not class_label and dtype not in ("string", "large_string") and not dtype.startswith(("int", "uint")):
         raise ValueError(
             f"Label column {label_column!r} has type {feature}; "
             "only ClassLabel, string or integer labels are supported."
         )
-    class_label = isinstance(feature, ClassLabel)
     values = {split: set(data.unique(label_column)) for split, data in splits.items()}
     trained = values.get("train") or set().union(*values.values())
     unlabeled = _unlabeled_splits(values, trained, class_label)
@@ -91,7 +88,12 @@ def _unlabeled_splits(values: dict[str, set], trained: set, class_label: bool) -
     for split, found in values.items():
         if NO_LABEL not in found:
             continue
-        if split == "train" or found != {NO_LABEL}:
+        if split == "train":
+            raise ValueError(
+                f"split 'train' has rows without a label ({NO_LABEL}): the model cannot learn from them. Remove them, "
+                "or give them a label."
+            )
+        if found != {NO_LABEL}:
             raise ValueError(
                 f"split {split!r} mixes labels with {NO_LABEL} (no label): give every row of it a label"
                 + (f", or none ({NO_LABEL} everywhere, to predict it without metrics)." if split == "test" else ".")
