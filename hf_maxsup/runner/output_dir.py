@@ -92,14 +92,14 @@ def _step(checkpoint: str) -> int:
 
 
 def unusable(path: str) -> str | None:
-    """Why the checkpoint folder `path` cannot be resumed, in words: incomplete ([`checkpoint_problems`]) or damaged
-    (a file that is there cannot be read, see [`~hf_maxsup.runner.checkpoint_files.damaged_files`]); `None` when it
-    can."""
+    """Why the checkpoint folder `path` cannot be resumed, in words: `"incomplete (no ...), ..."`
+    ([`checkpoint_problems`]) or `"damaged (...)"` (a file that is there cannot be read, see
+    [`~hf_maxsup.runner.checkpoint_files.damaged_files`]); `None` when it can."""
     problems = checkpoint_problems(path)
     if problems:
-        return f"it is incomplete (no {', '.join(problems)}), probably because the run was stopped while saving it"
+        return f"incomplete (no {', '.join(problems)}), probably because the run was stopped while saving it"
     damage = damaged_files(path)
-    return f"it is damaged ({'; '.join(damage)})" if damage else None
+    return f"damaged ({'; '.join(damage)})" if damage else None
 
 
 def last_complete_checkpoint(
@@ -120,7 +120,7 @@ def last_complete_checkpoint(
         reason = unusable(path)
         if reason is None:
             return path
-        log(f"skipping {path}: {reason}; an earlier checkpoint is used.")
+        log(f"skipping {path}: it is {reason}; an earlier checkpoint is used.")
     return None
 
 
@@ -163,7 +163,7 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
             else "There is no complete earlier checkpoint: start the run again without --resume_from_checkpoint"
         )
         raise ValueError(
-            f"--resume_from_checkpoint {resume}: {reason.replace('it is', 'the checkpoint is', 1)}. {fix}, or give "
+            f"--resume_from_checkpoint {resume}: the checkpoint is {reason}. {fix}, or give "
             "'last' for the newest complete one (it skips incomplete and damaged checkpoints)."
         )
     return resume

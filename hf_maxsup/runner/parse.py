@@ -203,7 +203,7 @@ def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, def
         )
     try:
         with open(path, encoding="utf-8") as f:
-            values = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=ConfigLoader)  # noqa: S506
+            values = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=_ConfigLoader)
         if not isinstance(values, dict):
             raise ValueError("it must hold one mapping of argument names to values")
         values = _coerce_config_values(parser, values)
@@ -214,17 +214,17 @@ def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, def
         raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
 
 
-class ConfigLoader(yaml.SafeLoader):
+class _ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's booleans: only `true` and `false`, so that `save_strategy: no` or
     `report_to: none`-like words stay the text the command line would get (YAML 1.1 reads `no`, `off`, `yes`, `on`
     as booleans)."""
 
 
-ConfigLoader.yaml_implicit_resolvers = {
+_ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-ConfigLoader.add_implicit_resolver(
+_ConfigLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
