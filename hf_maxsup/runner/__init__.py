@@ -2,8 +2,12 @@
 [`RunPlan`] it returns, and call [`run`].
 
 - `parse`: the flags (or a config file), the recipes' defaults, the launch checks, logging.
-- `output_dir`: the lock, complete checkpoints, overwrite refusal, which checkpoint a run resumes (no torch import).
-- `resume`: a resumed checkpoint's loss history and whether its weights fit.
+- `output_dir`: the lock, complete checkpoints, overwrite refusal, which checkpoint a run resumes, which model an
+  evaluation-only run evaluates (no torch import).
+- `checkpoint_files`: whether a checkpoint's files can be read, checked without loading them (no torch import).
+- `storage`: whether a run can write where it writes (`--output_dir`, the datasets cache), and a full disk named.
+- `resume`: a resumed checkpoint's loss history and length, whether its weights fit, and whether a saved classifier
+  fits the data it evaluates.
 - `engines`: the engine's name and the FSDP fixes.
 - `flow`: `start` -> `RunPlan` -> `run`, and the helpers a script builds with.
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import datasets
 from datasets import DatasetDict
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 
@@ -23,11 +24,15 @@ from .output_dir import (
     WEIGHTS,
     claim_output_dir,
     drop_incomplete_checkpoints,
+    last_complete_checkpoint,
+    model_to_evaluate,
     refuse_to_overwrite,
     release_output_dir,
+    saved_model,
 )
 from .parse import parse_args
-from .resume import check_checkpoint_fits, loss_history
+from .resume import ScheduleLengthCheck, check_checkpoint_fits, check_evaluated_labels, loss_history
+from .storage import check_writable_folder, full_disk_error
 
 __all__ = [
     "RunPlan",
@@ -94,8 +99,10 @@ def preflight(model_args: ModelArguments, training_args, run_args: RunArguments)
     Checks `--model_name_or_path` (a local-looking path must exist), `--resume_from_checkpoint` (`last` becomes the
     newest complete checkpoint, a folder must be complete; `training_args.resume_from_checkpoint` is set to the
     folder, as the Trainer's loggers and saved arguments record it), the loss settings of a resumed checkpoint, and
-    whether training would overwrite an earlier run; the main process locks `output_dir` for the rest of its life
-    (released at the end of [`run`]).
+    whether training would overwrite an earlier run; the main process checks that it can write in `output_dir` and
+    locks it for the rest of its life (released at the end of [`run`]). A run that does not train evaluates the model
+    `output_dir` holds, if any (`model_args.model_name_or_path` is set to it; see
+    [`~hf_maxsup.runner.output_dir.model_to_evaluate`]).
 
     Returns:
         `tuple[str | None, list[dict]]`: the checkpoint to resume from, and its loss history (see
@@ -112,6 +119,16 @@ def preflight(model_args: ModelArguments, training_args, run_args: RunArguments)
     if checkpoint is None:
         if training_args.do_train:
             refuse_to_overwrite(output_dir, run_args.overwrite_output_dir, is_main=is_main)
+        elif training_args.do_eval or training_args.do_predict:
+            splits = [
+                split
+                for split, asked in (("eval", training_args.do_eval), ("predict", training_args.do_predict))
+                if asked
+            ]
+            given = model_args.model_name_or_path
+            model_args.model_name_or_path = model_to_evaluate(output_dir, given, splits, run_args.overwrite_output_dir)
+            if model_args.model_name_or_path != given:
+                logger.warning(f"no --do_train: evaluating the model saved in {output_dir}.")
         return None, []
     history = loss_history(checkpoint, training_args, run_args.allow_loss_change)
     if is_main:
@@ -131,6 +148,11 @@ def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, s
         `datasets.DatasetDict` with `train`, `validation` and possibly `test`.
     """
     columns = data_args.columns()
+    check_writable_folder(
+        model_args.cache_dir or str(datasets.config.HF_DATASETS_CACHE),
+        "the datasets cache",
+        "set HF_DATASETS_CACHE (or HF_HOME) to a folder you can write to, or pass --cache_dir",
+    )
     raw = load_task_dataset(
         task,
         data_args,
@@ -189,11 +211,17 @@ def tokenize(raw, preprocess, data_args: DataArguments, training_args):
         `datasets.DatasetDict`: the tokenized splits.
     """
     with training_args.main_process_first(desc="tokenization"):
-        return raw.map(
-            preprocess,
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
+        # Split by split: a test split without labels has fewer columns to remove.
+        return DatasetDict(
+            {
+                split: data.map(
+                    preprocess,
+                    batched=True,
+                    num_proc=data_args.preprocessing_num_workers,
+                    remove_columns=data.column_names,
+                )
+                for split, data in raw.items()
+            }
         )
 
 
@@ -296,10 +324,12 @@ def _push_last(trainer, output_dir: str, card_kwargs: dict) -> None:
         ) from err.__cause__
 
 
-def _train(trainer, checkpoint: str | None) -> dict:
-    """Train (from `checkpoint` when resuming), save the final model, the metrics and the state."""
+def _train(trainer, plan: RunPlan) -> dict:
+    """Train (from the plan's checkpoint when resuming), save the final model, the metrics and the state."""
+    checkpoint = plan.checkpoint
     if checkpoint is not None:
         check_checkpoint_fits(trainer.model, checkpoint)
+        trainer.add_callback(ScheduleLengthCheck(plan, trainer))
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     save_final_model(trainer)
     metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
@@ -324,6 +354,8 @@ def _evaluate(trainer, eval_dataset, on_eval: Callable | None) -> dict:
 
 def _predict(trainer, predict_dataset) -> dict:
     output = trainer.predict(predict_dataset, metric_key_prefix="predict")
+    if output.label_ids is None:
+        logger.warning(f"predicted {len(predict_dataset)} examples without labels: no metrics but the run time.")
     metrics = {**output.metrics, "predict_samples": len(predict_dataset)}
     trainer.log_metrics("predict", metrics)
     trainer.save_metrics("predict", metrics)
@@ -348,23 +380,53 @@ def run(trainer, plan: RunPlan, eval_dataset=None, predict_dataset=None, card_kw
     Returns:
         `dict`: all metrics (train, eval, predict).
     """
-    training_args = plan.training_args
-    card_kwargs = {**(card_kwargs or {}), "loss_history": plan.loss_history or None}
-    results = {}
+    training_args, output_dir = plan.training_args, plan.training_args.output_dir
+    card_kwargs = card_kwargs or {}
+    # A run that only evaluates the model a finished run saved keeps that run's card: its own state knows no training.
+    write_card = training_args.do_train or not saved_model(output_dir)
     prepare_engine(trainer)
+    if not training_args.do_train:
+        check_evaluated_labels(trainer, plan.model_args.model_name_or_path)
     if trainer.is_world_process_zero():
         _log_start(trainer, card_kwargs)
-    trainer.create_model_card(**card_kwargs)
+    try:
+        results = _carry_out(trainer, plan, eval_dataset, predict_dataset, card_kwargs if write_card else None, on_eval)
+    except (OSError, RuntimeError) as err:
+        if (full := full_disk_error(err, output_dir, _going_on(output_dir, training_args.do_train))) is None:
+            raise
+        raise full from err
+    if training_args.push_to_hub:
+        _push_last(trainer, output_dir, _card(card_kwargs, plan))
+    if trainer.is_world_process_zero():
+        _log_outputs(output_dir)
+    release_output_dir(output_dir)
+    return results
+
+
+def _going_on(output_dir: str, trains: bool) -> str:
+    """How a run that stopped on a full disk goes on once there is room."""
+    checkpoint = last_complete_checkpoint(output_dir, log=lambda _: None) if trains else None
+    if checkpoint is not None:
+        return f"run again with --resume_from_checkpoint last: it continues from {checkpoint}"
+    return "run again" + (" with --overwrite_output_dir (no checkpoint was saved in full)" if trains else "")
+
+
+def _carry_out(trainer, plan: RunPlan, eval_dataset, predict_dataset, card_kwargs: dict | None, on_eval) -> dict:
+    """The work of [`run`]: the card (unless `card_kwargs` is `None`), train, evaluate, predict, the card again."""
+    training_args, results = plan.training_args, {}
+    if card_kwargs is not None:
+        trainer.create_model_card(**_card(card_kwargs, plan))
     if training_args.do_train:
-        results.update(_train(trainer, plan.checkpoint))
+        results.update(_train(trainer, plan))
     if training_args.do_eval and eval_dataset is not None:
         results.update(_evaluate(trainer, eval_dataset, on_eval))
     if training_args.do_predict and predict_dataset is not None:
         results.update(_predict(trainer, predict_dataset))
-    trainer.create_model_card(**card_kwargs)
-    if training_args.push_to_hub:
-        _push_last(trainer, training_args.output_dir, card_kwargs)
-    if trainer.is_world_process_zero():
-        _log_outputs(training_args.output_dir)
-    release_output_dir(training_args.output_dir)
+    if card_kwargs is not None:
+        trainer.create_model_card(**_card(card_kwargs, plan))
     return results
+
+
+def _card(card_kwargs: dict, plan: RunPlan) -> dict:
+    """The model card's arguments, with the loss history as it stands (a resumed run may add to it as it starts)."""
+    return {**card_kwargs, "loss_history": plan.loss_history or None}

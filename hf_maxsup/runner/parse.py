@@ -7,10 +7,13 @@ checks of the launch, and logging.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import re
 import sys
+import types
 import typing
 from dataclasses import field, fields, make_dataclass
 
@@ -20,6 +23,7 @@ import transformers
 import yaml
 from accelerate.utils import DistributedType
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 __all__ = ["RecipeArgumentParser", "parse_args", "recipe_defaults"]
 
@@ -91,6 +95,8 @@ def parse_args(*dataclass_types):
         parsed = _parse_config_file(parser, sys.argv[1], overrides, defaults)
     else:
         extra = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+        if _evaluation_turned_off(_given_eval_flags(sys.argv[1:])):
+            parser.set_defaults(eval_strategy="no")
         parsed = parser.parse_args_into_dataclasses(args=[*sys.argv[1:], *extra])
     training_args = next(args for args in parsed if isinstance(args, TrainingArguments))
     _set_up_logging(training_args.get_process_log_level())
@@ -98,6 +104,24 @@ def parse_args(*dataclass_types):
         logger.info(f"{_launched_processes()} processes on a machine without GPUs: training on the CPU (use_cpu).")
     _check_launch(training_args)
     return parsed
+
+
+def _evaluation_turned_off(given: dict) -> bool:
+    """Whether the user turned `do_eval` off without choosing an `eval_strategy`: then the recipes' default of
+    evaluating every epoch ([`recipe_defaults`]) yields, since TrainingArguments would turn `do_eval` back on for it."""
+    return given.get("do_eval") is False and given.get("eval_strategy") is None
+
+
+def _given_eval_flags(args: list[str]) -> dict:
+    """`do_eval` (as a bool) and `eval_strategy` as the command line `args` give them; `None` where not given."""
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--do_eval", "--do-eval", nargs="?", const="true")
+    probe.add_argument("--eval_strategy", "--eval-strategy")
+    given = vars(probe.parse_known_args(args)[0])
+    try:
+        return {**given, "do_eval": None if given["do_eval"] is None else string_to_bool(given["do_eval"])}
+    except argparse.ArgumentTypeError:  # the parser proper names the bad value
+        return {}
 
 
 def _set_up_logging(level: int) -> None:
@@ -166,7 +190,12 @@ def _check_launch(training_args) -> None:
 
 def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, defaults: dict):
     """Parse a `.json` / `.yaml` config file, over `defaults` and with `overrides` on top, with errors that name the
-    file and the fix rather than a traceback from the parser."""
+    file and the fix rather than a traceback from the parser.
+
+    Each value is read as the command line would read its text (see [`_coerce_config_values`]): `"max_steps": "2"`
+    is 2, `"do_eval": "no"` is False, YAML's `learning_rate: 1e-3` (a string to YAML 1.1) is 0.001, and YAML's
+    `save_strategy: no` is the strategy "no" (YAML 1.2 booleans: only true and false).
+    """
     if not os.path.isfile(path):
         raise ValueError(
             f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
@@ -174,9 +203,75 @@ def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, def
         )
     try:
         with open(path, encoding="utf-8") as f:
-            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+            values = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=_ConfigLoader)
         if not isinstance(values, dict):
             raise ValueError("it must hold one mapping of argument names to values")
+        values = _coerce_config_values(parser, values)
+        if _evaluation_turned_off(values):
+            defaults = {**defaults, "eval_strategy": "no"}
         return parser.parse_dict({**defaults, **values, **overrides})
     except (ValueError, yaml.YAMLError) as err:  # bad syntax, not UTF-8 (both ValueErrors), unknown keys
         raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only `true` and `false`, so that `save_strategy: no` or
+    `report_to: none`-like words stay the text the command line would get (YAML 1.1 reads `no`, `off`, `yes`, `on`
+    as booleans)."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _coerce_config_values(parser: HfArgumentParser, values: dict) -> dict:
+    """`values` of a config file as the command line would parse their text: each number, string or boolean of an
+    argument goes through the parser's own conversion of `--key=text` (`int`, `float`, the bool words, the choices
+    of an enum); lists, mappings and `null` stay as they are, for the arguments that take them. Unknown keys are left
+    for `parse_dict` to name.
+
+    Raises:
+        `ValueError`: a value the command line would refuse, or a list or mapping for an argument that takes one
+        value; the message names the key, the value and the expected type.
+    """
+    hints = {
+        spec.name: typing.get_type_hints(kind)[spec.name]
+        for kind in parser.dataclass_types
+        for spec in fields(kind)
+        if spec.init
+    }
+    parser.exit_on_error = False  # an ArgumentError to name the file with, not a usage message and exit 2
+    coerced = dict(values)
+    for key, value in values.items():
+        if key not in hints or value is None:
+            continue
+        if isinstance(value, (list, dict)):
+            kind = list if isinstance(value, list) else dict
+            if not _accepts(hints[key], kind):
+                raise ValueError(
+                    f"{key}: {value!r} is a {'list' if kind is list else 'mapping'}, but {key} takes one value "
+                    f"({_type_name(hints[key])})."
+                )
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        try:
+            coerced[key] = getattr(parser.parse_known_args([f"--{key}={text}"])[0], key)
+        except argparse.ArgumentError as err:
+            raise ValueError(f"{key}: {value!r} is not a valid value ({_type_name(hints[key])}): {err}.") from None
+    return coerced
+
+
+def _accepts(hint, kind: type) -> bool:
+    """Whether a field typed `hint` takes a value of `kind` (`list` or `dict`)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_accepts(arg, kind) for arg in typing.get_args(hint))
+    return (typing.get_origin(hint) or hint) is kind
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -193,24 +193,32 @@ def test_check_columns():
 
 def test_encode_labels():
     dataset = DatasetDict(
-        train=Dataset.from_dict({"label": ["pos", "neg", "pos"]}),
+        train=Dataset.from_dict({"label": ["pos", "neg", "pos", "neutral"]}),
         validation=Dataset.from_dict({"label": ["neutral"]}),
         test=Dataset.from_dict({"text": ["unlabelled"]}),
     )
     encoded, names = encode_labels(dataset)
     assert names == ["neg", "neutral", "pos"]
-    assert encoded["train"]["label"] == [2, 0, 2] and encoded["validation"]["label"] == [1]
+    assert encoded["train"]["label"] == [2, 0, 2, 1] and encoded["validation"]["label"] == [1]
     assert isinstance(encoded["train"].features["label"], ClassLabel)
     assert encoded["test"].column_names == ["text"]
+    # A label only the validation split has would be a class the model never trains on (issue 23, item 11).
+    dataset["train"] = Dataset.from_dict({"label": ["pos", "neg", "pos"]})
+    with pytest.raises(
+        ValueError, match=r"split 'validation' holds label\(s\) 'neutral' that the training split lacks"
+    ):
+        encode_labels(dataset)
 
     # Integer labels sort numerically (10 after 9) and need not start at 0.
     encoded, names = encode_labels(DatasetDict(train=Dataset.from_dict({"y": [10, 9, 2, 9]})), label_column="y")
     assert names == ["2", "9", "10"] and encoded["train"]["y"] == [2, 1, 0, 1]
 
     class_label = DatasetDict(
-        train=Dataset.from_dict({"label": [1]}).cast_column("label", ClassLabel(names=["b", "a"]))
+        train=Dataset.from_dict({"label": [1, 0]}).cast_column("label", ClassLabel(names=["b", "a"])),
+        test=Dataset.from_dict({"label": [-1, -1]}).cast_column("label", ClassLabel(names=["b", "a"])),
     )
-    assert encode_labels(class_label)[1] == ["b", "a"]
+    encoded, names = encode_labels(class_label)
+    assert names == ["b", "a"] and encoded["test"].column_names == []  # GLUE-style -1: no labels (item 17)
 
     with pytest.raises(ValueError, match="only ClassLabel, string or integer"):
         encode_labels(DatasetDict(train=Dataset.from_dict({"label": [0.5]})))

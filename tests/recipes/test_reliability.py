@@ -15,7 +15,7 @@ from _hub import FakeHub, make_trainer
 from _runs import RECIPES, TINY, run_recipe
 from _tiny import collate, tiny_bert, tiny_dataset
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments, cli
 from hf_maxsup.hub import HubPushError
@@ -111,6 +111,16 @@ def test_second_run_into_a_locked_output_dir_fails_naming_the_holder(tmp_path):
 
 
 # Item 3: a crash during a save does not block resuming.
+def checkpoint_files(folder, names):
+    """The files `names` of a checkpoint, readable as the Trainer writes them (a state, weights, a config)."""
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        if name == "model.safetensors":
+            save_file({"weight": torch.zeros(2)}, folder / name)
+        else:
+            (folder / name).write_text(json.dumps({"global_step": 1} if name == "trainer_state.json" else {}))
+
+
 def test_last_complete_checkpoint_skips_incomplete_ones(tmp_path):
     for step, files in (
         (2, ["model.safetensors", "trainer_state.json"]),
@@ -118,9 +128,7 @@ def test_last_complete_checkpoint_skips_incomplete_ones(tmp_path):
         (4, ["config.json"]),
         (10, ["trainer_state.json"]),
     ):
-        os.makedirs(tmp_path / f"checkpoint-{step}")
-        for name in files:
-            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+        checkpoint_files(tmp_path / f"checkpoint-{step}", files)
     skipped = []
     assert last_complete_checkpoint(str(tmp_path), log=skipped.append) == str(tmp_path / "checkpoint-2")
     assert [message.split(":")[0] for message in skipped] == [
@@ -206,9 +214,7 @@ def test_compare_resumes_a_member_from_its_last_complete_checkpoint(tmp_path):
     recipe.write_text(FAKE_RECIPE)
     member = Member("ce", 0, str(tmp_path / "ce-seed0"))
     for step, files in ((1, ["model.safetensors", "trainer_state.json"]), (2, ["config.json"])):
-        os.makedirs(tmp_path / "ce-seed0" / f"checkpoint-{step}")
-        for name in files:
-            (tmp_path / "ce-seed0" / f"checkpoint-{step}" / name).write_text("{}")
+        checkpoint_files(tmp_path / "ce-seed0" / f"checkpoint-{step}", files)
     logs = []
     train_members([member], str(recipe), [], log=logs.append, check=None)
     assert any("skipping" in line and "checkpoint-2" in line for line in logs)
