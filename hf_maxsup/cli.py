@@ -294,20 +294,20 @@ def compare_from_recipe(recipe: str, argv: Sequence[str] | None = None) -> int:
 
 def run_recipe(main: Callable[[], object], recipe: str, arguments: tuple[type, ...] = ()) -> None:
     """A recipe script's entry point: its `main()`; with `--compare` the side-by-side comparison of the losses
-    through the script ([`compare_from_recipe`]), so that every recipe offers it; with `-h` / `--help` the recipe's
-    short help ([`~hf_maxsup.runner.help.recipe_help`]), before anything loads torch.
+    through the script ([`compare_from_recipe`]), so that every recipe offers it; otherwise with `-h` / `--help` the
+    recipe's short help ([`~hf_maxsup.runner.help.recipe_help`]), before anything loads torch.
 
     Args:
         main (`Callable`): the script's `main`, whose module's docstring describes the recipe.
         recipe (`str`): the script's path.
         arguments (`tuple[type, ...]`): the recipe's model and data arguments, for the short help.
     """
+    if "--compare" in sys.argv:
+        sys.exit(compare_from_recipe(recipe))
     if wants_help(sys.argv[1:]):
         summary = (sys.modules[main.__module__].__doc__ or "").strip().split("\n\n")[0]
         print(recipe_help(os.path.basename(recipe), summary, arguments))
         sys.exit(0)
-    if "--compare" in sys.argv:
-        sys.exit(compare_from_recipe(recipe))
     main()
     _end_process_group()
 

@@ -202,9 +202,9 @@ def test_every_flag_of_the_example_script_sets_its_field(script):
 @pytest.mark.parametrize(
     "script, argv, message",
     [
-        ("run_classification.py", ["--do_regression", "true"], "regression"),
+        ("run_classification.py", ["--do_regression", "true"], "a regression has none"),
         ("run_classification.py", ["--use_fast_tokenizer", "false"], "fast one"),
-        ("run_glue.py", ["--task_name", "stsb"], "regression"),
+        ("run_glue.py", ["--task_name", "stsb"], "stsb is a regression"),
         ("run_glue.py", ["--task_name", "qnlx"], "not a GLUE task"),
         ("run_glue.py", ["--task_name", "mrpc", "--text_column_names", "a"], "sets the text columns"),
     ],
