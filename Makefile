@@ -35,11 +35,19 @@ install-deepspeed: install
 	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) -c \
 	    "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
 
+# --overwrite_output_dir: a second `make demo` trains again, replacing the first run's folder.
 demo: install
 	$(PY) recipes/image_classification.py --loss maxsup --do_train --do_eval --do_predict \
 	    --output_dir runs/fmnist-maxsup --num_train_epochs 4 --learning_rate 2e-3 --per_device_train_batch_size 64 \
 	    --per_device_eval_batch_size 256 --weight_decay 0.05 --lr_scheduler_type cosine --warmup_steps 0.05 \
-	    --augment false --save_strategy epoch --save_total_limit 1
+	    --augment false --save_strategy epoch --save_total_limit 1 --overwrite_output_dir
+	@echo
+	@echo "The demo run is in runs/fmnist-maxsup (metrics: all_results.json, model card: README.md)."
+	@echo "hf_maxsup is installed in $(dir $(PY)): use its programs by path, e.g."
+	@echo "    $(dir $(PY))hf-maxsup --help"
+	@echo "    $(dir $(PY))python recipes/text_classification.py --help"
+	@echo "    $(dir $(PY))python -m pytest tests/recipes"
+	@echo "or activate it first (source $(dir $(PY))activate), then run hf-maxsup, python and pytest as usual."
 
 # The formatter and linter configured in pyproject.toml: the code as committed must pass both.
 lint: install

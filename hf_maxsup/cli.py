@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from .report.device import resolve_device
 from .report.options import DataOptions, TranslationDataOptions, option_flags
+from .runner.help import recipe_help, wants_help
 
 __all__ = ["ENTRY_POINTS", "build_parser", "compare_from_recipe", "main", "run_recipe"]
 
@@ -291,11 +292,22 @@ def compare_from_recipe(recipe: str, argv: Sequence[str] | None = None) -> int:
     return main(["compare", "--recipe", os.path.abspath(recipe), *argv])
 
 
-def run_recipe(main: Callable[[], object], recipe: str) -> None:
-    """A recipe script's entry point: its `main()`, or with `--compare` the side-by-side comparison of the losses
-    through the script ([`compare_from_recipe`]), so that every recipe offers it."""
+def run_recipe(main: Callable[[], object], recipe: str, arguments: tuple[type, ...] = ()) -> None:
+    """A recipe script's entry point: its `main()`; with `--compare` the side-by-side comparison of the losses
+    through the script ([`compare_from_recipe`]), so that every recipe offers it; otherwise with `-h` / `--help` the
+    recipe's short help ([`~hf_maxsup.runner.help.recipe_help`]), before anything loads torch.
+
+    Args:
+        main (`Callable`): the script's `main`, whose module's docstring describes the recipe.
+        recipe (`str`): the script's path.
+        arguments (`tuple[type, ...]`): the recipe's model and data arguments, for the short help.
+    """
     if "--compare" in sys.argv:
         sys.exit(compare_from_recipe(recipe))
+    if wants_help(sys.argv[1:]):
+        summary = (sys.modules[main.__module__].__doc__ or "").strip().split("\n\n")[0]
+        print(recipe_help(os.path.basename(recipe), summary, arguments))
+        sys.exit(0)
     main()
     _end_process_group()
 

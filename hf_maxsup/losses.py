@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .loss_names import LS_MASSES, check_loss_name
 
 __all__ = [
     "LOSSES",
@@ -126,8 +127,7 @@ def check_loss_options(loss: str, alpha: float = 0.0, reduction: str = "mean", n
     Raises:
         `ValueError`: saying which option is wrong and what it may be.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}.")
+    check_loss_name(loss)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
     if num_items_in_batch is not None and reduction == "none":
@@ -302,9 +302,6 @@ def cross_entropy(
     return _loss(
         "ce", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward, return_components
     )
-
-
-LS_MASSES = ("all", "others")
 
 
 def smoothing_weight(alpha: float, num_classes: int, mass: str = "all") -> float:

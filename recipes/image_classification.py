@@ -5,30 +5,36 @@
 
 Without a dataset argument it trains on the embedded Fashion-MNIST subset with a small ConvNeXt built from a config,
 offline. Your data: `--dataset_name` (Hub), `--train_file/--validation_file` (csv/json/parquet with an image path or
-bytes column) or `--train_dir/--validation_dir` (image folders `<dir>/<label>/<image>`).
+bytes column) or `--train_dir/--validation_dir` (image folders `<dir>/<label>/<image>`). It takes the flags of
+transformers' `run_image_classification.py`; as that script, it draws `--max_train_samples` / `--max_eval_samples`
+at random with `--seed`.
 """
 
-from transformers import default_data_collator
-
-from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
 from hf_maxsup.arguments import ImageDataArguments, ImageModelArguments
 from hf_maxsup.cli import run_recipe
-from hf_maxsup.data import encode_labels, image_transform
-from hf_maxsup.metrics import classification_compute_metrics
-from hf_maxsup.models import build_image_model
-from hf_maxsup.runner import data_source, maybe_lora, reliability_diagram_writer, run, start
+
+# The recipe's model and data flags (with the loss flags, those its short --help lists).
+ARGUMENTS = (ImageModelArguments, ImageDataArguments)
 
 
 def main():
-    plan = start("image-classification", ImageModelArguments, ImageDataArguments, MaxSupTrainingArguments)
+    # Imported here, not at the top: `--help` answers before they load torch and transformers (seconds).
+    from transformers import default_data_collator
+
+    from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+    from hf_maxsup.data import encode_labels, image_transform
+    from hf_maxsup.metrics import classification_compute_metrics
+    from hf_maxsup.models import build_image_model
+    from hf_maxsup.runner import data_source, maybe_lora, reliability_diagram_writer, run, start
+
+    plan = start("image-classification", *ARGUMENTS, MaxSupTrainingArguments)
     model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
     raw, labels = encode_labels(plan.raw, data_args.label_column_name)
     model, image_processor = build_image_model(
         labels,
         model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        token=model_args.token,
         architecture=model_args.model_architecture,
+        **model_args.pretrained_kwargs(),
     )
     model = maybe_lora(model, model_args, "image-classification")
 
@@ -63,4 +69,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_recipe(main, __file__)
+    run_recipe(main, __file__, ARGUMENTS)

@@ -135,7 +135,7 @@ def test_the_reports_read_the_data_flags_of_the_recipes(task):
 
     recipe_types = {
         "image": (arguments.ImageModelArguments, arguments.ImageDataArguments),
-        "text": (arguments.ModelArguments, arguments.TextDataArguments),
+        "text": (arguments.TextModelArguments, arguments.TextDataArguments),
         "translation": (arguments.TranslationModelArguments, arguments.TranslationDataArguments),
     }[task]
     options = TranslationDataOptions if task == "translation" else DataOptions
@@ -145,7 +145,7 @@ def test_the_reports_read_the_data_flags_of_the_recipes(task):
     own_columns = {
         spec.name
         for kind in recipe_types[1].__mro__
-        if kind.__module__ == arguments.__name__ and kind.__name__.endswith("Columns")
+        if kind.__module__.startswith(arguments.__name__) and kind.__name__.endswith("Columns")
         for spec in fields(kind)
     }
     assert own_columns and own_columns <= read
@@ -155,10 +155,11 @@ def test_the_reports_read_the_data_flags_of_the_recipes(task):
 
 
 def test_the_reports_read_the_recipes_aliases_too():
-    """`--num_beams` and `--text_column_names` (run_translation.py's and run_classification.py's names) mean to the
-    report what they mean to the recipe."""
+    """`--num_beams`, `--text_column_names` and `--task_name` (run_translation.py's, run_classification.py's and
+    run_glue.py's names) mean to the report what they mean to the recipe."""
     import argparse
 
+    from hf_maxsup.arguments import GLUE_DATASET as GLUE
     from hf_maxsup.report.options import DataOptions, TranslationDataOptions, option_flags
 
     def parse(options, argv):
@@ -170,10 +171,15 @@ def test_the_reports_read_the_recipes_aliases_too():
 
     assert parse(TranslationDataOptions, ["--num_beams", "4"]).num_beams == 4
     assert parse(TranslationDataOptions, ["--generation_num_beams", "3"]).num_beams == 3
-    pair = parse(DataOptions, ["--text_column_names", "premise, hypothesis"])
-    assert (pair.text_column_name, pair.text_pair_column_name) == ("premise", "hypothesis")
-    with pytest.raises(ValueError, match="give one text column, or two"):
-        parse(DataOptions, ["--text_column_names", "a,b,c"])
+    joined = parse(DataOptions, ["--text_column_names", "title, body,category"])
+    assert (joined.text_columns(), joined.text_pair_column_name) == (["title", "body", "category"], None)
+    assert parse(DataOptions, ["--text_column_name", "a,b"]).text_columns() == ["a", "b"]  # the README's spelling
+    pair = parse(DataOptions, ["--text_column_names", "premise", "--text_pair_column_name", "hypothesis"])
+    assert (pair.text_columns(), pair.text_pair_column_name) == (["premise"], "hypothesis")
+    glue = parse(DataOptions, ["--task_name", "MRPC"])
+    assert (glue.text_columns(), glue.text_pair_column_name, glue.dataset_name) == (["sentence1"], "sentence2", GLUE)
+    with pytest.raises(ValueError, match="regression"):
+        parse(DataOptions, ["--task_name", "stsb"])
 
 
 MAX_MODULE_LINES = 450

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, load_dataset
 from PIL import Image
 
-from ..arguments import DataSourceArguments
+from ..arguments import DataSourceArguments, TextColumns
+from .selection import select_splits
 
 __all__ = ["TASKS", "check_columns", "load_embedded_dataset", "load_task_dataset"]
 
@@ -311,8 +312,10 @@ def load_task_dataset(
        the `imagefolder` builder.
     4. Nothing: the embedded data of [`load_embedded_dataset`].
 
-    When there is a `train` split but no `validation` split, `source.validation_split_percentage` % of `train` is held
-    out (shuffled with `seed`) as `validation`.
+    The splits and columns the source's flags name are kept ([`~hf_maxsup.data.selection.select_splits`]); for text,
+    the text columns no flag named are found in the data ([`~hf_maxsup.arguments.TextColumns.detect_text_columns`]).
+    When there is a `train` split but no `validation` split, `source.validation_fraction()` of `train` is held out
+    (shuffled with `seed`) as `validation`.
 
     Args:
         task (`str`): one of `"image-classification"`, `"text-classification"`, `"translation"`.
@@ -337,9 +340,12 @@ def load_task_dataset(
     _check_task(task)
     source = source or DataSourceArguments()
     data_files = source.data_files()
-    dataset = _load_source(task, source, data_files, image_folders or {}, cache_dir, token)
-    _check_no_empty_cells(dataset, non_empty_columns, data_files)
-    return _hold_out_validation(dataset, source.validation_split_percentage, seed)
+    dataset = select_splits(_load_source(task, source, data_files, image_folders or {}, cache_dir, token), source)
+    if task == "text-classification" and isinstance(source, TextColumns):
+        source.detect_text_columns(dataset["train" if "train" in dataset else next(iter(dataset))].column_names)
+        non_empty_columns = [*non_empty_columns, *source.text_columns(), *filter(None, [source.text_pair_column_name])]
+    _check_no_empty_cells(dataset, dict.fromkeys(non_empty_columns), data_files)
+    return _hold_out_validation(dataset, source.validation_fraction(), seed)
 
 
 def _load_source(task: str, source: DataSourceArguments, data_files: dict, data_dirs: dict, cache_dir, token):
@@ -358,11 +364,11 @@ def _load_source(task: str, source: DataSourceArguments, data_files: dict, data_
     return load_embedded_dataset(task)
 
 
-def _hold_out_validation(dataset: DatasetDict, percentage: int, seed: int) -> DatasetDict:
-    """`dataset` with `percentage` % of `train` held out as `validation` when it has a train split but no validation
-    split (and `percentage` > 0)."""
-    if "train" in dataset and "validation" not in dataset and percentage > 0:
-        split = dataset["train"].train_test_split(test_size=percentage / 100, seed=seed)
+def _hold_out_validation(dataset: DatasetDict, fraction: float, seed: int) -> DatasetDict:
+    """`dataset` with `fraction` of `train` held out as `validation` when it has a train split but no validation
+    split (and `fraction` > 0)."""
+    if "train" in dataset and "validation" not in dataset and fraction > 0:
+        split = dataset["train"].train_test_split(test_size=fraction, seed=seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
     return dataset
 

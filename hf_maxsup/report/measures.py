@@ -91,7 +91,12 @@ class ClassifierPass:
             transform = image_transform(self.processor, data.image_column_name, label_column, augment=False)
             return dataset.with_transform(transform), default_data_collator
         preprocess = text_preprocess_function(
-            self.processor, data.text_column_name, data.text_pair_column_name, label_column, data.max_seq_length
+            self.processor,
+            data.text_columns(),
+            data.text_pair_column_name,
+            label_column,
+            data.max_seq_length,
+            delimiter=data.text_column_delimiter,
         )
         encoded = dataset.map(preprocess, batched=True, remove_columns=dataset.column_names)
         return encoded, DataCollatorWithPadding(self.processor)

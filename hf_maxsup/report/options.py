@@ -62,7 +62,9 @@ def option_flags(options: type, *, recipe: bool) -> list[tuple[tuple[str, ...], 
         help_text = spec.metadata["help"]
         if default not in (None, ""):
             help_text = f"{help_text.rstrip('.')} (default: {shown})."
-        names = (spec.metadata.get("flag") or spec.name, *spec.metadata.get("aliases", ()))
+        # A recipe's aliases are written as HfArgumentParser takes them ("--name"), the report's without dashes.
+        aliases = [alias.lstrip("-") for alias in spec.metadata.get("aliases", ())]
+        names = (spec.metadata.get("flag") or spec.name, *aliases)
         flags.append((tuple(f"--{name}" for name in names), {**kwargs, "type": kind, "help": help_text}))
     return flags
 

@@ -104,7 +104,7 @@ def token_calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
 def _encoded_batches(model, tokenizer, raw, data: TranslationDataOptions):
     """Padded batches of `input_ids`, `attention_mask` and `labels` (-100 on padding), as the recipe trains on."""
     encoded = raw.map(
-        translation_preprocess_function(tokenizer, data),
+        translation_preprocess_function(tokenizer, data, evaluation=True),
         batched=True,
         remove_columns=raw.column_names,
     )
@@ -130,7 +130,7 @@ def _score_batches(model, tokenizer, batches, data: TranslationDataOptions, devi
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 num_beams=data.num_beams,
-                max_new_tokens=data.max_target_length,
+                max_new_tokens=data.eval_target_length(),
             ).cpu()
         )
         references += list(labels.cpu())

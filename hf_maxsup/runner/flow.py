@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, TrainingArguments, set_seed
 from ..analysis import reliability_diagram
 from ..arguments import DataArguments, ImageColumns, ModelArguments, RunArguments
 from ..auto import unwrap_peft
-from ..data import check_columns, load_task_dataset
+from ..data import check_columns, limit_samples, load_task_dataset
 from ..hub import RELIABILITY_DIAGRAM, HubPushError
 from ..models import apply_lora, check_model_name_or_path
 from .engines import prepare_engine, save_final_model
@@ -87,6 +87,8 @@ def start(task: str, model_type: type, data_type: type, training_type: type) -> 
         [`RunPlan`]
     """
     model_args, data_args, training_args, run_args = parse_args(model_type, data_type, training_type, RunArguments)
+    for flag, why in model_args.unused_flags().items():
+        logger.warning(f"{flag} has no effect: {why}.")
     checkpoint, history = preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(task, data_args, model_args, seed=training_args.seed)
@@ -137,17 +139,18 @@ def preflight(model_args: ModelArguments, training_args, run_args: RunArguments)
 
 
 def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, seed: int = 42):
-    """Load the task's data (see [`hf_maxsup.data.load_task_dataset`]), check the named columns and truncate splits.
+    """Load the task's data (see [`hf_maxsup.data.load_task_dataset`]), check the named columns and keep the
+    examples the run uses ([`hf_maxsup.data.limit_samples`]).
 
     Args:
         task (`str`): `"image-classification"`, `"text-classification"` or `"translation"`.
         data_args ([`DataArguments`]), model_args ([`ModelArguments`]): the parsed arguments; the task's subclass of
             `DataArguments` names the columns it reads (`columns()`), the image task's its image folders too.
+        seed (`int`): the run's seed: that of the held-out validation split and of the examples drawn at random.
 
     Returns:
         `datasets.DatasetDict` with `train`, `validation` and possibly `test`.
     """
-    columns = data_args.columns()
     check_writable_folder(
         model_args.cache_dir or str(datasets.config.HF_DATASETS_CACHE),
         "the datasets cache",
@@ -160,24 +163,16 @@ def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, s
         cache_dir=model_args.cache_dir,
         token=model_args.token,
         seed=seed,
-        non_empty_columns=[column for column in columns if column is not None],
+        non_empty_columns=[column for column in data_args.columns() if column is not None],
     )
-    check_columns(raw, columns)
+    check_columns(raw, data_args.columns())  # the text columns found in the data too
     for split, fix in (
         ("train", "--train_file (or --train_dir, --dataset_name)"),
-        ("validation", "--validation_file, or --validation_split_percentage above 0"),
+        ("validation", "--validation_file, or --train_val_split above 0"),
     ):
         if split not in raw:
             raise ValueError(f"the data has no {split} split (it has: {', '.join(raw) or 'none'}); pass {fix}.")
-    limits = {
-        "train": data_args.max_train_samples,
-        "validation": data_args.max_eval_samples,
-        "test": data_args.max_predict_samples,
-    }
-    for split, limit in limits.items():
-        if split in raw and limit is not None:
-            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
-    return raw
+    return limit_samples(raw, data_args, seed)
 
 
 def data_source(data_args: DataArguments, embedded: str) -> dict:
@@ -203,9 +198,10 @@ def data_source(data_args: DataArguments, embedded: str) -> dict:
     return {"dataset": f"local data ({', '.join(given)})" if given else embedded}
 
 
-def tokenize(raw, preprocess, data_args: DataArguments, training_args):
-    """Every split of `raw` through the batched `preprocess` (one of `hf_maxsup.data`'s preprocess functions), the
-    raw columns dropped; the main process first, so that the other processes read its cache.
+def tokenize(raw, preprocess, data_args: DataArguments, training_args, eval_preprocess=None):
+    """Every split of `raw` through the batched `preprocess` (one of `hf_maxsup.data`'s preprocess functions), or
+    the evaluation and test splits through `eval_preprocess` when given, the raw columns dropped; the main process
+    first, so that the other processes read its cache (which `--overwrite_cache` recomputes).
 
     Returns:
         `datasets.DatasetDict`: the tokenized splits.
@@ -215,10 +211,11 @@ def tokenize(raw, preprocess, data_args: DataArguments, training_args):
         return DatasetDict(
             {
                 split: data.map(
-                    preprocess,
+                    preprocess if split == "train" or eval_preprocess is None else eval_preprocess,
                     batched=True,
                     num_proc=data_args.preprocessing_num_workers,
                     remove_columns=data.column_names,
+                    load_from_cache_file=not data_args.overwrite_cache,
                 )
                 for split, data in raw.items()
             }
@@ -292,9 +289,8 @@ def _log_start(trainer, card_kwargs: dict) -> None:
         for name, data in (("train", trainer.train_dataset), ("validation", trainer.eval_dataset))
         if data
     )
-    # Warnings, as the engine line: the recipes log at the warning level unless --log_level says otherwise.
-    logger.warning(f"model: {describe_model(trainer.accelerator.unwrap_model(trainer.model))}")
-    logger.warning(f"data: {card_kwargs.get('dataset')} ({sizes} examples)")
+    logger.info(f"model: {describe_model(trainer.accelerator.unwrap_model(trainer.model))}")
+    logger.info(f"data: {card_kwargs.get('dataset')} ({sizes} examples)")
 
 
 def _log_outputs(output_dir: str) -> None:
@@ -310,7 +306,7 @@ def _log_outputs(output_dir: str) -> None:
         )
     }
     listed = "; ".join(f"{what}: {', '.join(names)}" for what, names in found.items() if names)
-    logger.warning(f"outputs in {os.path.abspath(output_dir)}: {listed or 'none'}")
+    logger.info(f"outputs in {os.path.abspath(output_dir)}: {listed or 'none'}")
 
 
 def _push_last(trainer, output_dir: str, card_kwargs: dict) -> None:

@@ -5,7 +5,6 @@ Without torch or transformers, so that `compare` lists and judges its members' f
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import logging
@@ -14,6 +13,8 @@ import re
 import shutil
 import socket
 from collections.abc import Callable
+
+from filelock import lock_descriptor, unlock_descriptor
 
 from .checkpoint_files import damaged_files
 from .storage import check_output_dir
@@ -53,7 +54,7 @@ LOCK_FILE = "_hf_maxsup.lock"
 _LAST = ("last", "True", "true")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Output directories this process holds the lock of: one process may run several recipes into one directory in turn
-# (the tests do), and a second flock of the same file from this process would fail.
+# (the tests do), and a second lock of the same file from this process would fail.
 _HELD_LOCKS: dict[str, int] = {}
 
 
@@ -170,9 +171,10 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
 
 
 def lock_output_dir(output_dir: str) -> None:
-    """Hold an exclusive `flock` on `output_dir/_hf_maxsup.lock` until this process ends (the kernel releases it on
-    a crash too, so it cannot go stale) or [`release_output_dir`], so that a second run into the same directory fails
-    at once.
+    """Hold an exclusive lock on `output_dir/_hf_maxsup.lock` until this process ends (the operating system releases
+    it on a crash too, so it cannot go stale) or [`release_output_dir`], so that a second run into the same directory
+    fails at once. The lock is `filelock`'s native one (`flock` on POSIX, `LockFileEx` on Windows), on a descriptor
+    of ours, so that the file also names its holder.
 
     Raises:
         `RuntimeError`: another process holds the lock; the message names it.
@@ -181,18 +183,19 @@ def lock_output_dir(output_dir: str) -> None:
     if path in _HELD_LOCKS:
         return
     os.makedirs(path, exist_ok=True)
-    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    # O_BINARY (Windows only): no newline translation in what the file says.
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+    if not lock_descriptor(fd, blocking=False):
+        # Windows locks the file's first byte against reads too: the holder is written after it.
+        os.lseek(fd, 1, os.SEEK_SET)
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise RuntimeError(
             f"--output_dir {output_dir} is in use by {holder}: two runs into one directory would mix "
             "their files. Wait for that run to end, or give this one another --output_dir."
-        ) from None
+        )
     os.ftruncate(fd, 0)
-    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    os.write(fd, f"\nprocess {os.getpid()} on {socket.gethostname()}".encode())
     _HELD_LOCKS[path] = fd
 
 
@@ -200,7 +203,8 @@ def release_output_dir(output_dir: str) -> None:
     """Release the lock of [`lock_output_dir`], if this process holds it."""
     fd = _HELD_LOCKS.pop(os.path.realpath(output_dir), None)
     if fd is not None:
-        os.close(fd)  # closing the last descriptor releases the flock
+        unlock_descriptor(fd)
+        os.close(fd)
 
 
 def claim_output_dir(output_dir: str, resume: str | None, *, is_main: bool) -> str | None:

@@ -1,8 +1,9 @@
 """The recipes' command line: their flags (or one `.json` / `.yaml` config file), the defaults the recipes set, the
 checks of the launch, and logging.
 
-`--help` lists the recipe's own options (model, data, loss, run) first, then the options of transformers'
-`TrainingArguments` under a heading of their own, with a one-line usage.
+`--help_all` lists the recipe's own options (the loss first, then model, data, run), then the options of transformers'
+`TrainingArguments` under a heading of their own, with a one-line usage; `--help` is the short one of
+[`hf_maxsup.runner.help`], without them.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from accelerate.utils import DistributedType
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
+from .help import HELP_ALL, RECIPE_DEFAULTS, USAGE
+
 __all__ = ["RecipeArgumentParser", "parse_args", "recipe_defaults"]
 
 logger = logging.getLogger(__name__)
 
 TRAINING_GROUP = "transformers TrainingArguments"
 TRAINING_GROUP_HELP = "The options of transformers' (Seq2Seq)TrainingArguments, as in its examples."
-# The usage line would list every option once more (some 350 lines).
-USAGE = "%(prog)s [options] | %(prog)s CONFIG.json|CONFIG.yaml"
 
 
 def _split_fields(training_type: type) -> tuple[type, type]:
@@ -66,8 +67,9 @@ class RecipeArgumentParser(HfArgumentParser):
     def __init__(self, dataclass_types: list[type]):
         training_type = next(kind for kind in dataclass_types if issubclass(kind, TrainingArguments))
         own, inherited = _split_fields(training_type)
-        declared = [own if kind is training_type else kind for kind in dataclass_types]
-        super().__init__([*declared, inherited], usage=USAGE)
+        # The loss first, then the recipe's other options, then transformers'.
+        declared = [own, *(kind for kind in dataclass_types if kind is not training_type), inherited]
+        super().__init__(declared, usage=USAGE)
         self.dataclass_types = list(dataclass_types)  # what parsing fills: the same fields, as the recipe declared them
 
     def add_argument_group(self, title=None, description=None, **kwargs):
@@ -95,11 +97,12 @@ def parse_args(*dataclass_types):
         parsed = _parse_config_file(parser, sys.argv[1], overrides, defaults)
     else:
         extra = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
-        if _evaluation_turned_off(_given_eval_flags(sys.argv[1:])):
+        argv = ["--help" if arg == HELP_ALL else arg for arg in sys.argv[1:]]  # the full help is the parser's
+        if _evaluation_turned_off(_given_eval_flags(argv)):
             parser.set_defaults(eval_strategy="no")
-        parsed = parser.parse_args_into_dataclasses(args=[*sys.argv[1:], *extra])
+        parsed = parser.parse_args_into_dataclasses(args=[*argv, *extra])
     training_args = next(args for args in parsed if isinstance(args, TrainingArguments))
-    _set_up_logging(training_args.get_process_log_level())
+    _set_up_logging(training_args)
     if overrides:
         logger.info(f"{_launched_processes()} processes on a machine without GPUs: training on the CPU (use_cpu).")
     _check_launch(training_args)
@@ -124,25 +127,30 @@ def _given_eval_flags(args: list[str]) -> dict:
         return {}
 
 
-def _set_up_logging(level: int) -> None:
-    """Log to stdout at the process's level (`--log_level`, `--log_level_replica`), as the transformers examples do:
-    the runner's own loggers, `datasets`' and `transformers`'."""
+def _set_up_logging(training_args) -> None:
+    """Log to stdout as the transformers examples do: at INFO on the main process unless `--log_level` says otherwise
+    (`--log_level_replica`, WARNING by default, on the others), for hf_maxsup's loggers, `datasets`' and
+    `transformers`'."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
-    logging.getLogger(__package__).setLevel(level)
+    if training_args.should_log:
+        # `--log_level passive` (the default) keeps transformers' verbosity: INFO here, as in the examples.
+        transformers.utils.logging.set_verbosity_info()
+    level = training_args.get_process_log_level()
+    logging.getLogger(__package__.partition(".")[0]).setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 
 
 def recipe_defaults() -> dict:
-    """The training arguments the recipes set where the user does not: log every 2 % of training (the Trainer reads
-    a `logging_steps` below 1 as a share of the steps), so that the loss and its components (`ce`, `reg`, `alpha`)
-    show up in short runs too, evaluate at the end of each epoch, and, without an accelerator, do not pin memory (the
-    DataLoader would warn about it on every evaluation)."""
-    defaults = {"logging_steps": 0.02, "eval_strategy": "epoch"}
+    """The training arguments the recipes set where the user does not (`RECIPE_DEFAULTS`): log every 2 % of training
+    (the Trainer reads a `logging_steps` below 1 as a share of the steps), so that the loss and its components (`ce`,
+    `reg`, `alpha`) show up in short runs too, and evaluate at the end of each epoch; and, without an accelerator, do
+    not pin memory (the DataLoader would warn about it on every evaluation)."""
+    defaults = dict(RECIPE_DEFAULTS)
     if not torch.accelerator.is_available():
         defaults["dataloader_pin_memory"] = False
     return defaults

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..losses import LS_MASSES, get_loss_fn
+from ..loss_names import LS_MASSES, check_loss_name
 from ..schedules import SCHEDULES, alpha_at
 
 __all__ = ["DEFAULT_DISTILL_ALPHA", "LossConfig"]
@@ -80,7 +80,7 @@ class LossConfig:
 
     def _check_loss(self) -> None:
         loss, ls_mass, schedule, alpha = self.loss, self.ls_mass, self.schedule, self.alpha
-        get_loss_fn(loss)
+        check_loss_name(loss)
         if ls_mass not in LS_MASSES:
             raise ValueError(f"unknown loss_ls_mass {ls_mass!r}; valid values: {', '.join(LS_MASSES)}.")
         if ls_mass != "all" and loss != "ls":

@@ -24,7 +24,7 @@ def sentence_pairs(path, n=40):
 def test_text_recipe_with_run_classification_flags(tmp_path, caplog):
     train, validation = sentence_pairs(tmp_path / "train.csv"), sentence_pairs(tmp_path / "validation.csv", 16)
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         run_recipe(
             "text_classification",
             "--train_file",
@@ -46,8 +46,10 @@ def test_text_recipe_with_run_classification_flags(tmp_path, caplog):
             *TINY,
         )
     assert set(AutoConfig.from_pretrained(out).id2label.values()) == {"neg", "pos"}
-    messages = [record.getMessage() for record in caplog.records]
+    # the progress messages at INFO, as the transformers examples log theirs (visible by default)
+    messages = [record.getMessage() for record in caplog.records if record.levelno == logging.INFO]
     assert any(m.startswith("model: ") and "parameters" in m for m in messages), messages
+    assert any(m.startswith("engine: ") for m in messages)
     assert any(m.startswith("data: local data (train: train.csv, validation: validation.csv)") for m in messages)
     outputs = next(m for m in messages if m.startswith("outputs in "))
     assert "model.safetensors" in outputs and "all_results.json" in outputs and "README.md" in outputs
@@ -57,8 +59,17 @@ def test_text_recipe_with_run_classification_flags(tmp_path, caplog):
     assert state["logging_steps"] == 1
     assert any("eval_loss" in entry for entry in state["log_history"])  # saved before the final evaluation
 
-    with pytest.raises(ValueError, match="give one text column, or two"):
-        run_recipe("text_classification", "--text_column_names", "a,b,c", "--output_dir", str(tmp_path / "x"))
+    # three columns are joined as run_classification.py joins them; these ones are not in the data
+    with pytest.raises(ValueError, match=r"column 'a' \(--text_column_names\) not found"):
+        run_recipe(
+            "text_classification",
+            "--train_file",
+            str(train),
+            "--text_column_names",
+            "a,b,c",
+            "--output_dir",
+            str(tmp_path / "x"),
+        )
 
 
 def test_image_recipe_with_run_image_classification_flags(tmp_path):

@@ -84,7 +84,9 @@ def test_image_model_from_local_dir_replaces_head(tmp_path):
     model.save_pretrained(tmp_path)
     image_processor.save_pretrained(tmp_path)
 
-    reloaded, processor = build_image_model(["a", "b"], model_name_or_path=str(tmp_path))
+    with pytest.raises(ValueError, match="--ignore_mismatched_sizes"):  # a head for 3 labels, the data has 2
+        build_image_model(["a", "b"], model_name_or_path=str(tmp_path))
+    reloaded, processor = build_image_model(["a", "b"], model_name_or_path=str(tmp_path), ignore_mismatched_sizes=True)
     assert reloaded.config.num_labels == 2 and reloaded.config.id2label == {0: "a", 1: "b"}
     assert processor.image_mean == image_processor.image_mean
     # The backbone weights come from the checkpoint, the head is new.

@@ -79,7 +79,8 @@ def test_text_recipe_on_local_files_names_the_wrong_column(tmp_path):
     train = tmp_path / "train.csv"
     train.write_text("sentence,sentiment\n" + "".join(f"{r['sentence']},{r['sentiment']}\n" for r in rows))
     common = ["--train_file", str(train), "--do_train", "--do_eval", *TINY]
-    with pytest.raises(ValueError, match=r"column 'text' \(--text_column_name\) not found.*sentence, sentiment"):
+    # the text column is found in the data (sentence, as run_classification.py's default); the label is not
+    with pytest.raises(ValueError, match=r"column 'label' \(--label_column_name\) not found.*sentence, sentiment"):
         run_recipe("text_classification", "--output_dir", str(tmp_path / "a"), *common)
     run_recipe(
         "text_classification",
