@@ -9,13 +9,17 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from ..losses import LOSSES, LS_MASSES
 from ..schedules import SCHEDULES
-from .config import DEFAULT_DISTILL_ALPHA, LossConfig
+from .config import DEFAULT_DISTILL_ALPHA, LossConfig, check_label_smoothing_factor
 
-__all__ = ["MaxSupSeq2SeqTrainingArguments", "MaxSupTrainingArguments"]
+__all__ = ["LossArguments", "MaxSupSeq2SeqTrainingArguments", "MaxSupTrainingArguments"]
 
 
 @dataclass
-class _LossArguments:
+class LossArguments:
+    """The loss settings as dataclass fields, for a `TrainingArguments` subclass to inherit first (as
+    [`MaxSupTrainingArguments`] and trl's [`~hf_maxsup.trainer.trl.MaxSupSFTConfig`] do): checked, and their defaults
+    filled in, by [`~hf_maxsup.trainer.LossConfig`] when the arguments are created."""
+
     loss: str = field(
         default=LossConfig.loss,
         metadata={"help": f"Training loss: one of {', '.join(LOSSES)}.", "choices": list(LOSSES)},
@@ -102,17 +106,12 @@ class _LossArguments:
         config = self.loss_config()
         # The defaults filled in are recorded, as the recipes and the model card read them from the arguments.
         self.loss_alpha_schedule, self.distill_alpha = config.schedule, config.distill_alpha
-        if self.label_smoothing_factor > 0:
-            raise ValueError(
-                f"label_smoothing_factor={self.label_smoothing_factor} would smooth the labels a second time: "
-                f"hf_maxsup computes the loss itself. Use loss='ls', loss_alpha={self.label_smoothing_factor} "
-                "(--loss ls --loss_alpha ...) and leave label_smoothing_factor at 0."
-            )
+        check_label_smoothing_factor(self.label_smoothing_factor)
         super().__post_init__()
 
 
 @dataclass
-class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
+class MaxSupTrainingArguments(LossArguments, TrainingArguments):
     """`TrainingArguments` plus the loss: `loss` (`"ce"`, `"ls"`, `"maxsup"`), `loss_alpha`, `loss_alpha_end`,
     `loss_alpha_schedule` (`"linear"` or `"constant"`) and `loss_ls_mass` (`"all"` or `"others"`, label smoothing
     only), checked when the arguments are created,
@@ -123,5 +122,5 @@ class MaxSupTrainingArguments(_LossArguments, TrainingArguments):
 
 
 @dataclass
-class MaxSupSeq2SeqTrainingArguments(_LossArguments, Seq2SeqTrainingArguments):
+class MaxSupSeq2SeqTrainingArguments(LossArguments, Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` plus the loss fields of [`MaxSupTrainingArguments`]."""
