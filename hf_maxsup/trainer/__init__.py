@@ -3,11 +3,16 @@
 - `config`: [`LossConfig`], the loss settings with every default and every check;
 - `arguments`: [`MaxSupTrainingArguments`], [`MaxSupSeq2SeqTrainingArguments`] (the loss settings as fields);
 - `loss_func`: [`MaxSupLossFunc`], the loss as a `compute_loss_func` and a callback driving alpha, for any Trainer;
+- `checks`: what the loss needs of a model and of its Trainer, checked before training;
 - `teacher`: the teacher of a distillation, loaded and checked;
-- `trainer`: [`MaxSupTrainer`], [`MaxSupSeq2SeqTrainer`].
+- `trainer`: [`MaxSupTrainer`], [`MaxSupSeq2SeqTrainer`];
+- `apply`: [`apply_maxsup`], the same loss for an existing `transformers.Trainer`, in one line;
+- `trl`: [`MaxSupSFTConfig`], [`MaxSupSFTTrainer`], trl's `SFTTrainer` with the loss (imported on first use: trl is
+  an optional dependency).
 
 `MaxSupTrainer` is a drop-in `transformers.Trainer`: the loss is chosen with `MaxSupTrainingArguments(loss=...,
-loss_alpha=...)`. Users of other `Trainer` subclasses (trl's, their own) get the same loss from [`MaxSupLossFunc`]:
+loss_alpha=...)`. An existing `Trainer` script switches with one line, `apply_maxsup(trainer, loss="maxsup")`; users of
+other `Trainer` subclasses get the same loss from [`MaxSupLossFunc`]:
 
 ```python
 loss_fn = MaxSupLossFunc("maxsup", alpha=0.1, alpha_end=0.2)
@@ -18,16 +23,26 @@ Distillation: `MaxSupTrainingArguments(teacher_model_name_or_path=..., distill_a
 or `MaxSupTrainer(..., teacher=model)`, adds the teacher's soft targets to that loss (see [`MaxSupTrainer`]).
 """
 
+from ..lazy import lazy_exports
+from .apply import apply_maxsup
 from .arguments import MaxSupSeq2SeqTrainingArguments, MaxSupTrainingArguments
 from .config import LossConfig
 from .loss_func import MaxSupLossFunc
 from .trainer import MaxSupSeq2SeqTrainer, MaxSupTrainer
 
+# Modules whose names are imported on first use: they import optional dependencies.
+_OPTIONAL = {"trl": ("MaxSupSFTConfig", "MaxSupSFTTrainer")}
+
 __all__ = [
     "LossConfig",
     "MaxSupLossFunc",
+    "MaxSupSFTConfig",
+    "MaxSupSFTTrainer",
     "MaxSupSeq2SeqTrainer",
     "MaxSupSeq2SeqTrainingArguments",
     "MaxSupTrainer",
     "MaxSupTrainingArguments",
+    "apply_maxsup",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _OPTIONAL)
