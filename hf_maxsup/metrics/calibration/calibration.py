@@ -52,7 +52,7 @@ Examples:
     >>> sorted(results)
     ['adaptive_ece', 'aurc', 'brier', 'classwise_ece', 'e_aurc', 'ece', 'nll']
     >>> calibration.compute(predictions=[[0.8, 0.2], [0.4, 0.6]], references=[0, 0], probabilities=True)["nll"]
-    0.5697171415367646
+    0.5697171415941824
 """
 
 _CITATION = """
