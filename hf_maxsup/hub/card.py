@@ -4,8 +4,8 @@
 `push_to_hub` uploads it with the weights, the processor and the metric files of the output directory. The card is
 rendered from the Jinja template `model_cards/maxsup_model_card.md.jinja` (shipped in the package as
 `hf_maxsup/templates/maxsup_model_card.md.jinja`): task, base model, dataset, the loss and the alpha schedule,
-hyper-parameters, every evaluation metric (also as `model-index` results), the reliability diagram when one was saved,
-intended use and limitations, and the MaxSup citation.
+hyper-parameters, the evaluation metrics and, when the run predicted, the test metrics (both also as `model-index`
+results), the reliability diagram when one was saved, intended use and limitations, and the MaxSup citation.
 """
 
 from __future__ import annotations
