@@ -23,10 +23,13 @@ _EXPORTS = {
     "schedules": ("alpha_at",),
     "trainer": (
         "MaxSupLossFunc",
+        "MaxSupSFTConfig",
+        "MaxSupSFTTrainer",
         "MaxSupSeq2SeqTrainer",
         "MaxSupSeq2SeqTrainingArguments",
         "MaxSupTrainer",
         "MaxSupTrainingArguments",
+        "apply_maxsup",
     ),
 }
 

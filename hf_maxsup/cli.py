@@ -313,12 +313,16 @@ def run_recipe(main: Callable[[], object], recipe: str, arguments: tuple[type, .
 
 
 def _end_process_group() -> None:
-    """Destroys the process group of a distributed run as its script ends: without it, gloo's worker threads can
-    outlive the interpreter and abort a finished run's process (SIGABRT, a non-zero exit after everything is saved)."""
+    """Ends the process group of a distributed run as its script ends. Every process first waits at a barrier, which
+    gloo passes only once this process's earlier collectives are done: a process that left with one still in flight
+    (its peer still busy, e.g. saving) had gloo's worker thread finish it during the interpreter's shutdown, free the
+    tensors it held, take the GIL and abort the finished run (SIGABRT, "terminate called without an active
+    exception")."""
     # Imported on call: the recipe has imported torch already, and `hf-maxsup --help` needs no torch.
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..loss_names import LOSS_NAMES, LS_MASSES
 from ..schedules import SCHEDULES
-from .config import DEFAULT_DISTILL_ALPHA, LossConfig
+from .config import DEFAULT_DISTILL_ALPHA, LossConfig, check_label_smoothing_factor
 
 __all__ = ["LossArguments"]
 
@@ -15,8 +15,8 @@ __all__ = ["LossArguments"]
 @dataclass
 class LossArguments:
     """The loss settings as dataclass fields, for a `TrainingArguments` subclass to inherit first (as
-    [`~hf_maxsup.trainer.MaxSupTrainingArguments`] does): checked, and their defaults filled in, by
-    [`~hf_maxsup.trainer.LossConfig`] when the arguments are created."""
+    [`~hf_maxsup.trainer.MaxSupTrainingArguments`] and trl's [`~hf_maxsup.trainer.MaxSupSFTConfig`] do): checked,
+    and their defaults filled in, by [`~hf_maxsup.trainer.LossConfig`] when the arguments are created."""
 
     loss: str = field(
         default=LossConfig.loss,
@@ -104,10 +104,5 @@ class LossArguments:
         config = self.loss_config()
         # The defaults filled in are recorded, as the recipes and the model card read them from the arguments.
         self.loss_alpha_schedule, self.distill_alpha = config.schedule, config.distill_alpha
-        if self.label_smoothing_factor > 0:
-            raise ValueError(
-                f"label_smoothing_factor={self.label_smoothing_factor} would smooth the labels a second time: "
-                f"hf_maxsup computes the loss itself. Use loss='ls', loss_alpha={self.label_smoothing_factor} "
-                "(--loss ls --loss_alpha ...) and leave label_smoothing_factor at 0."
-            )
+        check_label_smoothing_factor(self.label_smoothing_factor)
         super().__post_init__()

@@ -13,6 +13,7 @@ import torch
 from _tiny import collate, tiny_bert, tiny_dataset
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
+from hf_maxsup.cli import _end_process_group as end_process_group
 from hf_maxsup.runner import prepare_engine
 
 
@@ -67,8 +68,7 @@ def main():
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
         with open(os.path.join(args.output_dir, "logs.json"), "w") as f:
             json.dump(logs, f)
-    if torch.distributed.is_initialized():  # as the recipes do (cli.run_recipe): gloo's threads may abort the exit
-        torch.distributed.destroy_process_group()
+    end_process_group()  # as the recipes end (cli.run_recipe)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,66 @@ def test_translation_compute_metrics():
     )
     assert compute_metrics.signatures["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
     assert compute_metrics.signatures["chrf"].startswith("nrefs:1|case:mixed|eff:yes|nc:6")
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_calibration_on_probabilities_gives_the_ece_of_their_logits():
+    """The Hub's ECE modules take probabilities: said so, ours gives the numbers of the logits, never a third one."""
+    logits, labels = random_case()
+    calibration = load("calibration")
+    expected = calibration.compute(predictions=logits, references=labels)
+    probs = softmax(logits)
+    assert calibration.compute(predictions=probs, references=labels, probabilities=True) == pytest.approx(
+        expected, rel=1e-9
+    )
+    as_float32 = calibration.compute(predictions=probs.astype(np.float32), references=labels, probabilities=True)
+    assert as_float32 == pytest.approx(expected, rel=1e-5)
+    # a probability of 0 (a logit of -inf) is a certain "no"
+    certain = calibration.compute(predictions=[[1.0, 0.0]] * 10, references=[0] * 7 + [1] * 3, probabilities=True)
+    assert certain["ece"] == pytest.approx(0.3) and certain["nll"] == np.inf
+
+
+def test_calibration_refuses_to_apply_the_softmax_twice():
+    logits, labels = random_case()
+    calibration = load("calibration")
+    with pytest.raises(ValueError, match="look like probabilities.*Pass probabilities=True, or pass the logits"):
+        calibration.compute(predictions=softmax(logits), references=labels)
+    with pytest.raises(ValueError, match="not probabilities .* pass the logits with probabilities=False"):
+        calibration.compute(predictions=logits, references=labels, probabilities=True)
+
+
+def test_accuracy_module_takes_class_ids_as_the_hubs_does():
+    """Called as the Hub's `accuracy` (class ids, `normalize`, `sample_weight`), it gives sklearn's numbers."""
+    from sklearn.metrics import accuracy_score
+
+    accuracy = load("accuracy")
+    predictions, references, weights = [0, 1, 1, 2, 1, 0], [0, 1, 2, 0, 1, 2], [0.5, 2.0, 1.0, 1.0, 1.0, 3.0]
+    assert accuracy.compute(predictions=predictions, references=references) == {"accuracy": 0.5}
+    for normalize in (True, False):
+        for sample_weight in (None, weights):
+            expected = accuracy_score(references, predictions, normalize=normalize, sample_weight=sample_weight)
+            result = accuracy.compute(
+                predictions=predictions, references=references, normalize=normalize, sample_weight=sample_weight
+            )
+            assert result == {"accuracy": pytest.approx(float(expected))}
+    # logits, as before: the class ids of their argmax give the same accuracy
+    logits, labels = random_case(k=4)
+    by_logits = accuracy.compute(predictions=logits, references=labels)
+    assert by_logits == accuracy.compute(predictions=logits.argmax(1), references=labels)
+
+
+def test_translation_module_takes_several_references_per_hypothesis():
+    second = ["the cat is on the mat", "a dog runs in the park", "hello world", "it is raining"]
+    nested = [[first, other] for first, other in zip(REFERENCES, second, strict=True)]
+    results = load("translation").compute(predictions=HYPOTHESES, references=nested)
+    assert results["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES, second]).score)
+    assert results["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES, second]).score)
+    assert results["bleu_signature"].startswith("nrefs:2|")
+    one_each = load("translation").compute(predictions=HYPOTHESES, references=[[ref] for ref in REFERENCES])
+    assert one_each["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score)
+    with pytest.raises(ValueError, match=r"the same number \(>= 1\) of references; got \[1, 2\]"):
+        load("translation").compute(predictions=HYPOTHESES[:2], references=[[REFERENCES[0]], nested[1]])
