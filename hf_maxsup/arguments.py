@@ -211,6 +211,13 @@ class TranslationColumns:
 @dataclass
 class ImageDataArguments(ImageColumns, DataArguments):
     augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
+    strong_augment: bool = field(
+        default=False,
+        metadata={
+            "help": "With --augment: random-resized crops and random erasing too, training views a small model "
+            "cannot fit (the regime in which MaxSup differs from label smoothing)."
+        },
+    )
     train_val_split: float | None = field(
         default=None,
         metadata={
