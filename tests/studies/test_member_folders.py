@@ -120,3 +120,17 @@ def test_what_differs_is_named(tmp_path, recipe):
     (tmp_path / "empty" / MEMBER_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="is not a readable record of hf-maxsup compare"):
         check_member_folder(empty, str(recipe), ARGS)
+
+
+def test_distill_checks_every_students_folder_before_training_any(tmp_path, recipe, capsys):
+    teachers = []
+    for loss in ("ce", "ls"):
+        (tmp_path / loss).mkdir()
+        (tmp_path / loss / "config.json").write_text("{}")
+        teachers.append(str(tmp_path / loss))
+    runs = tmp_path / "students"
+    finished_user_run(runs / "ls-seed1")  # the last student of the second teacher
+    argv = ["distill", "--teachers", *teachers, "--seeds", "0", "1", "--recipe", str(recipe)]
+    assert cli.main([*argv, "--output_dir", str(tmp_path / "report"), "--runs_dir", str(runs)]) == 1
+    assert f"{runs / 'ls-seed1'} was not created by hf-maxsup" in capsys.readouterr().err
+    assert trained(recipe) == [] and not (runs / "ce-seed0").exists()
