@@ -3,6 +3,7 @@
     hf-maxsup compare --output_dir report/ --seeds 0 1 2 [recipe arguments ...]
     hf-maxsup analyze runs/ce runs/ls runs/maxsup --output_dir report/
     hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --output_dir distill/ [recipe args]
+    hf-maxsup reanalyze report/
 
 This module parses; each command is one call ([`ENTRY_POINTS`]). `compare` runs the recipe (default:
 `recipes/image_classification.py` of this checkout) once per loss and seed, every argument it does not know itself
@@ -10,8 +11,9 @@ going to the recipe, then writes the report of its task ([`hf_maxsup.studies.com
 comparison skips the finished members and resumes the interrupted one from its last checkpoint. `analyze` writes the
 report of classifiers for checkpoints that exist already, local folders or Hub ids
 ([`hf_maxsup.report.classification`]). `distill` trains one student per teacher and seed and reports which teachers
-distil well ([`hf_maxsup.studies.distill`]). The report's data flags are built from the fields of
-[`~hf_maxsup.report.DataOptions`] and [`~hf_maxsup.report.TranslationDataOptions`].
+distil well ([`hf_maxsup.studies.distill`]). `reanalyze` writes a report again from its own `results.json`, with the
+current claims and tests, without its checkpoints ([`hf_maxsup.report.reanalysis`]). The report's data flags are
+built from the fields of [`~hf_maxsup.report.DataOptions`] and [`~hf_maxsup.report.TranslationDataOptions`].
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ENTRY_POINTS = {
     "analyze": "hf_maxsup.report.classification:analyze_paths",
     "compare": "hf_maxsup.studies.compare:run_compare",
     "distill": "hf_maxsup.studies.distill:run_study",
+    "reanalyze": "hf_maxsup.report.reanalysis:reanalyze",
 }
 
 log = functools.partial(print, flush=True)
@@ -161,7 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(commands)
     _add_analyze_parser(commands)
     _add_distill_parser(commands)
+    _add_reanalyze_parser(commands)
     return parser
+
+
+def _add_reanalyze_parser(commands) -> None:
+    reanalyze = commands.add_parser(
+        "reanalyze",
+        allow_abbrev=False,
+        help="Write a report again from its results.json, with the current claims and tests (no checkpoints).",
+        description="Write the report of hf-maxsup compare, analyze or distill in FOLDER again from the per-run "
+        "metrics of its results.json: the tables, the claims with their tests and the regime check are recomputed; "
+        "the figures, the training time and the notes are kept.",
+    )
+    reanalyze.add_argument("folder", help="The report's folder (report.md, results.json).")
+    reanalyze.add_argument(
+        "--teachers_from",
+        nargs="+",
+        default=(),
+        metavar="FOLDER",
+        help="Distillation reports only: other studies evaluated on the same data whose teachers join this "
+        "study's in the claims on teachers (e.g. the other seeds of each loss).",
+    )
 
 
 def _add_distill_parser(commands) -> None:
@@ -269,13 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         passthrough += argv[split + 1 :]
     else:
         args, passthrough = parser.parse_known_args(argv)
+    if args.command in ("analyze", "reanalyze") and passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
     try:
+        if args.command == "reanalyze":  # no model is evaluated: no device
+            entry_point("reanalyze")(args.folder, teachers_from=args.teachers_from, log=log)
+            return 0
         args.device = resolve_device(args.device)  # a device this machine lacks is refused before any work
         if args.command == "distill":
             _distill(args, passthrough, argv)
         elif args.command == "analyze":
-            if passthrough:
-                parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
             _analyze(args, argv)
         else:
             _compare(args, passthrough, argv)

@@ -38,10 +38,11 @@ def main():
     )
     model = maybe_lora(model, model_args, "image-classification")
 
-    def transform(augment):
-        return image_transform(image_processor, data_args.image_column_name, data_args.label_column_name, augment)
+    def transform(augment, strong_augment=False):
+        columns = (data_args.image_column_name, data_args.label_column_name)
+        return image_transform(image_processor, *columns, augment, strong_augment)
 
-    train = raw["train"].with_transform(transform(data_args.augment))
+    train = raw["train"].with_transform(transform(data_args.augment, data_args.strong_augment))
     evaluation = raw["validation"].with_transform(transform(False))
     test = raw["test"].with_transform(transform(False)) if "test" in raw else None
     training_args.remove_unused_columns = False  # the transforms need the raw image column

@@ -5,6 +5,7 @@ features of CIFAR-10 and reports its test accuracy: CE 81.4, LS 74.6, MaxSup 81.
 class to a tight cluster and so discards information that other tasks need; MaxSup keeps more of it.
 
 [`linear_probe`] fits and scores the probe on features you collected (e.g. with [`collect_features`]);
+[`few_shot_probe`] fits it on a few labels per class, averaged over random draws of those labels;
 [`digits_probe_dataset`] is an offline target task for small grayscale image models: scikit-learn's bundled
 handwritten digits, upscaled from 8x8 to the model's input size.
 """
@@ -13,7 +14,7 @@ import numpy as np
 
 from ._utils import to_labels, to_numpy
 
-__all__ = ["digits_probe_dataset", "linear_probe"]
+__all__ = ["digits_probe_dataset", "few_shot_probe", "linear_probe"]
 
 
 def linear_probe(
@@ -56,6 +57,42 @@ def linear_probe(
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     probe.fit(train_features, train_labels)
     return float((probe.predict(test_features) == test_labels).mean())
+
+
+def few_shot_probe(
+    train_features, train_labels, test_features, test_labels, shots: int = 20, draws: int = 20, seed: int = 0
+) -> float:
+    """Mean accuracy of [`linear_probe`]s each fitted on `shots` training examples per class (drawn without
+    replacement, the draws fixed by `seed`, so every model is probed on the same examples) and scored on the whole
+    test split, over `draws` draws.
+
+    Args:
+        train_features, train_labels, test_features, test_labels: as for [`linear_probe`].
+        shots (`int`, *optional*, defaults to 20): labelled examples per class in each fit.
+        draws (`int`, *optional*, defaults to 20): fits averaged.
+        seed (`int`, *optional*, defaults to 0): seed of the draws.
+
+    Returns:
+        `float`: the mean test accuracy, in [0, 1].
+
+    Raises:
+        `ValueError`: `shots` or `draws` below 1, or a class with fewer than `shots` training examples.
+    """
+    train_labels = to_labels(train_labels, len(to_numpy(train_features)))
+    classes, counts = np.unique(train_labels, return_counts=True)
+    if shots < 1 or draws < 1:
+        raise ValueError(f"shots and draws must be at least 1; got {shots} and {draws}.")
+    if counts.min() < shots:
+        raise ValueError(
+            f"class {classes[counts.argmin()]} has {counts.min()} training examples, fewer than {shots} shots."
+        )
+    rng = np.random.default_rng(seed)
+    train_features = to_numpy(train_features)
+    accuracies = []
+    for _ in range(draws):
+        chosen = np.concatenate([rng.choice(np.flatnonzero(train_labels == c), shots, replace=False) for c in classes])
+        accuracies.append(linear_probe(train_features[chosen], train_labels[chosen], test_features, test_labels))
+    return float(np.mean(accuracies))
 
 
 def digits_probe_dataset(image_size: int = 28, test_size: float = 0.5, seed: int = 0, max_samples: int | None = None):

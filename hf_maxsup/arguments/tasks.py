@@ -15,6 +15,13 @@ __all__ = ["ImageDataArguments", "TextDataArguments", "TranslationDataArguments"
 @dataclass
 class ImageDataArguments(ImageColumns, DataArguments):
     augment: bool = field(default=True, metadata={"help": "Random flips and shifts of the training images."})
+    strong_augment: bool = field(
+        default=False,
+        metadata={
+            "help": "With --augment: random-resized crops and random erasing too, training views a small model "
+            "cannot fit (the regime in which MaxSup differs from label smoothing)."
+        },
+    )
 
     # run_image_classification.py draws --max_train_samples / --max_eval_samples at random with the seed.
     SAMPLES_SHUFFLED: ClassVar[bool] = True

@@ -15,12 +15,14 @@ import os
 from collections.abc import Callable, Sequence
 
 from ..analysis import digits_probe_dataset, find_feature_layer
+from .claims import PAPER_CLAIMS, PAPERS_SCALE, maxsup_ls_note
 from .device import resolve_device
 from .evaluate import RECIPE_SEED, evaluate_all, evaluation_split, load_checkpoint, load_source
 from .figures import save_figures
 from .markdown import (
     Column,
     check_line,
+    claims_intro,
     opening_lines,
     percent,
     regime_lines,
@@ -30,24 +32,28 @@ from .markdown import (
     training_time_line,
     write_files,
 )
-from .measures import ClassifierPass, compute_metrics, logged_ls_terms, probe_accuracy, regime_and_selective_metrics
+from .measures import (
+    ClassifierPass,
+    compute_metrics,
+    logged_training_terms,
+    probe_accuracy,
+    regime_and_selective_metrics,
+)
 from .options import DataOptions
 from .runs import Run, RunResult, checkpoint_runs
-from .stats import Claim, format_summary, paper_checks, regime_check, summarize_runs
+from .stats import paper_checks, regime_check, summarize_runs
 
 __all__ = [
     "ACCURACY",
     "CONFIDENCE_GAP",
     "ECE",
     "NLL",
-    "PAPER_CLAIMS",
     "REGIME_METRICS",
     "REPORT_FILES",
     "TABLE_METRICS",
     "analyze_checkpoints",
     "analyze_paths",
     "analyze_run",
-    "maxsup_ls_note",
     "write_report",
 ]
 
@@ -78,85 +84,8 @@ REGIME_METRICS = (
     Column("logit_norm_p", "p of the normalisation", decimals=1),
     Column("train_ls_error_amplification", "logged LS error amplification", decimals=4),
     percent("train_ls_error_share", "its share of LS's logged term"),
+    percent("train_misclassified", "misclassified training rows, mean over training"),
 )
-
-
-def _logit_norm_note(summary: dict) -> str | None:
-    """The norm order p of the LS runs' logit normalisation."""
-    p = summary.get("ls", {}).get("logit_norm_p", {})
-    return f"p = {format_summary(p, 1.0, 1)}, chosen per run on held-out data from 1..10" if p.get("n") else None
-
-
-def _error_amplification_note(summary: dict) -> str | None:
-    """The error-amplification term the LS runs logged during training, which MaxSup does not have."""
-    logged = summary.get("ls", {}).get("train_ls_error_amplification", {})
-    if not logged.get("n"):
-        return None
-    return (
-        f"the LS runs logged an error-amplification term (1/K)Σ_(z_n>z_y)(z_y − z_n) of "
-        f"{format_summary(logged, 1.0, 4)} per example (mean over training), which MaxSup does not have"
-    )
-
-
-# What the papers report of classifiers.
-PAPER_CLAIMS = (
-    Claim("LS lowers ECE compared with CE (Müller et al. 2019)", "ece", "ls", "<", "ce"),
-    Claim("LS lowers d_within (tighter classes) compared with CE (MaxSup paper)", "d_within", "ls", "<", "ce"),
-    Claim("MaxSup keeps d_within above LS (MaxSup paper)", "d_within", "maxsup", ">", "ls"),
-    Claim("MaxSup accuracy is at least LS's (MaxSup paper)", "accuracy", "maxsup", ">=", "ls"),
-    Claim("LS makes AURC worse than CE (Xia et al. 2024)", "aurc", "ls", ">", "ce"),
-    Claim(
-        "LS loses linear-probe transfer accuracy; MaxSup keeps it (MaxSup paper)",
-        "linear_probe_digits",
-        "maxsup",
-        ">",
-        "ls",
-    ),
-    Claim(
-        "Post-hoc logit normalisation lowers LS's AURC (Xia et al. 2024)",
-        "aurc_logit_norm",
-        "ls",
-        "<",
-        "ls",
-        metric_b="aurc",
-        note=_logit_norm_note,
-    ),
-    Claim(
-        "MaxSup's inter-class separability R² is at least LS's (MaxSup paper: CE 0.445, LS 0.461, MaxSup 0.497)",
-        "r2",
-        "maxsup",
-        ">=",
-        "ls",
-    ),
-    Claim(
-        "MaxSup is less confident than LS on misclassified examples: no error-amplification term (MaxSup paper)",
-        "mean_confidence_wrong",
-        "maxsup",
-        "<",
-        "ls",
-        note=_error_amplification_note,
-    ),
-)
-# The papers' own numbers, for scale beside these runs' claims.
-PAPERS_SCALE = (
-    "For scale: MaxSup paper, ResNet-50 on ImageNet: d_within / R² CE 0.331 / 0.445, LS 0.254 / 0.461, MaxSup "
-    "0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller et al.: ECE 0.071 → 0.035 with LS "
-    "(Inception-v4, ImageNet)."
-)
-
-
-def maxsup_ls_note(summary: dict) -> str | None:
-    """How far MaxSup's training can differ from LS's in these runs, from the LS runs' logged decomposition: the two
-    terms differ only on the training examples that another class outranks, where LS has its error amplification."""
-    share = summary.get("ls", {}).get("train_ls_error_share", {})
-    if not share.get("n") or "maxsup" not in summary:
-        return None
-    return (
-        "MaxSup against LS: MaxSup's term differs from LS's only on the training examples that another class "
-        f"outranks, where LS has its error amplification; in the LS runs it was {format_summary(share, 100.0, 2)} % "
-        "of their logged LS term (mean over training). The smaller that share, the closer the two losses are at "
-        "equal alpha, and the more their difference is that of their alpha schedules."
-    )
 
 
 # --- evaluating ------------------------------------------------------------------------------------------------------
@@ -169,7 +98,7 @@ def _run_metrics(run: Run, classifier: ClassifierPass, splits, split: str, colle
     metrics.update(
         regime_and_selective_metrics(classifier.collect, splits, split, collected["logits"], collected["labels"], data)
     )
-    metrics.update(logged_ls_terms(run.path) if os.path.isdir(run.path) else {})
+    metrics.update(logged_training_terms(run.path) if os.path.isdir(run.path) else {})
     probed = data.probe and classifier.task == "image-classification"
     metrics["linear_probe_digits"] = probe_accuracy(classifier.features, data, probe_data) if probed else float("nan")
     return metrics
@@ -234,8 +163,12 @@ def _data_note(data: DataOptions, results: Sequence[RunResult], probe) -> str:
         note += f"; training accuracy on the first {data.train_samples} training examples"
     if data.probe:
         note += (
-            f"; linear probe on scikit-learn digits ({len(probe['train'])} / {len(probe['test'])} train / test images)."
+            f"; linear probe on scikit-learn digits ({len(probe['train'])} / {len(probe['test'])} train / test images"
         )
+        shots = (
+            f", fitted on {data.probe_shots} per class, mean over {data.probe_draws} draws" if data.probe_shots else ""
+        )
+        note += f"{shots})."
     return note
 
 
@@ -305,24 +238,42 @@ def analyze_paths(
 # --- writing ---------------------------------------------------------------------------------------------------------
 
 
+# What each table says of its columns, each clause printed only when its column was measured.
+TABLE_WORDS = {
+    "accuracy": "Lower is better for NLL, ECE, AURC and the confidence on errors",
+    "d_within": "d_within is the intra-class cosine distance of the normalised penultimate features, R² = 1 − "
+    "d_within/d_total their inter-class separability",
+    "linear_probe_digits": "the linear probe is a logistic regression on the frozen penultimate features of "
+    "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits",
+}
+REGIME_WORDS = {
+    "confidence_minus_accuracy": "The regime and the numbers behind the last checks: confidence − accuracy > 0 is "
+    "over-confidence",
+    "train_accuracy": "the training accuracy is measured on training examples",
+    "aurc_logit_norm": "the logit-normalised AURC ranks by max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen "
+    "on held-out data",
+    "train_ls_error_amplification": "the LS error amplification is the term the LS runs logged during training",
+    "train_misclassified": "the misclassified training rows are the fraction of training rows whose label is not the "
+    "top-1 logit, as each run logged it",
+}
+
+
+def _words(summary: dict, clauses: dict[str, str]) -> str:
+    """The clauses whose metric some group measured, as one sentence."""
+    measured = [key for key in clauses if any(metrics.get(key, {}).get("n") for metrics in summary.values())]
+    logged = {"train_ls_error_amplification", "train_misclassified"} & set(measured)
+    ending = " (means over the logging windows)." if logged else "."
+    return "; ".join(clauses[key] for key in measured) + ending if measured else ""
+
+
 def _table_lines(summary: dict, regime: dict | None, first: str) -> list[str]:
     """The two tables of the classification report, each with the words it needs, and the regime check."""
     return [
-        (
-            "Lower is better for NLL, ECE, AURC and the confidence on errors; d_within is the intra-class cosine "
-            "distance of the normalised penultimate features, R² = 1 − d_within/d_total their inter-class "
-            "separability; the linear probe is a logistic regression on the frozen penultimate features of "
-            "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits."
-        ),
+        _words(summary, TABLE_WORDS),
         "",
         summary_table(summary, first, TABLE_METRICS),
         "",
-        (
-            "The regime and the numbers behind the last checks: confidence − accuracy > 0 is over-confidence; the "
-            "training accuracy is measured on training examples; the logit-normalised AURC ranks by "
-            "max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen on held-out data; the LS error amplification is "
-            "the term the LS run logged during training (mean over its logging windows)."
-        ),
+        _words(summary, REGIME_WORDS),
         "",
         summary_table(summary, first, REGIME_METRICS),
         "",
@@ -358,6 +309,8 @@ def write_report(
     notes: Sequence[str] = (),
     projection_classes: Sequence[int] = (0, 1, 2),
     extra: dict | None = None,
+    training_time: str | None = None,
+    figures: dict | None = None,
 ) -> dict:
     """Writes `report.md`, `results.json` and the figures of analysed runs (as [`analyze_run`] returns them).
 
@@ -365,29 +318,39 @@ def write_report(
     d_within, R², mean confidence on errors and the digits linear probe, as mean ± standard deviation; a second table
     for the regime check (CE's confidence − accuracy and training accuracy, with a warning when CE is not
     over-confident or does not fit its training set) and the logit-normalised AURC and logged LS error amplification;
-    the claims of the papers, each agreeing or not and beyond the seeds' spread or not; the figures; one row per run.
+    the claims of the papers, each tested ([`~hf_maxsup.report.stats.paper_checks`]) with its verdict; the figures;
+    one row per run.
+
+    Args:
+        training_time (`str`, *optional*), figures (`dict`, *optional*): the line of the training time and the
+            figures already drawn (`{"reliability": file, ...}`), for a re-analysis of runs whose folders and arrays
+            are gone; by default the time is summed from the runs' `train_results.json` and the figures drawn.
+        The others: as [`analyze_checkpoints`] passes them.
 
     Returns:
         `dict`: the content of `results.json`.
     """
     os.makedirs(output_dir, exist_ok=True)
     summary = summarize_runs(results)
-    checks = paper_checks(summary, PAPER_CLAIMS)
+    checks = paper_checks(results, PAPER_CLAIMS)
     regime = regime_check(summary)
-    figures = save_figures(results, output_dir, projection_classes)
+    figures = figures or save_figures(results, output_dir, projection_classes)
     lines = opening_lines(title, command, data_note, summary)
     lines += _table_lines(summary, regime, "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model")
     if checks:
-        lines += ["## What the papers report, and what these runs show", ""]
+        lines += ["## What the papers report, and what these runs show", "", claims_intro(checks), ""]
         lines += [*(check_line(check, (*TABLE_METRICS, *REGIME_METRICS)) for check in checks), ""]
         note = maxsup_ls_note(summary)
         lines += [note, "", PAPERS_SCALE, ""] if note else [PAPERS_SCALE, ""]
     lines += [*notes, ""] if notes else []
-    time_line = training_time_line([result.path for result in results])
+    time_line = training_time or training_time_line([result.path for result in results])
     lines += [time_line, ""] if time_line else []
     lines += _figure_lines(figures, results[0].class_names, projection_classes)
     lines += ["## Every run", "", run_table(results, TABLE_METRICS), ""]
     content = results_content(
         results, TABLE_METRICS, summary, checks, regime, title, command, data_note, extra, figures=figures
     )
+    names = results[0].class_names
+    content.update(notes=list(notes), training_time=time_line)
+    content["projection_class_names"] = [names[c] for c in projection_classes] if names else None
     return write_files(output_dir, lines, content)

@@ -18,23 +18,20 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .claims import DISTILLATION_CLAIMS, NO_TEACHER
 from .classification import ACCURACY, CONFIDENCE_GAP, ECE, NLL, analyze_run
-from .markdown import Column, check_line, markdown_table, training_time_line, write_files
+from .markdown import Column, check_line, claims_intro, markdown_table, summary_table, training_time_line, write_files
 from .options import DataOptions
-from .runs import Run, RunResult
-from .stats import Claim, paper_checks, summarize, summarize_runs
+from .runs import Run, RunResult, read_member_record
+from .stats import paper_checks, summarize, summarize_runs
 
 __all__ = [
-    "DISTILLATION_CLAIMS",
-    "NO_TEACHER",
     "distillation_notes",
     "evaluate_distillation",
     "non_target_entropy",
+    "teacher_runs",
     "write_distillation_report",
 ]
-
-# The label of the students trained on the labels alone.
-NO_TEACHER = "no teacher"
 
 # The teachers' columns, then the students'.
 TEACHER_COLUMNS = (
@@ -48,48 +45,6 @@ TEACHER_COLUMNS = (
 # The sign ECE lacks, confidence − accuracy: > 0 over-confident, < 0 under-confident.
 STUDENT_COLUMNS = tuple(
     column.renamed(column.key, f"student {column.header}") for column in (ACCURACY, NLL, ECE, CONFIDENCE_GAP)
-)
-
-# What the papers report of distillation, the groups being the teachers' labels.
-DISTILLATION_CLAIMS = (
-    Claim(
-        "The student of the LS teacher is less accurate than the student of the CE teacher (Müller et al. 2019)",
-        "accuracy",
-        "ls",
-        "<",
-        "ce",
-    ),
-    Claim(
-        "The student of the MaxSup teacher is at least as accurate as the student of the LS teacher (MaxSup paper's "
-        "argument: MaxSup keeps the class structure)",
-        "accuracy",
-        "maxsup",
-        ">=",
-        "ls",
-    ),
-    Claim(
-        "The LS teacher's non-target distribution is flatter than the CE teacher's, i.e. it keeps less class "
-        "resemblance (Müller et al. 2019)",
-        "teacher_non_target_entropy",
-        "ls",
-        ">",
-        "ce",
-    ),
-    Claim(
-        "The MaxSup teacher's non-target distribution is less flat than the LS teacher's (MaxSup paper)",
-        "teacher_non_target_entropy",
-        "maxsup",
-        "<",
-        "ls",
-    ),
-    Claim(
-        "The student of the CE teacher is more accurate than the student trained on the labels alone (distillation "
-        "helps)",
-        "accuracy",
-        "ce",
-        ">",
-        NO_TEACHER,
-    ),
 )
 
 
@@ -183,7 +138,7 @@ def _table(summary: dict, teachers: dict, temperature: float) -> str:
     rows = []
     for label, metrics in summary.items():
         teacher = [column.format(metrics[column.key]) if column.key in metrics else "—" for column in TEACHER_COLUMNS]
-        students = [column.format(metrics[column.key]) for column in STUDENT_COLUMNS]
+        students = [column.format(metrics.get(column.key, summarize([]))) for column in STUDENT_COLUMNS]
         rows.append(
             [
                 label,
@@ -204,7 +159,7 @@ def _student_lines(results: Sequence[RunResult]) -> list[str]:
             result.label,
             str(result.seed),
             f"`{result.path}`",
-            *(f"{result.metrics[column.key] * column.scale:.{column.decimals}f}" for column in STUDENT_COLUMNS),
+            *(column.format_value(result.metrics.get(column.key, float("nan"))) for column in STUDENT_COLUMNS),
         ]
         for result in results
     ]
@@ -237,6 +192,63 @@ def distillation_notes(
     ]
 
 
+def teacher_runs(teachers: dict, teacher_metrics: dict, teacher_seeds: dict | None = None) -> list[dict]:
+    """Each teacher as `results.json` lists it among `teacher_runs`: `label`, `seed` (from `teacher_seeds`, else the
+    member record a comparison left in the teacher's folder, else `None`), `path` and `metrics` (those of
+    [`evaluate_distillation`]). Teachers of equal seeds (members of one comparison) are paired in the tests."""
+    runs = []
+    for label, metrics in teacher_metrics.items():
+        path = teachers[label]
+        if teacher_seeds is not None:
+            seed = teacher_seeds.get(label)
+        else:
+            seed = (read_member_record(path) or {}).get("seed") if os.path.isdir(path) else None
+        runs.append({"label": label, "seed": seed, "path": path, "metrics": metrics})
+    return runs
+
+
+def _every_teacher(own: Sequence[dict], others: Sequence[dict], split: str) -> tuple[list[dict], list[RunResult]]:
+    """This study's teachers and the others not among them, and all of them as runs for the tests."""
+    seen = {(run["label"], run["path"]) for run in own}
+    every = [*own, *(run for run in others if (run["label"], run["path"]) not in seen)]
+    return every, [RunResult(run["label"], run["seed"], run["path"], "", split, 0, run["metrics"]) for run in every]
+
+
+def _teachers_lines(runs: Sequence[dict], split: str) -> list[str]:
+    """The table of the teachers of every label over their seeds, when some label has more than one."""
+    results = [RunResult(run["label"], run["seed"], run["path"], "", split, 0, run["metrics"]) for run in runs]
+    summary = summarize_runs(results)
+    if all(metrics["teacher_accuracy"]["n"] < 2 for metrics in summary.values()):
+        return []
+    columns = [column for column in TEACHER_COLUMNS if column.key != "teacher_non_target_entropy_at_t"]
+    return [
+        "Teachers over their seeds (this study's and those of the studies it was analysed with; the claims on the "
+        "teachers are tested on these):",
+        "",
+        summary_table(summary, "teacher", columns, count="teachers"),
+        "",
+    ]
+
+
+def _opening_lines(command: str, table: str) -> list[str]:
+    """The title, the command, what the table shows, and the table."""
+    return [
+        "# Distillation: students of CE, LS and MaxSup teachers",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Students: mean ± sample standard deviation (ddof=1) over their seeds; one teacher per row (its own "
+        "numbers). The non-target entropy is the mean normalised entropy of the teacher's distribution over the "
+        "classes other than the label (1 = uniform: no class-resemblance information); confidence − accuracy > 0 is "
+        "over-confidence, < 0 under-confidence.",
+        "",
+        table,
+        "",
+    ]
+
+
 def write_distillation_report(
     output_dir: str,
     results: Sequence[RunResult],
@@ -246,53 +258,54 @@ def write_distillation_report(
     command: str,
     notes: Sequence[str],
     extra: dict,
+    teacher_seeds: dict | None = None,
+    other_teachers: Sequence[dict] = (),
+    training_time: str | None = None,
 ) -> dict:
     """Writes `report.md` and `results.json` of the study; returns the content of `results.json`.
 
+    The claims on the students are tested on this study's students, those on the teachers on every teacher: this
+    study's and `other_teachers` (e.g. the other seeds of each loss, distilled in studies of their own).
+
     Args:
-        output_dir (`str`): the report's folder.
+        output_dir (`str`): the report's folder; command (`str`): the command line, recorded in the report.
         results (`Sequence[RunResult]`), teacher_metrics (`dict`): as [`evaluate_distillation`] returns them.
         teachers (`dict`): `{label: teacher's folder}`, with [`NO_TEACHER`]: `None` when there are such students.
-        command (`str`): the command line, recorded in the report.
         notes (`Sequence[str]`): paragraphs after the claims (see [`distillation_notes`]).
         extra (`dict`): the study's settings, recorded in `results.json` (`distill_temperature` names the table's T).
+        teacher_seeds (`dict`, *optional*), other_teachers (`Sequence[dict]`, *optional*): `{label: the teacher's
+            training seed}` (default: see [`teacher_runs`]) and more teachers, as [`teacher_runs`] lists them.
+        training_time (`str`, *optional*): the line of the students' training time when their folders are gone.
     """
     summary = summarize_runs(results)
     for label, metrics in teacher_metrics.items():
         summary[label].update({key: summarize([value]) for key, value in metrics.items()})
-    checks = paper_checks(summary, DISTILLATION_CLAIMS)
+    own = teacher_runs(teachers, teacher_metrics, teacher_seeds)
+    every_teacher, teacher_results = _every_teacher(own, other_teachers, results[0].split)
+    checks = paper_checks([*results, *teacher_results], DISTILLATION_CLAIMS)
     lines = [
-        "# Distillation: students of CE, LS and MaxSup teachers",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        "Students: mean ± sample standard deviation (ddof=1) over their seeds; one teacher per row (no spread). "
-        "The non-target entropy is the mean normalised entropy of the teacher's distribution over the classes "
-        "other than the label (1 = uniform: no class-resemblance information); confidence − accuracy > 0 is "
-        "over-confidence, < 0 under-confidence.",
-        "",
-        _table(summary, teachers, extra["distill_temperature"]),
-        "",
+        *_opening_lines(command, _table(summary, teachers, extra["distill_temperature"])),
+        *_teachers_lines(every_teacher, results[0].split),
         "## What the papers report, and what these runs show",
+        "",
+        claims_intro(checks),
         "",
         *(check_line(check, (*TEACHER_COLUMNS, *STUDENT_COLUMNS)) for check in checks),
         "",
         *notes,
         "",
     ]
-    time_line = training_time_line([result.path for result in results])
-    lines += [time_line.replace("runs", "students"), ""] if time_line else []
-    lines += _student_lines(results)
-    content = {
-        "command": command,
-        **extra,
-        "teachers": teachers,
-        "teacher_metrics": teacher_metrics,
+    time_line = training_time or training_time_line([result.path for result in results])
+    time_line = time_line and time_line.replace(" runs ", " students ")
+    lines += [*([time_line, ""] if time_line else []), *_student_lines(results)]
+    content = {"command": command, **extra, "teachers": teachers, "teacher_metrics": teacher_metrics}
+    content.update(
+        teacher_runs=every_teacher,
         # The students' task is the teachers': not repeated per student.
-        "students": [{key: value for key, value in result.to_json().items() if key != "task"} for result in results],
-        "summary": summary,
-        "checks": checks,
-    }
+        students=[{key: value for key, value in result.to_json().items() if key != "task"} for result in results],
+        summary=summary,
+        checks=checks,
+        notes=list(notes),
+        training_time=time_line,
+    )
     return write_files(output_dir, lines, content)

@@ -17,11 +17,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .runs import RunResult
+from .significance import PAIRED
 from .stats import format_summary, summarize
 
 __all__ = [
     "Column",
     "check_line",
+    "claims_intro",
+    "format_p",
     "json_safe",
     "markdown_table",
     "opening_lines",
@@ -76,33 +79,90 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def check_line(check: dict, columns: Sequence[Column]) -> str:
-    """A claim as a Markdown list item: both means ± std (scaled as in the column of its metric among `columns`),
-    agrees or not, the spread."""
-    scale, decimals = next(((s, d) for key, _, s, d in columns if key == check["metric"]), (1.0, 3))
+def format_p(p: float) -> str:
+    """A p-value in three decimals, or in scientific notation below 0.001."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.1e}"
 
-    def value(mean, std):
-        text = f"{mean * scale:.{decimals}f}"
-        return text if not math.isfinite(std) else f"{text} ± {std * scale:.{decimals}f}"
 
-    verdict = "agrees" if check["agrees"] else "**disagrees**"
-    if check["beyond_spread"] is None:
-        spread = "one run per loss: spread unknown"
+def _test_words(check: dict, scale: float, decimals: int) -> str:
+    """The test behind a claim's verdict in words: the difference with its 95 % interval, the test, its p-values."""
+    difference = f"difference {check['difference'] * scale:+.{decimals}f}"
+    if check["difference"] == 0:
+        return "equal means"
+    if check["p_value"] is None:
+        return f"{difference}; fewer than two runs on a side"
+    interval = f"95 % CI {check['ci_low'] * scale:+.{decimals}f} to {check['ci_high'] * scale:+.{decimals}f}"
+    if check["test"] == PAIRED:
+        test = f"paired t-test over {check['n']} " + ("seeds" if check["paired_seeds"] is not None else "runs")
     else:
-        spread = (
-            "difference beyond the seeds' spread" if check["beyond_spread"] else "difference within the seeds' spread"
-        )
-    metrics = check["metric"] if check["metric_b"] == check["metric"] else f"{check['metric']} vs {check['metric_b']}"
-    note = f" ({check['note']})" if check.get("note") else ""
+        test = f"Welch t-test, {check['n_a']} vs {check['n_b']} runs"
     return (
-        f"- {check['claim']}: {check['a']} {value(check['mean_a'], check['std_a'])} vs {check['b']} "
-        f"{value(check['mean_b'], check['std_b'])} ({metrics}) — {verdict}; {spread}{note}."
+        f"{difference} ({interval}); {test}, p = {format_p(check['p_value'])}, Holm-adjusted "
+        f"p = {format_p(check['p_adjusted'])}"
     )
 
 
+def check_line(check: dict, columns: Sequence[Column]) -> str:
+    """A claim as a Markdown list item: both means ± std (scaled as in the column of its metric among `columns`), the
+    difference with its 95 % interval, the test and its p-values, and the verdict (see [`~hf_maxsup.report.stats`])."""
+    scale, decimals = next(((s, d) for key, _, s, d in columns if key == check["metric"]), (1.0, 3))
+
+    def value(mean, std, n):
+        text = f"{mean * scale:.{decimals}f}"
+        return f"{text} (1 run)" if n < 2 else f"{text} ± {std * scale:.{decimals}f} ({n} runs)"
+
+    metrics = check["metric"] if check["metric_b"] == check["metric"] else f"{check['metric']} vs {check['metric_b']}"
+    note = f" ({check['note']})" if check.get("note") else ""
+    return (
+        f"- {check['claim']}: {check['a']} {value(check['mean_a'], check['std_a'], check['n_a'])} vs {check['b']} "
+        f"{value(check['mean_b'], check['std_b'], check['n_b'])} ({metrics}) — {_test_words(check, scale, decimals)}: "
+        f"**{check['verdict']}**{note}."
+    )
+
+
+def claims_intro(checks: Sequence[dict]) -> str:
+    """How the claims below were tested and what their verdicts mean."""
+    claims = f"{len(checks)} claim" + ("s" if len(checks) != 1 else "")
+    return (
+        f"Each claim is tested on the runs ({claims}): a paired t-test on the per-seed differences when "
+        "both groups hold the same seeds (the same seed gives the same initialisation and data order), Welch's "
+        "t-test otherwise; two-sided, with Holm's correction across these claims. Verdict at the 5 % level of the "
+        "adjusted p: **supported**, **contradicted** (significant the other way), **not significant** "
+        '(**consistent** for an "at least" claim), **untestable** with fewer than two runs on a side, **tie** '
+        "for equal means."
+    )
+
+
+def _gap_words(gap: dict, test: dict) -> str:
+    """CE's confidence − accuracy over its runs with the one-sample t-test against 0."""
+    text = f"confidence − accuracy {format_summary(gap, 1.0, 3)}"
+    if test["p_value"] is None:
+        return f"{text}, one run: untestable"
+    return (
+        f"{text} over {gap['n']} runs, 95 % CI {test['ci_low']:+.3f} to {test['ci_high']:+.3f}, one-sample t-test "
+        f"against 0: p = {format_p(test['p_value'])}"
+    )
+
+
+def _regime_verdict(regime: dict) -> str:
+    """What the regime check concludes, saying only what was measured."""
+    if regime["in_regime"]:
+        return (
+            " CE is over-confident and fits its training set: the regime in which the papers measured their "
+            "effects, where label smoothing improves calibration by lowering the confidence."
+        )
+    if regime["over_confident"] and regime["in_regime"] is None:
+        return (
+            " CE is over-confident, as in the regime in which the papers measured their effects; its training "
+            "accuracy was not measured."
+        )
+    return ""
+
+
 def regime_lines(summary: dict, regime: dict | None) -> list[str]:
-    """The regime check in words: CE's confidence against its accuracy and its training accuracy, and a warning when
-    the run is outside the papers' regime."""
+    """The regime check in words: CE's confidence against its accuracy with its test, its training accuracy and each
+    group's misclassified training rows (when measured), and a warning when the run is outside the papers' regime.
+    Each sentence only when its quantity was measured."""
     if regime is None:
         return []
     ce, gap, train = summary["ce"], regime["confidence_minus_accuracy"], regime["train_accuracy"]
@@ -111,25 +171,29 @@ def regime_lines(summary: dict, regime: dict | None) -> list[str]:
         for label, metrics in summary.items()
         if label != "ce" and metrics.get("mean_confidence", {}).get("n")
     )
-    spread = {
-        None: "one run: spread unknown",
-        True: "beyond its spread over seeds",
-        False: "within its spread over seeds",
-    }[regime["beyond_spread"]]
+    measured = ce.get("mean_confidence", {}).get("n") and ce.get("accuracy", {}).get("n")
     text = (
-        f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
-        f"{100 * ce['accuracy']['mean']:.1f} % (confidence − accuracy {format_summary(gap, 1.0, 3)}, {spread})"
+        (
+            f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
+            f"{100 * ce['accuracy']['mean']:.1f} % ({_gap_words(gap, regime['test'])})"
+            if measured
+            else f"CE's {_gap_words(gap, regime['test'])}"
+        )
         + (f"; mean confidence of {others}" if others else "")
         + (f". CE's training accuracy: {format_summary(train, 100.0, 2)} %" if train["n"] else "")
         + "."
     )
-    if regime["in_regime"]:
+    misclassified = regime.get("train_misclassified") or {}
+    if misclassified:
         text += (
-            " CE is over-confident and fits its training set: the regime in which the papers measured their "
-            "effects, where label smoothing improves calibration by lowering the confidence."
+            " Training rows misclassified (label not the top-1 logit), mean of the logged fraction over training: "
+            + ", ".join(f"{label} {format_summary(value, 100.0, 1)} %" for label, value in misclassified.items())
+            + ". MaxSup's term differs from LS's only on such rows."
         )
-        return ["## Regime check", "", text, ""]
-    return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
+    text += _regime_verdict(regime)
+    if regime["in_regime"] is False:
+        return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
+    return ["## Regime check", "", text, ""]
 
 
 def training_time_line(paths: Sequence[str]) -> str | None:
@@ -150,8 +214,10 @@ def training_time_line(paths: Sequence[str]) -> str | None:
     )
 
 
-def summary_table(summary: dict, first: str, columns: Sequence[Column]) -> str:
-    """One row per group: its number of runs and the mean ± std of each (key, header, scale, decimals) column."""
+def summary_table(summary: dict, first: str, columns: Sequence[Column], count: str = "runs") -> str:
+    """One row per group: its number of runs (headed `count`) and the mean ± std of each (key, header, scale,
+    decimals) column; a column no group measured is left out."""
+    columns = [c for c in columns if any(metrics.get(c.key, {}).get("n") for metrics in summary.values())]
     rows = [
         [
             label,
@@ -160,7 +226,7 @@ def summary_table(summary: dict, first: str, columns: Sequence[Column]) -> str:
         ]
         for label, metrics in summary.items()
     ]
-    return markdown_table([first, "runs", *(column.header for column in columns)], rows)
+    return markdown_table([first, count, *(column.header for column in columns)], rows)
 
 
 def json_safe(value):
@@ -177,7 +243,9 @@ def json_safe(value):
 
 
 def run_table(results: Sequence[RunResult], columns: Sequence[Column]) -> str:
-    """One row per run: its name, its checkpoint and its value of each column."""
+    """One row per run: its name, its checkpoint and its value of each column; a column no run measured is left
+    out."""
+    columns = [c for c in columns if any(summarize([r.metrics.get(c.key, float("nan"))])["n"] for r in results)]
     rows = [
         [result.name, f"`{result.path}`", *(c.format_value(result.metrics.get(c.key, float("nan"))) for c in columns)]
         for result in results

@@ -1,5 +1,5 @@
 """What the classification report measures of one classifier: its metrics from its logits, labels and features, the
-regime and selective-classification measures, the linear probe of its features, and the LS terms its training logged.
+regime and selective-classification measures, the linear probe of its features, and the terms its training logged.
 
 [`ClassifierPass`] runs a loaded classifier over a split ([`~hf_maxsup.analysis.collect_features`]);
 [`compute_metrics`] measures the arrays it collects; [`~hf_maxsup.report.classification.analyze_run`] puts them
@@ -27,6 +27,7 @@ from ..analysis import (
     e_aurc,
     expected_calibration_error,
     feature_geometry,
+    few_shot_probe,
     linear_probe,
     logit_norm_confidence,
     negative_log_likelihood,
@@ -36,7 +37,13 @@ from ..data import image_transform, text_preprocess_function
 from .evaluate import batches, held_out_split, label_lookup, relabel
 from .options import DataOptions
 
-__all__ = ["ClassifierPass", "compute_metrics", "logged_ls_terms", "probe_accuracy", "regime_and_selective_metrics"]
+__all__ = [
+    "ClassifierPass",
+    "compute_metrics",
+    "logged_training_terms",
+    "probe_accuracy",
+    "regime_and_selective_metrics",
+]
 
 
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, features: np.ndarray | None = None) -> dict[str, float]:
@@ -116,21 +123,24 @@ class ClassifierPass:
         return self.features(dataset, label_column)
 
 
-def logged_ls_terms(path: str) -> dict[str, float]:
-    """Mean over the training log of the LS decomposition the trainer logged (`ls_regularization`,
-    `ls_error_amplification`, per logging window), from the run's `trainer_state.json`, and the error amplification's
-    share of the two (`train_ls_error_share`); empty when absent (a Hub id, another loss)."""
+def logged_training_terms(path: str) -> dict[str, float]:
+    """Means over the training log of what the trainer logged per logging window, from the run's
+    `trainer_state.json`: the LS decomposition (`ls_regularization`, `ls_error_amplification`) and the error
+    amplification's share of the two (`train_ls_error_share`), and the fraction of training rows whose label is not
+    the top-1 logit (`misclassified` -> `train_misclassified`); each only when logged (not for a Hub id, another
+    loss, or a run trained before the fraction was logged)."""
     state = os.path.join(path, "trainer_state.json")
     if not os.path.isfile(state):
         return {}
     with open(state, encoding="utf-8") as f:
         history = json.load(f).get("log_history", [])
     terms = {}
-    for key in ("ls_regularization", "ls_error_amplification"):
+    # Training windows only: an evaluation logs its components with an `eval_` prefix.
+    for key in ("ls_regularization", "ls_error_amplification", "misclassified"):
         values = [float(entry[key]) for entry in history if key in entry]
         if values:
             terms[f"train_{key}"] = float(np.mean(values))
-    if len(terms) == 2:
+    if "train_ls_regularization" in terms and "train_ls_error_amplification" in terms:
         # The part of LS's term that MaxSup does not have: where it is small, the two losses train alike.
         amplification, regularization = (
             abs(terms["train_ls_error_amplification"]),
@@ -163,7 +173,8 @@ def regime_and_selective_metrics(collect: Callable, raw, split: str, logits, lab
 
 
 def probe_accuracy(features_of: Callable, data: DataOptions, probe=None) -> float:
-    """Accuracy of the linear probe on the model's frozen features of scikit-learn's digits.
+    """Accuracy of the linear probe on the model's frozen features of scikit-learn's digits: fitted on the training
+    half, or with `data.probe_shots` the mean of [`~hf_maxsup.analysis.few_shot_probe`]s.
 
     Args:
         features_of (`Callable`): `(dataset, label column) -> collect_features output` ([`ClassifierPass.features`]).
@@ -176,9 +187,7 @@ def probe_accuracy(features_of: Callable, data: DataOptions, probe=None) -> floa
         if data.image_column_name != "image":
             images = images.rename_column("image", data.image_column_name)
         features[name] = features_of(images, "label")
-    return linear_probe(
-        features["train"]["features"],
-        features["train"]["labels"],
-        features["test"]["features"],
-        features["test"]["labels"],
-    )
+    arrays = (features[name][key] for name in ("train", "test") for key in ("features", "labels"))
+    if data.probe_shots:
+        return few_shot_probe(*arrays, shots=data.probe_shots, draws=data.probe_draws)
+    return linear_probe(*arrays)

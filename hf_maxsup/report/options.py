@@ -118,6 +118,13 @@ class DataOptions(SourceOptions, ImageColumns, TextColumns):
     probe_samples: int | None = option(
         None, "Use a stratified subset of this many digits for the linear probe (default: all 1,797)."
     )
+    probe_shots: int | None = option(
+        None,
+        "Fit the linear probe on this many labelled digits per class (a few-shot probe, averaged over "
+        "--probe_draws draws) instead of the whole training half.",
+        metavar="N",
+    )
+    probe_draws: int = option(20, "Draws of the few-shot probe averaged.", metavar="N")
     train_samples: int = option(
         2000, "Training examples on which the regime check measures the training accuracy; 0 skips it."
     )

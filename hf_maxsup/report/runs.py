@@ -91,7 +91,15 @@ def read_member_record(folder: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            recorded = json.load(f)
+        except ValueError as err:
+            raise ValueError(
+                f"{path} is not a readable record of hf-maxsup compare ({err}): delete it or its folder."
+            ) from err
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path} is not a record of hf-maxsup compare (not a JSON object): delete it or its folder.")
+    return recorded
 
 
 def check_checkpoint_path(path: str) -> None:

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..hub import read_card_metadata
-from ..report.distillation import NO_TEACHER, distillation_notes, evaluate_distillation, write_distillation_report
+from ..report.claims import NO_TEACHER
+from ..report.distillation import distillation_notes, evaluate_distillation, write_distillation_report
 from ..report.options import DataOptions
 from ..report.runs import Run
-from .members import Member, check_passthrough, default_recipe, train_members
+from .members import Member, check_member_folder, check_passthrough, default_recipe, train_members
 
 __all__ = ["STUDY_FLAGS", "run_study", "teacher_label", "train_students"]
 
@@ -86,14 +87,14 @@ def train_students(
     log: Callable[[str], None],
 ) -> dict[str, list[Member]]:
     """Trains one student per (teacher label, seed) into `runs_dir/<label>-seed<S>` (a `None` teacher: labels
-    only); returns the members of each label."""
-    members = {}
+    only), every student's folder checked before any is trained; returns the members of each label."""
+    members, arguments = {}, {}
     for label, teacher in groups.items():
         members[label] = [
             Member(student_loss, seed, os.path.join(runs_dir, f"{label.replace(' ', '_')}-seed{seed}"))
             for seed in seeds
         ]
-        extra = (
+        arguments[label] = [*passthrough] + (
             []
             if teacher is None
             else [
@@ -105,12 +106,12 @@ def train_students(
                 str(temperature),
             ]
         )
+    for label, group in members.items():
+        for member in group:
+            check_member_folder(member, recipe, arguments[label])
+    for label, group in members.items():
         train_members(
-            members[label],
-            recipe,
-            [*passthrough, *extra],
-            python=python,
-            log=lambda message, label=label: log(f"[{label}] {message}"),
+            group, recipe, arguments[label], python=python, log=lambda message, label=label: log(f"[{label}] {message}")
         )
     return members
 

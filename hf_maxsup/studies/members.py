@@ -7,8 +7,10 @@ are used unchanged. A member is *finished* when its output directory holds the f
 with a complete `checkpoint-*` folder is resumed from the newest complete one (`--resume_from_checkpoint last`; one
 left incomplete by a crash during its save is skipped); one without is trained again from the start
 (with `--overwrite_output_dir` when it left files: compare owns the member folders). Each member's folder records the
-settings it was trained with ([`~hf_maxsup.report.runs.MEMBER_FILE`]): a rerun with other arguments is refused, and
-the report labels the member from it. Nothing here imports torch or transformers: the folders are judged by
+settings it was trained with ([`~hf_maxsup.report.runs.MEMBER_FILE`]), and the report labels the member from it.
+Before anything is trained, every member's folder is checked ([`check_member_folder`]): a folder compare did not
+create (a user's own run) or one created with arguments of another meaning is refused; the same arguments in another
+order, or `--x=v` for `--x v`, are the same. Nothing here imports torch or transformers: the folders are judged by
 [`hf_maxsup.runner.output_dir`] alone.
 """
 
@@ -30,6 +32,8 @@ __all__ = [
     "DEFAULT_ARGS",
     "RESERVED",
     "Member",
+    "canonical_args",
+    "check_member_folder",
     "check_passthrough",
     "check_same_settings",
     "default_recipe",
@@ -127,29 +131,87 @@ def member_command(
     return command + (["--overwrite_output_dir"] if overwrite else [])
 
 
-def check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
-    """Refuses to reuse a member's folder trained with other arguments; records them there on first use.
+def canonical_args(args: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Recipe arguments by meaning rather than spelling: `--x=v` as `--x v`, in any order, each flag with the values
+    of its last occurrence (the parser keeps the last); values before any flag under `""`."""
+    groups: dict[str, tuple[str, ...]] = {}
+    flag = ""
+    for arg in args:
+        if arg.startswith("--"):
+            flag, equals, value = arg.partition("=")
+            groups[flag] = (value,) if equals else ()
+        else:
+            groups[flag] = (*groups.get(flag, ()), arg)
+    return groups
+
+
+def _settings(member: Member, recipe: str, passthrough: Sequence[str]) -> dict:
+    """What a member's record holds: the recipe, the loss, the seed and the recipe arguments as given."""
+    return {"recipe": os.path.abspath(recipe), "loss": member.loss, "seed": member.seed, "args": list(passthrough)}
+
+
+def _shown(values: tuple[str, ...] | None) -> str:
+    """A flag's values in a difference: `absent`, `given` (a flag without values) or the values."""
+    return "absent" if values is None else " ".join(values) or "given"
+
+
+def _differences(recorded: dict, settings: dict) -> list[str]:
+    """How a member's record differs in meaning from these settings: the recipe (by file name: the same recipe of
+    another checkout is the same), the loss, the seed and each recipe flag."""
+    differences = [
+        f"{key}: {recorded.get(key)} recorded, {settings[key]} now"
+        for key in ("loss", "seed")
+        if recorded.get(key) != settings[key]
+    ]
+    if os.path.basename(recorded.get("recipe") or "") != os.path.basename(settings["recipe"]):
+        differences.append(f"recipe: {recorded.get('recipe')} recorded, {settings['recipe']} now")
+    before, now = canonical_args(recorded.get("args") or []), canonical_args(settings["args"])
+    differences += [
+        f"{flag or 'positional'}: {_shown(before.get(flag))} recorded, {_shown(now.get(flag))} now"
+        for flag in sorted(set(before) | set(now))
+        if before.get(flag) != now.get(flag)
+    ]
+    return differences
+
+
+def check_member_folder(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
+    """Refuses a member's folder that this study may not reuse or replace: one it did not create (files there, no
+    [`~hf_maxsup.report.runs.MEMBER_FILE`], e.g. a user's own run), or one created with arguments of another meaning.
+    Writes nothing.
 
     Raises:
-        `ValueError`: the folder's [`~hf_maxsup.report.runs.MEMBER_FILE`] names other recipe arguments, loss or seed.
+        `ValueError`: naming the folder and, for a record of other arguments, what differs.
     """
-    settings = {"recipe": os.path.abspath(recipe), "loss": member.loss, "seed": member.seed, "args": list(passthrough)}
-    recorded = read_member_record(member.output_dir)
-    if recorded is not None:
-        if (
-            recorded.get("args") != settings["args"]
-            or recorded.get("loss") != member.loss
-            or recorded.get("seed") != member.seed
-        ):
+    folder = member.output_dir
+    recorded = read_member_record(folder)
+    if recorded is None:
+        if os.path.isfile(folder) or (os.path.isdir(folder) and os.listdir(folder)):
             raise ValueError(
-                f"{member.output_dir} was trained with other arguments ({shlex.join(recorded.get('args', []))}) than "
-                f"this comparison ({shlex.join(passthrough)}): give another --output_dir (or --runs_dir), or delete "
-                "that folder to retrain it."
+                f"{folder} was not created by hf-maxsup (it has no {MEMBER_FILE}): a comparison only reuses or "
+                "replaces the members it created. Give another --runs_dir (or --output_dir), or move that folder "
+                "away."
             )
         return
-    os.makedirs(member.output_dir, exist_ok=True)
-    with open(os.path.join(member.output_dir, MEMBER_FILE), "w", encoding="utf-8") as f:
-        json.dump(settings, f, indent=2)
+    differences = _differences(recorded, _settings(member, recipe, passthrough))
+    if differences:
+        raise ValueError(
+            f"{folder} was created with other arguments ({'; '.join(differences)}): give another --runs_dir (or "
+            "--output_dir) for these arguments, or rerun with the recorded ones; delete that folder only if its run "
+            "is no longer wanted."
+        )
+
+
+def check_same_settings(member: Member, recipe: str, passthrough: Sequence[str]) -> None:
+    """Refuses a member's folder as [`check_member_folder`] does; records the settings there on first use.
+
+    Raises:
+        `ValueError`: see [`check_member_folder`].
+    """
+    check_member_folder(member, recipe, passthrough)
+    if read_member_record(member.output_dir) is None:
+        os.makedirs(member.output_dir, exist_ok=True)
+        with open(os.path.join(member.output_dir, MEMBER_FILE), "w", encoding="utf-8") as f:
+            json.dump(_settings(member, recipe, passthrough), f, indent=2)
 
 
 def train_members(
@@ -172,6 +234,8 @@ def train_members(
         `RuntimeError`: a member's recipe failed; rerunning the same command resumes from there.
     """
     check_passthrough(passthrough)
+    for member in members:  # every folder judged before any is written or trained
+        check_member_folder(member, recipe, passthrough)
     for i, member in enumerate(members, 1):
         prefix = f"[hf-maxsup compare] member {i}/{len(members)} ({member.name})"
         check_same_settings(member, recipe, passthrough)

@@ -12,7 +12,8 @@ pytest.importorskip("matplotlib")
 from _runs import run_result
 
 from hf_maxsup.analysis import digits_probe_dataset, linear_probe
-from hf_maxsup.report.classification import PAPER_CLAIMS, REPORT_FILES, TABLE_METRICS, write_report
+from hf_maxsup.report.claims import PAPER_CLAIMS
+from hf_maxsup.report.classification import REPORT_FILES, TABLE_METRICS, write_report
 from hf_maxsup.report.measures import compute_metrics
 from hf_maxsup.report.stats import format_summary, paper_checks, summarize, summarize_runs
 
@@ -58,34 +59,35 @@ def test_summarize_runs_groups_by_label_in_order():
     assert summary["ce"]["accuracy"]["n"] == 1 and summary["ce"]["accuracy"]["mean"] == 0.70
 
 
-def test_paper_checks_verdicts_and_spread():
-    summary = summarize_runs(
-        [
-            run_result("ce", {"ece": 0.050, "d_within": 0.30, "accuracy": 0.90}),
-            run_result("ce", {"ece": 0.060, "d_within": 0.32, "accuracy": 0.91}),
-            run_result("ls", {"ece": 0.020, "d_within": 0.25, "accuracy": 0.905}),
-            run_result("ls", {"ece": 0.022, "d_within": 0.27, "accuracy": 0.915}),
-            run_result("maxsup", {"ece": 0.030, "d_within": 0.24, "accuracy": 0.90}),
-            run_result("maxsup", {"ece": 0.031, "d_within": 0.26, "accuracy": 0.91}),
-        ]
-    )
-    checks = {(c["metric"], c["a"], c["b"]): c for c in paper_checks(summary, PAPER_CLAIMS)}
+def test_paper_checks_verdicts_and_tests():
+    metrics = {
+        "ce": {"ece": [0.050, 0.060, 0.055], "d_within": [0.30, 0.32, 0.31], "accuracy": [0.900, 0.910, 0.905]},
+        "ls": {"ece": [0.020, 0.022, 0.021], "d_within": [0.25, 0.27, 0.26], "accuracy": [0.906, 0.913, 0.910]},
+        "maxsup": {"ece": [0.030, 0.031, 0.029], "d_within": [0.24, 0.26, 0.262], "accuracy": [0.90, 0.91, 0.903]},
+    }
+    results = [
+        run_result(label, {key: values[seed] for key, values in columns.items()}, seed)
+        for label, columns in metrics.items()
+        for seed in range(3)
+    ]
+    checks = {(c["metric"], c["a"], c["b"]): c for c in paper_checks(results, PAPER_CLAIMS)}
+    # The claims measured here: ECE, the three on accuracy, the three on d_within; Holm over these seven.
+    assert len(checks) == 7
     ece = checks[("ece", "ls", "ce")]
-    # Means 0.021 vs 0.055; stds 0.0014 + 0.0071 = 0.0085 < 0.034.
-    assert ece["agrees"] and ece["beyond_spread"] and ece["difference"] == pytest.approx(-0.034)
-    d_ls_ce = checks[("d_within", "ls", "ce")]
-    # 0.26 vs 0.31, spread 0.0141 + 0.0141 = 0.028 < 0.05.
-    assert d_ls_ce["agrees"] and d_ls_ce["beyond_spread"]
+    # Per-seed differences -0.030, -0.038, -0.034: mean -0.034, sd 0.004, t = -14.7 on 2 df, p = 0.0046.
+    assert ece["test"] == "paired t-test" and ece["paired_seeds"] == [0, 1, 2] and ece["n"] == 3
+    assert ece["difference"] == pytest.approx(-0.034) and ece["p_value"] == pytest.approx(0.004582, rel=1e-3)
+    assert ece["ci_high"] < 0 and ece["verdict"] == "supported"
+    assert checks[("d_within", "ls", "ce")]["verdict"] == "supported"  # -0.05 on every seed: p = 0
     d_max_ls = checks[("d_within", "maxsup", "ls")]
-    assert not d_max_ls["agrees"] and d_max_ls["beyond_spread"] is False  # 0.25 vs 0.26, within 0.028
+    assert d_max_ls["verdict"] == "not significant" and d_max_ls["difference"] == pytest.approx(-0.006)
     accuracy = checks[("accuracy", "maxsup", "ls")]
-    assert not accuracy["agrees"] and accuracy["difference"] == pytest.approx(-0.005)
-    # No AURC or probe numbers given: those claims are left out; one run per group: spread unknown.
+    # -0.006, -0.003, -0.007: below LS's but not significantly: consistent with "at least".
+    assert accuracy["difference"] == pytest.approx(-0.016 / 3) and accuracy["verdict"] == "consistent"
+    # No AURC or probe numbers given: those claims are left out; one run per group: untestable.
     assert ("aurc", "ls", "ce") not in checks
-    single = paper_checks(
-        summarize_runs([run_result("ce", {"ece": 0.1}), run_result("ls", {"ece": 0.05})]), PAPER_CLAIMS
-    )
-    assert single[0]["agrees"] and single[0]["beyond_spread"] is None
+    single = paper_checks([run_result("ce", {"ece": 0.1}), run_result("ls", {"ece": 0.05})], PAPER_CLAIMS)
+    assert single[0]["verdict"] == "untestable" and single[0]["p_adjusted"] is None
 
 
 # --- metrics and writing ---------------------------------------------------------------------------------------------
@@ -158,6 +160,30 @@ def test_linear_probe_separable_and_chance():
     assert 0.3 < linear_probe(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.7
     with pytest.raises(ValueError, match="width"):
         linear_probe(noise[:10, :3], labels[:10], noise[:10], labels[:10])
+
+
+def test_few_shot_probe_is_the_mean_of_probes_on_drawn_labels():
+    from hf_maxsup.analysis import few_shot_probe
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    features = rng.normal(size=(300, 4)) + 1.5 * np.eye(3, 4)[labels]
+    train, test = slice(0, 150), slice(150, 300)
+    probe = few_shot_probe(features[train], labels[train], features[test], labels[test], shots=5, draws=4, seed=3)
+    # The same draws by hand: 5 examples of each class, without replacement, with the seed's generator.
+    draws = np.random.default_rng(3)
+    expected = []
+    for _ in range(4):
+        chosen = np.concatenate([draws.choice(np.flatnonzero(labels[train] == c), 5, replace=False) for c in range(3)])
+        expected.append(linear_probe(features[train][chosen], labels[train][chosen], features[test], labels[test]))
+    assert probe == pytest.approx(np.mean(expected)) and 0.5 < probe <= 1.0
+    assert probe == few_shot_probe(
+        features[train], labels[train], features[test], labels[test], shots=5, draws=4, seed=3
+    )
+    with pytest.raises(ValueError, match="fewer than 60 shots"):
+        few_shot_probe(features[train], labels[train], features[test], labels[test], shots=60)
+    with pytest.raises(ValueError, match="at least 1"):
+        few_shot_probe(features[train], labels[train], features[test], labels[test], draws=0)
 
 
 def test_digits_probe_dataset():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from _runs import run_result, tiny_training_args
 
-from hf_maxsup.report.stats import paper_checks, summarize_runs
-from hf_maxsup.report.translation import TRANSLATION_CLAIMS, token_calibration
+from hf_maxsup.report.claims import TRANSLATION_CLAIMS
+from hf_maxsup.report.stats import paper_checks
+from hf_maxsup.report.translation import token_calibration
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "translation.py")
 # A tiny Marian, a few steps: the point is the plumbing (train, teacher-forced pass, generation, report).
@@ -42,19 +43,24 @@ def test_token_calibration_by_hand():
         token_calibration(np.ones(3), np.ones(2))
 
 
-def test_translation_claims_agree_and_disagree():
-    summary = summarize_runs(
-        [
-            run_result("ce", {"bleu": 10.0, "nll": 3.0, "token_ece": 0.06}),
-            run_result("ce", {"bleu": 10.4, "nll": 3.1, "token_ece": 0.05}),
-            run_result("ls", {"bleu": 10.3, "nll": 3.5, "token_ece": 0.09}),
-            run_result("ls", {"bleu": 10.5, "nll": 3.6, "token_ece": 0.10}),
-        ]
-    )
-    checks = {c["metric"]: c for c in paper_checks(summary, TRANSLATION_CLAIMS)}
-    assert checks["bleu"]["agrees"] and checks["bleu"]["beyond_spread"] is False  # 10.4 vs 10.2, spread 0.42
-    assert checks["nll"]["agrees"] and checks["nll"]["beyond_spread"]
-    assert not checks["token_ece"]["agrees"] and checks["token_ece"]["beyond_spread"]
+def test_translation_claims_supported_contradicted_and_untestable():
+    results = [
+        run_result("ce", {"bleu": 10.0, "nll": 3.0, "token_ece": 0.06}, 0),
+        run_result("ce", {"bleu": 10.4, "nll": 3.1, "token_ece": 0.05}, 1),
+        run_result("ce", {"bleu": 10.1, "nll": 3.05, "token_ece": 0.055}, 2),
+        run_result("ls", {"bleu": 10.3, "nll": 3.5, "token_ece": 0.09}, 0),
+        run_result("ls", {"bleu": 10.5, "nll": 3.62, "token_ece": 0.10}, 1),
+        run_result("ls", {"bleu": 10.0, "nll": 3.56, "token_ece": 0.094}, 2),
+    ]
+    checks = {c["metric"]: c for c in paper_checks(results, TRANSLATION_CLAIMS)}
+    assert checks["bleu"]["verdict"] == "not significant"  # +0.3, +0.1, -0.1
+    assert checks["nll"]["verdict"] == "supported" and checks["nll"]["test"] == "paired t-test"
+    assert checks["token_ece"]["verdict"] == "contradicted" and checks["token_ece"]["difference"] > 0
+    # One run per loss (the committed translation runs): untestable, however large the difference; a tie is a tie.
+    single = {c["metric"]: c for c in paper_checks([results[0], results[3]], TRANSLATION_CLAIMS)}
+    assert {c["verdict"] for c in single.values()} == {"untestable"}
+    tie = paper_checks([results[0], run_result("ls", {"bleu": 10.0}, 0)], TRANSLATION_CLAIMS)
+    assert tie[0]["verdict"] == "tie"
 
 
 def test_translation_recipe_compare_writes_the_report(tmp_path):
