@@ -7,6 +7,7 @@ and FSDP no process holds them all, and the saved model is what a user gets. `te
 
 import argparse
 import json
+import logging
 import os
 
 import torch
@@ -31,6 +32,9 @@ def main():
     parser.add_argument("--teacher", help="Distil from the token classifier saved in this folder.")
     # SGD: Adam would amplify rounding noise in parameters whose true gradient is 0 (e.g. attention key biases).
     args = parser.parse_args()
+    # The engine line is logged at INFO, shown by the recipes' logging set-up: the same here.
+    logging.basicConfig()
+    logging.getLogger("hf_maxsup").setLevel(logging.INFO)
     training_args = MaxSupTrainingArguments(
         output_dir=args.output_dir,
         loss=args.loss,
