@@ -113,7 +113,7 @@ def _check_training_classes(names: Sequence[str], label_column: str) -> None:
         raise ValueError(
             f"label column {label_column!r} has {len(names)} class{'es' if len(names) != 1 else ''} "
             f"({', '.join(names) or 'none'}) in the training split the model sees (after holding out "
-            "--validation_split_percentage and --max_train_samples): with one class ce, ls and maxsup are 0 at "
+            "--train_val_split and --max_train_samples): with one class ce, ls and maxsup are 0 at "
             "every step and nothing is learnt. Give training data with at least two classes (more rows, or a "
             "--validation_file instead of holding rows out), or check --label_column_name."
         )

@@ -119,7 +119,7 @@ def test_resuming_with_another_length_is_refused_or_recorded(tmp_path):
     "train, validation, expected",
     [
         (["pos"] * 20, ["pos", "neg"] * 4, r"1 class \(pos\) in the training split"),
-        (["pos", "neg"], None, r"1 class \((pos|neg)\) in the training split .*--validation_split_percentage"),
+        (["pos", "neg"], None, r"1 class \((pos|neg)\) in the training split .*--train_val_split"),
     ],
 )
 def test_one_class_in_the_training_split_is_refused(train, validation, expected, tmp_path):
