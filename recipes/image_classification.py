@@ -25,11 +25,12 @@ def main():
     from hf_maxsup.data import encode_labels, image_transform
     from hf_maxsup.metrics import classification_compute_metrics
     from hf_maxsup.models import build_image_model
-    from hf_maxsup.runner import data_source, maybe_lora, reliability_diagram_writer, run, start
+    from hf_maxsup.runner import check_evaluated_labels, data_source, maybe_lora, reliability_diagram_writer, run, start
 
     plan = start("image-classification", *ARGUMENTS, MaxSupTrainingArguments)
     model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
     raw, labels = encode_labels(plan.raw, data_args.label_column_name)
+    check_evaluated_labels(plan, labels)  # before the model loads: an evaluation-only run scores the saved head
     model, image_processor = build_image_model(
         labels,
         model_args.model_name_or_path,

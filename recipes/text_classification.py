@@ -56,6 +56,7 @@ def main():
     from hf_maxsup.models import build_text_model
     from hf_maxsup.runner import (
         build_with_shared_tokenizer,
+        check_evaluated_labels,
         data_source,
         maybe_lora,
         reliability_diagram_writer,
@@ -67,6 +68,7 @@ def main():
     plan = start("text-classification", *ARGUMENTS, MaxSupTrainingArguments)
     model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
     raw, labels = encode_labels(plan.raw, data_args.label_column_name)
+    check_evaluated_labels(plan, labels)  # before the model loads: an evaluation-only run scores the saved head
     text_columns = [*data_args.text_columns(), *filter(None, [data_args.text_pair_column_name])]
     model, tokenizer = build_with_shared_tokenizer(
         build_text_model,

@@ -31,7 +31,7 @@ from .output_dir import (
     saved_model,
 )
 from .parse import parse_args
-from .resume import ScheduleLengthCheck, check_checkpoint_fits, check_evaluated_labels, loss_history
+from .resume import ScheduleLengthCheck, check_checkpoint_fits, loss_history
 from .storage import check_writable_folder, full_disk_error
 
 __all__ = [
@@ -381,8 +381,6 @@ def run(trainer, plan: RunPlan, eval_dataset=None, predict_dataset=None, card_kw
     # A run that only evaluates the model a finished run saved keeps that run's card: its own state knows no training.
     write_card = training_args.do_train or not saved_model(output_dir)
     prepare_engine(trainer)
-    if not training_args.do_train:
-        check_evaluated_labels(trainer, plan.model_args.model_name_or_path)
     if trainer.is_world_process_zero():
         _log_start(trainer, card_kwargs)
     try:

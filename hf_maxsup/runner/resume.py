@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 
 from safetensors import safe_open
 from transformers import TrainerCallback
 
-from ..auto import unwrap_peft
 from ..hub import describe_loss, loss_metadata, read_card_metadata
 from ..schedules import alpha_at
 
@@ -175,24 +175,28 @@ class ScheduleLengthCheck(TrainerCallback):
             self.trainer.create_model_card(loss_history=history)
 
 
-def check_evaluated_labels(trainer, model_name_or_path: str | None) -> None:
+def check_evaluated_labels(plan, labels: Sequence[str]) -> None:
     """A run that does not train must score the saved classifier's own head: `from_pretrained` replaces a head whose
     number of labels differs from the data's (`ignore_mismatched_sizes`, for fine-tuning), and a head of other label
-    names would be scored against the wrong classes.
+    names would be scored against the wrong classes. Called before the model loads, so that the message is this one.
+
+    Args:
+        plan ([`RunPlan`]): the run (whether it trains, and the model it loads).
+        labels (`Sequence[str]`): the data's class names, in the order of their ids.
 
     Raises:
         `ValueError`: the labels of the data differ from those the model was trained on.
     """
+    model_name_or_path = plan.model_args.model_name_or_path
     config = os.path.join(model_name_or_path or "", "config.json")
-    if not os.path.isfile(config):
+    if plan.training_args.do_train or not os.path.isfile(config):
         return
     with open(config, encoding="utf-8") as f:
         saved = json.load(f).get("id2label")
-    here = unwrap_peft(trainer.accelerator.unwrap_model(trainer.model)).config.id2label
-    if saved is not None and [saved[key] for key in sorted(saved, key=int)] != [here[i] for i in sorted(here)]:
+    if saved is not None and [saved[key] for key in sorted(saved, key=int)] != list(labels):
         raise ValueError(
             f"{model_name_or_path} was trained on the labels {sorted(saved.values())}, but the data gives "
-            f"{sorted(here.values())}: its classifier would be replaced by an untrained one, or scored against "
+            f"{sorted(labels)}: its classifier would be replaced by an untrained one, or scored against "
             "other classes. Evaluate it on data labelled as its training data (the same files, "
             "--label_column_name and --max_train_samples), or train with --do_train."
         )

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments, cli
 from hf_maxsup.hub import HubPushError
 from hf_maxsup.runner import last_complete_checkpoint
-from hf_maxsup.studies.members import Member, train_members
+from hf_maxsup.studies.members import Member, check_same_settings, train_members
 
 IMAGE = "image_classification"
 
@@ -213,6 +213,7 @@ def test_compare_resumes_a_member_from_its_last_complete_checkpoint(tmp_path):
     recipe = tmp_path / "recipe.py"
     recipe.write_text(FAKE_RECIPE)
     member = Member("ce", 0, str(tmp_path / "ce-seed0"))
+    check_same_settings(member, str(recipe), [])  # the member's record, as the interrupted comparison left it
     for step, files in ((1, ["model.safetensors", "trainer_state.json"]), (2, ["config.json"])):
         checkpoint_files(tmp_path / "ce-seed0" / f"checkpoint-{step}", files)
     logs = []
