@@ -49,17 +49,18 @@ def run_result(label: str, metrics: dict, seed: int | None = 0, **arrays) -> Run
     )
 
 
-def classifier_result(label: str, metrics: dict, seed: int, rng, logits, labels, class_names) -> RunResult:
+def classifier_result(label: str, metrics: dict, seed: int, rng, logits, labels, class_names, features=None):
     """A run of a classifier with these logits, as `analyze_run` would return it for the figures: its penultimate
-    features (4-d) and class templates drawn from `rng`."""
+    `features` (by default 4-d, drawn from `rng`) and class templates drawn from `rng`."""
+    features = rng.normal(size=(len(labels), 4)) if features is None else features
     return run_result(
         label,
         metrics,
         seed,
         logits=logits,
         labels=labels,
-        features=rng.normal(size=(len(labels), 4)),
-        class_weights=rng.normal(size=(logits.shape[1], 4)),
+        features=features,
+        class_weights=rng.normal(size=(logits.shape[1], features.shape[1])),
         class_names=class_names,
     )
 
