@@ -97,18 +97,25 @@ def _add_recipe_options(parser: argparse.ArgumentParser, members: str) -> None:
     parser.add_argument("--python", default=sys.executable, help="Python interpreter that runs the recipe.")
 
 
+def _add_command(commands, name: str, summary: str, description: str, example: str | None = None):
+    """The parser of one command, with its `example` (a command line) under the options, kept on its own line.
+    Abbreviations are off: an argument meant for the recipe must not be taken for one of ours that it abbreviates."""
+    raw = {"formatter_class": argparse.RawDescriptionHelpFormatter, "epilog": f"example:\n  {example}"}
+    return commands.add_parser(
+        name, allow_abbrev=False, help=summary, description=description, **(raw if example else {})
+    )
+
+
 def _add_compare_parser(commands) -> None:
-    compare = commands.add_parser(
+    compare = _add_command(
+        commands,
         "compare",
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="Train the same model with each loss and seed through a recipe, then write the side-by-side report.",
-        description="Train the same model with each loss (default: ce, ls, maxsup) and seed through a recipe, then "
-        "write the side-by-side report. Every argument not listed here is passed to the recipe (e.g. "
-        "--num_train_epochs 1 --max_train_samples 2000 --loss_alpha 0.1); put them after `--` if they clash. "
-        "Rerun the same command to resume: finished members are skipped, an interrupted one resumes from its last "
-        "checkpoint.",
-        epilog="example:\n  hf-maxsup compare --output_dir report/ --seeds 0 1 2 --num_train_epochs 1",
+        "Train the same model with each loss and seed through a recipe, then write the side-by-side report.",
+        "Train the same model with each loss (default: ce, ls, maxsup) and seed through a recipe, then write the "
+        "side-by-side report. Every argument not listed here is passed to the recipe (e.g. --num_train_epochs 1 "
+        "--max_train_samples 2000 --loss_alpha 0.1); put them after `--` if they clash. Rerun the same command to "
+        "resume: finished members are skipped, an interrupted one resumes from its last checkpoint.",
+        "hf-maxsup compare --output_dir report/ --seeds 0 1 2 --num_train_epochs 1",
     )
     compare.add_argument(
         "--losses",
@@ -129,11 +136,11 @@ def _add_compare_parser(commands) -> None:
 
 
 def _add_analyze_parser(commands) -> None:
-    analyze = commands.add_parser(
+    analyze = _add_command(
+        commands,
         "analyze",
-        allow_abbrev=False,
-        help="Write the side-by-side report for existing checkpoints, without training.",
-        description="Write the side-by-side report for existing checkpoints (local folders or Hub ids), loaded with "
+        "Write the side-by-side report for existing checkpoints, without training.",
+        "Write the side-by-side report for existing checkpoints (local folders or Hub ids), loaded with "
         "hf_maxsup.hub.load_for_analysis and the processor saved beside them. Checkpoints are grouped by the loss "
         "their model card names (mean ± std over a group), or by --labels.",
     )
@@ -169,13 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_reanalyze_parser(commands) -> None:
-    reanalyze = commands.add_parser(
+    reanalyze = _add_command(
+        commands,
         "reanalyze",
-        allow_abbrev=False,
-        help="Write a report again from its results.json, with the current claims and tests (no checkpoints).",
-        description="Write the report of hf-maxsup compare, analyze or distill in FOLDER again from the per-run "
-        "metrics of its results.json: the tables, the claims with their tests and the regime check are recomputed; "
-        "the figures, the training time and the notes are kept.",
+        "Write a report again from its results.json, with the current claims and tests (no checkpoints).",
+        "Write the report of hf-maxsup compare, analyze or distill in FOLDER again from the per-run metrics of its "
+        "results.json: the tables, the claims with their tests and the regime check are recomputed; the figures, the "
+        "training time and the notes are kept.",
     )
     reanalyze.add_argument("folder", help="The report's folder (report.md, results.json).")
     reanalyze.add_argument(
@@ -189,18 +196,17 @@ def _add_reanalyze_parser(commands) -> None:
 
 
 def _add_distill_parser(commands) -> None:
-    distill = commands.add_parser(
+    distill = _add_command(
+        commands,
         "distill",
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="Distil CE, LS and MaxSup teachers into the same student over seeds, then report which distil well.",
-        description="Train the same student from each teacher (e.g. the members of hf-maxsup compare) and seed "
-        "through a recipe, with --teacher_model_name_or_path, and on the labels alone; then report the students' "
-        "accuracy, NLL and ECE per teacher beside the teachers' own accuracy and the entropy of their non-target "
-        "distribution (hf_maxsup.studies.distill). Every argument not listed here is passed to the recipe (the "
-        "student: e.g. --model_architecture resnet-small --num_train_epochs 8). Rerun the same command to resume.",
-        epilog="example:\n  hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --seeds 0 1 2 "
-        "--output_dir distill/ --model_architecture resnet-small",
+        "Distil CE, LS and MaxSup teachers into the same student over seeds, then report which distil well.",
+        "Train the same student from each teacher (e.g. the members of hf-maxsup compare) and seed through a recipe, "
+        "with --teacher_model_name_or_path, and on the labels alone; then report the students' accuracy, NLL and ECE "
+        "per teacher beside the teachers' own accuracy and the entropy of their non-target distribution "
+        "(hf_maxsup.studies.distill). Every argument not listed here is passed to the recipe (the student: e.g. "
+        "--model_architecture resnet-small --num_train_epochs 8). Rerun the same command to resume.",
+        "hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --seeds 0 1 2 --output_dir "
+        "distill/ --model_architecture resnet-small",
     )
     distill.add_argument("--teachers", nargs="+", required=True, help="Output folders of the teachers.")
     distill.add_argument(

@@ -25,7 +25,14 @@ def main():
     from hf_maxsup.data import encode_labels, image_transform
     from hf_maxsup.metrics import classification_compute_metrics
     from hf_maxsup.models import build_image_model
-    from hf_maxsup.runner import check_evaluated_labels, data_source, maybe_lora, reliability_diagram_writer, run, start
+    from hf_maxsup.runner import (
+        card_arguments,
+        check_evaluated_labels,
+        maybe_lora,
+        reliability_diagram_writer,
+        run,
+        start,
+    )
 
     plan = start("image-classification", *ARGUMENTS, MaxSupTrainingArguments)
     model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
@@ -61,11 +68,7 @@ def main():
         plan,
         eval_dataset=evaluation,
         predict_dataset=test,
-        card_kwargs={
-            **data_source(data_args, "fashion_mnist (hf_maxsup embedded subset)"),
-            "finetuned_from": model_args.model_name_or_path,
-            "tasks": "image-classification",
-        },
+        card_kwargs=card_arguments(plan, "fashion_mnist (hf_maxsup embedded subset)"),
         on_eval=reliability_diagram_writer(training_args.output_dir),
     )
 

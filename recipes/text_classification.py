@@ -56,8 +56,8 @@ def main():
     from hf_maxsup.models import build_text_model
     from hf_maxsup.runner import (
         build_with_shared_tokenizer,
+        card_arguments,
         check_evaluated_labels,
-        data_source,
         maybe_lora,
         reliability_diagram_writer,
         run,
@@ -110,11 +110,7 @@ def main():
         plan,
         eval_dataset=tokenized["validation"],
         predict_dataset=tokenized.get("test"),
-        card_kwargs={
-            **data_source(data_args, "reuters_r8 (hf_maxsup embedded subset)"),
-            "finetuned_from": model_args.model_name_or_path,
-            "tasks": "text-classification",
-        },
+        card_kwargs=card_arguments(plan, "reuters_r8 (hf_maxsup embedded subset)"),
         on_eval=reliability_diagram_writer(training_args.output_dir),
     )
 

@@ -70,7 +70,7 @@ def main():
     from hf_maxsup.data import translation_preprocess_function
     from hf_maxsup.metrics import translation_compute_metrics
     from hf_maxsup.models import build_translation_model, fit_to_model
-    from hf_maxsup.runner import build_with_shared_tokenizer, data_source, maybe_lora, run, start, tokenize
+    from hf_maxsup.runner import build_with_shared_tokenizer, card_arguments, maybe_lora, run, start, tokenize
 
     plan = start("translation", *ARGUMENTS, MaxSupSeq2SeqTrainingArguments)
     model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
@@ -124,9 +124,7 @@ def main():
         eval_dataset=tokenized["validation"],
         predict_dataset=tokenized.get("test"),
         card_kwargs={
-            **data_source(data_args, f"bible {pair} (hf_maxsup embedded subset)"),
-            "finetuned_from": model_args.model_name_or_path,
-            "tasks": "translation",
+            **card_arguments(plan, f"bible {pair} (hf_maxsup embedded subset)"),
             "language": [data_args.source_lang, data_args.target_lang],
         },
         on_eval=signature_writer(compute_metrics, training_args.output_dir),

@@ -4,11 +4,21 @@ launched processes."""
 
 import torch
 from datasets import Dataset
-from transformers import BertForSequenceClassification, BertForTokenClassification, MarianMTModel, TrainerCallback
+from transformers import (
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    GPT2LMHeadModel,
+    MarianMTModel,
+    TrainerCallback,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 VOCAB, PAD, EOS = 50, 0, 1
 # Marian's special tokens, which every tiny seq2seq model shares: decoding starts from PAD.
 SEQ2SEQ_TOKENS = {"pad_token_id": PAD, "eos_token_id": EOS, "decoder_start_token_id": PAD}
+# Encoder sizes in the BERT naming (BERT, and ViT, which follows it); the number of layers is each model's.
+ENCODER_SIZES = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 37}
 # Encoder-decoder sizes in the BART naming (Marian, and the other encoder-decoders of hf_maxsup.heads).
 ENCODER_DECODER_SIZES = {
     "d_model": 32,
@@ -39,16 +49,29 @@ def tiny_model(model_class, seed=0, **config):
 
 
 def tiny_bert(num_labels=4, token_level=False, seed=0):
-    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
     return tiny_model(
         BertForTokenClassification if token_level else BertForSequenceClassification,
         seed,
-        **sizes,
+        **ENCODER_SIZES,
+        num_hidden_layers=2,
         num_labels=num_labels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         pad_token_id=PAD,
     )
+
+
+def tiny_vit(seed=0, **config):
+    """A one-layer ViT classifier with these config values (`image_size`, `patch_size`, `num_channels`,
+    `num_labels`), its weights drawn after seeding with `seed`."""
+    torch.manual_seed(seed)
+    return ViTForImageClassification(ViTConfig(**ENCODER_SIZES, num_hidden_layers=1, **config))
+
+
+def tiny_gpt2(seed=0):
+    """A one-layer GPT-2 language model without dropout."""
+    no_dropout = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    return tiny_model(GPT2LMHeadModel, seed, n_embd=32, n_layer=1, n_head=2, n_positions=32, **no_dropout)
 
 
 def tiny_marian(seed=0):

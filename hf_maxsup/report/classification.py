@@ -11,27 +11,16 @@ checkpoints given by path or Hub id. A new claim of a paper is one [`~hf_maxsup.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 
 from ..analysis import digits_probe_dataset, find_feature_layer
 from .claims import PAPER_CLAIMS, PAPERS_SCALE, maxsup_ls_note
 from .device import resolve_device
-from .evaluate import RECIPE_SEED, evaluate_all, evaluation_split, load_checkpoint, load_source
+from .evaluate import RECIPE_SEED, analyze_all, evaluation_split, load_checkpoint, load_source
 from .figures import save_figures
-from .markdown import (
-    Column,
-    check_line,
-    claims_intro,
-    opening_lines,
-    percent,
-    regime_lines,
-    results_content,
-    run_table,
-    summary_table,
-    training_time_line,
-    write_files,
-)
+from .markdown import Column, claims_lines, percent, regime_lines, side_by_side, summary_table, write_files
 from .measures import (
     ClassifierPass,
     compute_metrics,
@@ -41,7 +30,6 @@ from .measures import (
 )
 from .options import DataOptions
 from .runs import Run, RunResult, checkpoint_runs
-from .stats import paper_checks, regime_check, summarize_runs
 
 __all__ = [
     "ACCURACY",
@@ -172,44 +160,33 @@ def _data_note(data: DataOptions, results: Sequence[RunResult], probe) -> str:
     return note
 
 
-def analyze_checkpoints(
-    runs: Sequence[Run],
-    output_dir: str,
-    data: DataOptions | None = None,
-    *,
-    device: str | None = None,
-    log: Callable = print,
-    **report_kwargs,
-) -> dict:
+def analyze_checkpoints(runs: Sequence[Run], output_dir: str, data: DataOptions | None = None, **kwargs) -> dict:
     """Evaluates every run on the same data and writes the report of [`write_report`] into `output_dir`.
 
     Args:
         runs (`Sequence[Run]`): the checkpoints, grouped by their labels.
         output_dir (`str`): the report's folder.
         data ([`DataOptions`], *optional*): evaluation data and options (default: the task's embedded data).
-        device (`str`, *optional*): where the models run: `"cuda"` when a GPU is available, else `"cpu"` by default.
-        log (`Callable`): progress messages.
-        **report_kwargs: passed to [`write_report`] (`title`, `command`, `notes`, `extra`, ...).
+        **kwargs: `device` and `log`, as [`~hf_maxsup.report.evaluate.analyze_all`] takes them, and the keywords of
+            [`write_report`] (`title`, `command`, `notes`, `extra`, ...).
 
     Returns:
         `dict`: the content of `results.json`.
     """
     data = data or DataOptions()
-    device = resolve_device(device)
-    cache = {}
-
-    def source(task, seed):
-        # Only a validation split cut from train depends on the training seed.
-        if (task, seed) not in cache:
-            cache[(task, seed)] = load_source(task, data, seed)
-        return cache[(task, seed)]
-
+    # Loaded once per task and seed: only a validation split cut from train depends on the training seed.
+    source = functools.cache(lambda task, seed: load_source(task, data, seed))
     probe = digits_probe_dataset(max_samples=data.probe_samples) if data.probe and runs else None
-    results = evaluate_all(runs, lambda run: analyze_run(run, data, source, probe, log, device=device), log)
-    report_kwargs.setdefault("data_note", _data_note(data, results, probe))
-    report_kwargs.setdefault("projection_classes", data.projection_classes)
-    extra = {"data_options": data.to_json(), **(report_kwargs.pop("extra", None) or {})}
-    return write_report(results, output_dir, extra=extra, **report_kwargs)
+    kwargs.setdefault("projection_classes", data.projection_classes)
+    return analyze_all(
+        runs,
+        output_dir,
+        data,
+        lambda run, device, log: analyze_run(run, data, source, probe, log, device=device),
+        lambda results: _data_note(data, results, probe),
+        write_report,
+        **kwargs,
+    )
 
 
 def analyze_paths(
@@ -266,9 +243,11 @@ def _words(summary: dict, clauses: dict[str, str]) -> str:
     return "; ".join(clauses[key] for key in measured) + ending if measured else ""
 
 
-def _table_lines(summary: dict, regime: dict | None, first: str) -> list[str]:
-    """The two tables of the classification report, each with the words it needs, and the regime check."""
-    return [
+def _sections(summary: dict, checks: list[dict], regime: dict | None) -> list[str]:
+    """The two tables of the classification report, each with the words it needs, the regime check, and the claims
+    with the papers' numbers for scale."""
+    first = "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model"
+    lines = [
         _words(summary, TABLE_WORDS),
         "",
         summary_table(summary, first, TABLE_METRICS),
@@ -279,6 +258,11 @@ def _table_lines(summary: dict, regime: dict | None, first: str) -> list[str]:
         "",
         *regime_lines(summary, regime),
     ]
+    if checks:
+        lines += claims_lines("the papers", checks, (*TABLE_METRICS, *REGIME_METRICS))
+        note = maxsup_ls_note(summary)
+        lines += [note, "", PAPERS_SCALE, ""] if note else [PAPERS_SCALE, ""]
+    return lines
 
 
 def _figure_lines(figures: dict, class_names: Sequence[str], projection_classes: Sequence[int]) -> list[str]:
@@ -304,13 +288,9 @@ def write_report(
     output_dir: str,
     *,
     title: str = "CE / LS / MaxSup side by side",
-    command: str | None = None,
-    data_note: str | None = None,
-    notes: Sequence[str] = (),
     projection_classes: Sequence[int] = (0, 1, 2),
-    extra: dict | None = None,
-    training_time: str | None = None,
     figures: dict | None = None,
+    **settings,
 ) -> dict:
     """Writes `report.md`, `results.json` and the figures of analysed runs (as [`analyze_run`] returns them).
 
@@ -322,35 +302,28 @@ def write_report(
     one row per run.
 
     Args:
-        training_time (`str`, *optional*), figures (`dict`, *optional*): the line of the training time and the
-            figures already drawn (`{"reliability": file, ...}`), for a re-analysis of runs whose folders and arrays
-            are gone; by default the time is summed from the runs' `train_results.json` and the figures drawn.
-        The others: as [`analyze_checkpoints`] passes them.
+        title (`str`): the report's title.
+        projection_classes (`Sequence[int]`): the three classes of the projection figure.
+        figures (`dict`, *optional*): the figures already drawn (`{"reliability": file, ...}`), for a re-analysis of
+            runs whose folders and arrays are gone; by default they are drawn.
+        **settings: `command`, `data_note`, `notes`, `extra` and `training_time`, as
+            [`~hf_maxsup.report.markdown.side_by_side`] takes them.
 
     Returns:
         `dict`: the content of `results.json`.
     """
     os.makedirs(output_dir, exist_ok=True)
-    summary = summarize_runs(results)
-    checks = paper_checks(results, PAPER_CLAIMS)
-    regime = regime_check(summary)
     figures = figures or save_figures(results, output_dir, projection_classes)
-    lines = opening_lines(title, command, data_note, summary)
-    lines += _table_lines(summary, regime, "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model")
-    if checks:
-        lines += ["## What the papers report, and what these runs show", "", claims_intro(checks), ""]
-        lines += [*(check_line(check, (*TABLE_METRICS, *REGIME_METRICS)) for check in checks), ""]
-        note = maxsup_ls_note(summary)
-        lines += [note, "", PAPERS_SCALE, ""] if note else [PAPERS_SCALE, ""]
-    lines += [*notes, ""] if notes else []
-    time_line = training_time or training_time_line([result.path for result in results])
-    lines += [time_line, ""] if time_line else []
-    lines += _figure_lines(figures, results[0].class_names, projection_classes)
-    lines += ["## Every run", "", run_table(results, TABLE_METRICS), ""]
-    content = results_content(
-        results, TABLE_METRICS, summary, checks, regime, title, command, data_note, extra, figures=figures
-    )
     names = results[0].class_names
-    content.update(notes=list(notes), training_time=time_line)
+    lines, content = side_by_side(
+        results,
+        TABLE_METRICS,
+        PAPER_CLAIMS,
+        _sections,
+        title=title,
+        before_runs=_figure_lines(figures, names, projection_classes),
+        more={"figures": figures},
+        **settings,
+    )
     content["projection_class_names"] = [names[c] for c in projection_classes] if names else None
     return write_files(output_dir, lines, content)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .claims import DISTILLATION_CLAIMS, NO_TEACHER
 from .classification import ACCURACY, CONFIDENCE_GAP, ECE, NLL, analyze_run
-from .markdown import Column, check_line, claims_intro, markdown_table, summary_table, training_time_line, write_files
+from .markdown import Column, claims_lines, markdown_table, summary_table, training_time_line, write_files
 from .options import DataOptions
 from .runs import Run, RunResult, read_member_record
 from .stats import paper_checks, summarize, summarize_runs
@@ -286,12 +286,7 @@ def write_distillation_report(
     lines = [
         *_opening_lines(command, _table(summary, teachers, extra["distill_temperature"])),
         *_teachers_lines(every_teacher, results[0].split),
-        "## What the papers report, and what these runs show",
-        "",
-        claims_intro(checks),
-        "",
-        *(check_line(check, (*TEACHER_COLUMNS, *STUDENT_COLUMNS)) for check in checks),
-        "",
+        *claims_lines("the papers", checks, (*TEACHER_COLUMNS, *STUDENT_COLUMNS)),
         *notes,
         "",
     ]

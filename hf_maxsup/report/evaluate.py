@@ -3,7 +3,8 @@
 [`load_source`] loads every split of the data source as the recipes do, [`evaluation_split`] picks the split to
 evaluate on, [`label_lookup`] and [`relabel`] map a dataset's labels to a classifier's ids, [`load_checkpoint`] loads
 a checkpoint with [`~hf_maxsup.hub.load_for_analysis`] (safetensors only, no remote code) and the processor saved
-beside it, and [`evaluate_all`] evaluates every run with a progress line.
+beside it, [`evaluate_all`] evaluates every run with a progress line, and [`analyze_all`] is the flow of every task's
+report: the runs evaluated in turn on one device, then the report written.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from transformers import AutoImageProcessor, AutoTokenizer
 from ..auto import task_of
 from ..data import check_columns, load_task_dataset
 from ..hub import load_for_analysis
+from .device import resolve_device
 from .options import SourceOptions
 from .runs import Run, RunResult
 
 __all__ = [
     "RECIPE_SEED",
+    "analyze_all",
     "batches",
     "evaluate_all",
     "evaluation_split",
@@ -147,3 +150,40 @@ def evaluate_all(runs: Sequence[Run], evaluate: Callable[[Run], RunResult], log:
         log(f"[hf-maxsup] analyzing {i}/{len(runs)}: {run.name}")
         results.append(evaluate(run))
     return results
+
+
+def analyze_all(
+    runs: Sequence[Run],
+    output_dir: str,
+    data: SourceOptions,
+    evaluate: Callable[[Run, str, Callable], RunResult],
+    data_note: Callable[[list[RunResult]], str],
+    write: Callable[..., dict],
+    *,
+    device: str | None = None,
+    log: Callable = print,
+    **report_kwargs,
+) -> dict:
+    """Every run evaluated in turn on one device ([`evaluate_all`]), then the task's report written into `output_dir`
+    with the data options in its `results.json`: the flow of every task's `analyze_*_checkpoints`.
+
+    Args:
+        runs (`Sequence[Run]`): the checkpoints, grouped by their labels.
+        output_dir (`str`): the report's folder.
+        data ([`SourceOptions`]): the evaluation data and options.
+        evaluate (`Callable[[Run, str, Callable], RunResult]`): `(run, device, log) -> RunResult`, the task's.
+        data_note (`Callable[[list[RunResult]], str]`): the report's words on what the runs were evaluated on, unless
+            `report_kwargs` gives them.
+        write (`Callable[..., dict]`): the task's report writer, `(results, output_dir, **report_kwargs)`.
+        device (`str`, *optional*): where the models run: `"cuda"` when a GPU is available, else `"cpu"` by default.
+        log (`Callable`): progress messages.
+        **report_kwargs: passed to `write` (`title`, `command`, `notes`, `extra`, ...).
+
+    Returns:
+        `dict`: the content of `results.json`.
+    """
+    device = resolve_device(device)
+    results = evaluate_all(runs, lambda run: evaluate(run, device, log), log)
+    report_kwargs.setdefault("data_note", data_note(results))
+    extra = {"data_options": data.to_json(), **(report_kwargs.pop("extra", None) or {})}
+    return write(results, output_dir, extra=extra, **report_kwargs)

@@ -1,8 +1,8 @@
 """The Markdown of the reports and their `results.json`: tables, the claims and the regime check in words, the files.
 
-The pieces every task's report is made of ([`Column`], [`summary_table`], [`run_table`], [`check_line`],
-[`regime_lines`], [`opening_lines`], [`results_content`], [`write_files`]); each task's module puts them together
-([`~hf_maxsup.report.classification.write_report`], ...).
+The pieces every task's report is made of ([`Column`], [`summary_table`], [`run_table`], [`claims_lines`],
+[`regime_lines`], [`opening_lines`], [`write_files`]); [`side_by_side`] is the frame of the reports that set groups of
+runs side by side, around each task's tables ([`~hf_maxsup.report.classification.write_report`], ...).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,20 +18,21 @@ import numpy as np
 
 from .runs import RunResult
 from .significance import PAIRED
-from .stats import format_summary, summarize
+from .stats import Claim, format_summary, paper_checks, regime_check, summarize, summarize_runs
 
 __all__ = [
     "Column",
     "check_line",
     "claims_intro",
+    "claims_lines",
     "format_p",
     "json_safe",
     "markdown_table",
     "opening_lines",
     "percent",
     "regime_lines",
-    "results_content",
     "run_table",
+    "side_by_side",
     "summary_table",
     "training_time_line",
     "write_files",
@@ -267,20 +268,62 @@ def opening_lines(title: str, command: str | None, data_note: str | None, summar
     return lines
 
 
-def results_content(
+def claims_lines(source: str, checks: Sequence[dict], columns: Sequence[Column]) -> list[str]:
+    """The section of the papers' claims: how they were tested ([`claims_intro`]), then each claim with its verdict
+    ([`check_line`], its metric scaled as in `columns`)."""
+    return [
+        f"## What {source} report, and what these runs show",
+        "",
+        claims_intro(checks),
+        "",
+        *(check_line(check, columns) for check in checks),
+        "",
+    ]
+
+
+def side_by_side(
     results: Sequence[RunResult],
     columns: Sequence[Column],
-    summary: dict,
-    checks: list[dict],
-    regime: dict | None,
+    claims: Sequence[Claim],
+    body: Callable[[dict, list[dict], dict | None], list[str]],
+    *,
     title: str,
-    command: str | None,
-    data_note: str | None,
-    extra: dict | None,
-    **more,
-) -> dict:
-    """The content of `results.json`: the report's settings, every run, the summaries and the checks."""
-    return {
+    command: str | None = None,
+    data_note: str | None = None,
+    notes: Sequence[str] = (),
+    extra: dict | None = None,
+    training_time: str | None = None,
+    before_runs: Sequence[str] = (),
+    more: dict | None = None,
+) -> tuple[list[str], dict]:
+    """The lines of `report.md` and the content of `results.json` of a report that sets groups of runs side by side.
+
+    `report.md`: the opening ([`opening_lines`]), `body(summary, checks, regime)` (the task's tables and claims: the
+    runs summarised per group, `claims` tested on them, the regime check, see [`~hf_maxsup.report.stats`]), the notes,
+    the training time, `before_runs` and one row per run with `columns`. `results.json`: the settings and `extra`,
+    every run, the summary, the checks, the regime check, `more`, the notes and the training time.
+
+    Args:
+        results (`Sequence[RunResult]`): the runs; columns (`Sequence[Column]`): the metrics of the table of runs.
+        claims (`Sequence[Claim]`): the task's claims; body (`Callable`): its sections.
+        title (`str`): the report's title; command (`str`, *optional*): the command line that made it.
+        data_note (`str`, *optional*): what the runs were evaluated on, in words.
+        notes (`Sequence[str]`): paragraphs after the claims (e.g. the recipe and its arguments).
+        extra (`dict`, *optional*): more settings recorded in `results.json` (e.g. the data options).
+        training_time (`str`, *optional*): the line of the training time; by default summed from the runs' folders
+            ([`training_time_line`]), which a re-analysis of runs whose folders are gone cannot do.
+        before_runs (`Sequence[str]`), more (`dict`, *optional*): the task's lines before the table of runs, and its
+            entries of `results.json`.
+    """
+    summary = summarize_runs(results)
+    checks = paper_checks(results, claims)
+    regime = regime_check(summary)
+    lines = [*opening_lines(title, command, data_note, summary), *body(summary, checks, regime)]
+    lines += [*notes, ""] if notes else []
+    time_line = training_time or training_time_line([result.path for result in results])
+    lines += [time_line, ""] if time_line else []
+    lines += [*before_runs, "## Every run", "", run_table(results, columns), ""]
+    content = {
         "title": title,
         "command": command,
         "data": data_note,
@@ -290,8 +333,11 @@ def results_content(
         "summary": summary,
         "checks": checks,
         "regime": regime,
-        **more,
+        **(more or {}),
+        "notes": list(notes),
+        "training_time": time_line,
     }
+    return lines, content
 
 
 def write_files(output_dir: str, lines: Sequence[str], content: dict) -> dict:

@@ -16,6 +16,7 @@ is one [`~hf_maxsup.report.stats.Claim`] in [`TRANSLATION_CLAIMS`].
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -26,23 +27,10 @@ from ..data import translation_preprocess_function
 from ..metrics import translation_compute_metrics
 from .claims import TRANSLATION_CLAIMS
 from .device import resolve_device
-from .evaluate import RECIPE_SEED, batches, evaluate_all, evaluation_split, load_checkpoint, load_source
-from .markdown import (
-    Column,
-    check_line,
-    claims_intro,
-    opening_lines,
-    percent,
-    regime_lines,
-    results_content,
-    run_table,
-    summary_table,
-    training_time_line,
-    write_files,
-)
+from .evaluate import RECIPE_SEED, analyze_all, batches, evaluation_split, load_checkpoint, load_source
+from .markdown import Column, claims_lines, percent, regime_lines, side_by_side, summary_table, write_files
 from .options import TranslationDataOptions
 from .runs import Run, RunResult
-from .stats import paper_checks, regime_check, summarize_runs
 
 __all__ = [
     "TRANSLATION_METRICS",
@@ -169,23 +157,9 @@ def analyze_translation_run(
     )
 
 
-def write_translation_report(
-    results: Sequence[RunResult],
-    output_dir: str,
-    *,
-    title: str = "CE / LS / MaxSup translation side by side",
-    command: str | None = None,
-    data_note: str | None = None,
-    notes: Sequence[str] = (),
-    extra: dict | None = None,
-    training_time: str | None = None,
-) -> dict:
-    """Writes `report.md` and `results.json` of analysed translation runs; returns the content of `results.json`."""
-    summary = summarize_runs(results)
-    checks = paper_checks(results, TRANSLATION_CLAIMS)
-    regime = regime_check(summary)
-    lines = opening_lines(title, command, data_note, summary)
-    lines += [
+def _sections(summary: dict, checks: list[dict], regime: dict | None) -> list[str]:
+    """The table of the translation report with the words it needs, the regime check and the claims."""
+    lines = [
         (
             "BLEU and chrF: sacreBLEU defaults on the generations. The NLL, next-token accuracy, confidence and ECE "
             "are of the model run teacher-forced on the references (every kept target token; ECE over 15 equal-width "
@@ -197,52 +171,63 @@ def write_translation_report(
         *regime_lines(summary, regime),
     ]
     if checks:
-        lines += ["## What Müller et al. 2019 report, and what these runs show", "", claims_intro(checks), ""]
-        lines += [*(check_line(check, TRANSLATION_METRICS) for check in checks), ""]
-    lines += [*notes, ""] if notes else []
-    time_line = training_time or training_time_line([result.path for result in results])
-    lines += [time_line, ""] if time_line else []
-    lines += ["## Every run", "", run_table(results, TRANSLATION_METRICS), ""]
-    content = results_content(results, TRANSLATION_METRICS, summary, checks, regime, title, command, data_note, extra)
-    content.update(notes=list(notes), training_time=time_line)
+        lines += claims_lines("Müller et al. 2019", checks, TRANSLATION_METRICS)
+    return lines
+
+
+def write_translation_report(
+    results: Sequence[RunResult],
+    output_dir: str,
+    *,
+    title: str = "CE / LS / MaxSup translation side by side",
+    **settings,
+) -> dict:
+    """Writes `report.md` and `results.json` of analysed translation runs.
+
+    Args:
+        title (`str`): the report's title.
+        **settings: `command`, `data_note`, `notes`, `extra` and `training_time`, as
+            [`~hf_maxsup.report.markdown.side_by_side`] takes them.
+
+    Returns:
+        `dict`: the content of `results.json`.
+    """
+    lines, content = side_by_side(results, TRANSLATION_METRICS, TRANSLATION_CLAIMS, _sections, title=title, **settings)
     return write_files(output_dir, lines, content)
 
 
+def _data_note(data: TranslationDataOptions, results: Sequence[RunResult]) -> str:
+    """What the runs were evaluated on, in words: the source, each split and its size, the languages and the beam."""
+    origin = data.dataset_name or data.test_file or data.validation_file or "the embedded Bible en→fr pairs"
+    splits = sorted({(result.split, result.num_examples) for result in results})
+    pairs = f"{data.source_lang}→{data.target_lang}"
+    note = "; ".join(f"{origin}, {split} split ({n} pairs, {pairs}), beam {data.num_beams}" for split, n in splits)
+    return f"Evaluated on {note}."
+
+
 def analyze_translation_checkpoints(
-    runs: Sequence[Run],
-    output_dir: str,
-    data: TranslationDataOptions | None = None,
-    *,
-    device: str | None = None,
-    log: Callable = print,
-    **report_kwargs,
+    runs: Sequence[Run], output_dir: str, data: TranslationDataOptions | None = None, **kwargs
 ) -> dict:
     """Evaluates every translation checkpoint on the same data and writes the report (see the module docstring).
 
     Args:
-        runs (`Sequence[Run]`), output_dir (`str`), device (`str`, *optional*), log (`Callable`): as for
-            [`~hf_maxsup.report.classification.analyze_checkpoints`].
+        runs (`Sequence[Run]`), output_dir (`str`): as for [`~hf_maxsup.report.classification.analyze_checkpoints`].
         data ([`TranslationDataOptions`], *optional*): evaluation data and generation (default: the embedded pairs).
-        **report_kwargs: passed to [`write_translation_report`] (`title`, `command`, `notes`, `extra`).
+        **kwargs: `device` and `log`, as [`~hf_maxsup.report.evaluate.analyze_all`] takes them, and the keywords of
+            [`write_translation_report`] (`title`, `command`, `notes`, `extra`).
 
     Returns:
         `dict`: the content of `results.json`.
     """
     data = data or TranslationDataOptions()
-    device = resolve_device(device)
-    cache = {}
-
-    def eval_data(seed):
-        # Only a validation split cut from train depends on the training seed.
-        if seed not in cache:
-            cache[seed] = evaluation_split(load_source("translation", data, seed), data)
-        return cache[seed]
-
-    results = evaluate_all(runs, lambda run: analyze_translation_run(run, data, eval_data, log, device=device), log)
-    origin = data.dataset_name or data.test_file or data.validation_file or "the embedded Bible en→fr pairs"
-    splits = sorted({(result.split, result.num_examples) for result in results})
-    pairs = f"{data.source_lang}→{data.target_lang}"
-    note = "; ".join(f"{origin}, {split} split ({n} pairs, {pairs}), beam {data.num_beams}" for split, n in splits)
-    report_kwargs.setdefault("data_note", f"Evaluated on {note}.")
-    extra = {"data_options": data.to_json(), **(report_kwargs.pop("extra", None) or {})}
-    return write_translation_report(results, output_dir, extra=extra, **report_kwargs)
+    # Loaded once per seed: only a validation split cut from train depends on the training seed.
+    eval_data = functools.cache(lambda seed: evaluation_split(load_source("translation", data, seed), data))
+    return analyze_all(
+        runs,
+        output_dir,
+        data,
+        lambda run, device, log: analyze_translation_run(run, data, eval_data, log, device=device),
+        functools.partial(_data_note, data),
+        write_translation_report,
+        **kwargs,
+    )

@@ -26,6 +26,7 @@ _EXPORTS = {
         "start",
         "run",
         "build_with_shared_tokenizer",
+        "card_arguments",
         "data_source",
         "maybe_lora",
         "reliability_diagram_writer",

@@ -37,6 +37,7 @@ from .storage import check_writable_folder, full_disk_error
 __all__ = [
     "RunPlan",
     "build_with_shared_tokenizer",
+    "card_arguments",
     "data_source",
     "describe_model",
     "load_data",
@@ -57,6 +58,7 @@ class RunPlan:
     run continues, with its loss history. The script builds on it; [`run`] carries it out.
 
     Attributes:
+        task (`str`): the recipe's task, e.g. `"text-classification"`.
         model_args, data_args, training_args, run_args: the parsed flags.
         raw (`datasets.DatasetDict`): the loaded data, `train`, `validation` and possibly `test`.
         checkpoint (`str`, *optional*): the checkpoint `--resume_from_checkpoint` resolved to (`last`: the newest
@@ -65,6 +67,7 @@ class RunPlan:
             when they never changed.
     """
 
+    task: str
     model_args: ModelArguments
     data_args: DataArguments
     training_args: TrainingArguments
@@ -92,7 +95,7 @@ def start(task: str, model_type: type, data_type: type, training_type: type) -> 
     checkpoint, history = preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(task, data_args, model_args, seed=training_args.seed)
-    return RunPlan(model_args, data_args, training_args, run_args, raw, checkpoint, history)
+    return RunPlan(task, model_args, data_args, training_args, run_args, raw, checkpoint, history)
 
 
 def preflight(model_args: ModelArguments, training_args, run_args: RunArguments) -> tuple[str | None, list[dict]]:
@@ -196,6 +199,21 @@ def data_source(data_args: DataArguments, embedded: str) -> dict:
         for split, path in sources.items()
     ]
     return {"dataset": f"local data ({', '.join(given)})" if given else embedded}
+
+
+def card_arguments(plan: RunPlan, embedded: str) -> dict:
+    """The model-card arguments every recipe gives [`run`]: the data the run trained on ([`data_source`]), the model
+    it was fine-tuned from and its task.
+
+    Args:
+        plan ([`RunPlan`]): what [`start`] settled.
+        embedded (`str`): the name of the embedded data, used when no source was given.
+    """
+    return {
+        **data_source(plan.data_args, embedded),
+        "finetuned_from": plan.model_args.model_name_or_path,
+        "tasks": plan.task,
+    }
 
 
 def tokenize(raw, preprocess, data_args: DataArguments, training_args, eval_preprocess=None):

@@ -130,24 +130,30 @@ def test_seq2seq_card_names_the_task_and_translation_metrics(tmp_path):
     def translation_metrics(eval_pred):
         return {"bleu": 12.5, "chrf": 30.25}
 
-    args = MaxSupSeq2SeqTrainingArguments(
-        output_dir=str(tmp_path),
-        loss="ls",
-        max_steps=1,
-        eval_strategy="steps",
-        eval_steps=1,
-        save_strategy="no",
-        **COMMON,
-    )
-    trainer = MaxSupSeq2SeqTrainer(
-        model=tiny_marian(),
-        args=args,
-        train_dataset=tiny_dataset(8, task="seq2seq"),
-        eval_dataset=tiny_dataset(4, task="seq2seq"),
-        data_collator=collate,
-        compute_metrics=translation_metrics,
-    )
-    trainer.train()
+    def trained(output_dir, **kwargs):
+        """A tiny Marian trained one step with LS, then evaluated."""
+        args = MaxSupSeq2SeqTrainingArguments(
+            output_dir=str(output_dir),
+            loss="ls",
+            max_steps=1,
+            eval_strategy="steps",
+            eval_steps=1,
+            save_strategy="no",
+            **kwargs,
+            **COMMON,
+        )
+        trainer = MaxSupSeq2SeqTrainer(
+            model=tiny_marian(),
+            args=args,
+            train_dataset=tiny_dataset(8, task="seq2seq"),
+            eval_dataset=tiny_dataset(4, task="seq2seq"),
+            data_collator=collate,
+            compute_metrics=translation_metrics,
+        )
+        trainer.train()
+        return trainer
+
+    trainer = trained(tmp_path)
     trainer.create_model_card(tasks="translation", dataset="Tiny en-fr")
     card = ModelCard.load(tmp_path / "README.md")
     assert {
@@ -160,26 +166,7 @@ def test_seq2seq_card_names_the_task_and_translation_metrics(tmp_path):
     assert "ECE variants" not in card.text  # the note on calibration metrics only comes with them
 
     # Generating, the Seq2SeqTrainer's eval_loss is the model's own token NLL: a metric, recorded as such.
-    args = MaxSupSeq2SeqTrainingArguments(
-        output_dir=str(tmp_path / "gen"),
-        loss="ls",
-        max_steps=1,
-        eval_strategy="steps",
-        eval_steps=1,
-        save_strategy="no",
-        predict_with_generate=True,
-        generation_max_length=8,
-        **COMMON,
-    )
-    trainer = MaxSupSeq2SeqTrainer(
-        model=tiny_marian(),
-        args=args,
-        train_dataset=tiny_dataset(8, task="seq2seq"),
-        eval_dataset=tiny_dataset(4, task="seq2seq"),
-        data_collator=collate,
-        compute_metrics=translation_metrics,
-    )
-    trainer.train()
+    trainer = trained(tmp_path / "gen", predict_with_generate=True, generation_max_length=8)
     eval_loss = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
     trainer.create_model_card(tasks="translation", dataset="Tiny en-fr")
     metrics = {r.metric_type: r.metric_value for r in ModelCard.load(tmp_path / "gen" / "README.md").data.eval_results}

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from _runs import TINY, run_recipe
+from _tiny import tiny_vit
 from transformers import AutoModelForImageClassification
 
 
@@ -37,20 +38,10 @@ def train_image_recipe(checkpoint, tmp_path):
 
 
 def test_a_local_vit_checkpoint(tmp_path):
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+    from transformers import ViTImageProcessorPil
 
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        num_labels=3,
-    )  # 3 labels: the head is replaced
-    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    # 3 labels: the head is replaced
+    tiny_vit(image_size=32, patch_size=8, num_channels=3, num_labels=3).save_pretrained(tmp_path / "vit")
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
     model = train_image_recipe(tmp_path / "vit", tmp_path)
     assert type(model).__name__ == "ViTForImageClassification" and model.config.num_labels == 10

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from _runs import run_result
+from _runs import classifier_result, run_result
 
 from hf_maxsup.report.claims import PAPER_CLAIMS, maxsup_ls_note
 from hf_maxsup.report.classification import write_report
@@ -180,18 +180,7 @@ def test_the_report_shows_the_warning_and_the_regime_table(tmp_path):
                 "logit_norm_p": 2.0,
                 **({"train_ls_error_share": 0.0025} if label == "ls" else {}),
             }
-            results.append(
-                run_result(
-                    label,
-                    metrics,
-                    seed,
-                    logits=logits,
-                    labels=labels,
-                    features=rng.normal(size=(60, 4)),
-                    class_weights=rng.normal(size=(3, 4)),
-                    class_names=["a", "b", "c"],
-                )
-            )
+            results.append(classifier_result(label, metrics, seed, rng, logits, labels, ["a", "b", "c"]))
     content = write_report(results, str(tmp_path))
     report = (tmp_path / "report.md").read_text()
     assert "> **Warning**: CE is not over-confident" in report and "CE does not fit its training set" in report

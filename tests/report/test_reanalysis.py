@@ -10,7 +10,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("scipy")
 
-from _runs import run_result
+from _runs import classifier_result, run_result
 
 from hf_maxsup import cli
 from hf_maxsup.report.classification import write_report
@@ -27,18 +27,7 @@ def classifier_results(rng):
             noise = rng.normal(scale=0.005, size=2)
             metrics = {"accuracy": 0.8 + 0.02 * shift + noise[0], "ece": 0.05 * shift + noise[1]}
             metrics.update(confidence_minus_accuracy=0.01 * shift - 0.02, mean_confidence=0.8, d_within=0.1 * shift)
-            results.append(
-                run_result(
-                    label,
-                    metrics,
-                    seed,
-                    logits=logits,
-                    labels=labels,
-                    features=rng.normal(size=(60, 4)),
-                    class_weights=rng.normal(size=(3, 4)),
-                    class_names=["cat", "dog", "fox"],
-                )
-            )
+            results.append(classifier_result(label, metrics, seed, rng, logits, labels, ["cat", "dog", "fox"]))
     return results
 
 

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from _runs import run_result
+from _runs import classifier_result, run_result
 
 from hf_maxsup.analysis import digits_probe_dataset, linear_probe
 from hf_maxsup.report.claims import PAPER_CLAIMS
@@ -99,16 +99,7 @@ def fake_result(label, seed, rng, n=90, k=4, d=6):
     features = rng.normal(size=(n, d)) + np.eye(k, d)[labels] * 4
     metrics = compute_metrics(logits, labels, features)
     metrics["linear_probe_digits"] = 0.8 + 0.01 * seed
-    return run_result(
-        label,
-        metrics,
-        seed,
-        logits=logits,
-        labels=labels,
-        features=features,
-        class_weights=rng.normal(size=(k, d)),
-        class_names=["a", "b", "c", "d"],
-    )
+    return classifier_result(label, metrics, seed, rng, logits, labels, ["a", "b", "c", "d"], features=features)
 
 
 def test_compute_metrics_keys():

@@ -4,10 +4,9 @@ cannot serve are refused naming what to use."""
 
 import pytest
 import torch
-from _tiny import COMMON, PAD, VOCAB, GradCapture, collate, tiny_bert, tiny_dataset, tiny_marian, tiny_model
+from _tiny import COMMON, PAD, VOCAB, GradCapture, collate, tiny_bert, tiny_dataset, tiny_gpt2, tiny_marian
 from transformers import (
     DataCollatorForSeq2Seq,
-    GPT2LMHeadModel,
     PreTrainedTokenizerFast,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
@@ -20,11 +19,6 @@ from hf_maxsup import MaxSupLossFunc, MaxSupTrainer, MaxSupTrainingArguments, ap
 
 STEPS = dict(max_steps=4, logging_steps=1, per_device_train_batch_size=4, learning_rate=1e-2)
 LOGGED = ("loss", "ce", "reg", "alpha")
-
-
-def tiny_gpt2():
-    no_dropout = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-    return tiny_model(GPT2LMHeadModel, n_embd=32, n_layer=1, n_head=2, n_positions=32, **no_dropout)
 
 
 def lm_dataset():

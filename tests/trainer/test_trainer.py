@@ -6,8 +6,8 @@ import pytest
 import torch
 from _env import TINY_RUN, run_one_and_two_processes
 from _reference import per_item
-from _tiny import COMMON, GradCapture, collate, max_relative_error, tiny_bert, tiny_dataset, tiny_marian
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from _tiny import COMMON, GradCapture, collate, max_relative_error, tiny_bert, tiny_dataset, tiny_gpt2, tiny_marian
+from transformers import Trainer, TrainingArguments
 
 from hf_maxsup import (
     MaxSupLossFunc,
@@ -162,19 +162,7 @@ def test_loss_func_for_a_plain_trainer(tmp_path):
 
 
 def test_causal_lm_labels_are_shifted(tmp_path):
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=50,
-            n_embd=32,
-            n_layer=1,
-            n_head=2,
-            n_positions=32,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    )
+    model = tiny_gpt2()
     args = MaxSupTrainingArguments(output_dir=str(tmp_path), loss="ce", **COMMON)
     trainer = MaxSupTrainer(model=model, args=args)
     batch = {"input_ids": torch.randint(0, 50, (3, 7))}
