@@ -2,6 +2,7 @@
 `scipy.stats` (paired by seed where both groups hold the same seeds, Welch otherwise, Holm across a report's claims)
 gives the same p-values to 1e-6, the same verdicts, and report.md prints them."""
 
+import importlib.util
 import json
 import math
 import warnings
@@ -122,3 +123,13 @@ def test_the_committed_verdicts_are_recomputed_by_scipy(folder):
         assert content["regime"]["test"]["p_value"] == pytest.approx(stats.ttest_1samp(gaps, 0.0).pvalue, abs=1e-6)
     # Not a word of the old rule.
     assert "the seeds' spread" not in report and "spread unknown" not in report and "agrees" not in report
+
+
+def test_the_equal_alpha_claims_are_the_scripts_output(capsys):
+    """docs/compare_fmnist/equal_alpha.md is what its script prints from the committed runs (the README quotes it)."""
+    path = DOCS / "compare_fmnist" / "equal_alpha.py"
+    spec = importlib.util.spec_from_file_location("equal_alpha", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+    assert capsys.readouterr().out == (DOCS / "compare_fmnist" / "equal_alpha.md").read_text(encoding="utf-8")
