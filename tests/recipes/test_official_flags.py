@@ -444,8 +444,11 @@ TRANSLATION_README = {
 def test_run_translation_readme_commands(tmp_path):
     pairs = [{"en": f"the house number {i} is big", "ro": f"casa numarul {i} este mare"} for i in range(24)]
     marian = tiny_marian(tmp_path / "opus-mt-en-ro", pairs)
-    rows = {"translation": pairs}
-    wmt16 = local_hub_dataset(tmp_path / "wmt16", "ro-en", {split: rows for split in ("train", "validation", "test")})
+    # Few evaluation pairs: the untrained model generates up to the full target length for each.
+    splits = {"train": pairs, "validation": pairs[:4], "test": pairs[:4]}
+    wmt16 = local_hub_dataset(
+        tmp_path / "wmt16", "ro-en", {split: {"translation": rows} for split, rows in splits.items()}
+    )
     for name, variant in TRANSLATION_README.items():
         out = tmp_path / name
         run_recipe(
@@ -456,13 +459,14 @@ def test_run_translation_readme_commands(tmp_path):
             *["--predict_with_generate", *RUN],
         )
         assert "eval_bleu" in json.load(open(out / "all_results.json")), name
-    files = tmp_path / "wmt16.jsonl"
+    files, few = tmp_path / "wmt16.jsonl", tmp_path / "wmt16_validation.jsonl"
     files.write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs))
+    few.write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs[:4]))
     run_recipe(
         "translation",
         *["--model_name_or_path", marian, "--do_train", "--do_eval", "--source_lang", "en", "--target_lang", "ro"],
         *["--source_prefix", "translate English to Romanian: ", "--train_file", str(files)],
-        *["--validation_file", str(files), "--output_dir", str(tmp_path / "files")],
+        *["--validation_file", str(few), "--output_dir", str(tmp_path / "files")],
         *["--per_device_train_batch_size=4", "--per_device_eval_batch_size=4", "--overwrite_output_dir"],
         *["--predict_with_generate", *RUN],
     )
