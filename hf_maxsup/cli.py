@@ -31,7 +31,7 @@ from .report.device import resolve_device
 from .report.options import DataOptions, TranslationDataOptions, option_flags
 from .runner.help import recipe_help, wants_help
 
-__all__ = ["ENTRY_POINTS", "build_parser", "compare_from_recipe", "main", "run_recipe"]
+__all__ = ["ENTRY_POINTS", "build_parser", "compare_from_recipe", "end_process_group", "main", "run_recipe"]
 
 # What each command calls, as "module:function", imported once its command line is parsed, as console-script entry
 # points are: the studies and reports import torch and transformers (seconds), which `hf-maxsup --help`, a mistyped
@@ -342,10 +342,10 @@ def run_recipe(main: Callable[[], object], recipe: str, arguments: tuple[type, .
         print(recipe_help(os.path.basename(recipe), summary, arguments))
         sys.exit(0)
     main()
-    _end_process_group()
+    end_process_group()
 
 
-def _end_process_group() -> None:
+def end_process_group() -> None:
     """Ends the process group of a distributed run as its script ends. Every process first waits at a barrier, which
     gloo passes only once this process's earlier collectives are done: a process that left with one still in flight
     (its peer still busy, e.g. saving) had gloo's worker thread finish it during the interpreter's shutdown, free the

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from hf_maxsup.cli import _end_process_group as end_process_group
+from hf_maxsup.cli import end_process_group
 
 
 def main():

@@ -14,7 +14,7 @@ import torch
 from _tiny import collate, tiny_bert, tiny_dataset
 
 from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
-from hf_maxsup.cli import _end_process_group as end_process_group
+from hf_maxsup.cli import end_process_group
 from hf_maxsup.runner import prepare_engine
 
 
