@@ -21,30 +21,21 @@ def main():
     # Imported here, not at the top: `--help` answers before they load torch and transformers (seconds).
     from transformers import default_data_collator
 
-    from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
-    from hf_maxsup.data import encode_labels, image_transform
+    from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments, runner
+    from hf_maxsup.data import image_transform
     from hf_maxsup.metrics import classification_compute_metrics
     from hf_maxsup.models import build_image_model
-    from hf_maxsup.runner import (
-        card_arguments,
-        check_evaluated_labels,
-        maybe_lora,
-        reliability_diagram_writer,
-        run,
-        start,
-    )
 
-    plan = start("image-classification", *ARGUMENTS, MaxSupTrainingArguments)
+    plan = runner.start("image-classification", *ARGUMENTS, MaxSupTrainingArguments)
     model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
-    raw, labels = encode_labels(plan.raw, data_args.label_column_name)
-    check_evaluated_labels(plan, labels)  # before the model loads: an evaluation-only run scores the saved head
+    raw, labels = runner.labelled_data(plan)
     model, image_processor = build_image_model(
         labels,
         model_args.model_name_or_path,
         architecture=model_args.model_architecture,
         **model_args.pretrained_kwargs(),
     )
-    model = maybe_lora(model, model_args, "image-classification")
+    model = runner.maybe_lora(model, model_args, "image-classification")
 
     def transform(augment, strong_augment=False):
         columns = (data_args.image_column_name, data_args.label_column_name)
@@ -63,13 +54,13 @@ def main():
         processing_class=image_processor,
         compute_metrics=classification_compute_metrics(),
     )
-    run(
+    runner.run(
         trainer,
         plan,
         eval_dataset=evaluation,
         predict_dataset=test,
-        card_kwargs=card_arguments(plan, "fashion_mnist (hf_maxsup embedded subset)"),
-        on_eval=reliability_diagram_writer(training_args.output_dir),
+        card_kwargs=runner.card_arguments(plan, "fashion_mnist (hf_maxsup embedded subset)"),
+        on_eval=runner.reliability_diagram_writer(training_args.output_dir),
     )
 
 

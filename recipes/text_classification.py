@@ -51,13 +51,13 @@ def main():
     from transformers import DataCollatorWithPadding
 
     from hf_maxsup import MaxSupTrainer, MaxSupTrainingArguments
-    from hf_maxsup.data import encode_labels, text_preprocess_function
+    from hf_maxsup.data import text_preprocess_function
     from hf_maxsup.metrics import classification_compute_metrics
     from hf_maxsup.models import build_text_model
     from hf_maxsup.runner import (
         build_with_shared_tokenizer,
         card_arguments,
-        check_evaluated_labels,
+        labelled_data,
         maybe_lora,
         reliability_diagram_writer,
         run,
@@ -67,8 +67,7 @@ def main():
 
     plan = start("text-classification", *ARGUMENTS, MaxSupTrainingArguments)
     model_args, data_args, training_args = plan.model_args, plan.data_args, plan.training_args
-    raw, labels = encode_labels(plan.raw, data_args.label_column_name)
-    check_evaluated_labels(plan, labels)  # before the model loads: an evaluation-only run scores the saved head
+    raw, labels = labelled_data(plan)
     text_columns = [*data_args.text_columns(), *filter(None, [data_args.text_pair_column_name])]
     model, tokenizer = build_with_shared_tokenizer(
         build_text_model,

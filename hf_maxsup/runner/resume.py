@@ -13,10 +13,18 @@ from collections.abc import Sequence
 from safetensors import safe_open
 from transformers import TrainerCallback
 
+from ..data import encode_labels
 from ..hub import describe_loss, loss_metadata, read_card_metadata
 from ..schedules import alpha_at
 
-__all__ = ["ScheduleLengthCheck", "check_checkpoint_fits", "check_evaluated_labels", "loss_history", "schedule_history"]
+__all__ = [
+    "ScheduleLengthCheck",
+    "check_checkpoint_fits",
+    "check_evaluated_labels",
+    "labelled_data",
+    "loss_history",
+    "schedule_history",
+]
 
 # What a history entry holds beside the loss settings: where its segment starts, and the length its schedule ran to.
 _SEGMENT_KEYS = ("from_step", "max_steps")
@@ -200,3 +208,18 @@ def check_evaluated_labels(plan, labels: Sequence[str]) -> None:
             "other classes. Evaluate it on data labelled as its training data (the same files, "
             "--label_column_name and --max_train_samples), or train with --do_train."
         )
+
+
+def labelled_data(plan) -> tuple:
+    """The run's data with its labels as class ids and the class names in id order ([`hf_maxsup.data.encode_labels`]),
+    checked, before the model loads, against the classifier an evaluation-only run scores ([`check_evaluated_labels`]).
+
+    Args:
+        plan ([`RunPlan`]): the run, its data loaded (`plan.raw`).
+
+    Returns:
+        `tuple`: the `datasets.DatasetDict` and the list of class names.
+    """
+    raw, labels = encode_labels(plan.raw, plan.data_args.label_column_name)
+    check_evaluated_labels(plan, labels)
+    return raw, labels
