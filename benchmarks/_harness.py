@@ -79,6 +79,30 @@ def first_step_peak(step, *inputs) -> tuple[float, int, bool]:
     return t_first, max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024, False
 
 
+def cpu_measurements(step, inputs: tuple, faults: list, args, logits_bytes: int) -> dict:
+    """A CPU job's measurements, its inputs resident: the first full-size `step(*inputs)` with the memory it touched
+    ([`first_step_peak`]), `args.warmup` untimed steps, then `args.repeats` timed ones with their median page faults.
+
+    Args:
+        step (`Callable`): one timed iteration, returning its seconds and appending its page faults to `faults`
+            (see [`timed_cpu`]).
+        logits_bytes (`int`): the size of one logits tensor of the job, the unit of its memory.
+    """
+    t_first, extra, exact = first_step_peak(step, *inputs)
+    for _ in range(args.warmup):
+        step(*inputs)
+    faults.clear()
+    times = [step(*inputs) for _ in range(args.repeats)]
+    return {
+        "times": times,
+        "first": t_first,
+        "extra_bytes": extra,
+        "extra_exact": exact,
+        "logits_bytes": logits_bytes,
+        "faults": statistics.median(faults),
+    }
+
+
 def timed_cuda(run, start, end) -> float:
     """Seconds `run()` takes on the current stream, between the CUDA events `start` and `end`."""
     start.record()

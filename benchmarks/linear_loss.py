@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import gc
 import json
-import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -173,21 +172,10 @@ def child_cpu(args, fn, shape, dtype):
     hidden, weight, labels = _inputs(shape, dtype, gen, "cpu")
     gc.collect()
 
-    t_first, peak, exact = harness.first_step_peak(step, hidden, weight, labels)
-    extra = peak - _grad_bytes(hidden, weight)
-
-    for _ in range(args.warmup):
-        step(hidden, weight, labels)
-    faults.clear()
-    times = [step(hidden, weight, labels) for _ in range(args.repeats)]
-    return {
-        "times": times,
-        "first": t_first,
-        "extra_bytes": extra,
-        "extra_exact": exact,
-        "logits_bytes": shape[0] * shape[2] * hidden.element_size(),
-        "faults": statistics.median(faults),
-    }
+    logits_bytes = shape[0] * shape[2] * hidden.element_size()
+    measured = harness.cpu_measurements(step, (hidden, weight, labels), faults, args, logits_bytes)
+    measured["extra_bytes"] -= _grad_bytes(hidden, weight)  # every candidate returns them
+    return measured
 
 
 def child_cuda(args, fn, shape, dtype):

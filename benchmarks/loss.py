@@ -233,19 +233,7 @@ def child_cpu(args, fn, shape, dtype):
     gc.collect()
 
     # peak extra memory of one forward + backward (first full-size iteration)
-    t_first, extra, exact = harness.first_step_peak(step, x, x0, y)
-    for _ in range(args.warmup):
-        step(x, x0, y)
-    faults.clear()
-    times = [step(x, x0, y) for _ in range(args.repeats)]
-    return {
-        "times": times,
-        "first": t_first,
-        "extra_bytes": extra,
-        "extra_exact": exact,
-        "logits_bytes": x0.numel() * x0.element_size(),
-        "faults": statistics.median(faults),
-    }
+    return harness.cpu_measurements(step, (x, x0, y), faults, args, x0.numel() * x0.element_size())
 
 
 def copy_bandwidth_gb_s(device, nbytes=BANDWIDTH_BYTES, repeats=10):

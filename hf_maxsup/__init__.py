@@ -4,29 +4,35 @@ The names below are imported on first use, so that `import hf_maxsup.losses` (or
 in transformers.
 """
 
-from ._lazy import lazy_exports
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> the submodule that defines it
+# each submodule -> the public names it defines
 _EXPORTS = {
-    "HubPushError": "hub",
-    "load_for_analysis": "hub",
-    "LOSSES": "losses",
-    "LabelSmoothingLoss": "losses",
-    "MaxSupLoss": "losses",
-    "cross_entropy": "losses",
-    "get_loss_fn": "losses",
-    "label_smoothing_cross_entropy": "losses",
-    "maxsup_cross_entropy": "losses",
-    "alpha_at": "schedules",
-    "MaxSupLossFunc": "trainer",
-    "MaxSupSeq2SeqTrainer": "trainer",
-    "MaxSupSeq2SeqTrainingArguments": "trainer",
-    "MaxSupTrainer": "trainer",
-    "MaxSupTrainingArguments": "trainer",
+    "hub": ("HubPushError", "load_for_analysis"),
+    "losses": (
+        "LOSSES",
+        "LabelSmoothingLoss",
+        "MaxSupLoss",
+        "cross_entropy",
+        "get_loss_fn",
+        "label_smoothing_cross_entropy",
+        "maxsup_cross_entropy",
+    ),
+    "schedules": ("alpha_at",),
+    "trainer": (
+        "MaxSupLossFunc",
+        "MaxSupSFTConfig",
+        "MaxSupSFTTrainer",
+        "MaxSupSeq2SeqTrainer",
+        "MaxSupSeq2SeqTrainingArguments",
+        "MaxSupTrainer",
+        "MaxSupTrainingArguments",
+        "apply_maxsup",
+    ),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,14 +3,17 @@
     hf-maxsup compare --output_dir report/ --seeds 0 1 2 [recipe arguments ...]
     hf-maxsup analyze runs/ce runs/ls runs/maxsup --output_dir report/
     hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --output_dir distill/ [recipe args]
+    hf-maxsup reanalyze report/
 
-`compare` runs the recipe (default: `recipes/image_classification.py` of this checkout) once per loss and seed, every
-argument it does not know itself going to the recipe, then writes the report of [`hf_maxsup.report`] (classifiers, or
-translation models: [`hf_maxsup.report.translation`]). Rerunning an interrupted comparison skips the finished members
-and resumes the interrupted one from its last checkpoint. `analyze` writes the same report for checkpoints that exist
-already (local folders or Hub ids). `distill` trains one student per teacher and seed and reports which teachers
-distil well ([`hf_maxsup.distill_study`]). The report's data flags are built from the fields of
-[`~hf_maxsup.report.DataOptions`] and [`~hf_maxsup.report.TranslationDataOptions`].
+This module parses; each command is one call ([`ENTRY_POINTS`]). `compare` runs the recipe (default:
+`recipes/image_classification.py` of this checkout) once per loss and seed, every argument it does not know itself
+going to the recipe, then writes the report of its task ([`hf_maxsup.studies.compare`]). Rerunning an interrupted
+comparison skips the finished members and resumes the interrupted one from its last checkpoint. `analyze` writes the
+report of classifiers for checkpoints that exist already, local folders or Hub ids
+([`hf_maxsup.report.classification`]). `distill` trains one student per teacher and seed and reports which teachers
+distil well ([`hf_maxsup.studies.distill`]). `reanalyze` writes a report again from its own `results.json`, with the
+current claims and tests, without its checkpoints ([`hf_maxsup.report.reanalysis`]). The report's data flags are
+built from the fields of [`~hf_maxsup.report.DataOptions`] and [`~hf_maxsup.report.TranslationDataOptions`].
 """
 
 from __future__ import annotations
@@ -18,21 +21,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
+import importlib
 import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["compare_from_recipe", "main", "run_recipe"]
+from .report.device import resolve_device
+from .report.options import DataOptions, TranslationDataOptions, option_flags
+from .runner.help import recipe_help, wants_help
+
+__all__ = ["ENTRY_POINTS", "build_parser", "compare_from_recipe", "end_process_group", "main", "run_recipe"]
+
+# What each command calls, as "module:function", imported once its command line is parsed, as console-script entry
+# points are: the studies and reports import torch and transformers (seconds), which `hf-maxsup --help`, a mistyped
+# flag or a device this machine lacks must not wait for.
+ENTRY_POINTS = {
+    "analyze": "hf_maxsup.report.classification:analyze_paths",
+    "compare": "hf_maxsup.studies.compare:run_compare",
+    "distill": "hf_maxsup.studies.distill:run_study",
+    "reanalyze": "hf_maxsup.report.reanalysis:reanalyze",
+}
 
 log = functools.partial(print, flush=True)
 
 
+def entry_point(command: str) -> Callable:
+    """The function [`ENTRY_POINTS`] names for `command`, imported now."""
+    module, _, name = ENTRY_POINTS[command].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _add_flags(parser, options: type, *, recipe: bool) -> None:
     """Declares the flags of an options dataclass of the report: the recipe's data flags or the report's own."""
-    from .report.options import option_flags
-
     for flags, kwargs in option_flags(options, recipe=recipe):
         parser.add_argument(*flags, **kwargs)
 
@@ -53,8 +74,6 @@ def _options(options: type, *given: dict):
 
 
 def _add_report_options(parser: argparse.ArgumentParser) -> None:
-    from .report import DataOptions
-
     group = parser.add_argument_group("report")
     group.add_argument("--output_dir", required=True, help="Folder of the report (report.md, results.json, PNGs).")
     group.add_argument(
@@ -78,18 +97,25 @@ def _add_recipe_options(parser: argparse.ArgumentParser, members: str) -> None:
     parser.add_argument("--python", default=sys.executable, help="Python interpreter that runs the recipe.")
 
 
+def _add_command(commands, name: str, summary: str, description: str, example: str | None = None):
+    """The parser of one command, with its `example` (a command line) under the options, kept on its own line.
+    Abbreviations are off: an argument meant for the recipe must not be taken for one of ours that it abbreviates."""
+    raw = {"formatter_class": argparse.RawDescriptionHelpFormatter, "epilog": f"example:\n  {example}"}
+    return commands.add_parser(
+        name, allow_abbrev=False, help=summary, description=description, **(raw if example else {})
+    )
+
+
 def _add_compare_parser(commands) -> None:
-    compare = commands.add_parser(
+    compare = _add_command(
+        commands,
         "compare",
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="Train the same model with each loss and seed through a recipe, then write the side-by-side report.",
-        description="Train the same model with each loss (default: ce, ls, maxsup) and seed through a recipe, then "
-        "write the side-by-side report. Every argument not listed here is passed to the recipe (e.g. "
-        "--num_train_epochs 1 --max_train_samples 2000 --loss_alpha 0.1); put them after `--` if they clash. "
-        "Rerun the same command to resume: finished members are skipped, an interrupted one resumes from its last "
-        "checkpoint.",
-        epilog="example:\n  hf-maxsup compare --output_dir report/ --seeds 0 1 2 --num_train_epochs 1",
+        "Train the same model with each loss and seed through a recipe, then write the side-by-side report.",
+        "Train the same model with each loss (default: ce, ls, maxsup) and seed through a recipe, then write the "
+        "side-by-side report. Every argument not listed here is passed to the recipe (e.g. --num_train_epochs 1 "
+        "--max_train_samples 2000 --loss_alpha 0.1); put them after `--` if they clash. Rerun the same command to "
+        "resume: finished members are skipped, an interrupted one resumes from its last checkpoint.",
+        "hf-maxsup compare --output_dir report/ --seeds 0 1 2 --num_train_epochs 1",
     )
     compare.add_argument(
         "--losses",
@@ -110,13 +136,11 @@ def _add_compare_parser(commands) -> None:
 
 
 def _add_analyze_parser(commands) -> None:
-    from .report import DataOptions
-
-    analyze = commands.add_parser(
+    analyze = _add_command(
+        commands,
         "analyze",
-        allow_abbrev=False,
-        help="Write the side-by-side report for existing checkpoints, without training.",
-        description="Write the side-by-side report for existing checkpoints (local folders or Hub ids), loaded with "
+        "Write the side-by-side report for existing checkpoints, without training.",
+        "Write the side-by-side report for existing checkpoints (local folders or Hub ids), loaded with "
         "hf_maxsup.hub.load_for_analysis and the processor saved beside them. Checkpoints are grouped by the loss "
         "their model card names (mean ± std over a group), or by --labels.",
     )
@@ -137,6 +161,7 @@ def _add_analyze_parser(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `hf-maxsup` and its three commands; arguments it does not know are the recipe's."""
     parser = argparse.ArgumentParser(
         prog="hf-maxsup",
         description="Compare CE, label smoothing and MaxSup on your model and data.",
@@ -146,22 +171,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(commands)
     _add_analyze_parser(commands)
     _add_distill_parser(commands)
+    _add_reanalyze_parser(commands)
     return parser
 
 
+def _add_reanalyze_parser(commands) -> None:
+    reanalyze = _add_command(
+        commands,
+        "reanalyze",
+        "Write a report again from its results.json, with the current claims and tests (no checkpoints).",
+        "Write the report of hf-maxsup compare, analyze or distill in FOLDER again from the per-run metrics of its "
+        "results.json: the tables, the claims with their tests and the regime check are recomputed; the figures, the "
+        "training time and the notes are kept.",
+    )
+    reanalyze.add_argument("folder", help="The report's folder (report.md, results.json).")
+    reanalyze.add_argument(
+        "--teachers_from",
+        nargs="+",
+        default=(),
+        metavar="FOLDER",
+        help="Distillation reports only: other studies evaluated on the same data whose teachers join this "
+        "study's in the claims on teachers (e.g. the other seeds of each loss).",
+    )
+
+
 def _add_distill_parser(commands) -> None:
-    distill = commands.add_parser(
+    distill = _add_command(
+        commands,
         "distill",
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="Distil CE, LS and MaxSup teachers into the same student over seeds, then report which distil well.",
-        description="Train the same student from each teacher (e.g. the members of hf-maxsup compare) and seed "
-        "through a recipe, with --teacher_model_name_or_path, and on the labels alone; then report the students' "
-        "accuracy, NLL and ECE per teacher beside the teachers' own accuracy and the entropy of their non-target "
-        "distribution (hf_maxsup.distill_study). Every argument not listed here is passed to the recipe (the "
-        "student: e.g. --model_architecture resnet-small --num_train_epochs 8). Rerun the same command to resume.",
-        epilog="example:\n  hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --seeds 0 1 2 "
-        "--output_dir distill/ --model_architecture resnet-small",
+        "Distil CE, LS and MaxSup teachers into the same student over seeds, then report which distil well.",
+        "Train the same student from each teacher (e.g. the members of hf-maxsup compare) and seed through a recipe, "
+        "with --teacher_model_name_or_path, and on the labels alone; then report the students' accuracy, NLL and ECE "
+        "per teacher beside the teachers' own accuracy and the entropy of their non-target distribution "
+        "(hf_maxsup.studies.distill). Every argument not listed here is passed to the recipe (the student: e.g. "
+        "--model_architecture resnet-small --num_train_epochs 8). Rerun the same command to resume.",
+        "hf-maxsup distill --teachers runs/ce-seed0 runs/ls-seed0 runs/maxsup-seed0 --seeds 0 1 2 --output_dir "
+        "distill/ --model_architecture resnet-small",
     )
     distill.add_argument("--teachers", nargs="+", required=True, help="Output folders of the teachers.")
     distill.add_argument(
@@ -183,14 +228,11 @@ def _add_distill_parser(commands) -> None:
     _add_report_options(distill)
 
 
-def run_distill(args, passthrough, argv) -> dict:
-    from .distill_study import run_study
-    from .report import DataOptions
-
+def _distill(args, passthrough: Sequence[str], argv: Sequence[str]) -> dict:
     # The teachers' non-target entropy at T is measured on the training examples the students see.
     limit = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     limit.add_argument("--max_train_samples", type=int, default=None)
-    content = run_study(
+    content = entry_point("distill")(
         args.teachers,
         args.output_dir,
         seeds=args.seeds,
@@ -213,60 +255,14 @@ def run_distill(args, passthrough, argv) -> dict:
     return content
 
 
-def _card_loss_and_seed(path: str) -> tuple[str | None, int | None]:
-    """The loss named in a local checkpoint's model card and the seed compare recorded, when there are any."""
-    from .compare import MEMBER_FILE
-
-    loss = seed = None
-    for folder in (path, os.path.dirname(os.path.normpath(path))):
-        member = os.path.join(folder, MEMBER_FILE)
-        if os.path.isfile(member):
-            with open(member, encoding="utf-8") as f:
-                recorded = json.load(f)
-            loss, seed = recorded.get("loss"), recorded.get("seed")
-            break
-    if loss is None:
-        from .hub import read_card_metadata
-
-        try:
-            loss = (read_card_metadata(path) or {}).get("loss")
-        except ValueError:  # a card we did not write: use the folder name
-            loss = None
-    return loss, seed
-
-
-def _check_checkpoint_path(path: str) -> None:
-    """Refuse, before loading anything, a local path that is missing or holds no saved model."""
-    if os.path.isdir(path):
-        if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "adapter_config.json")):
-            inside = sorted(name for name in os.listdir(path) if name.startswith("checkpoint-"))
-            hint = f" It holds {', '.join(inside[-3:])}: give one of those." if inside else ""
-            raise ValueError(
-                f"{path} is not a checkpoint: it has no config.json.{hint} Give a run's output folder "
-                "(after training finished), a checkpoint-* folder, or a Hub id."
-            )
-    elif os.path.exists(path):
-        raise ValueError(f"{path} is a file, not a checkpoint: give the folder holding config.json and the weights.")
-    elif os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
-        raise ValueError(f"{path}: no such folder (and it is not a Hub id of the form org/model). Check the path.")
-
-
-def run_analyze(args, argv) -> dict:
-    from .report import DataOptions, Run, analyze_checkpoints
-
+def _analyze(args, argv: Sequence[str]) -> dict:
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise SystemExit(f"--labels names {len(args.labels)} groups for {len(args.checkpoints)} checkpoints.")
-    for path in args.checkpoints:
-        _check_checkpoint_path(path)
-    runs = []
-    for i, path in enumerate(args.checkpoints):
-        loss, seed = _card_loss_and_seed(path) if os.path.isdir(path) else (None, None)
-        label = args.labels[i] if args.labels else loss or os.path.basename(os.path.normpath(path))
-        runs.append(Run(path=path, label=label, seed=seed))
-    return analyze_checkpoints(
-        runs,
+    return entry_point("analyze")(
+        args.checkpoints,
         args.output_dir,
         _options(DataOptions, vars(args)),
+        labels=args.labels,
         device=args.device,
         log=log,
         title="Side-by-side report",
@@ -274,53 +270,23 @@ def run_analyze(args, argv) -> dict:
     )
 
 
-def run_compare(args, passthrough, argv) -> dict:
-    import time
-
-    from .compare import check_passthrough, default_recipe, member_task, plan_members, train_members
-    from .report import DataOptions, Run, TranslationDataOptions, analyze_checkpoints, analyze_translation_checkpoints
-
-    recipe = args.recipe or default_recipe()
-    check_passthrough(passthrough)
-    runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
-    members = plan_members(runs_dir, args.losses, args.seeds)
-    log(
-        f"[hf-maxsup compare] {len(members)} members ({len(args.losses)} losses x {len(args.seeds)} seeds) with "
-        f"{recipe}; runs in {runs_dir}"
+def _compare(args, passthrough: Sequence[str], argv: Sequence[str]) -> dict:
+    return entry_point("compare")(
+        args.output_dir,
+        losses=args.losses,
+        seeds=args.seeds,
+        recipe=args.recipe,
+        runs_dir=args.runs_dir,
+        python=args.python,
+        passthrough=passthrough,
+        data=_options(DataOptions, vars(args), _recipe_data(DataOptions, passthrough)),
+        translation_data=_options(
+            TranslationDataOptions, vars(args), _recipe_data(TranslationDataOptions, passthrough)
+        ),
+        device=args.device,
+        command="hf-maxsup " + shlex.join(argv),
+        log=log,
     )
-    start = time.monotonic()
-    train_members(members, recipe, passthrough, python=args.python, log=log)
-    trained = time.monotonic() - start
-    runs = [Run(path=member.output_dir, label=member.loss, seed=member.seed) for member in members]
-    notes = [
-        (
-            f"Recipe: `{os.path.relpath(recipe)}`; recipe arguments: `{shlex.join(passthrough) or '(defaults)'}`. "
-            "ls uses a constant alpha and maxsup the linear 0.1 → 0.2 schedule unless --loss_alpha* say "
-            "otherwise."
-        )
-    ]
-    report = {
-        "device": args.device,
-        "log": log,
-        "notes": notes,
-        "command": "hf-maxsup " + shlex.join(argv),
-        "extra": {
-            "recipe": recipe,
-            "recipe_args": list(passthrough),
-            "losses": args.losses,
-            "seeds": args.seeds,
-            "runs_dir": runs_dir,
-            "train_seconds_this_invocation": round(trained, 1),
-        },
-    }
-    if member_task(members[0].output_dir)[1] == "text2text-generation":
-        data = _options(TranslationDataOptions, vars(args), _recipe_data(TranslationDataOptions, passthrough))
-        content = analyze_translation_checkpoints(runs, args.output_dir, data, **report)
-    else:
-        data = _options(DataOptions, vars(args), _recipe_data(DataOptions, passthrough))
-        content = analyze_checkpoints(runs, args.output_dir, data, title="CE / LS / MaxSup side by side", **report)
-    log(f"[hf-maxsup compare] report written to {os.path.join(args.output_dir, 'report.md')}")
-    return content
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,18 +299,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         passthrough += argv[split + 1 :]
     else:
         args, passthrough = parser.parse_known_args(argv)
+    if args.command in ("analyze", "reanalyze") and passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
     try:
-        from .report import resolve_device
-
+        if args.command == "reanalyze":  # no model is evaluated: no device
+            entry_point("reanalyze")(args.folder, teachers_from=args.teachers_from, log=log)
+            return 0
         args.device = resolve_device(args.device)  # a device this machine lacks is refused before any work
         if args.command == "distill":
-            run_distill(args, passthrough, argv)
+            _distill(args, passthrough, argv)
         elif args.command == "analyze":
-            if passthrough:
-                parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
-            run_analyze(args, argv)
+            _analyze(args, argv)
         else:
-            run_compare(args, passthrough, argv)
+            _compare(args, passthrough, argv)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: a Hub id that cannot be loaded, a full disk, ...
         print(f"hf-maxsup {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -358,21 +325,37 @@ def compare_from_recipe(recipe: str, argv: Sequence[str] | None = None) -> int:
     return main(["compare", "--recipe", os.path.abspath(recipe), *argv])
 
 
-def run_recipe(main: Callable[[], object], recipe: str) -> None:
-    """A recipe script's entry point: its `main()`, or with `--compare` the side-by-side comparison of the losses
-    through the script ([`compare_from_recipe`]), so that every recipe offers it."""
+def run_recipe(main: Callable[[], object], recipe: str, arguments: tuple[type, ...] = ()) -> None:
+    """A recipe script's entry point: its `main()`; with `--compare` the side-by-side comparison of the losses
+    through the script ([`compare_from_recipe`]), so that every recipe offers it; otherwise with `-h` / `--help` the
+    recipe's short help ([`~hf_maxsup.runner.help.recipe_help`]), before anything loads torch.
+
+    Args:
+        main (`Callable`): the script's `main`, whose module's docstring describes the recipe.
+        recipe (`str`): the script's path.
+        arguments (`tuple[type, ...]`): the recipe's model and data arguments, for the short help.
+    """
     if "--compare" in sys.argv:
         sys.exit(compare_from_recipe(recipe))
+    if wants_help(sys.argv[1:]):
+        summary = (sys.modules[main.__module__].__doc__ or "").strip().split("\n\n")[0]
+        print(recipe_help(os.path.basename(recipe), summary, arguments))
+        sys.exit(0)
     main()
-    _end_process_group()
+    end_process_group()
 
 
-def _end_process_group() -> None:
-    """Destroys the process group of a distributed run as its script ends: without it, gloo's worker threads can
-    outlive the interpreter and abort a finished run's process (SIGABRT, a non-zero exit after everything is saved)."""
+def end_process_group() -> None:
+    """Ends the process group of a distributed run as its script ends. Every process first waits at a barrier, which
+    gloo passes only once this process's earlier collectives are done: a process that left with one still in flight
+    (its peer still busy, e.g. saving) had gloo's worker thread finish it during the interpreter's shutdown, free the
+    tensors it held, take the GIL and abort the finished run (SIGABRT, "terminate called without an active
+    exception")."""
+    # Imported on call: the recipe has imported torch already, and `hf-maxsup --help` needs no torch.
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

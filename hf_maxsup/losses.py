@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .loss_names import LS_MASSES
 from .validation import check_logit_inputs, check_loss_options, check_teacher
 
 __all__ = [
@@ -176,9 +177,6 @@ def cross_entropy(
     return _loss(
         "ce", input, target, alpha, ignore_index, reduction, num_items_in_batch, inplace_backward, return_components
     )
-
-
-LS_MASSES = ("all", "others")
 
 
 def smoothing_weight(alpha: float, num_classes: int, mass: str = "all") -> float:

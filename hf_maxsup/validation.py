@@ -14,7 +14,7 @@ import numbers
 
 import torch
 
-from .kernels import LOSS_NAMES
+from .loss_names import check_loss_name
 
 __all__ = [
     "REDUCTIONS",
@@ -108,8 +108,7 @@ def check_loss_options(loss: str, alpha: float = 0.0, reduction: str = "mean", n
     Raises:
         `ValueError`: saying which option is wrong and what it may be.
     """
-    if loss not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSS_NAMES)}.")
+    check_loss_name(loss)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}.")
     n = num_items_in_batch

@@ -8,6 +8,9 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
+# The scripts the tests launch (also under `accelerate launch`): a tiny training run, and FSDP relabelled for the CPU.
+TINY_RUN = str(TESTS / "distributed" / "tiny_run.py")
+FSDP_ON_CPU = str(TESTS / "distributed" / "fsdp_on_cpu.py")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

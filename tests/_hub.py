@@ -4,8 +4,8 @@ push. The `serve` fixture that routes huggingface_hub to a FakeHub is in conftes
 import base64
 import json
 
-import httpx2
-from tiny_run import collate, tiny_bert, tiny_dataset
+from _tiny import collate, tiny_bert, tiny_dataset
+from huggingface_hub.utils import httpx  # huggingface_hub's HTTP client: httpx in 1.x, httpx2 in 2.x
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -50,19 +50,19 @@ class FakeHub:
 
     def __call__(self, request):
         if self.mode == "unreachable":
-            raise httpx2.ConnectError("[Errno -2] Name or service not known", request=request)
+            raise httpx.ConnectError("[Errno -2] Name or service not known", request=request)
         if self.mode == "unauthorized":
-            return httpx2.Response(401, json={"error": "Invalid username or password."})
+            return httpx.Response(401, json={"error": "Invalid username or password."})
         path, body = request.url.path, request.read()
         if path.startswith("/api/models/") or path == "/api/repos/create":
             self.authorizations.add(request.headers.get("authorization"))
         if path == "/api/repos/create":
-            return httpx2.Response(200, json={"url": "https://huggingface.co/user/model", "name": "user/model"})
+            return httpx.Response(200, json={"url": "https://huggingface.co/user/model", "name": "user/model"})
         if path == "/api/validate-yaml":
-            return httpx2.Response(200, json={})
+            return httpx.Response(200, json={})
         if path.endswith("/preupload/main"):
             files = json.loads(body)["files"]
-            return httpx2.Response(
+            return httpx.Response(
                 200,
                 json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
             )
@@ -78,7 +78,7 @@ class FakeHub:
                     },
                 }
             )
-            return httpx2.Response(
+            return httpx.Response(
                 200, json={"commitUrl": "https://huggingface.co/user/model/commit/0", "commitOid": "0" * 40}
             )
-        return httpx2.Response(404, json={"error": f"{path} is not served by this test"})
+        return httpx.Response(404, json={"error": f"{path} is not served by this test"})

@@ -1,5 +1,6 @@
-"""What the report and recipe tests share: evaluated runs made by hand, the recipe arguments of a tiny training run,
-and the recipes themselves, run in-process as users run them (`run_recipe`) with tiny sizes (`TINY`)."""
+"""What the report and recipe tests share: evaluated runs made by hand (`run_result`, `classifier_result`), the
+recipe arguments of a tiny training run, and the recipes themselves, run in-process as users run them (`run_recipe`)
+with tiny sizes (`TINY`)."""
 
 import os
 import runpy
@@ -45,6 +46,22 @@ def run_result(label: str, metrics: dict, seed: int | None = 0, **arrays) -> Run
         num_examples=len(arrays["labels"]) if "labels" in arrays else 0,
         metrics=metrics,
         **arrays,
+    )
+
+
+def classifier_result(label: str, metrics: dict, seed: int, rng, logits, labels, class_names, features=None):
+    """A run of a classifier with these logits, as `analyze_run` would return it for the figures: its penultimate
+    `features` (by default 4-d, drawn from `rng`) and class templates drawn from `rng`."""
+    features = rng.normal(size=(len(labels), 4)) if features is None else features
+    return run_result(
+        label,
+        metrics,
+        seed,
+        logits=logits,
+        labels=labels,
+        features=features,
+        class_weights=rng.normal(size=(logits.shape[1], features.shape[1])),
+        class_names=class_names,
     )
 
 

@@ -31,15 +31,14 @@ def backend(request, monkeypatch):
 @pytest.fixture
 def serve(monkeypatch):
     """`serve(hub)` routes huggingface_hub's HTTP client to a FakeHub (tests/_hub.py); nothing leaves the process."""
-    import httpx2
     from huggingface_hub import constants, set_client_factory
-    from huggingface_hub.utils import _http
+    from huggingface_hub.utils import _http, httpx  # httpx in huggingface_hub 1.x, httpx2 in 2.x
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     previous = _http._GLOBAL_CLIENT_FACTORY  # no public getter; restored so that other tests see the real client
 
     def serve(hub):
-        set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(hub)))
+        set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(hub)))
         return hub
 
     yield serve

@@ -2,8 +2,10 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,138 @@ def test_trainer_benchmark_tiny():
         assert "fused_linear_loss=True" in rows[-1], out
         for row in rows:
             assert float(row.split("|")[2]) > 0, out
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmarks/gpu_day_one.py: the GPU command, run here on a CPU (--dry-run), and its report fed GPU records
+
+# The tables of the command, their columns fixed whatever was measured (docs/gpu.md shows them).
+DAY_ONE_HEADERS = {
+    "## a. Correctness on the device": "| test file | passed | failed | skipped | errors | seconds |",
+    "## b. Loss forward + backward": (
+        "| implementation | backend | ms | × CE | × floor | × Liger | extra memory × logits |"
+    ),
+    "## c. Fused linear loss forward + backward": (
+        "| implementation | backend | ms | × linear CE | × Liger | extra memory × logits |"
+    ),
+    "## d. Training step": "| trainer | steps/s | × stock LS | peak memory GiB | × stock LS | mean loss |",
+    "## Targets (issue 25)": "| target | measured | met |",
+}
+# Absent on the GPU machine: hidden from every process of the dry run (import fails, find_spec says None).
+HIDDEN = ("datasets", "evaluate", "trl")
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _without_hidden_packages(tmp_path) -> dict:
+    """An environment whose Python processes see none of `HIDDEN`, through a sitecustomize on PYTHONPATH."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import sys\n\nfor name in {HIDDEN!r}:\n    sys.modules[name] = None\n")
+    root = str(BENCHMARKS.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), root, os.environ.get("PYTHONPATH", "")])}
+
+
+def test_gpu_day_one_dry_run(tmp_path):
+    env = _without_hidden_packages(tmp_path)
+    for name in HIDDEN:
+        hidden = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, check=False)
+        assert hidden.returncode != 0, f"{name} is importable: the check below would prove nothing"
+    out_dir = tmp_path / "out"
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_day_one.py"), "--dry-run", "--output_dir", str(out_dir)],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert elapsed < 120, f"the dry run took {elapsed:.0f} s; CI gives it 2 minutes"
+    markdown = (out_dir / "day_one.md").read_text()
+    for title, header in DAY_ONE_HEADERS.items():
+        for text in (result.stdout, markdown):
+            assert title in text and header in text, (title, text)
+    report = json.loads((out_dir / "day_one.json").read_text())
+    steps = report["steps"]
+    assert list(steps) == ["tests", "loss", "linear", "train"]
+    assert {step["status"] for step in steps.values()} == {"done"}, steps
+    for record in (r for r in steps["tests"]["records"] if "file" in r):
+        assert record["passed"] > 0 and record["failed"] == record["errors"] == 0, record
+    for name, candidates in (("loss", 7), ("linear", 4)):  # all but Liger's, skipped without liger-kernel
+        measured = [r for r in steps[name]["records"] if "times" in r]
+        plan = next(r["plan"] for r in steps[name]["records"] if "plan" in r)
+        assert len(measured) == candidates * len(plan["shapes"]) * len(plan["dtypes"]), steps[name]["records"]
+        assert {r["backend"] for r in measured if r["candidate"].startswith("ours")} == {"triton"}
+        assert any("liger-kernel is not installed" in r.get("skipped", "") for r in steps[name]["records"])
+    trained = {r["trainer"]: r for r in steps["train"]["records"] if "trainer" in r}
+    assert len(trained) == 5 and all(r["steps_per_s"] > 0 for r in trained.values()), trained
+    # the stock Trainer's label smoothing and MaxSupTrainer's are one loss: same data, same seed, same mean loss
+    stock, ours = trained["stock Trainer, label_smoothing_factor=0.1"], trained["MaxSupTrainer, loss=ls"]
+    assert abs(stock["train_loss"] - ours["train_loss"]) < 1e-4, trained
+    assert "— (dry run)" in markdown
+
+
+def _gpu_record(candidate, shape, ms, extra, nbytes):
+    backend = "triton" if "ours" in candidate else None
+    return {"candidate": candidate, "shape": shape, "dtype": "bfloat16", "round": 0, "times": [ms / 1e3],
+            "extra_bytes": extra * nbytes, "logits_bytes": nbytes, "backend": backend}  # fmt: skip
+
+
+def test_gpu_day_one_report_of_gpu_records():
+    """The tables and targets rendered from what the GPU steps would emit: ratios to CE, to the floor and to Liger."""
+    report = _load("_day_one_report", BENCHMARKS / "_day_one_report.py")
+    nbytes = 8 * 1024 * 32000 * 2
+    records = [{"plan": {"shapes": ["8x1024x32000"], "dtypes": ["bfloat16"]}}, {"bandwidth_gb_s": 4000.0}]
+    for candidate, ms, extra in (("ce", 1.0, 3.0), ("liger_ls", 0.5, 0.0), ("ours_ls", 0.4, 1.0),
+                                 ("ours_maxsup", 0.6, 1.0), ("ours_ls_inplace", 0.3, 0.0)):  # fmt: skip
+        records.append(_gpu_record(candidate, "8x1024x32000", ms, extra, nbytes))
+    step = {"status": "done", "seconds": 60.0, "records": records}
+    out = report.render_step("loss", step)
+    # floor: 2 x 524,288,000 bytes at 4000 GB/s = 0.262 ms; ours LS 0.4 ms: 0.40 x CE, 1.53 x floor, 0.80 x Liger
+    assert "### 8×1024×32000 bfloat16 (floor 0.262 ms" in out, out
+    assert "| **ours LS** | triton | 0.400 | 0.40 | 1.53 | 0.80 | 1.00 |" in out, out
+    assert "| `F.cross_entropy(label_smoothing=0.1)` |  | not run |" in out, out
+    targets = report.render_targets({"loss": step}, dry_run=False)
+    assert "| loss ≤ 1.5× the bandwidth floor | worst 2.29× (ours_maxsup, 8x1024x32000 bfloat16) | **no** |" in targets
+    assert "| loss no slower than Liger's CE with LS (× Liger) | worst 1.20× (ours_maxsup" in targets, targets
+    assert "| extra memory ≤ 1.0× one logits tensor | worst 1.00× (ours_ls, 8x1024x32000 bfloat16) | yes |" in targets
+    assert "| every Triton test passes on the device | not measured | — |" in targets
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when there is no GPU")
+def test_gpu_day_one_without_gpu(tmp_path):
+    result = _run("gpu_day_one.py", "--output_dir", str(tmp_path / "out"), ok=False)
+    assert result.returncode != 0 and "torch sees no CUDA GPU" in result.stderr, result.stderr
+    assert "--dry-run" in result.stderr and not (tmp_path / "out").exists()  # stopped before any step
+
+
+def test_test_device_refuses_what_cannot_run():
+    """HF_MAXSUP_TEST_DEVICE (tests/_device.py): the Triton tests' device, or an error naming the fix."""
+    from _device import resolve_device
+
+    assert resolve_device(None, interpret=True, cuda_available=False).type == "cpu"
+    assert resolve_device(None, interpret=False, cuda_available=True).type == "cuda"
+    assert resolve_device("cuda", interpret=False, cuda_available=True).type == "cuda"
+    assert resolve_device("cpu", interpret=True, cuda_available=True).type == "cpu"
+    for asked, interpret, cuda, fix in (("cuda", True, False, "torch sees no CUDA GPU"),
+                                         ("cuda", True, True, "unset TRITON_INTERPRET"),
+                                         ("cpu", False, True, "set TRITON_INTERPRET=1"),
+                                         ("mps", True, False, "use cuda")):  # fmt: skip
+        with pytest.raises(ValueError, match=fix):
+            resolve_device(asked, interpret, cuda)
+
+
+def test_floors_admit_the_gpu_machines_stack():
+    """pyproject's lower bounds (what make test-floors installs) admit the GPU machine's torch 2.11, triton 3.6,
+    huggingface_hub 1.33 and accelerate 1.15; torch itself is not pinned there (the local CPU wheel stays)."""
+    floors = dict(pin.split("==") for pin in _load("floors", BENCHMARKS.parent / ".ci" / "floors.py").floors(["gpu"]))
+    assert "torch" not in floors
+    stack = {"triton": "3.6.0", "huggingface_hub": "1.33.0", "accelerate": "1.15.0"}
+    for name, version in stack.items():
+        assert tuple(map(int, floors[name].split("."))) <= tuple(map(int, version.split("."))), (name, floors[name])
+    pyproject = (BENCHMARKS.parent / "pyproject.toml").read_text()
+    assert '"torch>=2.11.0"' in pyproject

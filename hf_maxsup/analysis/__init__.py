@@ -25,7 +25,7 @@ from .selective import (
     risk_coverage_plot,
     select_logit_norm_p,
 )
-from .transfer import digits_probe_dataset, linear_probe
+from .transfer import digits_probe_dataset, few_shot_probe, linear_probe
 
 __all__ = [
     "aurc",
@@ -35,6 +35,7 @@ __all__ = [
     "find_feature_layer",
     "confidence_stats",
     "digits_probe_dataset",
+    "few_shot_probe",
     "e_aurc",
     "expected_calibration_error",
     "feature_geometry",

@@ -1,9 +1,11 @@
-"""Input conversion and validation shared by the analysis modules."""
+"""What the analysis modules share: converting and checking their inputs, softmax, a new figure."""
 
 import numpy as np
 
+__all__ = ["check_logits_labels", "log_softmax", "new_figure", "softmax", "to_labels", "to_numpy"]
 
-def _to_numpy(x, dtype=np.float64) -> np.ndarray:
+
+def to_numpy(x, dtype=np.float64) -> np.ndarray:
     """Converts a torch tensor, numpy array or nested sequence to a numpy array of `dtype` (`None` keeps it)."""
     # Duck-typed so that the analysis functions work without importing torch.
     if hasattr(x, "detach"):
@@ -13,9 +15,9 @@ def _to_numpy(x, dtype=np.float64) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def _to_labels(labels, n: int, num_classes: int | None = None) -> np.ndarray:
+def to_labels(labels, n: int, num_classes: int | None = None) -> np.ndarray:
     """Converts `labels` to an int64 array of shape (n,), checking its length and range."""
-    raw = _to_numpy(labels, dtype=None)
+    raw = to_numpy(labels, dtype=None)
     if raw.ndim != 1 or raw.shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) to match the first dimension of the inputs, got {raw.shape}.")
     if raw.dtype.kind not in "iub":
@@ -30,9 +32,9 @@ def _to_labels(labels, n: int, num_classes: int | None = None) -> np.ndarray:
     return labels
 
 
-def _check_logits_labels(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+def check_logits_labels(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     """Returns float64 logits (N, K) and int64 labels (N,), raising a ValueError on malformed input."""
-    logits = _to_numpy(logits)
+    logits = to_numpy(logits)
     if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
         raise ValueError(
             f"logits must have shape (N, K) with N >= 1 examples and K >= 2 classes, got {logits.shape}. "
@@ -41,20 +43,23 @@ def _check_logits_labels(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     # -inf is allowed (masked classes); NaN, +inf or a row without any finite logit is not.
     if np.isnan(logits).any() or not np.isfinite(logits.max(axis=1)).all():
         raise ValueError("logits contain NaN, +inf or a row of all -inf; check the model outputs (e.g. fp16 overflow).")
-    return logits, _to_labels(labels, logits.shape[0], logits.shape[1])
+    return logits, to_labels(labels, logits.shape[0], logits.shape[1])
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """The log-softmax of each row of `logits` (N, K), shifted by the row's maximum so that no `exp` overflows."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    return np.exp(_log_softmax(logits))
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """The softmax of each row of `logits` (N, K)."""
+    return np.exp(log_softmax(logits))
 
 
-def _new_figure(ax=None, figsize=(5.0, 4.5)):
+def new_figure(ax=None, figsize=(5.0, 4.5)):
     """Returns (figure, axes): a new Agg-backed figure, or `ax` and its figure."""
+    # matplotlib is optional (the `analysis` extra): imported when a figure is drawn.
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

@@ -7,7 +7,7 @@ in (b/n_bins, (b+1)/n_bins], with 0 put in the first bin, as in Guo et al. (2017
 
 import numpy as np
 
-from ._utils import _check_logits_labels, _log_softmax, _new_figure, _softmax
+from ._utils import check_logits_labels, log_softmax, new_figure, softmax
 
 __all__ = [
     "brier_score",
@@ -48,7 +48,7 @@ def _binned_gap(values: np.ndarray, outcomes: np.ndarray, bin_ids: np.ndarray, n
 def _top1_confidence(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Returns the top-1 softmax probability (N,) and whether the top-1 class is correct, as 0/1 floats (N,)."""
     predictions = logits.argmax(axis=1)
-    confidence = _softmax(logits)[np.arange(len(labels)), predictions]
+    confidence = softmax(logits)[np.arange(len(labels)), predictions]
     return confidence, (predictions == labels).astype(np.float64)
 
 
@@ -72,7 +72,7 @@ def expected_calibration_error(logits, labels, n_bins: int = 15, adaptive: bool 
     Returns:
         `float`: the ECE, in [0, 1].
     """
-    logits, labels = _check_logits_labels(logits, labels)
+    logits, labels = check_logits_labels(logits, labels)
     n_bins = _check_n_bins(n_bins)
     confidence, correct = _top1_confidence(logits, labels)
     bin_ids = _equal_mass_bins(confidence, n_bins) if adaptive else _equal_width_bins(confidence, n_bins)
@@ -96,10 +96,10 @@ def classwise_ece(logits, labels, n_bins: int = 15) -> float:
     Returns:
         `float`: the class-wise ECE, in [0, 1].
     """
-    logits, labels = _check_logits_labels(logits, labels)
+    logits, labels = check_logits_labels(logits, labels)
     n_bins = _check_n_bins(n_bins)
     num_classes = logits.shape[1]
-    probs = _softmax(logits)
+    probs = softmax(logits)
     is_class = (labels[:, None] == np.arange(num_classes)).astype(np.float64)
     # One bincount over K·n_bins (class, bin) cells; dividing by N·K averages the per-class ECEs.
     bin_ids = _equal_width_bins(probs, n_bins) + n_bins * np.arange(num_classes)
@@ -118,8 +118,8 @@ def negative_log_likelihood(logits, labels) -> float:
     Returns:
         `float`: the mean NLL in nats.
     """
-    logits, labels = _check_logits_labels(logits, labels)
-    return float(-_log_softmax(logits)[np.arange(len(labels)), labels].mean())
+    logits, labels = check_logits_labels(logits, labels)
+    return float(-log_softmax(logits)[np.arange(len(labels)), labels].mean())
 
 
 def brier_score(logits, labels) -> float:
@@ -134,8 +134,8 @@ def brier_score(logits, labels) -> float:
     Returns:
         `float`: the Brier score, in [0, 2].
     """
-    logits, labels = _check_logits_labels(logits, labels)
-    residual = _softmax(logits)
+    logits, labels = check_logits_labels(logits, labels)
+    residual = softmax(logits)
     residual[np.arange(len(labels)), labels] -= 1.0
     return float((residual**2).sum(axis=1).mean())
 
@@ -158,7 +158,7 @@ def reliability_bins(logits, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
             - `"accuracy"` (`(n_bins,)`): top-1 accuracy per bin, NaN for an empty bin.
             - `"count"` (`(n_bins,)`, int64): number of examples per bin.
     """
-    logits, labels = _check_logits_labels(logits, labels)
+    logits, labels = check_logits_labels(logits, labels)
     n_bins = _check_n_bins(n_bins)
     confidence, correct = _top1_confidence(logits, labels)
     bin_ids = _equal_width_bins(confidence, n_bins)
@@ -194,7 +194,7 @@ def reliability_diagram(logits, labels, n_bins: int = 15, title: str | None = No
     """
     stats = reliability_bins(logits, labels, n_bins)
     ece = expected_calibration_error(logits, labels, n_bins)
-    fig, ax = _new_figure(ax)
+    fig, ax = new_figure(ax)
     width = 1.0 / len(stats["count"])
     left, filled = stats["edges"][:-1], stats["count"] > 0
     ax.bar(

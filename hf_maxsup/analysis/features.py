@@ -118,29 +118,14 @@ def collect_features(model: nn.Module, dataloader, device=None, feature_layer=No
     handle = layer.register_forward_hook(hook)
     was_training = model.training
     model.eval()
-    features, logits, labels = [], [], []
     try:
-        for batch in dataloader:
-            if not isinstance(batch, Mapping) or "labels" not in batch:
-                raise ValueError(
-                    "each batch must be a dict with a `labels` entry, as built by a Hugging Face data collator."
-                )
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k != "labels"}
-            captured.clear()
-            # Labels are left out of the call so that the model does not compute a loss.
-            outputs = model(**inputs)
-            batch_logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-            if "input" not in captured:
-                raise RuntimeError(f"the feature layer ({type(layer).__name__}) was not called; pass `feature_layer=`.")
-            features.append(_pool(captured["input"], captured["output"], batch_logits).float().cpu().numpy())
-            logits.append(batch_logits.float().cpu().numpy())
-            batch_labels = batch["labels"]
-            labels.append(np.asarray(batch_labels.cpu() if isinstance(batch_labels, torch.Tensor) else batch_labels))
+        outputs = [_batch_outputs(model, layer, captured, batch, device) for batch in dataloader]
     finally:
         handle.remove()
         model.train(was_training)
-    if not features:
+    if not outputs:
         raise ValueError("dataloader yielded no batches.")
+    features, logits, labels = zip(*outputs)
     if sum(map(len, labels)) != sum(map(len, logits)):
         raise ValueError("`labels` must hold one class id per example; token-level labels are not supported.")
     return {
@@ -148,3 +133,22 @@ def collect_features(model: nn.Module, dataloader, device=None, feature_layer=No
         "logits": np.concatenate(logits),
         "labels": np.concatenate(labels).astype(np.int64),
     }
+
+
+def _batch_outputs(model: nn.Module, layer: nn.Module, captured: dict, batch, device) -> tuple[np.ndarray, ...]:
+    """(features, logits, labels) of one batch, its features the input of `layer` that the hook put in `captured`."""
+    if not isinstance(batch, Mapping) or "labels" not in batch:
+        raise ValueError("each batch must be a dict with a `labels` entry, as built by a Hugging Face data collator.")
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k != "labels"}
+    captured.clear()
+    # Labels are left out of the call so that the model does not compute a loss.
+    outputs = model(**inputs)
+    logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+    if "input" not in captured:
+        raise RuntimeError(f"the feature layer ({type(layer).__name__}) was not called; pass `feature_layer=`.")
+    labels = batch["labels"]
+    return (
+        _pool(captured["input"], captured["output"], logits).float().cpu().numpy(),
+        logits.float().cpu().numpy(),
+        np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels),
+    )

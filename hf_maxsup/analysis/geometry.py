@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._utils import _new_figure, _to_labels, _to_numpy
+from ._utils import new_figure, to_labels, to_numpy
 
 __all__ = ["feature_geometry", "penultimate_projection", "projection_plot"]
 
@@ -12,7 +12,7 @@ _CHUNK = 8192
 
 def _check_features(features) -> np.ndarray:
     # Kept in its own dtype: feature_geometry converts to float64 chunk by chunk.
-    features = _to_numpy(features, dtype=None)
+    features = to_numpy(features, dtype=None)
     if features.ndim != 2 or features.shape[0] == 0 or features.dtype.kind not in "fiu":
         raise ValueError(
             f"features must be a real array of shape (N, D) with N >= 1, got {features.dtype} {features.shape}."
@@ -44,7 +44,7 @@ def feature_geometry(features, labels) -> dict[str, float]:
         all features point the same way).
     """
     features = _check_features(features)
-    labels = _to_labels(labels, features.shape[0])
+    labels = to_labels(labels, features.shape[0])
     classes, class_ids = np.unique(labels, return_inverse=True)
     sums = np.zeros((len(classes), features.shape[1]))
     for start in range(0, len(features), _CHUNK):
@@ -83,8 +83,8 @@ def penultimate_projection(features, labels, class_weights, classes) -> tuple[np
         examples of the three classes, in input order.
     """
     features = _check_features(features)
-    labels = _to_labels(labels, features.shape[0])
-    class_weights = _to_numpy(class_weights)
+    labels = to_labels(labels, features.shape[0])
+    class_weights = to_numpy(class_weights)
     if class_weights.ndim != 2 or class_weights.shape[1] != features.shape[1]:
         raise ValueError(
             f"class_weights must have shape (K, {features.shape[1]}) to match the features, got "
@@ -120,11 +120,11 @@ def projection_plot(coords, labels, class_names=None, title: str | None = None, 
     Returns:
         `matplotlib.figure.Figure`: the figure holding the plot.
     """
-    coords = _to_numpy(coords)
+    coords = to_numpy(coords)
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must have shape (M, 2), got {coords.shape}.")
-    labels = _to_labels(labels, coords.shape[0])
-    fig, ax = _new_figure(ax)
+    labels = to_labels(labels, coords.shape[0])
+    fig, ax = new_figure(ax)
     for label in np.unique(labels):
         points = coords[labels == label]
         name = str(label) if class_names is None else class_names[label]

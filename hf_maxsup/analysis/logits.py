@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._utils import _check_logits_labels, _log_softmax
+from ._utils import check_logits_labels, log_softmax
 
 __all__ = ["confidence_stats", "ls_decomposition"]
 
@@ -28,8 +28,8 @@ def confidence_stats(logits, labels) -> dict[str, float]:
             - `"mean_entropy"`: mean entropy of the softmax, in nats.
             - `"mean_logit_gap"`: mean of max_k z_k − mean_k z_k.
     """
-    logits, labels = _check_logits_labels(logits, labels)
-    log_probs = _log_softmax(logits)
+    logits, labels = check_logits_labels(logits, labels)
+    log_probs = log_softmax(logits)
     probs = np.exp(log_probs)
     predictions = logits.argmax(axis=1)
     correct = predictions == labels
@@ -66,7 +66,7 @@ def ls_decomposition(logits, labels) -> dict[str, float]:
     Returns:
         `dict[str, float]`: `"regularization"` and `"error_amplification"`, each the mean over the N examples.
     """
-    logits, labels = _check_logits_labels(logits, labels)
+    logits, labels = check_logits_labels(logits, labels)
     gaps = logits[np.arange(len(labels)), labels][:, None] - logits
     num_classes = logits.shape[1]
     return {

@@ -16,7 +16,7 @@ Conventions used throughout:
 
 import numpy as np
 
-from ._utils import _check_logits_labels, _new_figure, _to_numpy
+from ._utils import check_logits_labels, new_figure, to_numpy
 
 __all__ = [
     "aurc",
@@ -29,8 +29,8 @@ __all__ = [
 
 
 def _check_confidence_correct(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
-    confidence = _to_numpy(confidence)
-    correct = _to_numpy(correct)
+    confidence = to_numpy(confidence)
+    correct = to_numpy(correct)
     if confidence.ndim != 1 or confidence.shape[0] == 0:
         raise ValueError(f"confidence must have shape (N,) with N >= 1, got {confidence.shape}.")
     if correct.shape != confidence.shape:
@@ -124,7 +124,7 @@ def logit_norm_confidence(logits, p: float) -> np.ndarray:
     Returns:
         `np.ndarray` of shape `(N,)`: the confidence of each example.
     """
-    logits = _to_numpy(logits)
+    logits = to_numpy(logits)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must have shape (N, K) with K >= 2, got {logits.shape}.")
     if not p > 0:
@@ -150,7 +150,7 @@ def select_logit_norm_p(logits, labels, ps=range(1, 11)) -> tuple[float, dict[fl
     Returns:
         `tuple[float, dict[float, float]]`: the best p and the AURC of every candidate p.
     """
-    logits, labels = _check_logits_labels(logits, labels)
+    logits, labels = check_logits_labels(logits, labels)
     correct = logits.argmax(axis=1) == labels
     scores = {p: aurc(logit_norm_confidence(logits, p), correct) for p in ps}
     if not scores:
@@ -172,9 +172,9 @@ def risk_coverage_plot(curves: dict, title: str | None = None, ax=None):
     Returns:
         `matplotlib.figure.Figure`: the figure holding the plot.
     """
-    fig, ax = _new_figure(ax)
+    fig, ax = new_figure(ax)
     for name, (coverage, risk) in curves.items():
-        coverage, risk = _to_numpy(coverage), _to_numpy(risk)
+        coverage, risk = to_numpy(coverage), to_numpy(risk)
         if coverage.shape != risk.shape or coverage.ndim != 1:
             raise ValueError(f"curve {name!r}: coverage and risk must be 1-D arrays of equal length.")
         ax.plot(coverage, 100 * risk, label=f"{name} (AURC {100 * risk.mean():.2f}%)")

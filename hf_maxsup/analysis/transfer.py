@@ -5,15 +5,16 @@ features of CIFAR-10 and reports its test accuracy: CE 81.4, LS 74.6, MaxSup 81.
 class to a tight cluster and so discards information that other tasks need; MaxSup keeps more of it.
 
 [`linear_probe`] fits and scores the probe on features you collected (e.g. with [`collect_features`]);
+[`few_shot_probe`] fits it on a few labels per class, averaged over random draws of those labels;
 [`digits_probe_dataset`] is an offline target task for small grayscale image models: scikit-learn's bundled
 handwritten digits, upscaled from 8x8 to the model's input size.
 """
 
 import numpy as np
 
-from ._utils import _to_labels, _to_numpy
+from ._utils import to_labels, to_numpy
 
-__all__ = ["digits_probe_dataset", "linear_probe"]
+__all__ = ["digits_probe_dataset", "few_shot_probe", "linear_probe"]
 
 
 def linear_probe(
@@ -36,25 +37,62 @@ def linear_probe(
     Returns:
         `float`: top-1 accuracy on the test split, in [0, 1].
     """
+    # scikit-learn is optional (the `analysis` extra): imported when a probe is fitted.
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
     except ImportError as err:
         raise ImportError("The linear probe needs scikit-learn: run `pip install hf_maxsup[analysis]`.") from err
-    train_features, test_features = _to_numpy(train_features), _to_numpy(test_features)
+    train_features, test_features = to_numpy(train_features), to_numpy(test_features)
     for name, features in (("train_features", train_features), ("test_features", test_features)):
         if features.ndim != 2 or len(features) == 0 or not np.isfinite(features).all():
             raise ValueError(f"{name} must be a finite array of shape (N, D) with N >= 1, got {features.shape}.")
     if train_features.shape[1] != test_features.shape[1]:
         raise ValueError(f"train and test features differ in width: {train_features.shape} vs {test_features.shape}.")
-    train_labels = _to_labels(train_labels, len(train_features))
-    test_labels = _to_labels(test_labels, len(test_features))
+    train_labels = to_labels(train_labels, len(train_features))
+    test_labels = to_labels(test_labels, len(test_features))
     if len(np.unique(train_labels)) < 2:
         raise ValueError("the probe's training split must hold at least two classes.")
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     probe.fit(train_features, train_labels)
     return float((probe.predict(test_features) == test_labels).mean())
+
+
+def few_shot_probe(
+    train_features, train_labels, test_features, test_labels, shots: int = 20, draws: int = 20, seed: int = 0
+) -> float:
+    """Mean accuracy of [`linear_probe`]s each fitted on `shots` training examples per class (drawn without
+    replacement, the draws fixed by `seed`, so every model is probed on the same examples) and scored on the whole
+    test split, over `draws` draws.
+
+    Args:
+        train_features, train_labels, test_features, test_labels: as for [`linear_probe`].
+        shots (`int`, *optional*, defaults to 20): labelled examples per class in each fit.
+        draws (`int`, *optional*, defaults to 20): fits averaged.
+        seed (`int`, *optional*, defaults to 0): seed of the draws.
+
+    Returns:
+        `float`: the mean test accuracy, in [0, 1].
+
+    Raises:
+        `ValueError`: `shots` or `draws` below 1, or a class with fewer than `shots` training examples.
+    """
+    train_labels = to_labels(train_labels, len(to_numpy(train_features)))
+    classes, counts = np.unique(train_labels, return_counts=True)
+    if shots < 1 or draws < 1:
+        raise ValueError(f"shots and draws must be at least 1; got {shots} and {draws}.")
+    if counts.min() < shots:
+        raise ValueError(
+            f"class {classes[counts.argmin()]} has {counts.min()} training examples, fewer than {shots} shots."
+        )
+    rng = np.random.default_rng(seed)
+    train_features = to_numpy(train_features)
+    accuracies = []
+    for _ in range(draws):
+        chosen = np.concatenate([rng.choice(np.flatnonzero(train_labels == c), shots, replace=False) for c in classes])
+        accuracies.append(linear_probe(train_features[chosen], train_labels[chosen], test_features, test_labels))
+    return float(np.mean(accuracies))
 
 
 def digits_probe_dataset(image_size: int = 28, test_size: float = 0.5, seed: int = 0, max_samples: int | None = None):
@@ -74,11 +112,13 @@ def digits_probe_dataset(image_size: int = 28, test_size: float = 0.5, seed: int
     Returns:
         `datasets.DatasetDict` with `train` and `test` splits, columns `image` (PIL, mode `"L"`) and `label` (`int`).
     """
+    # scikit-learn is optional (the `analysis` extra): imported when the probe data is built.
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as err:
         raise ImportError("The digits probe needs scikit-learn: run `pip install hf_maxsup[analysis]`.") from err
+    # Imported with the probe data: the array functions of this package need neither datasets nor PIL.
     from datasets import Dataset, DatasetDict, Features, Image, Value
     from PIL import Image as PILImage
 

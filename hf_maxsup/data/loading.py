@@ -2,7 +2,8 @@
 
 Every recipe (and every report) gets its data through [`load_task_dataset`]: a dataset on the Hugging Face Hub, local
 data files, an image folder, or, when nothing is given, a small real data set vendored in `hf_maxsup/_embedded/` so
-that the recipes run offline out of the box. [`check_columns`] and [`encode_labels`] check what the recipe reads.
+that the recipes run offline out of the box. [`check_columns`] checks the columns the recipe reads (`labels` its
+class labels).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import datasets
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset
 from PIL import Image
 
-from ..arguments import DataSourceArguments
+from ..arguments import DataSourceArguments, TextColumns
+from .selection import select_splits
 
-__all__ = ["TASKS", "check_columns", "encode_labels", "load_embedded_dataset", "load_task_dataset"]
+__all__ = ["TASKS", "check_columns", "load_embedded_dataset", "load_task_dataset"]
 
 TASKS = ("image-classification", "text-classification", "translation")
 
@@ -133,6 +135,7 @@ def _load_data_files(data_files: dict[str, str], cache_dir: str | None) -> Datas
     try:
         dataset = load_dataset(builder, data_files=data_files, cache_dir=cache_dir)
     except Exception as err:
+        _check_same_column_types(builder, data_files, cache_dir, err)
         cause = _root_cause(err)
         listed = ", ".join(f"--{split}_file {path}" for split, path in data_files.items())
         raise ValueError(
@@ -146,6 +149,35 @@ def _load_data_files(data_files: dict[str, str], cache_dir: str | None) -> Datas
                 f"--{split}_file {data_files[split]} has no rows (only a header?): give a file with at least one row."
             )
     return dataset
+
+
+def _check_same_column_types(builder: str, data_files: dict[str, str], cache_dir: str | None, err: Exception) -> None:
+    """After the files failed to load together, name a column whose values have another type in one file than in
+    another (`datasets` casts every file to the first one's types: integer labels in one and label names in the other
+    fail as a parse error of the second file)."""
+    if len(data_files) < 2:
+        return
+    try:
+        alone = {
+            split: load_dataset(builder, data_files={split: path}, cache_dir=cache_dir)[split].features
+            for split, path in data_files.items()
+        }
+    except Exception:  # a file unreadable on its own: the caller's message names the parser's error
+        return
+    (first, types), *others = alone.items()
+    for split, features in others:
+        for column in [column for column in types if column in features and features[column] != types[column]]:
+            raise ValueError(
+                f"column {column!r} has values of another type in --{split}_file {data_files[split]} "
+                f"({_type_name(features[column])}) than in --{first}_file {data_files[first]} "
+                f"({_type_name(types[column])}), so the files cannot be read as one data set. Write that column "
+                "the same way in every file (e.g. the label names, or their integer ids, in all of them)."
+            ) from err
+
+
+def _type_name(feature) -> str:
+    dtype = str(getattr(feature, "dtype", feature))
+    return "strings" if "string" in dtype else f"{dtype} values"
 
 
 def _image_files(folder: str) -> list[str]:
@@ -225,6 +257,7 @@ def _load_image_folders(task: str, data_dirs: dict[str, str], cache_dir) -> Data
         raise ValueError("--train_dir/--validation_dir (image folders) are only supported for image-classification.")
     for split, path in data_dirs.items():
         _check_image_folder(split, path)
+    _check_same_classes(data_dirs)
     # "**" lets `imagefolder` take the class name from each image's parent folder.
     dataset = load_dataset(
         "imagefolder",
@@ -239,6 +272,23 @@ def _load_image_folders(task: str, data_dirs: dict[str, str], cache_dir) -> Data
             "least two labels."
         )
     return dataset
+
+
+def _check_same_classes(data_dirs: dict[str, str]) -> None:
+    """An evaluation folder's class folders must be among the training folder's: `imagefolder` would make a class of
+    one that only the evaluation folder has, which the model never trains on but is scored on."""
+    classes = {
+        split: {os.path.basename(os.path.dirname(path)) for path in _image_files(folder)}
+        for split, folder in data_dirs.items()
+    }
+    trained = classes.get("train")
+    for split, found in classes.items():
+        if trained is not None and split != "train" and found - trained:
+            raise ValueError(
+                f"--{split}_dir {data_dirs[split]} has class folder(s) {', '.join(sorted(found - trained))} that "
+                f"--train_dir {data_dirs['train']} lacks (it has {', '.join(sorted(trained))}): the model would get "
+                "a class it never trains on, and be scored on it. Remove them, or add training images of them."
+            )
 
 
 def load_task_dataset(
@@ -262,8 +312,10 @@ def load_task_dataset(
        the `imagefolder` builder.
     4. Nothing: the embedded data of [`load_embedded_dataset`].
 
-    When there is a `train` split but no `validation` split, `source.validation_split_percentage` % of `train` is held
-    out (shuffled with `seed`) as `validation`.
+    The splits and columns the source's flags name are kept ([`~hf_maxsup.data.selection.select_splits`]); for text,
+    the text columns no flag named are found in the data ([`~hf_maxsup.arguments.TextColumns.detect_text_columns`]).
+    When there is a `train` split but no `validation` split, `source.validation_fraction()` of `train` is held out
+    (shuffled with `seed`) as `validation`.
 
     Args:
         task (`str`): one of `"image-classification"`, `"text-classification"`, `"translation"`.
@@ -288,9 +340,12 @@ def load_task_dataset(
     _check_task(task)
     source = source or DataSourceArguments()
     data_files = source.data_files()
-    dataset = _load_source(task, source, data_files, image_folders or {}, cache_dir, token)
-    _check_no_empty_cells(dataset, non_empty_columns, data_files)
-    return _hold_out_validation(dataset, source.validation_split_percentage, seed)
+    dataset = select_splits(_load_source(task, source, data_files, image_folders or {}, cache_dir, token), source)
+    if task == "text-classification" and isinstance(source, TextColumns):
+        source.detect_text_columns(dataset["train" if "train" in dataset else next(iter(dataset))].column_names)
+        non_empty_columns = [*non_empty_columns, *source.text_columns(), *filter(None, [source.text_pair_column_name])]
+    _check_no_empty_cells(dataset, dict.fromkeys(non_empty_columns), data_files)
+    return _hold_out_validation(dataset, source.validation_fraction(), seed)
 
 
 def _load_source(task: str, source: DataSourceArguments, data_files: dict, data_dirs: dict, cache_dir, token):
@@ -309,11 +364,11 @@ def _load_source(task: str, source: DataSourceArguments, data_files: dict, data_
     return load_embedded_dataset(task)
 
 
-def _hold_out_validation(dataset: DatasetDict, percentage: int, seed: int) -> DatasetDict:
-    """`dataset` with `percentage` % of `train` held out as `validation` when it has a train split but no validation
-    split (and `percentage` > 0)."""
-    if "train" in dataset and "validation" not in dataset and percentage > 0:
-        split = dataset["train"].train_test_split(test_size=percentage / 100, seed=seed)
+def _hold_out_validation(dataset: DatasetDict, fraction: float, seed: int) -> DatasetDict:
+    """`dataset` with `fraction` of `train` held out as `validation` when it has a train split but no validation
+    split (and `fraction` > 0)."""
+    if "train" in dataset and "validation" not in dataset and fraction > 0:
+        split = dataset["train"].train_test_split(test_size=fraction, seed=seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
     return dataset
 
@@ -341,60 +396,3 @@ def check_columns(dataset: Dataset | DatasetDict, columns: dict[str | None, str]
                 raise ValueError(
                     f"column {column!r} ({flag}) not found{where}; available columns: {', '.join(data.column_names)}"
                 )
-
-
-def _check_two_classes(names: Sequence[str], label_column: str) -> None:
-    if len(names) < 2:
-        raise ValueError(
-            f"label column {label_column!r} has {len(names)} class{'es' if len(names) != 1 else ''} "
-            f"({', '.join(names) or 'none'}) over all splits: with one class ce, ls and maxsup are 0 at every step "
-            "and nothing is learnt. Give data with at least two classes, or check --label_column_name."
-        )
-
-
-def encode_labels(dataset: DatasetDict, label_column: str = "label") -> tuple[DatasetDict, list[str]]:
-    """
-    Return the label names of a classification dataset, encoding the label column as a `ClassLabel` if needed.
-
-    A `ClassLabel` column is kept as is. A string or integer column is encoded over all splits together so that
-    every split uses the same ids: the names are the sorted unique values (integers sorted numerically, then turned
-    into strings) and each value is replaced by its index in that list.
-
-    Args:
-        dataset ([`~datasets.DatasetDict`]):
-            The data.
-        label_column (`str`, *optional*, defaults to `"label"`):
-            The label column.
-
-    Returns:
-        `tuple[DatasetDict, list[str]]`: the dataset with a `ClassLabel` label column, and the label names.
-    """
-    splits = [data for data in dataset.values() if label_column in data.column_names]
-    if not splits:
-        raise ValueError(f"Label column {label_column!r} not found in any split.")
-    feature = splits[0].features[label_column]
-    if isinstance(feature, ClassLabel):
-        _check_two_classes(feature.names, label_column)
-        return dataset, list(feature.names)
-    dtype = getattr(feature, "dtype", None)
-    if dtype not in ("string", "large_string") and not str(dtype).startswith(("int", "uint")):
-        raise ValueError(
-            f"Label column {label_column!r} has type {feature}; "
-            "only ClassLabel, string or integer labels are supported."
-        )
-    values = sorted({value for data in splits for value in data.unique(label_column)})
-    names = [str(value) for value in values]
-    _check_two_classes(names, label_column)
-    index = {value: i for i, value in enumerate(values)}
-    encoded = DatasetDict()
-    for split, data in dataset.items():
-        if label_column in data.column_names:
-            features = data.features.copy()
-            features[label_column] = ClassLabel(names=names)
-            data = data.map(
-                lambda batch: {label_column: [index[value] for value in batch[label_column]]},
-                batched=True,
-                features=features,
-            )
-        encoded[split] = data
-    return encoded, names

@@ -8,26 +8,23 @@
 The names below are imported on first use, so that reading a card's metadata does not import torch.
 """
 
-from .._lazy import lazy_exports
+from ..lazy import lazy_exports
 
-# public name -> the module of this package that defines it
+# each module of this package -> the public names it defines
 _EXPORTS = {
-    "CardOptions": "card",
-    "RELIABILITY_DIAGRAM": "card",
-    "TEMPLATE_NAME": "card",
-    "write_model_card": "card",
-    "load_for_analysis": "load",
-    "describe_loss": "metadata",
-    "loss_metadata": "metadata",
-    "read_card_metadata": "metadata",
-    "HUB_ERRORS": "push",
-    "PICKLE_PATTERNS": "push",
-    "HubPushError": "push",
-    "PickleFreeUploads": "push",
-    "failure_message": "push",
-    "uploads_without_pickles": "push",
+    "card": ("CardOptions", "RELIABILITY_DIAGRAM", "TEMPLATE_NAME", "write_model_card"),
+    "load": ("load_for_analysis",),
+    "metadata": ("describe_loss", "loss_metadata", "read_card_metadata"),
+    "push": (
+        "HUB_ERRORS",
+        "PICKLE_PATTERNS",
+        "HubPushError",
+        "PickleFreeUploads",
+        "failure_message",
+        "uploads_without_pickles",
+    ),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

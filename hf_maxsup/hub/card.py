@@ -4,8 +4,8 @@
 `push_to_hub` uploads it with the weights, the processor and the metric files of the output directory. The card is
 rendered from the Jinja template `model_cards/maxsup_model_card.md.jinja` (shipped in the package as
 `hf_maxsup/templates/maxsup_model_card.md.jinja`): task, base model, dataset, the loss and the alpha schedule,
-hyper-parameters, every evaluation metric (also as `model-index` results), the reliability diagram when one was saved,
-intended use and limitations, and the MaxSup citation.
+hyper-parameters, the evaluation metrics and, when the run predicted, the test metrics (both also as `model-index`
+results), the reliability diagram when one was saved, intended use and limitations, and the MaxSup citation.
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ def write_model_card(trainer, output_dir: str | None = None, **options) -> Model
     Everything comes from the trainer: the loss and alpha schedule from its `MaxSupLossFunc` (the one
     [`MaxSupTrainer`] builds, or one given to a plain `Trainer` as `compute_loss_func`), the evaluation metrics from
     the last evaluation in `trainer.state.log_history` (every `eval_<name>` except the loss and its logged
-    components; with `predict_with_generate`, `eval_loss` is the token-level NLL and is recorded as `nll`), the
+    components; with `predict_with_generate`, `eval_loss` is the token-level NLL and is recorded as `nll`; the history
+    has one row per step), the test metrics of the trainer's last `predict` on a test set (MaxSupTrainer's
+    `test_results`: the recipes' `predict_*`, also as `model-index` results of that split), the
     hyper-parameters from `trainer.args`, the teacher and its settings of a distilled run from
     `trainer.distillation` (the hyper-parameters and the `hf_maxsup_distillation` metadata). For a PEFT model, the
     card keeps the fields `peft` writes (`library_name`, `base_model`, its tags) and adds ours.
@@ -168,7 +170,9 @@ def _run_facts(trainer, output_dir: str) -> dict:
         ),
         # MaxSupTrainer's teacher and settings; a plain Trainer has none.
         "distillation": getattr(trainer, "distillation", None),
-        "evaluations": [entry for entry in state.log_history if _metrics(entry)],
+        "evaluations": _one_per_step(entry for entry in state.log_history if _metrics(entry)),
+        # MaxSupTrainer's last prediction on a test set (the recipes' --do_predict); a plain Trainer keeps none.
+        "test_results": getattr(trainer, "test_results", None),
         "predict_with_generate": getattr(args, "predict_with_generate", False),
         "eval_split": str(eval_split) if eval_split else None,
         "hyperparameters": extract_hyperparameters_from_trainer(trainer),
@@ -238,6 +242,9 @@ def _render_card(run: dict, options: CardOptions) -> ModelCard:
     model_name = options.model_name or (hub_model_id.split("/")[-1] if hub_model_id else run["run_name"])
     evaluations = run["evaluations"]
     results = _final_results(evaluations, run["predict_with_generate"])
+    test_results, test_split = _test_results(run["test_results"])
+    model_index = _eval_results(results, task, options, run["eval_split"])
+    model_index += _eval_results(test_results, task, options, test_split)
     card_data = ModelCardData(
         model_name=model_name,
         base_model=finetuned_from,
@@ -247,7 +254,7 @@ def _render_card(run: dict, options: CardOptions) -> ModelCard:
         tags=_card_tags(run["loss"]["name"], options.tags, run["model_tags"], run["distillation"]),
         datasets=_as_list(options.dataset_tags) or None,
         pipeline_tag=task if task in _PIPELINE_TAGS else None,
-        eval_results=_eval_results(results, task, options, run["eval_split"]) or None,
+        eval_results=model_index or None,
         # Machine-readable loss settings, for tools that compare runs.
         hf_maxsup={**run["loss_metadata"], **({"history": options.loss_history} if options.loss_history else {})},
         # Beside hf_maxsup, whose settings a resumed run must match: a teacher is not part of the loss's identity.
@@ -270,6 +277,8 @@ def _render_card(run: dict, options: CardOptions) -> ModelCard:
         results_step=evaluations[-1].get("step") if evaluations else None,
         eval_split=run["eval_split"],
         history=[{"epoch": e.get("epoch"), "step": e.get("step"), "values": _metrics(e)} for e in evaluations],
+        test_results=test_results,
+        test_split=test_split,
         history_columns=results,
         reliability_diagram=RELIABILITY_DIAGRAM if run["has_reliability_diagram"] else None,
         hyperparameters=_hyperparameters(run),
@@ -313,7 +322,26 @@ def _final_results(evaluations: list[dict], predict_with_generate: bool) -> list
     # token-level NLL of the references, which does compare across training losses.
     if evaluations and predict_with_generate and "eval_loss" in evaluations[-1]:
         final.setdefault("nll", float(evaluations[-1]["eval_loss"]))
-    return [{"type": key, "name": _METRIC_NAMES.get(key, key), "value": value} for key, value in final.items()]
+    return _named(final)
+
+
+def _test_results(test: dict | None) -> tuple[list[dict], str | None]:
+    """The metrics of the trainer's last prediction on a test set (`{"split", "prefix", "metrics"}`), named for the
+    card, and the split's name (`test` when the data does not say)."""
+    if not test:
+        return [], None
+    return _named(_metrics(test["metrics"], prefix=f"{test['prefix']}_")), str(test["split"] or "test")
+
+
+def _named(metrics: dict[str, float]) -> list[dict]:
+    """The metrics as the card lists them: type, display name, value."""
+    return [{"type": key, "name": _METRIC_NAMES.get(key, key), "value": value} for key, value in metrics.items()]
+
+
+def _one_per_step(entries) -> list[dict]:
+    """The evaluations, one per step (the last logged): the recipes log their final evaluation again at the step of
+    the last one made during training."""
+    return list({entry.get("step"): entry for entry in entries}.values())
 
 
 def _eval_results(results: list[dict], task: str | None, options: CardOptions, eval_split) -> list[EvalResult]:
@@ -358,12 +386,13 @@ def _merge_peft_card_fields(card_data: ModelCardData, peft_fields: dict) -> None
     card_data.pipeline_tag = peft_fields["pipeline_tag"] or card_data.pipeline_tag
 
 
-def _metrics(entry: dict) -> dict[str, float]:
+def _metrics(entry: dict, prefix: str = "eval_") -> dict[str, float]:
+    """The metrics of a log entry (`eval_<name>`, or `<prefix><name>`), without Trainer bookkeeping or the loss."""
     return {
-        key.removeprefix("eval_"): float(value)
+        key.removeprefix(prefix): float(value)
         for key, value in entry.items()
-        if key.startswith("eval_")
-        and key.removeprefix("eval_") not in _NOT_METRICS
+        if key.startswith(prefix)
+        and key.removeprefix(prefix) not in _NOT_METRICS
         and isinstance(value, (int, float))
         and not isinstance(value, bool)
     }

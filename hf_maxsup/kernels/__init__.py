@@ -14,14 +14,20 @@ Layout, one idea per module:
   `torch` otherwise (and for float64); `HF_MAXSUP_BACKEND=auto|c|triton|torch` forces one; [`kernel_info`] says
   which backend serves a device and why the faster ones do not; [`check_environment`] checks the engine's
   environment variables before any work.
-- `function.py`: one call, [`fused_loss`] (rows laid out without copies for views, the backend's pass, the
-  autograd `Function`) and [`rows_loss_and_grad_`] (one pass over rows a caller chunks itself).
+- `ops.py`: the engine as torch operators (`hf_maxsup::fused_loss`, `fused_loss_`, `scale_grad_`) with fake
+  implementations, what `torch.compile`, meta tensors and `torch.export` see; [`rows_loss_and_grad_`] (one pass
+  over rows a caller chunks itself).
+- `function.py`: one call, [`fused_loss`]: the operators under the autograd `Function` (in `torch.func`'s form),
+  in place or not; `differentiable.py`: the gradient as differentiable formulas, for double backward and soft
+  targets that require grad.
+- `linear.py`: [`fused_linear_loss`], the loss of `hidden @ weight.T + bias` chunk by chunk, as operators too.
 - `reduction.py`: the one reduction of the backends' sums (`mean`, `sum`, `none`, `num_items_in_batch`, from
   device tensors), the logged means and the gradient's scale.
 - the backends: `_c.py` + `csrc/fused_loss.c` (the one-pass C kernel on CPU tensors, built on first use by
-  `_cbuild.py` into a private, hash-verified cache), `_triton.py` (the Triton kernels on GPUs, and the list of
-  their compiled variants that `python -m hf_maxsup.kernels --aot sm_80,sm_90` checks), `_torch.py` (chunked
-  PyTorch on any device); `_layout.py`: row strides, so that views need no copy.
+  `_cbuild.py` into a private, hash-verified cache), `_triton.py` (the Triton backend on GPUs: its launcher and the
+  list of the compiled variants that `python -m hf_maxsup.kernels --aot sm_80,sm_90` checks; the kernels in
+  `_triton_kernels.py`), `_torch.py` (chunked PyTorch on any device); `_layout.py`: row strides, so that views need
+  no copy.
 """
 
 from .dispatch import BACKENDS, check_environment, kernel_info, select_backend

@@ -13,7 +13,7 @@ import torch
 
 from . import differentiable, ops
 from ._layout import writable_in_place
-from .reduction import component_means
+from .reduction import component_means, num_items_operands
 
 __all__ = ["fused_loss", "refuse_vmap"]
 
@@ -157,10 +157,7 @@ def fused_loss(
     """
     refuse_vmap(logits, target, teacher)
     hard = not target.is_floating_point()
-    if isinstance(num_items_in_batch, torch.Tensor):
-        num_items, num_items_value = num_items_in_batch, None
-    else:
-        num_items, num_items_value = None, None if num_items_in_batch is None else float(num_items_in_batch)
+    num_items, num_items_value = num_items_operands(num_items_in_batch)
     settings = (loss, float(alpha), ignore_index, reduction, float(distill_alpha), float(temperature))
     want_split = return_components and loss == "ls" and hard
     target_grad = not hard and target.requires_grad

@@ -42,9 +42,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..loss_names import LOSS_NAMES
+
 __all__ = ["LOSS_CODES", "LOSS_NAMES", "SUMS", "Backend", "LossJob"]
 
-LOSS_NAMES = ("ce", "ls", "maxsup")
 # The integer code of each loss in the kernels: `K_CE`, `K_LS`, `K_MAXSUP` in csrc/fused_loss.c, Triton's `KIND`.
 LOSS_CODES = {loss: code for code, loss in enumerate(LOSS_NAMES)}
 # The order of the sums every backend returns.

@@ -22,7 +22,7 @@ from torch import Tensor
 from . import ops
 from .function import refuse_vmap
 from .job import SUMS
-from .reduction import denominator, grad_scales, sums_dtype
+from .reduction import denominator, grad_scales, num_items_operands, sums_dtype
 
 __all__ = ["fused_linear_loss"]
 
@@ -239,10 +239,7 @@ def fused_linear_loss(
         `tuple[torch.Tensor, torch.Tensor]`: the loss, and the `totals` of the components (see `ops.py`).
     """
     refuse_vmap(hidden, weight, labels)
-    if isinstance(num_items_in_batch, Tensor):
-        num_items, num_items_value = num_items_in_batch, None
-    else:
-        num_items, num_items_value = None, None if num_items_in_batch is None else float(num_items_in_batch)
+    num_items, num_items_value = num_items_operands(num_items_in_batch)
     settings = (loss, float(alpha), ignore_index, reduction, chunk_size)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if needs_grad:

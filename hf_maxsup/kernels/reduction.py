@@ -9,7 +9,7 @@ import torch
 
 from .job import SUMS
 
-__all__ = ["component_means", "denominator", "grad_scales", "sums_dtype"]
+__all__ = ["component_means", "denominator", "grad_scales", "num_items_operands", "sums_dtype"]
 
 # float16 gradients are stored times a power of two (undone in backward), so that small probabilities divided by
 # the item count do not flush to zero before the loss scale is applied.
@@ -24,6 +24,14 @@ def sums_dtype(device: torch.device) -> torch.dtype:
     if device.type == "xpu" and not getattr(torch.xpu.get_device_properties(device), "has_fp64", True):
         return torch.float32
     return torch.float64
+
+
+def num_items_operands(num_items_in_batch) -> tuple[torch.Tensor | None, float | None]:
+    """`num_items_in_batch` as the operators take it: `(tensor, None)`, `(None, float)` or `(None, None)`, a tensor
+    and a number being distinct arguments of a torch operator."""
+    if isinstance(num_items_in_batch, torch.Tensor):
+        return num_items_in_batch, None
+    return None, None if num_items_in_batch is None else float(num_items_in_batch)
 
 
 def denominator(reduction: str, num_items_in_batch, n_kept: torch.Tensor) -> torch.Tensor | None:

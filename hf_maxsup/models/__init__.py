@@ -12,6 +12,13 @@ from .image import build_image_model
 from .lora import apply_lora
 from .pretrained import check_model_name_or_path
 from .text import build_text_model
-from .translation import build_translation_model
+from .translation import build_translation_model, fit_to_model
 
-__all__ = ["apply_lora", "build_image_model", "build_text_model", "build_translation_model", "check_model_name_or_path"]
+__all__ = [
+    "apply_lora",
+    "build_image_model",
+    "build_text_model",
+    "build_translation_model",
+    "check_model_name_or_path",
+    "fit_to_model",
+]

@@ -12,7 +12,7 @@ from transformers import (
 )
 from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
 
-from .pretrained import from_pretrained, label_maps, pretrained_classifier
+from .pretrained import classifier_config, label_maps, load_pretrained
 
 __all__ = ["FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "build_image_model"]
 
@@ -29,6 +29,9 @@ def build_image_model(
     cache_dir: str | None = None,
     token: str | bool | None = None,
     architecture: str = "convnext",
+    *,
+    image_processor_name: str | None = None,
+    **pretrained,
 ):
     """
     Build an image classifier and its image processor.
@@ -43,22 +46,22 @@ def build_image_model(
         labels (`Sequence[str]`):
             Class names; index i is label id i.
         model_name_or_path (`str`, *optional*):
-            Local directory or Hub id of a checkpoint; its classification head is replaced when the number of labels
-            differs.
+            Local directory or Hub id of a checkpoint.
         image_size (`int`, *optional*, defaults to 28):
             Input side of the default model.
         num_channels (`int`, *optional*, defaults to 1):
             Input channels of the default model (1 for grayscale data, 3 for colour data).
-        cache_dir (`str`, *optional*):
-            Cache of Hub downloads.
-        token (`str` or `bool`, *optional*):
-            Hub token.
+        cache_dir (`str`, *optional*), token (`str` or `bool`, *optional*):
+            Cache of Hub downloads, and Hub token.
         architecture (`str`, *optional*, defaults to `"convnext"`):
             Default model built without `model_name_or_path`: `"convnext"` (above) or `"resnet"`, a basic-block
             ResNet (widths 32/64/128, one block each, 0.3M parameters) whose stride-4 stem works on 7x7 maps: about
             6 times as many training steps per second on a CPU, for training to convergence in a few minutes; or
             `"resnet-small"`, the same ResNet at half the widths (16/32/64, 0.08M parameters), e.g. the student of
             a `"resnet"` teacher in distillation.
+        image_processor_name (`str`, *optional*), **pretrained:
+            With `model_name_or_path`, how it is loaded: see [`~hf_maxsup.models.pretrained.load_pretrained`]
+            (`config_name`, `ignore_mismatched_sizes`, `revision`, `trust_remote_code`).
 
     Returns:
         `tuple[PreTrainedModel, BaseImageProcessor]`
@@ -66,20 +69,30 @@ def build_image_model(
     if architecture not in ("convnext", "resnet", "resnet-small"):
         raise ValueError(f"architecture {architecture!r}: choose 'convnext', 'resnet' or 'resnet-small'.")
     if model_name_or_path is not None:
-        hub = {"cache_dir": cache_dir, "token": token}
-        model = pretrained_classifier(
-            AutoModelForImageClassification, model_name_or_path, "image-classification", labels, **hub
+        config = classifier_config("image-classification", labels)
+        hub = {"cache_dir": cache_dir, "token": token, **pretrained}
+        return load_pretrained(
+            AutoModelForImageClassification,
+            AutoImageProcessor,
+            model_name_or_path,
+            image_processor_name,
+            config_kwargs=config,
+            **hub,
         )
-        return model, from_pretrained(AutoImageProcessor.from_pretrained, model_name_or_path, **hub)
+    model = _scratch_image_model(architecture, labels, image_size, num_channels)
+    return model, _scratch_image_processor(image_size, num_channels)
 
+
+def _scratch_image_processor(image_size: int, num_channels: int) -> ConvNextImageProcessorPil:
+    """The processor of the from-scratch default of [`build_image_model`]: resized to `image_size`, normalised with
+    the Fashion-MNIST statistics."""
     # The PIL backend needs no torchvision; crop_pct=1 turns ConvNeXt's resize-then-crop into a plain resize.
-    image_processor = ConvNextImageProcessorPil(
+    return ConvNextImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_pct=1.0,
         image_mean=[FASHION_MNIST_MEAN] * num_channels,
         image_std=[FASHION_MNIST_STD] * num_channels,
     )
-    return _scratch_image_model(architecture, labels, image_size, num_channels), image_processor
 
 
 def _scratch_image_model(architecture: str, labels: Sequence[str], image_size: int, num_channels: int):

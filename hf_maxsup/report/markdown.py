@@ -1,7 +1,8 @@
-"""The Markdown report and `results.json`: the tables, the regime check and the claims in words, the figures.
+"""The Markdown of the reports and their `results.json`: tables, the claims and the regime check in words, the files.
 
-[`write_report`] writes the report of classifiers; its pieces ([`summary_table`], [`check_line`], [`regime_lines`],
-[`run_table`], [`results_content`], [`write_files`]) serve the translation and distillation reports too.
+The pieces every task's report is made of ([`Column`], [`summary_table`], [`run_table`], [`claims_lines`],
+[`regime_lines`], [`opening_lines`], [`write_files`]); [`side_by_side`] is the frame of the reports that set groups of
+runs side by side, around each task's tables ([`~hf_maxsup.report.classification.write_report`], ...).
 """
 
 from __future__ import annotations
@@ -9,41 +10,67 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from .figures import save_figures
 from .runs import RunResult
-from .summary import (
-    REGIME_METRICS,
-    TABLE_METRICS,
-    Column,
-    format_summary,
-    maxsup_ls_note,
-    paper_checks,
-    regime_check,
-    summarize,
-    summarize_runs,
-)
+from .significance import PAIRED
+from .stats import Claim, format_summary, paper_checks, regime_check, summarize, summarize_runs
 
 __all__ = [
-    "REPORT_FILES",
+    "Column",
     "check_line",
+    "claims_intro",
+    "claims_lines",
+    "format_p",
     "json_safe",
     "markdown_table",
     "opening_lines",
+    "percent",
     "regime_lines",
-    "results_content",
     "run_table",
+    "side_by_side",
     "summary_table",
     "training_time_line",
     "write_files",
-    "write_report",
 ]
 
-REPORT_FILES = ("report.md", "results.json", "reliability_diagrams.png", "projections.png", "risk_coverage.png")
+
+class Column(NamedTuple):
+    """A column of the report's tables: the metric, its header, and how it is shown (`value * scale` with `decimals`
+    decimals).
+
+    Args:
+        key (`str`): the metric's key in a run's `metrics`.
+        header (`str`): the column's header.
+        scale (`float`, *optional*, defaults to 1.0): e.g. 100 for a percentage.
+        decimals (`int`, *optional*, defaults to 3)
+    """
+
+    key: str
+    header: str
+    scale: float = 1.0
+    decimals: int = 3
+
+    def format(self, summary: dict[str, float]) -> str:
+        """The summary of this metric over runs as `"mean ± std"`, see [`format_summary`]."""
+        return format_summary(summary, self.scale, self.decimals)
+
+    def format_value(self, value: float) -> str:
+        """One run's value of this metric (`"—"` when it is NaN)."""
+        return self.format(summarize([value]))
+
+    def renamed(self, key: str, header: str) -> Column:
+        """The same display for another metric, e.g. the teacher's accuracy beside the student's."""
+        return Column(key, header, self.scale, self.decimals)
+
+
+def percent(key: str, header: str) -> Column:
+    """A column of a fraction shown in % with two decimals; the header gets its "(%)"."""
+    return Column(key, f"{header} (%)", 100.0, 2)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -53,32 +80,90 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def check_line(check: dict, columns: Sequence[Column] = (*TABLE_METRICS, *REGIME_METRICS)) -> str:
-    """A claim as a Markdown list item: both means ± std (scaled as in `columns`), agrees or not, the spread."""
-    scale, decimals = next(((s, d) for key, _, s, d in columns if key == check["metric"]), (1.0, 3))
+def format_p(p: float) -> str:
+    """A p-value in three decimals, or in scientific notation below 0.001."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.1e}"
 
-    def value(mean, std):
-        text = f"{mean * scale:.{decimals}f}"
-        return text if not math.isfinite(std) else f"{text} ± {std * scale:.{decimals}f}"
 
-    verdict = "agrees" if check["agrees"] else "**disagrees**"
-    if check["beyond_spread"] is None:
-        spread = "one run per loss: spread unknown"
+def _test_words(check: dict, scale: float, decimals: int) -> str:
+    """The test behind a claim's verdict in words: the difference with its 95 % interval, the test, its p-values."""
+    difference = f"difference {check['difference'] * scale:+.{decimals}f}"
+    if check["difference"] == 0:
+        return "equal means"
+    if check["p_value"] is None:
+        return f"{difference}; fewer than two runs on a side"
+    interval = f"95 % CI {check['ci_low'] * scale:+.{decimals}f} to {check['ci_high'] * scale:+.{decimals}f}"
+    if check["test"] == PAIRED:
+        test = f"paired t-test over {check['n']} " + ("seeds" if check["paired_seeds"] is not None else "runs")
     else:
-        spread = (
-            "difference beyond the seeds' spread" if check["beyond_spread"] else "difference within the seeds' spread"
-        )
-    metrics = check["metric"] if check["metric_b"] == check["metric"] else f"{check['metric']} vs {check['metric_b']}"
-    note = f" ({check['note']})" if check.get("note") else ""
+        test = f"Welch t-test, {check['n_a']} vs {check['n_b']} runs"
     return (
-        f"- {check['claim']}: {check['a']} {value(check['mean_a'], check['std_a'])} vs {check['b']} "
-        f"{value(check['mean_b'], check['std_b'])} ({metrics}) — {verdict}; {spread}{note}."
+        f"{difference} ({interval}); {test}, p = {format_p(check['p_value'])}, Holm-adjusted "
+        f"p = {format_p(check['p_adjusted'])}"
     )
 
 
+def check_line(check: dict, columns: Sequence[Column]) -> str:
+    """A claim as a Markdown list item: both means ± std (scaled as in the column of its metric among `columns`), the
+    difference with its 95 % interval, the test and its p-values, and the verdict (see [`~hf_maxsup.report.stats`])."""
+    scale, decimals = next(((s, d) for key, _, s, d in columns if key == check["metric"]), (1.0, 3))
+
+    def value(mean, std, n):
+        text = f"{mean * scale:.{decimals}f}"
+        return f"{text} (1 run)" if n < 2 else f"{text} ± {std * scale:.{decimals}f} ({n} runs)"
+
+    metrics = check["metric"] if check["metric_b"] == check["metric"] else f"{check['metric']} vs {check['metric_b']}"
+    note = f" ({check['note']})" if check.get("note") else ""
+    return (
+        f"- {check['claim']}: {check['a']} {value(check['mean_a'], check['std_a'], check['n_a'])} vs {check['b']} "
+        f"{value(check['mean_b'], check['std_b'], check['n_b'])} ({metrics}) — {_test_words(check, scale, decimals)}: "
+        f"**{check['verdict']}**{note}."
+    )
+
+
+def claims_intro(checks: Sequence[dict]) -> str:
+    """How the claims below were tested and what their verdicts mean."""
+    claims = f"{len(checks)} claim" + ("s" if len(checks) != 1 else "")
+    return (
+        f"Each claim is tested on the runs ({claims}): a paired t-test on the per-seed differences when "
+        "both groups hold the same seeds (the same seed gives the same initialisation and data order), Welch's "
+        "t-test otherwise; two-sided, with Holm's correction across these claims. Verdict at the 5 % level of the "
+        "adjusted p: **supported**, **contradicted** (significant the other way), **not significant** "
+        '(**consistent** for an "at least" claim), **untestable** with fewer than two runs on a side, **tie** '
+        "for equal means."
+    )
+
+
+def _gap_words(gap: dict, test: dict) -> str:
+    """CE's confidence − accuracy over its runs with the one-sample t-test against 0."""
+    text = f"confidence − accuracy {format_summary(gap, 1.0, 3)}"
+    if test["p_value"] is None:
+        return f"{text}, one run: untestable"
+    return (
+        f"{text} over {gap['n']} runs, 95 % CI {test['ci_low']:+.3f} to {test['ci_high']:+.3f}, one-sample t-test "
+        f"against 0: p = {format_p(test['p_value'])}"
+    )
+
+
+def _regime_verdict(regime: dict) -> str:
+    """What the regime check concludes, saying only what was measured."""
+    if regime["in_regime"]:
+        return (
+            " CE is over-confident and fits its training set: the regime in which the papers measured their "
+            "effects, where label smoothing improves calibration by lowering the confidence."
+        )
+    if regime["over_confident"] and regime["in_regime"] is None:
+        return (
+            " CE is over-confident, as in the regime in which the papers measured their effects; its training "
+            "accuracy was not measured."
+        )
+    return ""
+
+
 def regime_lines(summary: dict, regime: dict | None) -> list[str]:
-    """The regime check in words: CE's confidence against its accuracy and its training accuracy, and a warning when
-    the run is outside the papers' regime."""
+    """The regime check in words: CE's confidence against its accuracy with its test, its training accuracy and each
+    group's misclassified training rows (when measured), and a warning when the run is outside the papers' regime.
+    Each sentence only when its quantity was measured."""
     if regime is None:
         return []
     ce, gap, train = summary["ce"], regime["confidence_minus_accuracy"], regime["train_accuracy"]
@@ -87,25 +172,29 @@ def regime_lines(summary: dict, regime: dict | None) -> list[str]:
         for label, metrics in summary.items()
         if label != "ce" and metrics.get("mean_confidence", {}).get("n")
     )
-    spread = {
-        None: "one run: spread unknown",
-        True: "beyond its spread over seeds",
-        False: "within its spread over seeds",
-    }[regime["beyond_spread"]]
+    measured = ce.get("mean_confidence", {}).get("n") and ce.get("accuracy", {}).get("n")
     text = (
-        f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
-        f"{100 * ce['accuracy']['mean']:.1f} % (confidence − accuracy {format_summary(gap, 1.0, 3)}, {spread})"
+        (
+            f"CE's mean top-1 confidence is {100 * ce['mean_confidence']['mean']:.1f} % for an accuracy of "
+            f"{100 * ce['accuracy']['mean']:.1f} % ({_gap_words(gap, regime['test'])})"
+            if measured
+            else f"CE's {_gap_words(gap, regime['test'])}"
+        )
         + (f"; mean confidence of {others}" if others else "")
         + (f". CE's training accuracy: {format_summary(train, 100.0, 2)} %" if train["n"] else "")
         + "."
     )
-    if regime["in_regime"]:
+    misclassified = regime.get("train_misclassified") or {}
+    if misclassified:
         text += (
-            " CE is over-confident and fits its training set: the regime in which the papers measured their "
-            "effects, where label smoothing improves calibration by lowering the confidence."
+            " Training rows misclassified (label not the top-1 logit), mean of the logged fraction over training: "
+            + ", ".join(f"{label} {format_summary(value, 100.0, 1)} %" for label, value in misclassified.items())
+            + ". MaxSup's term differs from LS's only on such rows."
         )
-        return ["## Regime check", "", text, ""]
-    return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
+    text += _regime_verdict(regime)
+    if regime["in_regime"] is False:
+        return ["## Regime check", "", text, "", f"> **Warning**: {regime['warning']}", ""]
+    return ["## Regime check", "", text, ""]
 
 
 def training_time_line(paths: Sequence[str]) -> str | None:
@@ -126,8 +215,10 @@ def training_time_line(paths: Sequence[str]) -> str | None:
     )
 
 
-def summary_table(summary: dict, first: str, columns: Sequence[Column]) -> str:
-    """One row per group: its number of runs and the mean ± std of each (key, header, scale, decimals) column."""
+def summary_table(summary: dict, first: str, columns: Sequence[Column], count: str = "runs") -> str:
+    """One row per group: its number of runs (headed `count`) and the mean ± std of each (key, header, scale,
+    decimals) column; a column no group measured is left out."""
+    columns = [c for c in columns if any(metrics.get(c.key, {}).get("n") for metrics in summary.values())]
     rows = [
         [
             label,
@@ -136,7 +227,7 @@ def summary_table(summary: dict, first: str, columns: Sequence[Column]) -> str:
         ]
         for label, metrics in summary.items()
     ]
-    return markdown_table([first, "runs", *(column.header for column in columns)], rows)
+    return markdown_table([first, count, *(column.header for column in columns)], rows)
 
 
 def json_safe(value):
@@ -153,7 +244,9 @@ def json_safe(value):
 
 
 def run_table(results: Sequence[RunResult], columns: Sequence[Column]) -> str:
-    """One row per run: its name, its checkpoint and its value of each column."""
+    """One row per run: its name, its checkpoint and its value of each column; a column no run measured is left
+    out."""
+    columns = [c for c in columns if any(summarize([r.metrics.get(c.key, float("nan"))])["n"] for r in results)]
     rows = [
         [result.name, f"`{result.path}`", *(c.format_value(result.metrics.get(c.key, float("nan"))) for c in columns)]
         for result in results
@@ -175,20 +268,62 @@ def opening_lines(title: str, command: str | None, data_note: str | None, summar
     return lines
 
 
-def results_content(
+def claims_lines(source: str, checks: Sequence[dict], columns: Sequence[Column]) -> list[str]:
+    """The section of the papers' claims: how they were tested ([`claims_intro`]), then each claim with its verdict
+    ([`check_line`], its metric scaled as in `columns`)."""
+    return [
+        f"## What {source} report, and what these runs show",
+        "",
+        claims_intro(checks),
+        "",
+        *(check_line(check, columns) for check in checks),
+        "",
+    ]
+
+
+def side_by_side(
     results: Sequence[RunResult],
     columns: Sequence[Column],
-    summary: dict,
-    checks: list[dict],
-    regime: dict | None,
+    claims: Sequence[Claim],
+    body: Callable[[dict, list[dict], dict | None], list[str]],
+    *,
     title: str,
-    command: str | None,
-    data_note: str | None,
-    extra: dict | None,
-    **more,
-) -> dict:
-    """The content of `results.json`: the report's settings, every run, the summaries and the checks."""
-    return {
+    command: str | None = None,
+    data_note: str | None = None,
+    notes: Sequence[str] = (),
+    extra: dict | None = None,
+    training_time: str | None = None,
+    before_runs: Sequence[str] = (),
+    more: dict | None = None,
+) -> tuple[list[str], dict]:
+    """The lines of `report.md` and the content of `results.json` of a report that sets groups of runs side by side.
+
+    `report.md`: the opening ([`opening_lines`]), `body(summary, checks, regime)` (the task's tables and claims: the
+    runs summarised per group, `claims` tested on them, the regime check, see [`~hf_maxsup.report.stats`]), the notes,
+    the training time, `before_runs` and one row per run with `columns`. `results.json`: the settings and `extra`,
+    every run, the summary, the checks, the regime check, `more`, the notes and the training time.
+
+    Args:
+        results (`Sequence[RunResult]`): the runs; columns (`Sequence[Column]`): the metrics of the table of runs.
+        claims (`Sequence[Claim]`): the task's claims; body (`Callable`): its sections.
+        title (`str`): the report's title; command (`str`, *optional*): the command line that made it.
+        data_note (`str`, *optional*): what the runs were evaluated on, in words.
+        notes (`Sequence[str]`): paragraphs after the claims (e.g. the recipe and its arguments).
+        extra (`dict`, *optional*): more settings recorded in `results.json` (e.g. the data options).
+        training_time (`str`, *optional*): the line of the training time; by default summed from the runs' folders
+            ([`training_time_line`]), which a re-analysis of runs whose folders are gone cannot do.
+        before_runs (`Sequence[str]`), more (`dict`, *optional*): the task's lines before the table of runs, and its
+            entries of `results.json`.
+    """
+    summary = summarize_runs(results)
+    checks = paper_checks(results, claims)
+    regime = regime_check(summary)
+    lines = [*opening_lines(title, command, data_note, summary), *body(summary, checks, regime)]
+    lines += [*notes, ""] if notes else []
+    time_line = training_time or training_time_line([result.path for result in results])
+    lines += [time_line, ""] if time_line else []
+    lines += [*before_runs, "## Every run", "", run_table(results, columns), ""]
+    content = {
         "title": title,
         "command": command,
         "data": data_note,
@@ -198,8 +333,11 @@ def results_content(
         "summary": summary,
         "checks": checks,
         "regime": regime,
-        **more,
+        **(more or {}),
+        "notes": list(notes),
+        "training_time": time_line,
     }
+    return lines, content
 
 
 def write_files(output_dir: str, lines: Sequence[str], content: dict) -> dict:
@@ -210,99 +348,3 @@ def write_files(output_dir: str, lines: Sequence[str], content: dict) -> dict:
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(content), f, indent=2)
     return content
-
-
-# The papers' own numbers, for scale beside these runs' claims.
-PAPERS_SCALE = (
-    "For scale: MaxSup paper, ResNet-50 on ImageNet: d_within / R² CE 0.331 / 0.445, LS 0.254 / 0.461, MaxSup "
-    "0.300 / 0.497; linear probe on CIFAR-10 CE 81.4, LS 74.6, MaxSup 81.0. Müller et al.: ECE 0.071 → 0.035 with LS "
-    "(Inception-v4, ImageNet)."
-)
-
-
-def _table_lines(summary: dict, regime: dict | None, first: str) -> list[str]:
-    """The two tables of the classification report, each with the words it needs, and the regime check."""
-    return [
-        (
-            "Lower is better for NLL, ECE, AURC and the confidence on errors; d_within is the intra-class cosine "
-            "distance of the normalised penultimate features, R² = 1 − d_within/d_total their inter-class "
-            "separability; the linear probe is a logistic regression on the frozen penultimate features of "
-            "scikit-learn's digits (8×8 upscaled to the model's input), scored on held-out digits."
-        ),
-        "",
-        summary_table(summary, first, TABLE_METRICS),
-        "",
-        (
-            "The regime and the numbers behind the last checks: confidence − accuracy > 0 is over-confidence; the "
-            "training accuracy is measured on training examples; the logit-normalised AURC ranks by "
-            "max_k (z_k − μ)/‖z − μ‖_p (Xia et al. 2024) with p chosen on held-out data; the LS error amplification is "
-            "the term the LS run logged during training (mean over its logging windows)."
-        ),
-        "",
-        summary_table(summary, first, REGIME_METRICS),
-        "",
-        *regime_lines(summary, regime),
-    ]
-
-
-def _figure_lines(figures: dict, class_names: Sequence[str], projection_classes: Sequence[int]) -> list[str]:
-    """The figures' section: each figure under the sentence that says what it shows."""
-    lines = ["## Figures", "", "Reliability diagrams (15 equal-width bins; counts on top of the bars):", ""]
-    lines += [f"![reliability diagrams]({figures['reliability']})", ""]
-    if "projections" in figures:
-        classes = ", ".join(class_names[c] for c in projection_classes)
-        lines += [
-            (
-                f"Penultimate features of the classes {classes} projected on the plane through their templates "
-                "(Müller et al. 2019):"
-            ),
-            "",
-            f"![projections]({figures['projections']})",
-            "",
-        ]
-    return [*lines, "Risk-coverage curves:", "", f"![risk-coverage]({figures['risk_coverage']})", ""]
-
-
-def write_report(
-    results: Sequence[RunResult],
-    output_dir: str,
-    *,
-    title: str = "CE / LS / MaxSup side by side",
-    command: str | None = None,
-    data_note: str | None = None,
-    notes: Sequence[str] = (),
-    projection_classes: Sequence[int] = (0, 1, 2),
-    extra: dict | None = None,
-) -> dict:
-    """Writes `report.md`, `results.json` and the figures of analysed runs (as [`analyze_run`] returns them).
-
-    `report.md`: one row per group of runs (a loss, over its seeds) with accuracy, NLL, ECE, adaptive ECE, AURC,
-    d_within, R², mean confidence on errors and the digits linear probe, as mean ± standard deviation; a second table
-    for the regime check (CE's confidence − accuracy and training accuracy, with a warning when CE is not
-    over-confident or does not fit its training set) and the logit-normalised AURC and logged LS error amplification;
-    the claims of the papers, each agreeing or not and beyond the seeds' spread or not; the figures; one row per run.
-
-    Returns:
-        `dict`: the content of `results.json`.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    summary = summarize_runs(results)
-    checks = paper_checks(summary)
-    regime = regime_check(summary)
-    figures = save_figures(results, output_dir, projection_classes)
-    lines = opening_lines(title, command, data_note, summary)
-    lines += _table_lines(summary, regime, "loss" if set(summary) <= {"ce", "ls", "maxsup"} else "model")
-    if checks:
-        lines += ["## What the papers report, and what these runs show", ""]
-        lines += [*(check_line(check) for check in checks), ""]
-        note = maxsup_ls_note(summary)
-        lines += [note, "", PAPERS_SCALE, ""] if note else [PAPERS_SCALE, ""]
-    lines += [*notes, ""] if notes else []
-    time_line = training_time_line([result.path for result in results])
-    lines += [time_line, ""] if time_line else []
-    lines += _figure_lines(figures, results[0].class_names, projection_classes)
-    lines += ["## Every run", "", run_table(results, TABLE_METRICS), ""]
-    content = results_content(
-        results, TABLE_METRICS, summary, checks, regime, title, command, data_note, extra, figures=figures
-    )
-    return write_files(output_dir, lines, content)

@@ -62,7 +62,9 @@ def option_flags(options: type, *, recipe: bool) -> list[tuple[tuple[str, ...], 
         help_text = spec.metadata["help"]
         if default not in (None, ""):
             help_text = f"{help_text.rstrip('.')} (default: {shown})."
-        names = (spec.metadata.get("flag") or spec.name, *spec.metadata.get("aliases", ()))
+        # A recipe's aliases are written as HfArgumentParser takes them ("--name"), the report's without dashes.
+        aliases = [alias.lstrip("-") for alias in spec.metadata.get("aliases", ())]
+        names = (spec.metadata.get("flag") or spec.name, *aliases)
         flags.append((tuple(f"--{name}" for name in names), {**kwargs, "type": kind, "help": help_text}))
     return flags
 
@@ -116,6 +118,13 @@ class DataOptions(SourceOptions, ImageColumns, TextColumns):
     probe_samples: int | None = option(
         None, "Use a stratified subset of this many digits for the linear probe (default: all 1,797)."
     )
+    probe_shots: int | None = option(
+        None,
+        "Fit the linear probe on this many labelled digits per class (a few-shot probe, averaged over "
+        "--probe_draws draws) instead of the whole training half.",
+        metavar="N",
+    )
+    probe_draws: int = option(20, "Draws of the few-shot probe averaged.", metavar="N")
     train_samples: int = option(
         2000, "Training examples on which the regime check measures the training accuracy; 0 skips it."
     )

@@ -3,38 +3,36 @@
 [`analyze_translation_checkpoints`] loads each sequence-to-sequence checkpoint with its tokenizer, and on the same
 evaluation split (the source's `test` split by default):
 
-- runs the model teacher-forced on the references: the token-level NLL of the references, and the next-token
-  predictions (top-1 softmax probability against whether it is the reference token) for the token-level accuracy,
-  mean confidence and ECE (15 equal-width bins, as Müller et al. 2019 measure translation calibration);
+- runs the model (loaded with [`~hf_maxsup.hub.load_for_analysis`]: safetensors only, no remote code)
+  teacher-forced on the references: the token-level NLL of the references, and the next-token predictions (top-1
+  softmax probability against whether it is the reference token) for the token-level accuracy, mean confidence and
+  ECE (15 equal-width bins, as Müller et al. 2019 measure translation calibration);
 - generates translations (beam search with `num_beams`) and scores them with sacreBLEU's default BLEU and chrF;
 
 then writes `report.md` (table of mean ± std over seeds, the regime check, the claims of Müller et al. 2019) and
-`results.json` into one folder. `hf-maxsup compare` calls it when the recipe trains a translation model.
+`results.json` into one folder. `hf-maxsup compare` calls it when the recipe trains a translation model. A new claim
+is one [`~hf_maxsup.report.stats.Claim`] in [`TRANSLATION_CLAIMS`].
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
+from transformers import DataCollatorForSeq2Seq, EvalPrediction
 
-from .evaluate import RECIPE_SEED, batches, evaluate_all, evaluation_split, load_source, resolve_device
-from .markdown import (
-    check_line,
-    opening_lines,
-    regime_lines,
-    results_content,
-    run_table,
-    summary_table,
-    training_time_line,
-    write_files,
-)
+from ..data import translation_preprocess_function
+from ..metrics import translation_compute_metrics
+from .claims import TRANSLATION_CLAIMS
+from .device import resolve_device
+from .evaluate import RECIPE_SEED, analyze_all, batches, evaluation_split, load_checkpoint, load_source
+from .markdown import Column, claims_lines, percent, regime_lines, side_by_side, summary_table, write_files
 from .options import TranslationDataOptions
 from .runs import Run, RunResult
-from .summary import Column, paper_checks, percent, regime_check, summarize_runs
 
 __all__ = [
-    "TRANSLATION_CLAIMS",
     "TRANSLATION_METRICS",
     "analyze_translation_checkpoints",
     "analyze_translation_run",
@@ -50,22 +48,6 @@ TRANSLATION_METRICS = (
     percent("token_ece", "token-level ECE"),
     percent("accuracy", "next-token accuracy"),
     Column("mean_confidence", "mean next-token confidence"),
-)
-
-# Müller, Kornblith, Hinton 2019 (EN-DE Transformer): BLEU improves with LS while the NLL of the references gets
-# worse, and the token-level ECE drops from 0.056 to 0.019.
-TRANSLATION_CLAIMS = (
-    ("LS improves BLEU over CE (Müller et al. 2019)", "bleu", "ls", ">", "ce", None),
-    ("LS makes the references' NLL worse than CE's (Müller et al. 2019)", "nll", "ls", ">", "ce", None),
-    (
-        "LS improves token-level calibration: lower ECE of the next-token predictions (Müller et al. 2019: 0.056 → "
-        "0.019)",
-        "token_ece",
-        "ls",
-        "<",
-        "ce",
-        None,
-    ),
 )
 
 
@@ -95,12 +77,8 @@ def token_calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
 
 def _encoded_batches(model, tokenizer, raw, data: TranslationDataOptions):
     """Padded batches of `input_ids`, `attention_mask` and `labels` (-100 on padding), as the recipe trains on."""
-    from transformers import DataCollatorForSeq2Seq
-
-    from ..data import translation_preprocess_function
-
     encoded = raw.map(
-        translation_preprocess_function(tokenizer, data),
+        translation_preprocess_function(tokenizer, data, evaluation=True),
         batched=True,
         remove_columns=raw.column_names,
     )
@@ -109,11 +87,6 @@ def _encoded_batches(model, tokenizer, raw, data: TranslationDataOptions):
 
 def _score_batches(model, tokenizer, batches, data: TranslationDataOptions, device: str) -> dict[str, float]:
     """Teacher-forced NLL and token calibration of the references, and BLEU / chrF of the generations."""
-    import torch
-    from transformers import EvalPrediction
-
-    from ..metrics import translation_compute_metrics
-
     nll, confidence, correct, generated, references = [], [], [], [], []
     for batch in batches:
         batch = {key: value.to(device) for key, value in batch.items()}
@@ -131,7 +104,7 @@ def _score_batches(model, tokenizer, batches, data: TranslationDataOptions, devi
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 num_beams=data.num_beams,
-                max_new_tokens=data.max_target_length,
+                max_new_tokens=data.eval_target_length(),
             ).cpu()
         )
         references += list(labels.cpu())
@@ -161,12 +134,14 @@ def analyze_translation_run(
         log (`Callable`): progress messages.
         device (`str`, *optional*): where the model runs (default: see [`resolve_device`]).
     """
-    import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
     device = resolve_device(device)
-    model = AutoModelForSeq2SeqLM.from_pretrained(run.path, token=data.token).eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(run.path, token=data.token)
+    model, tokenizer, _ = load_checkpoint(
+        run.path,
+        device,
+        data.token,
+        tasks=("text2text-generation",),
+        covers="sequence-to-sequence (translation) models",
+    )
     split, raw = eval_data(RECIPE_SEED if run.seed is None else run.seed)
     log(f"  evaluating {run.path} on the {split} split ({len(raw)} pairs, beam {data.num_beams})")
     with torch.inference_mode():
@@ -182,22 +157,9 @@ def analyze_translation_run(
     )
 
 
-def write_translation_report(
-    results: Sequence[RunResult],
-    output_dir: str,
-    *,
-    title: str = "CE / LS / MaxSup translation side by side",
-    command: str | None = None,
-    data_note: str | None = None,
-    notes: Sequence[str] = (),
-    extra: dict | None = None,
-) -> dict:
-    """Writes `report.md` and `results.json` of analysed translation runs; returns the content of `results.json`."""
-    summary = summarize_runs(results)
-    checks = paper_checks(summary, TRANSLATION_CLAIMS)
-    regime = regime_check(summary)
-    lines = opening_lines(title, command, data_note, summary)
-    lines += [
+def _sections(summary: dict, checks: list[dict], regime: dict | None) -> list[str]:
+    """The table of the translation report with the words it needs, the regime check and the claims."""
+    lines = [
         (
             "BLEU and chrF: sacreBLEU defaults on the generations. The NLL, next-token accuracy, confidence and ECE "
             "are of the model run teacher-forced on the references (every kept target token; ECE over 15 equal-width "
@@ -209,51 +171,63 @@ def write_translation_report(
         *regime_lines(summary, regime),
     ]
     if checks:
-        lines += ["## What Müller et al. 2019 report, and what these runs show", ""]
-        lines += [*(check_line(check, TRANSLATION_METRICS) for check in checks), ""]
-    lines += [*notes, ""] if notes else []
-    time_line = training_time_line([result.path for result in results])
-    lines += [time_line, ""] if time_line else []
-    lines += ["## Every run", "", run_table(results, TRANSLATION_METRICS), ""]
-    content = results_content(results, TRANSLATION_METRICS, summary, checks, regime, title, command, data_note, extra)
+        lines += claims_lines("Müller et al. 2019", checks, TRANSLATION_METRICS)
+    return lines
+
+
+def write_translation_report(
+    results: Sequence[RunResult],
+    output_dir: str,
+    *,
+    title: str = "CE / LS / MaxSup translation side by side",
+    **settings,
+) -> dict:
+    """Writes `report.md` and `results.json` of analysed translation runs.
+
+    Args:
+        title (`str`): the report's title.
+        **settings: `command`, `data_note`, `notes`, `extra` and `training_time`, as
+            [`~hf_maxsup.report.markdown.side_by_side`] takes them.
+
+    Returns:
+        `dict`: the content of `results.json`.
+    """
+    lines, content = side_by_side(results, TRANSLATION_METRICS, TRANSLATION_CLAIMS, _sections, title=title, **settings)
     return write_files(output_dir, lines, content)
 
 
+def _data_note(data: TranslationDataOptions, results: Sequence[RunResult]) -> str:
+    """What the runs were evaluated on, in words: the source, each split and its size, the languages and the beam."""
+    origin = data.dataset_name or data.test_file or data.validation_file or "the embedded Bible en→fr pairs"
+    splits = sorted({(result.split, result.num_examples) for result in results})
+    pairs = f"{data.source_lang}→{data.target_lang}"
+    note = "; ".join(f"{origin}, {split} split ({n} pairs, {pairs}), beam {data.num_beams}" for split, n in splits)
+    return f"Evaluated on {note}."
+
+
 def analyze_translation_checkpoints(
-    runs: Sequence[Run],
-    output_dir: str,
-    data: TranslationDataOptions | None = None,
-    *,
-    device: str | None = None,
-    log: Callable = print,
-    **report_kwargs,
+    runs: Sequence[Run], output_dir: str, data: TranslationDataOptions | None = None, **kwargs
 ) -> dict:
     """Evaluates every translation checkpoint on the same data and writes the report (see the module docstring).
 
     Args:
-        runs (`Sequence[Run]`), output_dir (`str`), device (`str`, *optional*), log (`Callable`): as for
-            [`~hf_maxsup.report.analyze_checkpoints`].
+        runs (`Sequence[Run]`), output_dir (`str`): as for [`~hf_maxsup.report.classification.analyze_checkpoints`].
         data ([`TranslationDataOptions`], *optional*): evaluation data and generation (default: the embedded pairs).
-        **report_kwargs: passed to [`write_translation_report`] (`title`, `command`, `notes`, `extra`).
+        **kwargs: `device` and `log`, as [`~hf_maxsup.report.evaluate.analyze_all`] takes them, and the keywords of
+            [`write_translation_report`] (`title`, `command`, `notes`, `extra`).
 
     Returns:
         `dict`: the content of `results.json`.
     """
     data = data or TranslationDataOptions()
-    device = resolve_device(device)
-    cache = {}
-
-    def eval_data(seed):
-        # Only a validation split cut from train depends on the training seed.
-        if seed not in cache:
-            cache[seed] = evaluation_split(load_source("translation", data, seed), data)
-        return cache[seed]
-
-    results = evaluate_all(runs, lambda run: analyze_translation_run(run, data, eval_data, log, device=device), log)
-    origin = data.dataset_name or data.test_file or data.validation_file or "the embedded Bible en→fr pairs"
-    splits = sorted({(result.split, result.num_examples) for result in results})
-    pairs = f"{data.source_lang}→{data.target_lang}"
-    note = "; ".join(f"{origin}, {split} split ({n} pairs, {pairs}), beam {data.num_beams}" for split, n in splits)
-    report_kwargs.setdefault("data_note", f"Evaluated on {note}.")
-    extra = {"data_options": data.to_json(), **(report_kwargs.pop("extra", None) or {})}
-    return write_translation_report(results, output_dir, extra=extra, **report_kwargs)
+    # Loaded once per seed: only a validation split cut from train depends on the training seed.
+    eval_data = functools.cache(lambda seed: evaluation_split(load_source("translation", data, seed), data))
+    return analyze_all(
+        runs,
+        output_dir,
+        data,
+        lambda run, device, log: analyze_translation_run(run, data, eval_data, log, device=device),
+        functools.partial(_data_note, data),
+        write_translation_report,
+        **kwargs,
+    )

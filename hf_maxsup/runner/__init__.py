@@ -2,8 +2,12 @@
 [`RunPlan`] it returns, and call [`run`].
 
 - `parse`: the flags (or a config file), the recipes' defaults, the launch checks, logging.
-- `output_dir`: the lock, complete checkpoints, overwrite refusal, which checkpoint a run resumes (no torch import).
-- `resume`: a resumed checkpoint's loss history and whether its weights fit.
+- `output_dir`: the lock, complete checkpoints, overwrite refusal, which checkpoint a run resumes, which model an
+  evaluation-only run evaluates (no torch import).
+- `checkpoint_files`: whether a checkpoint's files can be read, checked without loading them (no torch import).
+- `storage`: whether a run can write where it writes (`--output_dir`, the datasets cache), and a full disk named.
+- `resume`: a resumed checkpoint's loss history and length, whether its weights fit, and whether a saved classifier
+  fits the data it evaluates.
 - `engines`: the engine's name and the FSDP fixes.
 - `flow`: `start` -> `RunPlan` -> `run`, and the helpers a script builds with.
 
@@ -13,15 +17,16 @@ The names below are imported on first use, so that `hf_maxsup.runner.output_dir`
 in torch.
 """
 
-from .._lazy import lazy_exports
+from ..lazy import lazy_exports
 
 # The modules of this package, and the names a recipe script (or a tool) uses of each.
-_PUBLIC = {
+_EXPORTS = {
     "flow": [
         "RunPlan",
         "start",
         "run",
         "build_with_shared_tokenizer",
+        "card_arguments",
         "data_source",
         "maybe_lora",
         "reliability_diagram_writer",
@@ -30,9 +35,8 @@ _PUBLIC = {
     "engines": ["describe_engine", "fsdp_layers_to_wrap", "prepare_engine"],
     "output_dir": ["earlier_run_files", "last_complete_checkpoint"],
     "parse": ["parse_args", "recipe_defaults"],
+    "resume": ["check_evaluated_labels", "labelled_data"],
 }
-_EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names}
-
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

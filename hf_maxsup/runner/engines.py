@@ -101,8 +101,7 @@ def prepare_engine(trainer) -> None:
     """
     state = trainer.accelerator.state
     if state.is_main_process:
-        # A warning, as the transformers examples log their process summary: visible at the default log level.
-        logger.warning(f"engine: {describe_engine(state)}")
+        logger.info(f"engine: {describe_engine(state)}")
     if state.distributed_type != DistributedType.FSDP:
         return
     # Imported under FSDP only: torch.distributed's FSDP is not part of every torch build.

@@ -9,13 +9,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import datasets
 from datasets import DatasetDict
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 
 from ..analysis import reliability_diagram
 from ..arguments import DataArguments, ImageColumns, ModelArguments, RunArguments
 from ..auto import unwrap_peft
-from ..data import check_columns, load_task_dataset
+from ..data import check_columns, limit_samples, load_task_dataset
 from ..hub import RELIABILITY_DIAGRAM, HubPushError
 from ..kernels import check_environment
 from ..models import apply_lora, check_model_name_or_path
@@ -24,15 +25,20 @@ from .output_dir import (
     WEIGHTS,
     claim_output_dir,
     drop_incomplete_checkpoints,
+    last_complete_checkpoint,
+    model_to_evaluate,
     refuse_to_overwrite,
     release_output_dir,
+    saved_model,
 )
 from .parse import parse_args
-from .resume import check_checkpoint_fits, loss_history
+from .resume import ScheduleLengthCheck, check_checkpoint_fits, loss_history
+from .storage import check_writable_folder, full_disk_error
 
 __all__ = [
     "RunPlan",
     "build_with_shared_tokenizer",
+    "card_arguments",
     "data_source",
     "describe_model",
     "load_data",
@@ -53,6 +59,7 @@ class RunPlan:
     run continues, with its loss history. The script builds on it; [`run`] carries it out.
 
     Attributes:
+        task (`str`): the recipe's task, e.g. `"text-classification"`.
         model_args, data_args, training_args, run_args: the parsed flags.
         raw (`datasets.DatasetDict`): the loaded data, `train`, `validation` and possibly `test`.
         checkpoint (`str`, *optional*): the checkpoint `--resume_from_checkpoint` resolved to (`last`: the newest
@@ -61,6 +68,7 @@ class RunPlan:
             when they never changed.
     """
 
+    task: str
     model_args: ModelArguments
     data_args: DataArguments
     training_args: TrainingArguments
@@ -84,10 +92,12 @@ def start(task: str, model_type: type, data_type: type, training_type: type) -> 
     """
     model_args, data_args, training_args, run_args = parse_args(model_type, data_type, training_type, RunArguments)
     check_environment()  # the loss engine's HF_MAXSUP_* variables, before any work
+    for flag, why in model_args.unused_flags().items():
+        logger.warning(f"{flag} has no effect: {why}.")
     checkpoint, history = preflight(model_args, training_args, run_args)
     set_seed(training_args.seed)
     raw = load_data(task, data_args, model_args, seed=training_args.seed)
-    return RunPlan(model_args, data_args, training_args, run_args, raw, checkpoint, history)
+    return RunPlan(task, model_args, data_args, training_args, run_args, raw, checkpoint, history)
 
 
 def preflight(model_args: ModelArguments, training_args, run_args: RunArguments) -> tuple[str | None, list[dict]]:
@@ -96,8 +106,10 @@ def preflight(model_args: ModelArguments, training_args, run_args: RunArguments)
     Checks `--model_name_or_path` (a local-looking path must exist), `--resume_from_checkpoint` (`last` becomes the
     newest complete checkpoint, a folder must be complete; `training_args.resume_from_checkpoint` is set to the
     folder, as the Trainer's loggers and saved arguments record it), the loss settings of a resumed checkpoint, and
-    whether training would overwrite an earlier run; the main process locks `output_dir` for the rest of its life
-    (released at the end of [`run`]).
+    whether training would overwrite an earlier run; the main process checks that it can write in `output_dir` and
+    locks it for the rest of its life (released at the end of [`run`]). A run that does not train evaluates the model
+    `output_dir` holds, if any (`model_args.model_name_or_path` is set to it; see
+    [`~hf_maxsup.runner.output_dir.model_to_evaluate`]).
 
     Returns:
         `tuple[str | None, list[dict]]`: the checkpoint to resume from, and its loss history (see
@@ -114,6 +126,16 @@ def preflight(model_args: ModelArguments, training_args, run_args: RunArguments)
     if checkpoint is None:
         if training_args.do_train:
             refuse_to_overwrite(output_dir, run_args.overwrite_output_dir, is_main=is_main)
+        elif training_args.do_eval or training_args.do_predict:
+            splits = [
+                split
+                for split, asked in (("eval", training_args.do_eval), ("predict", training_args.do_predict))
+                if asked
+            ]
+            given = model_args.model_name_or_path
+            model_args.model_name_or_path = model_to_evaluate(output_dir, given, splits, run_args.overwrite_output_dir)
+            if model_args.model_name_or_path != given:
+                logger.warning(f"no --do_train: evaluating the model saved in {output_dir}.")
         return None, []
     history = loss_history(checkpoint, training_args, run_args.allow_loss_change)
     if is_main:
@@ -122,17 +144,23 @@ def preflight(model_args: ModelArguments, training_args, run_args: RunArguments)
 
 
 def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, seed: int = 42):
-    """Load the task's data (see [`hf_maxsup.data.load_task_dataset`]), check the named columns and truncate splits.
+    """Load the task's data (see [`hf_maxsup.data.load_task_dataset`]), check the named columns and keep the
+    examples the run uses ([`hf_maxsup.data.limit_samples`]).
 
     Args:
         task (`str`): `"image-classification"`, `"text-classification"` or `"translation"`.
         data_args ([`DataArguments`]), model_args ([`ModelArguments`]): the parsed arguments; the task's subclass of
             `DataArguments` names the columns it reads (`columns()`), the image task's its image folders too.
+        seed (`int`): the run's seed: that of the held-out validation split and of the examples drawn at random.
 
     Returns:
         `datasets.DatasetDict` with `train`, `validation` and possibly `test`.
     """
-    columns = data_args.columns()
+    check_writable_folder(
+        model_args.cache_dir or str(datasets.config.HF_DATASETS_CACHE),
+        "the datasets cache",
+        "set HF_DATASETS_CACHE (or HF_HOME) to a folder you can write to, or pass --cache_dir",
+    )
     raw = load_task_dataset(
         task,
         data_args,
@@ -140,24 +168,16 @@ def load_data(task: str, data_args: DataArguments, model_args: ModelArguments, s
         cache_dir=model_args.cache_dir,
         token=model_args.token,
         seed=seed,
-        non_empty_columns=[column for column in columns if column is not None],
+        non_empty_columns=[column for column in data_args.columns() if column is not None],
     )
-    check_columns(raw, columns)
+    check_columns(raw, data_args.columns())  # the text columns found in the data too
     for split, fix in (
         ("train", "--train_file (or --train_dir, --dataset_name)"),
-        ("validation", "--validation_file, or --validation_split_percentage above 0"),
+        ("validation", "--validation_file, or --train_val_split above 0"),
     ):
         if split not in raw:
             raise ValueError(f"the data has no {split} split (it has: {', '.join(raw) or 'none'}); pass {fix}.")
-    limits = {
-        "train": data_args.max_train_samples,
-        "validation": data_args.max_eval_samples,
-        "test": data_args.max_predict_samples,
-    }
-    for split, limit in limits.items():
-        if split in raw and limit is not None:
-            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
-    return raw
+    return limit_samples(raw, data_args, seed)
 
 
 def data_source(data_args: DataArguments, embedded: str) -> dict:
@@ -183,19 +203,42 @@ def data_source(data_args: DataArguments, embedded: str) -> dict:
     return {"dataset": f"local data ({', '.join(given)})" if given else embedded}
 
 
-def tokenize(raw, preprocess, data_args: DataArguments, training_args):
-    """Every split of `raw` through the batched `preprocess` (one of `hf_maxsup.data`'s preprocess functions), the
-    raw columns dropped; the main process first, so that the other processes read its cache.
+def card_arguments(plan: RunPlan, embedded: str) -> dict:
+    """The model-card arguments every recipe gives [`run`]: the data the run trained on ([`data_source`]), the model
+    it was fine-tuned from and its task.
+
+    Args:
+        plan ([`RunPlan`]): what [`start`] settled.
+        embedded (`str`): the name of the embedded data, used when no source was given.
+    """
+    return {
+        **data_source(plan.data_args, embedded),
+        "finetuned_from": plan.model_args.model_name_or_path,
+        "tasks": plan.task,
+    }
+
+
+def tokenize(raw, preprocess, data_args: DataArguments, training_args, eval_preprocess=None):
+    """Every split of `raw` through the batched `preprocess` (one of `hf_maxsup.data`'s preprocess functions), or
+    the evaluation and test splits through `eval_preprocess` when given, the raw columns dropped; the main process
+    first, so that the other processes read its cache (which `--overwrite_cache` recomputes).
 
     Returns:
         `datasets.DatasetDict`: the tokenized splits.
     """
     with training_args.main_process_first(desc="tokenization"):
-        return raw.map(
-            preprocess,
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
+        # Split by split: a test split without labels has fewer columns to remove.
+        return DatasetDict(
+            {
+                split: data.map(
+                    preprocess if split == "train" or eval_preprocess is None else eval_preprocess,
+                    batched=True,
+                    num_proc=data_args.preprocessing_num_workers,
+                    remove_columns=data.column_names,
+                    load_from_cache_file=not data_args.overwrite_cache,
+                )
+                for split, data in raw.items()
+            }
         )
 
 
@@ -266,9 +309,8 @@ def _log_start(trainer, card_kwargs: dict) -> None:
         for name, data in (("train", trainer.train_dataset), ("validation", trainer.eval_dataset))
         if data
     )
-    # Warnings, as the engine line: the recipes log at the warning level unless --log_level says otherwise.
-    logger.warning(f"model: {describe_model(trainer.accelerator.unwrap_model(trainer.model))}")
-    logger.warning(f"data: {card_kwargs.get('dataset')} ({sizes} examples)")
+    logger.info(f"model: {describe_model(trainer.accelerator.unwrap_model(trainer.model))}")
+    logger.info(f"data: {card_kwargs.get('dataset')} ({sizes} examples)")
 
 
 def _log_outputs(output_dir: str) -> None:
@@ -284,7 +326,7 @@ def _log_outputs(output_dir: str) -> None:
         )
     }
     listed = "; ".join(f"{what}: {', '.join(names)}" for what, names in found.items() if names)
-    logger.warning(f"outputs in {os.path.abspath(output_dir)}: {listed or 'none'}")
+    logger.info(f"outputs in {os.path.abspath(output_dir)}: {listed or 'none'}")
 
 
 def _push_last(trainer, output_dir: str, card_kwargs: dict) -> None:
@@ -298,10 +340,12 @@ def _push_last(trainer, output_dir: str, card_kwargs: dict) -> None:
         ) from err.__cause__
 
 
-def _train(trainer, checkpoint: str | None) -> dict:
-    """Train (from `checkpoint` when resuming), save the final model, the metrics and the state."""
+def _train(trainer, plan: RunPlan) -> dict:
+    """Train (from the plan's checkpoint when resuming), save the final model, the metrics and the state."""
+    checkpoint = plan.checkpoint
     if checkpoint is not None:
         check_checkpoint_fits(trainer.model, checkpoint)
+        trainer.add_callback(ScheduleLengthCheck(plan, trainer))
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     save_final_model(trainer)
     metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
@@ -326,6 +370,8 @@ def _evaluate(trainer, eval_dataset, on_eval: Callable | None) -> dict:
 
 def _predict(trainer, predict_dataset) -> dict:
     output = trainer.predict(predict_dataset, metric_key_prefix="predict")
+    if output.label_ids is None:
+        logger.warning(f"predicted {len(predict_dataset)} examples without labels: no metrics but the run time.")
     metrics = {**output.metrics, "predict_samples": len(predict_dataset)}
     trainer.log_metrics("predict", metrics)
     trainer.save_metrics("predict", metrics)
@@ -350,23 +396,51 @@ def run(trainer, plan: RunPlan, eval_dataset=None, predict_dataset=None, card_kw
     Returns:
         `dict`: all metrics (train, eval, predict).
     """
-    training_args = plan.training_args
-    card_kwargs = {**(card_kwargs or {}), "loss_history": plan.loss_history or None}
-    results = {}
+    training_args, output_dir = plan.training_args, plan.training_args.output_dir
+    card_kwargs = card_kwargs or {}
+    # A run that only evaluates the model a finished run saved keeps that run's card: its own state knows no training.
+    write_card = training_args.do_train or not saved_model(output_dir)
     prepare_engine(trainer)
     if trainer.is_world_process_zero():
         _log_start(trainer, card_kwargs)
-    trainer.create_model_card(**card_kwargs)
+    try:
+        results = _carry_out(trainer, plan, eval_dataset, predict_dataset, card_kwargs if write_card else None, on_eval)
+    except (OSError, RuntimeError) as err:
+        if (full := full_disk_error(err, output_dir, _going_on(output_dir, training_args.do_train))) is None:
+            raise
+        raise full from err
+    if training_args.push_to_hub:
+        _push_last(trainer, output_dir, _card(card_kwargs, plan))
+    if trainer.is_world_process_zero():
+        _log_outputs(output_dir)
+    release_output_dir(output_dir)
+    return results
+
+
+def _going_on(output_dir: str, trains: bool) -> str:
+    """How a run that stopped on a full disk goes on once there is room."""
+    checkpoint = last_complete_checkpoint(output_dir, log=lambda _: None) if trains else None
+    if checkpoint is not None:
+        return f"run again with --resume_from_checkpoint last: it continues from {checkpoint}"
+    return "run again" + (" with --overwrite_output_dir (no checkpoint was saved in full)" if trains else "")
+
+
+def _carry_out(trainer, plan: RunPlan, eval_dataset, predict_dataset, card_kwargs: dict | None, on_eval) -> dict:
+    """The work of [`run`]: the card (unless `card_kwargs` is `None`), train, evaluate, predict, the card again."""
+    training_args, results = plan.training_args, {}
+    if card_kwargs is not None:
+        trainer.create_model_card(**_card(card_kwargs, plan))
     if training_args.do_train:
-        results.update(_train(trainer, plan.checkpoint))
+        results.update(_train(trainer, plan))
     if training_args.do_eval and eval_dataset is not None:
         results.update(_evaluate(trainer, eval_dataset, on_eval))
     if training_args.do_predict and predict_dataset is not None:
         results.update(_predict(trainer, predict_dataset))
-    trainer.create_model_card(**card_kwargs)
-    if training_args.push_to_hub:
-        _push_last(trainer, training_args.output_dir, card_kwargs)
-    if trainer.is_world_process_zero():
-        _log_outputs(training_args.output_dir)
-    release_output_dir(training_args.output_dir)
+    if card_kwargs is not None:
+        trainer.create_model_card(**_card(card_kwargs, plan))
     return results
+
+
+def _card(card_kwargs: dict, plan: RunPlan) -> dict:
+    """The model card's arguments, with the loss history as it stands (a resumed run may add to it as it starts)."""
+    return {**card_kwargs, "loss_history": plan.loss_history or None}

@@ -5,7 +5,7 @@ Without torch or transformers, so that `compare` lists and judges its members' f
 
 from __future__ import annotations
 
-import fcntl
+import itertools
 import json
 import logging
 import os
@@ -13,6 +13,11 @@ import re
 import shutil
 import socket
 from collections.abc import Callable
+
+from filelock import lock_descriptor, unlock_descriptor
+
+from .checkpoint_files import damaged_files
+from .storage import check_output_dir
 
 __all__ = [
     "LOCK_FILE",
@@ -26,9 +31,12 @@ __all__ = [
     "last_complete_checkpoint",
     "list_checkpoints",
     "lock_output_dir",
+    "model_to_evaluate",
     "refuse_to_overwrite",
     "release_output_dir",
     "resolve_resume",
+    "saved_model",
+    "unusable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ LOCK_FILE = "_hf_maxsup.lock"
 _LAST = ("last", "True", "true")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Output directories this process holds the lock of: one process may run several recipes into one directory in turn
-# (the tests do), and a second flock of the same file from this process would fail.
+# (the tests do), and a second lock of the same file from this process would fail.
 _HELD_LOCKS: dict[str, int] = {}
 
 
@@ -84,19 +92,36 @@ def _step(checkpoint: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def last_complete_checkpoint(output_dir: str, log: Callable[[str], None] = logger.warning) -> str | None:
-    """The newest complete checkpoint of `output_dir` (see [`checkpoint_problems`]), or `None`.
+def unusable(path: str) -> str | None:
+    """Why the checkpoint folder `path` cannot be resumed, in words: `"incomplete (no ...), ..."`
+    ([`checkpoint_problems`]) or `"damaged (...)"` (a file that is there cannot be read, see
+    [`~hf_maxsup.runner.checkpoint_files.damaged_files`]); `None` when it can."""
+    problems = checkpoint_problems(path)
+    if problems:
+        return f"incomplete (no {', '.join(problems)}), probably because the run was stopped while saving it"
+    damage = damaged_files(path)
+    return f"damaged ({'; '.join(damage)})" if damage else None
 
-    Newer incomplete ones, left by a crash during their save, are skipped, and `log` is told which and why.
+
+def last_complete_checkpoint(
+    output_dir: str, log: Callable[[str], None] = logger.warning, before: str | None = None
+) -> str | None:
+    """The newest complete, undamaged checkpoint of `output_dir` (see [`unusable`]), or `None`.
+
+    Newer incomplete or damaged ones are skipped, and `log` is told which and why.
+
+    Args:
+        output_dir (`str`): the run's folder.
+        log (`Callable[[str], None]`, *optional*): told of each checkpoint skipped.
+        before (`str`, *optional*): look only at the checkpoints older than this one.
     """
     for path in reversed(list_checkpoints(output_dir)):
-        problems = checkpoint_problems(path)
-        if not problems:
+        if before is not None and _step(path) >= _step(before):
+            continue
+        reason = unusable(path)
+        if reason is None:
             return path
-        log(
-            f"skipping {path}: it is incomplete (no {', '.join(problems)}), probably because the run was stopped "
-            "while saving it; an earlier checkpoint is used."
-        )
+        log(f"skipping {path}: it is {reason}; an earlier checkpoint is used.")
     return None
 
 
@@ -129,20 +154,27 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
             f"--resume_from_checkpoint {resume}: no such directory. Give a checkpoint-* folder of an "
             "earlier run, or 'last' for the newest one in --output_dir."
         )
-    problems = checkpoint_problems(resume)
-    if problems:
+    reason = unusable(resume)
+    if reason is not None:
+        parent = os.path.dirname(os.path.normpath(resume))
+        previous = last_complete_checkpoint(parent, log=lambda _: None, before=resume)  # the message names it
+        fix = (
+            f"Give an earlier checkpoint: --resume_from_checkpoint {previous} is the previous complete one"
+            if previous
+            else "There is no complete earlier checkpoint: start the run again without --resume_from_checkpoint"
+        )
         raise ValueError(
-            f"--resume_from_checkpoint {resume}: the checkpoint is incomplete (no "
-            f"{', '.join(problems)}), probably because its run was stopped while saving it. Give "
-            "an earlier checkpoint, or 'last' for the newest complete one."
+            f"--resume_from_checkpoint {resume}: the checkpoint is {reason}. {fix}, or give "
+            "'last' for the newest complete one (it skips incomplete and damaged checkpoints)."
         )
     return resume
 
 
 def lock_output_dir(output_dir: str) -> None:
-    """Hold an exclusive `flock` on `output_dir/_hf_maxsup.lock` until this process ends (the kernel releases it on
-    a crash too, so it cannot go stale) or [`release_output_dir`], so that a second run into the same directory fails
-    at once.
+    """Hold an exclusive lock on `output_dir/_hf_maxsup.lock` until this process ends (the operating system releases
+    it on a crash too, so it cannot go stale) or [`release_output_dir`], so that a second run into the same directory
+    fails at once. The lock is `filelock`'s native one (`flock` on POSIX, `LockFileEx` on Windows), on a descriptor
+    of ours, so that the file also names its holder.
 
     Raises:
         `RuntimeError`: another process holds the lock; the message names it.
@@ -151,18 +183,19 @@ def lock_output_dir(output_dir: str) -> None:
     if path in _HELD_LOCKS:
         return
     os.makedirs(path, exist_ok=True)
-    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    # O_BINARY (Windows only): no newline translation in what the file says.
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+    if not lock_descriptor(fd, blocking=False):
+        # Windows locks the file's first byte against reads too: the holder is written after it.
+        os.lseek(fd, 1, os.SEEK_SET)
         holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise RuntimeError(
             f"--output_dir {output_dir} is in use by {holder}: two runs into one directory would mix "
             "their files. Wait for that run to end, or give this one another --output_dir."
-        ) from None
+        )
     os.ftruncate(fd, 0)
-    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    os.write(fd, f"\nprocess {os.getpid()} on {socket.gethostname()}".encode())
     _HELD_LOCKS[path] = fd
 
 
@@ -170,7 +203,8 @@ def release_output_dir(output_dir: str) -> None:
     """Release the lock of [`lock_output_dir`], if this process holds it."""
     fd = _HELD_LOCKS.pop(os.path.realpath(output_dir), None)
     if fd is not None:
-        os.close(fd)  # closing the last descriptor releases the flock
+        unlock_descriptor(fd)
+        os.close(fd)
 
 
 def claim_output_dir(output_dir: str, resume: str | None, *, is_main: bool) -> str | None:
@@ -183,16 +217,31 @@ def claim_output_dir(output_dir: str, resume: str | None, *, is_main: bool) -> s
     if resume in _LAST and not os.path.isdir(output_dir):
         resolve_resume(resume, output_dir)  # raises, before the lock creates the directory
     if is_main:
+        check_output_dir(output_dir)
         lock_output_dir(output_dir)
     return resolve_resume(resume, output_dir)
 
 
 def drop_incomplete_checkpoints(output_dir: str, after: str) -> None:
-    """Delete the incomplete checkpoints of `output_dir` newer than `after`, the one a run resumes: left by a crash
-    while saving, their steps are saved again by the resumed run."""
+    """Clear the way for a run that resumes `after`: the incomplete checkpoints of `output_dir` newer than it (left
+    by a crash while saving) are deleted, as their steps are saved again by the resumed run; the damaged ones are
+    moved aside to `damaged-checkpoint-<step>`, which neither `last` nor the Trainer's rotation looks at, so that
+    nothing a user may still want is deleted or written over."""
     for path in list_checkpoints(output_dir):
-        if _step(path) > _step(after) and checkpoint_problems(path):
+        if _step(path) <= _step(after):
+            continue
+        if checkpoint_problems(path):
             shutil.rmtree(path)
+        elif damaged_files(path):
+            aside = os.path.join(output_dir, f"damaged-{os.path.basename(path)}")
+            aside = next(
+                name for n in itertools.count(1) if not os.path.exists(name := aside + (f"-{n}" if n > 1 else ""))
+            )
+            os.rename(path, aside)
+            logger.warning(
+                f"moved the damaged {path} to {aside}: the resumed run saves that step again. Delete it "
+                "when you no longer need it."
+            )
 
 
 def earlier_run_files(output_dir: str) -> list[str]:
@@ -226,3 +275,75 @@ def refuse_to_overwrite(output_dir: str, overwrite: bool, *, is_main: bool) -> N
             f"--overwrite_output_dir: replacing the run in {output_dir} (deleted {len(checkpoints)} "
             "checkpoint folders)."
         )
+
+
+def saved_model(folder: str) -> bool:
+    """Whether `folder` holds a saved model (its config and weights), as a finished run leaves in its output_dir."""
+    has = [os.path.isfile(os.path.join(folder, name)) for name in ("config.json", "adapter_config.json", *WEIGHTS)]
+    return any(has[:2]) and any(has[2:])
+
+
+def model_to_evaluate(
+    output_dir: str, model_name_or_path: str | None, splits: list[str], overwrite: bool
+) -> str | None:
+    """The model an evaluation- or prediction-only run evaluates (no `--do_train`), refusing before any work what
+    would mix or overwrite another run's outputs.
+
+    The model a folder holds is the one a finished run saved there (see [`saved_model`]). When `output_dir` holds
+    one, the run evaluates it: `--model_name_or_path` may only name that same folder, since the results of another
+    model would sit beside this one and be taken for its own. An unfinished run's folder (checkpoints, no saved
+    model) is refused: without a model the run would evaluate a new, untrained one. Results the run would write
+    (`eval_results.json`, `predict_results.json`, or their keys in `all_results.json`) are replaced only with
+    `--overwrite_output_dir`; the saved model and its card are left as they are (see [`~hf_maxsup.runner.run`]).
+
+    Args:
+        output_dir (`str`): `--output_dir`.
+        model_name_or_path (`str`, *optional*): `--model_name_or_path`.
+        splits (`list[str]`): the metric prefixes the run writes: `"eval"` (`--do_eval`), `"predict"` (`--do_predict`).
+        overwrite (`bool`): `--overwrite_output_dir`.
+
+    Returns:
+        `str` or `None`: the model to evaluate (`output_dir` when it holds one), `None` for a new model.
+
+    Raises:
+        `ValueError`: the message names the folder, what is in it and the fix.
+    """
+    if saved_model(output_dir):
+        if model_name_or_path is not None and os.path.realpath(model_name_or_path) != os.path.realpath(output_dir):
+            raise ValueError(
+                f"--output_dir {output_dir} holds a trained model, but this run evaluates --model_name_or_path "
+                f"{model_name_or_path}: its results would sit beside that model and be taken for its own. Give "
+                f"another --output_dir for them, or leave out --model_name_or_path to evaluate the model in "
+                f"{output_dir}."
+            )
+        model_name_or_path = output_dir
+    elif list_checkpoints(output_dir):
+        newest = list_checkpoints(output_dir)[-1]
+        raise ValueError(
+            f"--output_dir {output_dir} holds an unfinished run (checkpoints, no saved model): this run would "
+            "evaluate an untrained model. Finish that run (--do_train --resume_from_checkpoint last), or evaluate "
+            f"one of its checkpoints into another --output_dir (--model_name_or_path {newest})."
+        )
+    written = _results_written(output_dir, splits)
+    if written and not overwrite:
+        raise ValueError(
+            f"--output_dir {output_dir} holds results ({', '.join(written)}) that this run would overwrite. Pass "
+            "--overwrite_output_dir to replace them (the saved model and its card stay), or give another "
+            f"--output_dir{f' with --model_name_or_path {model_name_or_path}' if model_name_or_path else ''}."
+        )
+    return model_name_or_path
+
+
+def _results_written(output_dir: str, splits: list[str]) -> list[str]:
+    """The result files of `splits` in `output_dir`, and `all_results.json` when it holds their metrics."""
+    found = [
+        f"{split}_results.json" for split in splits if os.path.isfile(os.path.join(output_dir, f"{split}_results.json"))
+    ]
+    try:
+        with open(os.path.join(output_dir, "all_results.json"), encoding="utf-8") as f:
+            keys = json.load(f)
+    except (OSError, ValueError):
+        keys = {}
+    if isinstance(keys, dict) and any(key.startswith(tuple(f"{split}_" for split in splits)) for key in keys):
+        found.append("all_results.json")
+    return found

@@ -1,16 +1,20 @@
 """The recipes' command line: their flags (or one `.json` / `.yaml` config file), the defaults the recipes set, the
 checks of the launch, and logging.
 
-`--help` lists the recipe's own options (model, data, loss, run) first, then the options of transformers'
-`TrainingArguments` under a heading of their own, with a one-line usage.
+`--help_all` lists the recipe's own options (the loss first, then model, data, run), then the options of transformers'
+`TrainingArguments` under a heading of their own, with a one-line usage; `--help` is the short one of
+[`hf_maxsup.runner.help`], without them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import re
 import sys
+import types
 import typing
 from dataclasses import field, fields, make_dataclass
 
@@ -20,6 +24,9 @@ import transformers
 import yaml
 from accelerate.utils import DistributedType
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
+from transformers.hf_argparser import string_to_bool
+
+from .help import HELP_ALL, RECIPE_DEFAULTS, USAGE
 
 __all__ = ["RecipeArgumentParser", "parse_args", "recipe_defaults"]
 
@@ -27,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 TRAINING_GROUP = "transformers TrainingArguments"
 TRAINING_GROUP_HELP = "The options of transformers' (Seq2Seq)TrainingArguments, as in its examples."
-# The usage line would list every option once more (some 350 lines).
-USAGE = "%(prog)s [options] | %(prog)s CONFIG.json|CONFIG.yaml"
 
 
 def _split_fields(training_type: type) -> tuple[type, type]:
@@ -62,8 +67,9 @@ class RecipeArgumentParser(HfArgumentParser):
     def __init__(self, dataclass_types: list[type]):
         training_type = next(kind for kind in dataclass_types if issubclass(kind, TrainingArguments))
         own, inherited = _split_fields(training_type)
-        declared = [own if kind is training_type else kind for kind in dataclass_types]
-        super().__init__([*declared, inherited], usage=USAGE)
+        # The loss first, then the recipe's other options, then transformers'.
+        declared = [own, *(kind for kind in dataclass_types if kind is not training_type), inherited]
+        super().__init__(declared, usage=USAGE)
         self.dataclass_types = list(dataclass_types)  # what parsing fills: the same fields, as the recipe declared them
 
     def add_argument_group(self, title=None, description=None, **kwargs):
@@ -91,34 +97,60 @@ def parse_args(*dataclass_types):
         parsed = _parse_config_file(parser, sys.argv[1], overrides, defaults)
     else:
         extra = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
-        parsed = parser.parse_args_into_dataclasses(args=[*sys.argv[1:], *extra])
+        argv = ["--help" if arg == HELP_ALL else arg for arg in sys.argv[1:]]  # the full help is the parser's
+        if _evaluation_turned_off(_given_eval_flags(argv)):
+            parser.set_defaults(eval_strategy="no")
+        parsed = parser.parse_args_into_dataclasses(args=[*argv, *extra])
     training_args = next(args for args in parsed if isinstance(args, TrainingArguments))
-    _set_up_logging(training_args.get_process_log_level())
+    _set_up_logging(training_args)
     if overrides:
         logger.info(f"{_launched_processes()} processes on a machine without GPUs: training on the CPU (use_cpu).")
     _check_launch(training_args)
     return parsed
 
 
-def _set_up_logging(level: int) -> None:
-    """Log to stdout at the process's level (`--log_level`, `--log_level_replica`), as the transformers examples do:
-    the runner's own loggers, `datasets`' and `transformers`'."""
+def _evaluation_turned_off(given: dict) -> bool:
+    """Whether the user turned `do_eval` off without choosing an `eval_strategy`: then the recipes' default of
+    evaluating every epoch ([`recipe_defaults`]) yields, since TrainingArguments would turn `do_eval` back on for it."""
+    return given.get("do_eval") is False and given.get("eval_strategy") is None
+
+
+def _given_eval_flags(args: list[str]) -> dict:
+    """`do_eval` (as a bool) and `eval_strategy` as the command line `args` give them; `None` where not given."""
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--do_eval", "--do-eval", nargs="?", const="true")
+    probe.add_argument("--eval_strategy", "--eval-strategy")
+    given = vars(probe.parse_known_args(args)[0])
+    try:
+        return {**given, "do_eval": None if given["do_eval"] is None else string_to_bool(given["do_eval"])}
+    except argparse.ArgumentTypeError:  # the parser proper names the bad value
+        return {}
+
+
+def _set_up_logging(training_args) -> None:
+    """Log to stdout as the transformers examples do: at INFO on the main process unless `--log_level` says otherwise
+    (`--log_level_replica`, WARNING by default, on the others), for hf_maxsup's loggers, `datasets`' and
+    `transformers`'."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
-    logging.getLogger(__package__).setLevel(level)
+    if training_args.should_log:
+        # `--log_level passive` (the default) keeps transformers' verbosity: INFO here, as in the examples.
+        transformers.utils.logging.set_verbosity_info()
+    level = training_args.get_process_log_level()
+    logging.getLogger(__package__.partition(".")[0]).setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 
 
 def recipe_defaults() -> dict:
-    """The training arguments the recipes set where the user does not: log every 2 % of training (the Trainer reads
-    a `logging_steps` below 1 as a share of the steps), so that the loss and its components (`ce`, `reg`, `alpha`)
-    show up in short runs too, evaluate at the end of each epoch, and, without an accelerator, do not pin memory (the
-    DataLoader would warn about it on every evaluation)."""
-    defaults = {"logging_steps": 0.02, "eval_strategy": "epoch"}
+    """The training arguments the recipes set where the user does not (`RECIPE_DEFAULTS`): log every 2 % of training
+    (the Trainer reads a `logging_steps` below 1 as a share of the steps), so that the loss and its components (`ce`,
+    `reg`, `alpha`) show up in short runs too, and evaluate at the end of each epoch; and, without an accelerator, do
+    not pin memory (the DataLoader would warn about it on every evaluation)."""
+    defaults = dict(RECIPE_DEFAULTS)
     if not torch.accelerator.is_available():
         defaults["dataloader_pin_memory"] = False
     return defaults
@@ -166,7 +198,12 @@ def _check_launch(training_args) -> None:
 
 def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, defaults: dict):
     """Parse a `.json` / `.yaml` config file, over `defaults` and with `overrides` on top, with errors that name the
-    file and the fix rather than a traceback from the parser."""
+    file and the fix rather than a traceback from the parser.
+
+    Each value is read as the command line would read its text (see [`_coerce_config_values`]): `"max_steps": "2"`
+    is 2, `"do_eval": "no"` is False, YAML's `learning_rate: 1e-3` (a string to YAML 1.1) is 0.001, and YAML's
+    `save_strategy: no` is the strategy "no" (YAML 1.2 booleans: only true and false).
+    """
     if not os.path.isfile(path):
         raise ValueError(
             f"config file {path}: no such file. Give the path of a .json or .yaml file holding the "
@@ -174,9 +211,75 @@ def _parse_config_file(parser: HfArgumentParser, path: str, overrides: dict, def
         )
     try:
         with open(path, encoding="utf-8") as f:
-            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+            values = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=_ConfigLoader)
         if not isinstance(values, dict):
             raise ValueError("it must hold one mapping of argument names to values")
+        values = _coerce_config_values(parser, values)
+        if _evaluation_turned_off(values):
+            defaults = {**defaults, "eval_strategy": "no"}
         return parser.parse_dict({**defaults, **values, **overrides})
     except (ValueError, yaml.YAMLError) as err:  # bad syntax, not UTF-8 (both ValueErrors), unknown keys
         raise ValueError(f"config file {path}: {err}\nFix it there (--help lists the argument names).") from err
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only `true` and `false`, so that `save_strategy: no` or
+    `report_to: none`-like words stay the text the command line would get (YAML 1.1 reads `no`, `off`, `yes`, `on`
+    as booleans)."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _coerce_config_values(parser: HfArgumentParser, values: dict) -> dict:
+    """`values` of a config file as the command line would parse their text: each number, string or boolean of an
+    argument goes through the parser's own conversion of `--key=text` (`int`, `float`, the bool words, the choices
+    of an enum); lists, mappings and `null` stay as they are, for the arguments that take them. Unknown keys are left
+    for `parse_dict` to name.
+
+    Raises:
+        `ValueError`: a value the command line would refuse, or a list or mapping for an argument that takes one
+        value; the message names the key, the value and the expected type.
+    """
+    hints = {
+        spec.name: typing.get_type_hints(kind)[spec.name]
+        for kind in parser.dataclass_types
+        for spec in fields(kind)
+        if spec.init
+    }
+    parser.exit_on_error = False  # an ArgumentError to name the file with, not a usage message and exit 2
+    coerced = dict(values)
+    for key, value in values.items():
+        if key not in hints or value is None:
+            continue
+        if isinstance(value, (list, dict)):
+            kind = list if isinstance(value, list) else dict
+            if not _accepts(hints[key], kind):
+                raise ValueError(
+                    f"{key}: {value!r} is a {'list' if kind is list else 'mapping'}, but {key} takes one value "
+                    f"({_type_name(hints[key])})."
+                )
+            continue
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        try:
+            coerced[key] = getattr(parser.parse_known_args([f"--{key}={text}"])[0], key)
+        except argparse.ArgumentError as err:
+            raise ValueError(f"{key}: {value!r} is not a valid value ({_type_name(hints[key])}): {err}.") from None
+    return coerced
+
+
+def _accepts(hint, kind: type) -> bool:
+    """Whether a field typed `hint` takes a value of `kind` (`list` or `dict`)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_accepts(arg, kind) for arg in typing.get_args(hint))
+    return (typing.get_origin(hint) or hint) is kind
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

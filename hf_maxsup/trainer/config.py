@@ -10,13 +10,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..losses import LS_MASSES, get_loss_fn
+from ..loss_names import LS_MASSES, check_loss_name
 from ..schedules import SCHEDULES, alpha_at
 
-__all__ = ["DEFAULT_DISTILL_ALPHA", "LossConfig"]
+__all__ = ["DEFAULT_DISTILL_ALPHA", "LossConfig", "check_label_smoothing_factor"]
 
 # The weight of the distillation term when a teacher is given without one.
 DEFAULT_DISTILL_ALPHA = 0.5
+
+
+def check_label_smoothing_factor(label_smoothing_factor: float) -> None:
+    """Refuses the Trainer's own label smoothing beside a loss of hf_maxsup.
+
+    Raises:
+        `ValueError`: `label_smoothing_factor > 0`: the Trainer would smooth the labels a second time (or, with a
+            `compute_loss_func`, silently not at all).
+    """
+    if label_smoothing_factor > 0:
+        raise ValueError(
+            f"label_smoothing_factor={label_smoothing_factor} would smooth the labels a second time: "
+            f"hf_maxsup computes the loss itself. Use loss='ls', loss_alpha={label_smoothing_factor} "
+            "(--loss ls --loss_alpha ...) and leave label_smoothing_factor at 0."
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class LossConfig:
 
     def _check_loss(self) -> None:
         loss, ls_mass, schedule, alpha = self.loss, self.ls_mass, self.schedule, self.alpha
-        get_loss_fn(loss)
+        check_loss_name(loss)
         if ls_mass not in LS_MASSES:
             raise ValueError(f"unknown loss_ls_mass {ls_mass!r}; valid values: {', '.join(LS_MASSES)}.")
         if ls_mass != "all" and loss != "ls":

@@ -18,10 +18,12 @@ from collections.abc import Callable
 import torch
 from transformers import TrainerCallback
 
+from .. import kernels
 from ..heads import LinearHeadInputs
 from ..linear import fused_linear_loss
 from ..losses import distillation_loss, get_loss_fn, smoothing_weight
 from ..schedules import alpha_at
+from .checks import check_labels_to_shift, missing_logits_message
 from .config import LossConfig
 
 __all__ = ["LossComponents", "MaxSupLossFunc"]
@@ -123,6 +125,8 @@ class MaxSupLossFunc(TrainerCallback):
         distill_alpha: float | None = None,
         distill_temperature: float = LossConfig.distill_temperature,
     ):
+        # HF_MAXSUP_BACKEND and the C kernel's settings, before any trainer that takes this loss is built
+        kernels.check_environment()
         config = LossConfig(
             loss=loss,
             alpha=alpha,
@@ -204,12 +208,7 @@ class MaxSupLossFunc(TrainerCallback):
             return self.linear_loss(outputs, labels, num_items_in_batch)
         logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
         if logits is None:
-            keys = ", ".join(outputs.keys()) if isinstance(outputs, dict) else type(outputs).__name__
-            raise ValueError(
-                f"the model output has no `logits` (it has: {keys}). MaxSup and LS regularise the classifier's "
-                "logits: use a model with a task head (AutoModelForSequenceClassification, "
-                "AutoModelForImageClassification, AutoModelForSeq2SeqLM, ...)."
-            )
+            raise ValueError(missing_logits_message(outputs))
         labels = self._target(labels)
         alpha = self.current_alpha()
         kwargs = dict(
@@ -290,6 +289,7 @@ class MaxSupLossFunc(TrainerCallback):
         if labels is None:
             raise ValueError("the batch has no `labels`: the data collator must return them for training.")
         if self.shift_labels:
+            check_labels_to_shift(labels)
             # Pad-then-slice keeps the logits unsliced (no copy), as transformers' ForCausalLMLoss does.
             labels = torch.nn.functional.pad(labels, (0, 1), value=self.ignore_index)[..., 1:]
         return labels

@@ -14,12 +14,12 @@ import os
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from .. import heads, kernels
+from .. import heads
 from ..auto import is_causal_lm
 from ..hub import HUB_ERRORS, HubPushError, failure_message, uploads_without_pickles, write_model_card
 from .arguments import MaxSupSeq2SeqTrainingArguments, MaxSupTrainingArguments
+from .checks import check_fused_linear_loss, check_label_names, check_student
 from .loss_func import MaxSupLossFunc
 from .teacher import resolve_teacher
 
@@ -28,22 +28,10 @@ __all__ = ["MaxSupSeq2SeqTrainer", "MaxSupTrainer"]
 logger = logging.getLogger(__name__)
 
 
-def _check_student(model) -> None:
-    """Refuses the models MaxSup and LS do not apply to: regression, multi-label, fewer than two classes."""
-    config = getattr(model, "config", None)
-    if getattr(config, "problem_type", None) in ("regression", "multi_label_classification"):
-        raise ValueError(
-            f"problem_type={config.problem_type!r}: MaxSup and label smoothing apply to single-label "
-            "classification; train this model with transformers.Trainer."
-        )
-    generative = getattr(config, "is_encoder_decoder", False) or is_causal_lm(model)
-    if config is not None and not generative and getattr(config, "num_labels", 2) < 2:
-        raise ValueError(
-            f"the model has num_labels={config.num_labels}: with fewer than 2 classes the softmax is 1 for every "
-            "input, so ce, ls and maxsup are 0 and nothing is learnt. Give the model one output per class "
-            "(num_labels=K >= 2, e.g. from_pretrained(..., num_labels=K)) and data with at least two classes; for "
-            "regression set problem_type='regression' and use transformers.Trainer."
-        )
+def _private(private: bool | None) -> dict:
+    """`private` as a keyword for the Trainer's Hub methods when it is given: transformers < 5.23 has no such
+    parameter (there `args.hub_private_repo` decides)."""
+    return {} if private is None else {"private": private}
 
 
 class _MaxSupMixin:
@@ -52,7 +40,6 @@ class _MaxSupMixin:
     """
 
     def __init__(self, *args, **kwargs):
-        kernels.check_environment()  # HF_MAXSUP_BACKEND and the C kernel's settings, before the Trainer is built
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if not isinstance(training_args, (MaxSupTrainingArguments, MaxSupSeq2SeqTrainingArguments)):
             raise TypeError(
@@ -65,9 +52,7 @@ class _MaxSupMixin:
                 "compute_loss_func."
             )
         model = kwargs.get("model", args[0] if args else None)
-        _check_student(model)
-        if training_args.fused_linear_loss and model is not None:
-            heads.output_head(model)  # an unsupported model fails here, not at the first step
+        check_student(model)
         teacher, teacher_name = kwargs.pop("teacher", None), training_args.teacher_model_name_or_path
         # Here whether there is a teacher is known: the config fills in distill_alpha or refuses it.
         config = training_args.loss_config(teacher=teacher is not None or teacher_name is not None)
@@ -78,14 +63,11 @@ class _MaxSupMixin:
         kwargs["compute_loss_func"] = self.loss_func
         kwargs["callbacks"] = [self.loss_func, *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
+        check_label_names(self)
+        check_fused_linear_loss(self)  # an unsupported model fails here, not at the first step
         # An attribute of the trainer, not of the model: accelerate never wraps it (DDP, FSDP), the optimizer never
         # sees it, and the student's checkpoints never hold it. Each process keeps its own copy.
         self.teacher = teacher.to(self.args.device).eval() if teacher is not None else None
-        if training_args.fused_linear_loss and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
-            raise ValueError(
-                "fused_linear_loss reads the output head's weight after the head's forward, when FSDP and DeepSpeed "
-                "ZeRO-3 have sharded it again. Train with DDP or ZeRO-1/2, or set fused_linear_loss=False."
-            )
 
     # False while prediction_step computes a loss whose outputs it discards (prediction_loss_only). Trainer's
     # prediction_step calls compute_loss(return_outputs=True) whether or not it keeps the outputs, and only it knows
@@ -137,6 +119,16 @@ class _MaxSupMixin:
         finally:
             self._outputs_needed = True
 
+    # The metrics of the last prediction on a test set, for the model card: {"split", "prefix", "metrics"}.
+    test_results: dict | None = None
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test", **kwargs):
+        output = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **kwargs)
+        if metric_key_prefix != "eval":  # the recipes evaluate through predict() too
+            split = getattr(test_dataset, "split", None)
+            self.test_results = {"split": split, "prefix": metric_key_prefix, "metrics": output.metrics}
+        return output
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # Averaged over processes; every process calls log() at the same points of training and evaluation.
         logs.update(self.loss_func.components.pop_logs(logs, reduce=self._mean_over_processes))
@@ -185,7 +177,7 @@ class _MaxSupMixin:
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         try:
-            super().init_hf_repo(token=token, private=private)
+            super().init_hf_repo(token=token, **_private(private))
         except HUB_ERRORS as err:
             # Trainer.__init__ calls this: train and save locally anyway; push_to_hub tries again and raises.
             logger.warning(failure_message(err, self, token, saved=False))
@@ -217,9 +209,9 @@ class _MaxSupMixin:
             if self.hub_model_id is None:
                 # Trainer.push_to_hub would create the repository before saving: do it first, so that a failure
                 # can be caught below and the model saved all the same.
-                super().init_hf_repo(token=token if token is not None else self.args.hub_token, private=private)
+                super().init_hf_repo(token=token if token is not None else self.args.hub_token, **_private(private))
             with uploads_without_pickles():
-                return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+                return super().push_to_hub(commit_message, blocking, token, revision, **_private(private), **kwargs)
         except HUB_ERRORS as err:
             if self.hub_model_id is None:  # failed before Trainer.push_to_hub saved the model
                 self.save_model(_internal_call=True)

@@ -1,4 +1,5 @@
-"""Calibration and selective-classification metrics from logits, as an `evaluate` module loadable offline by path.
+"""Calibration and selective-classification metrics from logits (or, said so, probabilities), as an `evaluate` module
+loadable offline by path.
 
 Load it with `evaluate.load(hf_maxsup.metrics.path("calibration"))`. The numbers come from
 `hf_maxsup.analysis`, so there is a single implementation of each metric.
@@ -6,6 +7,7 @@ Load it with `evaluate.load(hf_maxsup.metrics.path("calibration"))`. The numbers
 
 import datasets
 import evaluate
+import numpy as np
 
 from hf_maxsup.analysis import (
     aurc,
@@ -15,7 +17,10 @@ from hf_maxsup.analysis import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from hf_maxsup.analysis._utils import _check_logits_labels, _softmax
+from hf_maxsup.analysis._utils import check_logits_labels, softmax, to_numpy
+
+# How far from 1 the sum of a row of probabilities may be (float32 softmax outputs are within ~1e-6).
+_SUM_TOLERANCE = 1e-4
 
 _DESCRIPTION = """
 Calibration of the softmax of a classifier (ECE with 15 equal-width bins, adaptive ECE with 15
@@ -25,9 +30,13 @@ selective classification (AURC, E-AURC). See `hf_maxsup.analysis` for the exact 
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`list` of `list` of `float`, shape `(N, K)`): logits of each example (not probabilities).
+    predictions (`list` of `list` of `float`, shape `(N, K)`): logits of each example, or, with
+        `probabilities=True`, their softmax probabilities. Rows that are all probabilities (each in [0, 1],
+        summing to 1) are refused without `probabilities=True`: a second softmax would give other numbers.
     references (`list` of `int`, shape `(N,)`): class ids in `[0, K)`.
     n_bins (`int`, *optional*, defaults to 15): number of bins of the three ECE variants.
+    probabilities (`bool`, *optional*, defaults to `False`): whether `predictions` are probabilities (what the
+        Hub's ECE modules take); every metric is then that of logits with these probabilities.
 
 Returns:
     ece, adaptive_ece, classwise_ece (`float`): in [0, 1].
@@ -42,6 +51,8 @@ Examples:
     >>> results = calibration.compute(predictions=[[2.0, 0.5], [0.1, 0.3]], references=[0, 0])
     >>> sorted(results)
     ['adaptive_ece', 'aurc', 'brier', 'classwise_ece', 'e_aurc', 'ece', 'nll']
+    >>> calibration.compute(predictions=[[0.8, 0.2], [0.4, 0.6]], references=[0, 0], probabilities=True)["nll"]
+    0.5697171415941824
 """
 
 _CITATION = """
@@ -63,9 +74,9 @@ class Calibration(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, n_bins=15):
-        logits, labels = _check_logits_labels(predictions, references)
-        confidence = _softmax(logits).max(axis=1)
+    def _compute(self, predictions, references, n_bins=15, probabilities=False):
+        logits, labels = check_logits_labels(_as_logits(predictions, probabilities), references)
+        confidence = softmax(logits).max(axis=1)
         correct = logits.argmax(axis=1) == labels
         return {
             "ece": expected_calibration_error(logits, labels, n_bins=n_bins),
@@ -76,3 +87,26 @@ class Calibration(evaluate.Metric):
             "aurc": aurc(confidence, correct),
             "e_aurc": e_aurc(confidence, correct),
         }
+
+
+def _as_logits(predictions, probabilities: bool) -> np.ndarray:
+    """Logits whose softmax is the given probabilities (their log), or the given logits, refused when every row is a
+    probability vector: applying the softmax to probabilities would silently give other numbers."""
+    rows = to_numpy(predictions)
+    is_distribution = (rows.ndim == 2) and bool(
+        np.all((rows >= 0) & (rows <= 1)) and np.all(np.abs(rows.sum(axis=-1) - 1) <= _SUM_TOLERANCE)
+    )
+    if probabilities:
+        if not is_distribution:
+            raise ValueError(
+                "probabilities=True, but the rows of predictions are not probabilities (each in [0, 1], summing to "
+                "1): pass the logits with probabilities=False (the default)."
+            )
+        with np.errstate(divide="ignore"):  # a probability of 0 is a logit of -inf, which the metrics accept
+            return np.log(rows)
+    if is_distribution:
+        raise ValueError(
+            "every row of predictions is in [0, 1] and sums to 1: these look like probabilities, and this module "
+            "takes logits (it applies the softmax itself). Pass probabilities=True, or pass the logits."
+        )
+    return rows
