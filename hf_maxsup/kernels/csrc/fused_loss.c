@@ -353,12 +353,14 @@ ALWAYS_INLINE row_stats sweep_row(const void *z, const void *t, int64_t K, float
     return st;
 }
 
-/* The first index attaining the max M: it lies in the first block after which the running max is M. */
-ALWAYS_INLINE int64_t row_argmax(const void *z, const float *bm, int64_t K, float M, const int DT) {
+/* The first index attaining the max M: it lies in the first block after which the running max is M, and before
+ * `until` (K, or one past a class known to attain M: the scan stops there). */
+ALWAYS_INLINE int64_t row_argmax(const void *z, const float *bm, int64_t K, float M, int64_t until, const int DT) {
     const int64_t nb = (K + HFM_BS - 1) / HFM_BS;
     int64_t bs = 0;
     while (bs < nb - 1 && bm[bs] != M) bs++;
-    const int64_t k1 = (bs + 1) * HFM_BS < K ? (bs + 1) * HFM_BS : K;
+    int64_t k1 = (bs + 1) * HFM_BS < K ? (bs + 1) * HFM_BS : K;
+    if (until < k1) k1 = until;
     return find_first(z, bs * HFM_BS, k1, M, DT);
 }
 
@@ -465,13 +467,14 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
         sums[4] += st.sneg / (double)K;
     }
     /* misclassified: the label is not the first index of the max (a tie to an earlier index counts); the first
-     * index is looked for only when the label's logit is the max, in the one block where the max was reached */
+     * index is looked for only when the label's logit is the max, in the one block where the max was reached and
+     * no further than the label */
     int64_t amax = -1;
     if (hard) {
         double miss = NAN;
         if (!bad && zy < M) miss = 1;
         else if (!bad) {
-            amax = row_argmax(z, bm, K, M, DT);
+            amax = row_argmax(z, bm, K, M, y + 1, DT);
             miss = amax != y;
         }
         sums[5] += miss;
@@ -483,7 +486,7 @@ ALWAYS_INLINE void row_kernel(const hfm_args *a, const void *z, void *g, int64_t
     }
     const float c0 = kind == K_CE ? 0.f : a->alpha * (1.0f / (float)K);
     const float c1 = kind == K_LS ? 1.f - a->alpha : 1.f;
-    if (kind == K_MAXSUP && amax < 0) amax = row_argmax(z, bm, K, M, DT);
+    if (kind == K_MAXSUP && amax < 0) amax = row_argmax(z, bm, K, M, K, DT);
     const double invS = 1.0 / st.S;
     write_grad(g, t, scratch, bm, K, M, invS, scale, c0, c1, stream, DT, SD);
     fix_special_entries(a, g, t, scratch, bm, y, amax, M, invS, scale, c0, c1, DT, SD);
