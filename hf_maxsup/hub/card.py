@@ -46,6 +46,7 @@ _NOT_METRICS = {
     "ls_regularization",
     "ls_error_amplification",
     "distill",
+    "misclassified",
 }
 _METRIC_NAMES = {
     "accuracy": "Accuracy",
