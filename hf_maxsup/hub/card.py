@@ -21,6 +21,7 @@ from transformers.modelcard import TASK_TAG_TO_NAME_MAPPING, extract_hyperparame
 
 from .. import __version__
 from ..auto import AUTO_CLASSES, task_of, unwrap_peft
+from ..kernels.job import SUMS
 from ..schedules import alpha_at
 from .metadata import loss_metadata
 
@@ -31,22 +32,17 @@ RELIABILITY_DIAGRAM = "reliability_diagram.png"
 
 _LOSS_TAGS = {"ce": [], "ls": ["label-smoothing"], "maxsup": ["maxsup"]}
 # `eval_*` entries of the log history that are not metrics of the model: Trainer bookkeeping, and the loss and its
-# components that MaxSupTrainer logs (they depend on the training loss, so they do not compare across losses).
+# components that MaxSupTrainer logs, every sum of the kernels and alpha (they depend on the training loss, so they
+# do not compare across losses).
 _NOT_METRICS = {
-    "loss",
     "runtime",
     "samples",
     "samples_per_second",
     "steps_per_second",
     "model_preparation_time",
     "jit_compilation_time",
-    "ce",
-    "reg",
     "alpha",
-    "ls_regularization",
-    "ls_error_amplification",
-    "distill",
-    "misclassified",
+    *SUMS,
 }
 _METRIC_NAMES = {
     "accuracy": "Accuracy",

@@ -35,7 +35,7 @@ _EXPORTS = {
     "engines": ["describe_engine", "fsdp_layers_to_wrap", "prepare_engine"],
     "output_dir": ["earlier_run_files", "last_complete_checkpoint"],
     "parse": ["parse_args", "recipe_defaults"],
-    "resume": ["check_evaluated_labels", "labelled_data"],
+    "resume": ["labelled_data"],
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
