@@ -11,7 +11,6 @@ sides hold the same seeds, Welch's otherwise; Holm's correction across all the c
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 from hf_maxsup.report.classification import TABLE_METRICS
@@ -27,7 +26,6 @@ GROUPS = (
     (HERE / "maxsup_constant_alpha", "maxsup", "maxsup 0.1"),
     (HERE, "ls", "ls 0.1"),
 )
-KEPT = {field.name for field in fields(RunResult) if field.metadata.get("json", True)}
 
 
 def claims(maxsup: str, ls: str) -> list[Claim]:
@@ -53,7 +51,7 @@ def runs() -> list[RunResult]:
     for folder, label, name in GROUPS:
         for run in json.loads((folder / "results.json").read_text())["runs"]:
             if run["label"] == label:
-                found.append(RunResult(**{**{k: v for k, v in run.items() if k in KEPT}, "label": name}))
+                found.append(RunResult(**{**run, "label": name}))  # as reanalysis reads them
     return found
 
 
